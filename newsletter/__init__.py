@@ -1,0 +1,79 @@
+"""A self-hosted newsletter backend: signups, double opt-in, one-click unsubscribe, digests."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from newsletter import config as settings
+from newsletter.extensions import csrf, db, limiter, migrate
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def resource_dir(name: str) -> str:
+    """Where templates/ or migrations/ live: inside an installed wheel, or beside the package."""
+    inside = _PACKAGE / name
+    return str(inside if inside.is_dir() else _PACKAGE.parent / name)
+
+
+def create_app(config: Mapping[str, object] | None = None) -> Flask:
+    """Create the web app: defaults, instance config, environment, test override, extensions."""
+    instance_path = os.environ.get("NEWSLETTER_INSTANCE_PATH") or str(Path.cwd() / "instance")
+    if config and config.get("INSTANCE_PATH"):
+        instance_path = str(config["INSTANCE_PATH"])
+    app = Flask(
+        __name__,
+        instance_path=instance_path,
+        instance_relative_config=True,
+        template_folder=resource_dir("templates"),
+    )
+    app.config.from_mapping(settings.DEFAULTS)
+    app.config.from_pyfile("config.py", silent=True)
+    app.config.from_mapping(settings.from_environ(os.environ))
+    if config:
+        app.config.from_mapping(config)
+    Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+    settings.finish(app)
+
+    if app.config["PROXY_COUNT"]:
+        n = int(app.config["PROXY_COUNT"])
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=resource_dir("migrations"), render_as_batch=True)
+    csrf.init_app(app)
+    limiter.init_app(app)
+
+    from newsletter.web import api, errors, mailbox, public
+
+    errors.register(app)
+    app.register_blueprint(public.bp)
+    app.register_blueprint(api.bp)
+    if app.config["ENV"] == "development":
+        app.register_blueprint(mailbox.bp)
+    _sqlite_pragmas(app)
+    return app
+
+
+def _sqlite_pragmas(app: Flask) -> None:
+    """Put SQLite in WAL mode so the web app and the worker read and write side by side."""
+    if not app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
+        return
+    from sqlalchemy import event
+
+    with app.app_context():
+        engine = db.engine
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=15000")
+        cursor.close()

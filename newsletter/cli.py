@@ -1,0 +1,80 @@
+"""The `newsletter` command."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+
+import click
+from flask import current_app
+from flask.cli import FlaskGroup, with_appcontext
+from flask_migrate import upgrade
+
+from newsletter import create_app, demo, exports
+from newsletter.extensions import db
+from newsletter.mail import outbox, transport
+from newsletter.models import Newsletter, SubscriptionStatus
+
+
+@click.group(cls=FlaskGroup, create_app=create_app, add_default_commands=True)
+def cli() -> None:
+    """Run and manage the newsletter service."""
+
+
+@cli.command("init-db")
+@with_appcontext
+def init_db() -> None:
+    """Create or upgrade the database tables (Alembic migrations)."""
+    upgrade()
+    click.echo(f"Database ready: {db.engine.url.render_as_string(hide_password=True)}")
+
+
+@cli.command("seed-demo")
+@with_appcontext
+def seed_demo() -> None:
+    """Load the demo newsletters and news items; running it again changes nothing."""
+    added_lists, added_items = demo.load(db.session)
+    click.echo(f"Demo data: {added_lists} newsletters and {added_items} news items added.")
+
+
+@cli.command("worker")
+@click.option("--drain", is_flag=True, help="Send everything due, then exit.")
+@click.option("--batch-size", default=50, show_default=True, help="Messages claimed at once.")
+@click.option("--poll", default=1.0, show_default=True, help="Seconds between looks when idle.")
+@with_appcontext
+def worker(drain: bool, batch_size: int, poll: float) -> None:
+    """Send queued mail until stopped (Ctrl-C or SIGTERM finishes the message in hand)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    cfg = current_app.config
+    mailer = transport.from_config(cfg["SMTP_URL"], cfg["OUTBOX_DIR"])
+    settings = outbox.WorkerSettings(batch_size=batch_size, poll_interval=poll)
+    stop = threading.Event()
+    outbox.stop_on_signals(stop)
+    where = "SMTP" if cfg["SMTP_URL"] else cfg["OUTBOX_DIR"]
+    if not drain:
+        click.echo(f"Worker sending to {where}; Ctrl-C to stop.")
+    handled = outbox.run(lambda: db.session, mailer, settings, drain=drain, stop=stop)
+    waiting = outbox.pending_count(db.session)
+    click.echo(f"{handled} messages handled; {waiting} waiting for a retry.")
+
+
+@cli.group("subscribers")
+def subscribers() -> None:
+    """Subscriber lists."""
+
+
+@subscribers.command("export")
+@click.option("--newsletter", "slug", help="Only this newsletter (its slug).")
+@click.option(
+    "--status",
+    type=click.Choice([s.value for s in SubscriptionStatus]),
+    help="Only subscriptions in this state.",
+)
+@with_appcontext
+def export(slug: str | None, status: str | None) -> None:
+    """Write subscriptions as CSV to standard output."""
+    if slug and db.session.scalar(db.select(Newsletter.id).where(Newsletter.slug == slug)) is None:
+        raise click.BadParameter(f"no newsletter with slug {slug!r}", param_hint="--newsletter")
+    query = exports.subscriptions_query(slug, status)
+    exports.write_csv(exports.subscription_rows(db.session, query), sys.stdout)

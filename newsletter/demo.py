@@ -1,0 +1,99 @@
+"""Demo newsletters and news items, drawn from the news page whose boxes we serve."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from newsletter.models import Item, Newsletter
+
+NEWSLETTERS = [
+    {
+        "slug": "daily",
+        "name": "Daily Briefing",
+        "description": "The day's most important news from Ukraine, every evening.",
+        "cadence": "daily",
+    },
+    {
+        "slug": "explaining-ukraine",
+        "name": "Explaining Ukraine with Kate Tsurkan",
+        "description": "A weekly letter on the history and culture behind the headlines.",
+        "cadence": "weekly",
+    },
+    {
+        "slug": "occupied-territories",
+        "name": "Under Occupation",
+        "description": "Uncover what's happening in the territories under Russian occupation.",
+        "cadence": "weekly",
+    },
+    {
+        "slug": "editors-picks",
+        "name": "Editors' Picks",
+        "description": "The week's best reporting, chosen by our editors.",
+        "cadence": "weekly",
+    },
+]
+
+ITEMS = [
+    {
+        "guid": "demo:drones-moscow-smolensk",
+        "title": "2 drones shot down over Moscow, Smolensk oblasts, Russia claims",
+        "url": "https://news.example/news/2-drones-shot-down-over-moscow-smolensk-oblasts",
+        "summary": "Russian air defense units intercepted two drones over Moscow and Smolensk "
+        "oblasts, the Russian Defense Ministry alleged on Nov. 10.",
+        "published_at": datetime(2023, 11, 11, 1, 52, tzinfo=UTC),
+        "lists": ["daily", "editors-picks"],
+    },
+    {
+        "guid": "demo:lancet-drone",
+        "title": "How Russia\u2019s homegrown Lancet drone became so feared in Ukraine",
+        "url": "https://news.example/news/how-russias-homegrown-lancet-drone-became-so-feared",
+        "summary": "In the bubble of pro-Ukraine communities on the Internet, the constant "
+        "inflow of battlefield videos showing the destruction of Russian equipment regularly "
+        "lifts the moods of hundreds of thousands of supporters of Ukraine\u2019s struggle.",
+        "published_at": datetime(2023, 11, 10, 18, 0, tzinfo=UTC),
+        "lists": ["explaining-ukraine", "editors-picks"],
+    },
+    {
+        "guid": "demo:moldova-sandu-run-off",
+        "title": "Moldova's Sandu advances to presidential run-off, winning after 'unfair fight.'",
+        "url": "https://news.example/news/moldovas-sandu-advances-to-presidential-run-off",
+        "summary": "\u201cThe people of Moldova have spoken: our EU future will now be anchored "
+        "in the constitution,\u201d Sandu said on X.",
+        "published_at": datetime(2023, 11, 11, 2, 18, tzinfo=UTC),
+        "lists": ["daily"],
+    },
+    {
+        "guid": "demo:russian-attacks-kill-5",
+        "title": "Update: Russian attacks against Ukraine kill 5, injure 38 over past day.",
+        "url": "https://news.example/news/russian-attacks-against-ukraine-kill-5-injure-38",
+        "summary": "Ukrainian air defenses shot down 59 of the 116 Shahed-type attack drones "
+        "launched by Russia overnight, the Air Force said.",
+        "published_at": datetime(2023, 11, 11, 10, 35, tzinfo=UTC),
+        "lists": ["daily", "occupied-territories"],
+    },
+]
+
+
+def load(session: Session) -> tuple[int, int]:
+    """Add whatever demo rows are missing; return how many newsletters and items were added."""
+    existing = {n.slug: n for n in session.scalars(select(Newsletter))}
+    added_lists = 0
+    for position, data in enumerate(NEWSLETTERS):
+        if data["slug"] not in existing:
+            newsletter = Newsletter(position=position, **data)
+            session.add(newsletter)
+            existing[newsletter.slug] = newsletter
+            added_lists += 1
+    known = set(session.scalars(select(Item.guid)))
+    added_items = 0
+    for data in ITEMS:
+        if data["guid"] in known:
+            continue
+        fields = {k: v for k, v in data.items() if k != "lists"}
+        session.add(Item(**fields, newsletters=[existing[s] for s in data["lists"]]))
+        added_items += 1
+    session.commit()
+    return added_lists, added_items

@@ -1,0 +1,74 @@
+"""Subscriber lists as CSV that spreadsheets open without running anything."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from typing import TextIO
+
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
+
+from newsletter.models import Newsletter, Subscriber, Subscription
+
+COLUMNS = (
+    "email",
+    "newsletter",
+    "status",
+    "subscribed_at",
+    "confirmed_at",
+    "unsubscribed_at",
+    "source",
+)
+
+# A spreadsheet runs a cell that starts with one of these as a formula.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise(value: object) -> str:
+    """A cell's text, with a leading quote when a spreadsheet would take it for a formula."""
+    if value is None:
+        return ""
+    text = value.isoformat() if isinstance(value, datetime) else str(value)
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
+
+
+def subscriptions_query(newsletter: str | None = None, status: str | None = None) -> Select:
+    """Subscriptions with their address and list, filtered, in a stable order."""
+    query = (
+        select(Subscriber.email, Newsletter.slug, Subscription)
+        .join(Subscription.subscriber)
+        .join(Subscription.newsletter)
+        .order_by(Subscription.id)
+    )
+    if newsletter:
+        query = query.where(Newsletter.slug == newsletter)
+    if status:
+        query = query.where(Subscription.status == status)
+    return query
+
+
+def subscription_rows(session: Session, query: Select) -> Iterator[tuple[object, ...]]:
+    """Stream the rows of a subscriptions query in export column order."""
+    for email, slug, sub in session.execute(query.execution_options(yield_per=1000)):
+        yield (
+            email,
+            slug,
+            sub.status,
+            sub.subscribed_at,
+            sub.confirmed_at,
+            sub.unsubscribed_at,
+            sub.source,
+        )
+
+
+def write_csv(rows: Iterable[tuple[object, ...]], out: TextIO) -> int:
+    """Write a header and the rows, every cell neutralised; return the row count."""
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(COLUMNS)
+    count = 0
+    for row in rows:
+        writer.writerow([neutralise(cell) for cell in row])
+        count += 1
+    return count

@@ -1,0 +1,1 @@
+"""Outgoing mail: composing messages, transports, and the outbox worker."""

@@ -1,0 +1,166 @@
+"""Building mails with the stdlib email package: addresses, list headers, links, parts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime, formataddr
+from urllib.parse import urlsplit
+
+from flask import current_app, render_template
+
+from newsletter import tokens
+from newsletter.models import Newsletter, Subscriber, Subscription, utcnow
+from newsletter.tokens import reader_payload
+
+
+class HeaderInjection(ValueError):
+    """A value meant for a mail header carries a line break."""
+
+
+def header_value(value: str, limit: int = 998) -> str:
+    """A value safe to put in a header: no line breaks, no NULs, bounded length."""
+    if any(c in value for c in "\r\n\0"):
+        raise HeaderInjection("line break in a header value")
+    return value[:limit]
+
+
+def external_url(endpoint: str, **values: object) -> str:
+    """An absolute URL under NEWSLETTER_BASE_URL, built without a request."""
+    base = urlsplit(current_app.config["BASE_URL"])
+    adapter = current_app.url_map.bind(
+        base.netloc, script_name=base.path or "/", url_scheme=base.scheme
+    )
+    return adapter.build(endpoint, values, force_external=True)
+
+
+def confirm_url(subscriber: Subscriber, subscriptions: Sequence[tuple[int, str]]) -> str:
+    """The link that confirms these (subscription id, nonce) pairs."""
+    payload = reader_payload(subscriber, n=[list(pair) for pair in subscriptions])
+    return external_url("public.confirm", token=tokens.dumps(tokens.CONFIRM, payload))
+
+
+def unsubscribe_url(subscription: Subscription) -> str:
+    """The one-click unsubscribe link for one list; it never expires."""
+    payload = reader_payload(subscription.subscriber, l=subscription.newsletter_id)
+    return external_url("public.unsubscribe", token=tokens.dumps(tokens.UNSUBSCRIBE, payload))
+
+
+def preferences_url(subscriber: Subscriber) -> str:
+    """The link to the reader's page of all lists."""
+    payload = reader_payload(subscriber)
+    return external_url("public.preferences", token=tokens.dumps(tokens.PREFERENCES, payload))
+
+
+def mail_domain() -> str:
+    """The domain used in Message-IDs and List-Ids."""
+    return current_app.config["LIST_ID_DOMAIN"] or urlsplit(current_app.config["BASE_URL"]).hostname
+
+
+def sender(newsletter: Newsletter | None) -> str:
+    """The From header of a newsletter, falling back to the service's default."""
+    cfg = current_app.config
+    name = (newsletter and newsletter.from_name) or cfg["DEFAULT_FROM_NAME"]
+    address = (newsletter and newsletter.from_address) or cfg["DEFAULT_FROM_ADDRESS"]
+    return formataddr((header_value(name, 200), header_value(address, 254)))
+
+
+def list_headers(subscription: Subscription) -> dict[str, str]:
+    """The RFC 2369 / 2919 / 8058 headers every mail about a list carries."""
+    newsletter = subscription.newsletter
+    targets = [f"<{unsubscribe_url(subscription)}>"]
+    mailto = current_app.config["UNSUBSCRIBE_MAILTO"]
+    if mailto:
+        targets.append(f"<mailto:{mailto}?subject=unsubscribe>")
+    list_id = f"{newsletter.slug}.{mail_domain()}"
+    return {
+        "List-Id": f"{_phrase(newsletter.name)} <{list_id}>",
+        "List-Unsubscribe": ", ".join(targets),
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+    }
+
+
+def _phrase(text: str) -> str:
+    """A display name quoted as RFC 5322 wants it."""
+    return formataddr((header_value(text, 200), "x@x")).rsplit(" <", 1)[0]
+
+
+def build(
+    *,
+    to: str,
+    from_: str,
+    subject: str,
+    text: str,
+    html: str,
+    message_key: str,
+    reply_to: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> EmailMessage:
+    """A multipart/alternative message with the headers every mail of ours has."""
+    message = EmailMessage()
+    message["Subject"] = header_value(subject, 300)
+    message["From"] = from_
+    message["To"] = Address(addr_spec=header_value(to, 254))
+    if reply_to:
+        message["Reply-To"] = header_value(reply_to, 254)
+    message["Date"] = format_datetime(utcnow())
+    message["Message-ID"] = f"<{message_key}@{mail_domain()}>"
+    for name, value in (headers or {}).items():
+        message[name] = header_value(value)
+    message.set_content(text)
+    message.add_alternative(html, subtype="html")
+    return message
+
+
+def _render(name: str, **context: object) -> tuple[str, str]:
+    return (
+        render_template(f"mail/{name}.txt", **context),
+        render_template(f"mail/{name}.html", **context),
+    )
+
+
+def confirmation(
+    subscriber: Subscriber, pending: Sequence[tuple[Subscription, str]], message_key: str
+) -> EmailMessage:
+    """The one double opt-in mail for every list of a signup."""
+    newsletters = [s.newsletter for s, _ in pending]
+    first = newsletters[0]
+    same_sender = all(
+        (n.from_name, n.from_address) == (first.from_name, first.from_address) for n in newsletters
+    )
+    if len(newsletters) == 1:
+        subject = f"Please confirm your subscription to {first.name}"
+    else:
+        subject = "Please confirm your newsletter subscriptions"
+    url = confirm_url(subscriber, [(s.id, nonce) for s, nonce in pending])
+    text, html = _render("confirmation", newsletters=newsletters, confirm_url=url)
+    return build(
+        to=subscriber.email,
+        from_=sender(first if same_sender else None),
+        subject=subject,
+        text=text,
+        html=html,
+        message_key=message_key,
+        reply_to=first.reply_to if same_sender else None,
+    )
+
+
+def welcome(subscription: Subscription, message_key: str) -> EmailMessage:
+    """The short note a list sends once a reader has confirmed."""
+    newsletter = subscription.newsletter
+    links = {
+        "unsubscribe_url": unsubscribe_url(subscription),
+        "preferences_url": preferences_url(subscription.subscriber),
+    }
+    text, html = _render("welcome", newsletter=newsletter, **links)
+    return build(
+        to=subscription.subscriber.email,
+        from_=sender(newsletter),
+        subject=f"Welcome to {newsletter.name}",
+        text=text,
+        html=html,
+        message_key=message_key,
+        reply_to=newsletter.reply_to,
+        headers=list_headers(subscription),
+    )

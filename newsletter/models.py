@@ -1,0 +1,231 @@
+"""Database tables."""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from newsletter.extensions import db
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware, in UTC."""
+    return datetime.now(UTC)
+
+
+def new_nonce() -> str:
+    """A fresh random value that invalidates links signed with the previous one."""
+    return secrets.token_urlsafe(12)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores aware datetimes in UTC and hands them back aware, on SQLite as on PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is not None:
+            if value.tzinfo is None:
+                raise ValueError("naive datetime given to a UTC column")
+            value = value.astimezone(UTC)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+# The texts of the signup boxes on the site this service was first built for.
+DEFAULT_PROMPT = "Enter your email to subscribe"
+DEFAULT_BUTTON = "Subscribe"
+DEFAULT_THANKS = (
+    "Thank you for signing up for this newsletter. We\u2019ve sent you a confirmation email."
+)
+
+
+class SubscriptionStatus(enum.StrEnum):
+    PENDING = "pending"
+    CONFIRMED = "confirmed"
+    UNSUBSCRIBED = "unsubscribed"
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
+
+
+class ConsentAction(enum.StrEnum):
+    SIGNUP = "signup"
+    CONFIRMATION_SENT = "confirmation_sent"
+    CONFIRMED = "confirmed"
+    UNSUBSCRIBED = "unsubscribed"
+
+
+class OutboxStatus(enum.StrEnum):
+    QUEUED = "queued"
+    SENT = "sent"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class MailKind(enum.StrEnum):
+    CONFIRMATION = "confirmation"
+    WELCOME = "welcome"
+
+
+class Newsletter(db.Model):
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slug: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    cadence: Mapped[str] = mapped_column(String(32), default="weekly")
+    from_name: Mapped[str | None] = mapped_column(String(200))
+    from_address: Mapped[str | None] = mapped_column(String(254))
+    reply_to: Mapped[str | None] = mapped_column(String(254))
+    prompt_text: Mapped[str] = mapped_column(String(200), default=DEFAULT_PROMPT)
+    button_text: Mapped[str] = mapped_column(String(60), default=DEFAULT_BUTTON)
+    thanks_text: Mapped[str] = mapped_column(String(500), default=DEFAULT_THANKS)
+    welcome_text: Mapped[str] = mapped_column(Text, default="")
+    welcome_enabled: Mapped[bool] = mapped_column(default=True)
+    archived: Mapped[bool] = mapped_column(default=False)
+    position: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"<Newsletter {self.slug}>"
+
+
+class Subscriber(db.Model):
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # As the reader typed it, normalised by email-validator (domain lowercased, IDNA).
+    email: Mapped[str] = mapped_column(String(254))
+    # Case-folded copy: Reader@Example.COM and reader@example.com are one person.
+    email_key: Mapped[str] = mapped_column(String(254), unique=True)
+    locale: Mapped[str | None] = mapped_column(String(16))
+    # Part of every link for this person, so a reused row id cannot inherit old links.
+    token_key: Mapped[str] = mapped_column(String(32), default=lambda: secrets.token_urlsafe(12))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    subscriptions: Mapped[list[Subscription]] = relationship(
+        back_populates="subscriber", cascade="all, delete-orphan"
+    )
+
+    def __repr__(self) -> str:
+        return f"<Subscriber {self.id}>"
+
+
+class Subscription(db.Model):
+    __table_args__ = (
+        UniqueConstraint("subscriber_id", "newsletter_id"),
+        Index("ix_subscription_newsletter_status", "newsletter_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscriber.id", ondelete="CASCADE"))
+    newsletter_id: Mapped[int] = mapped_column(ForeignKey("newsletter.id", ondelete="CASCADE"))
+    status: Mapped[SubscriptionStatus] = mapped_column(
+        String(16), default=SubscriptionStatus.PENDING
+    )
+    nonce: Mapped[str] = mapped_column(String(32), default=new_nonce)
+    source: Mapped[str | None] = mapped_column(String(100))
+    subscribed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    unsubscribed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    # Joined: nearly every use of a subscription needs its list's name or its reader's address.
+    subscriber: Mapped[Subscriber] = relationship(back_populates="subscriptions", lazy="joined")
+    newsletter: Mapped[Newsletter] = relationship(lazy="joined")
+
+    def __repr__(self) -> str:
+        return f"<Subscription {self.subscriber_id}->{self.newsletter_id} {self.status}>"
+
+
+class ConsentEvent(db.Model):
+    """Append-only trail of what each reader agreed to, when, and from where."""
+
+    __table_args__ = (Index("ix_consent_event_subscription", "subscription_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subscription_id: Mapped[int] = mapped_column(ForeignKey("subscription.id", ondelete="CASCADE"))
+    action: Mapped[ConsentAction] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(400))
+    source: Mapped[str | None] = mapped_column(String(100))
+    text_shown: Mapped[str | None] = mapped_column(Text)
+
+    subscription: Mapped[Subscription] = relationship()
+
+    def __repr__(self) -> str:
+        return f"<ConsentEvent {self.subscription_id} {self.action}>"
+
+
+class OutboxMessage(db.Model):
+    """A transactional mail, written with the change that causes it and sent by the worker."""
+
+    __table_args__ = (
+        Index("ix_outbox_due", "status", "next_attempt_at"),
+        Index("ix_outbox_recipient", "subscriber_id", "kind", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[MailKind] = mapped_column(String(32))
+    subscriber_id: Mapped[int | None] = mapped_column(
+        ForeignKey("subscriber.id", ondelete="SET NULL")
+    )
+    to_address: Mapped[str] = mapped_column(String(254))
+    payload: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
+    # Left part of the Message-ID, fixed at queue time so every retry carries the same one.
+    message_key: Mapped[str] = mapped_column(String(64), default=lambda: secrets.token_hex(16))
+    status: Mapped[OutboxStatus] = mapped_column(String(16), default=OutboxStatus.QUEUED)
+    attempts: Mapped[int] = mapped_column(default=0)
+    # Doubles as the claim lease: a worker pushes it forward while it sends.
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    subscriber: Mapped[Subscriber | None] = relationship()
+
+    def __repr__(self) -> str:
+        return f"<OutboxMessage {self.id} {self.kind} {self.status}>"
+
+
+item_newsletter = Table(
+    "item_newsletter",
+    db.Model.metadata,
+    Column("item_id", ForeignKey("item.id", ondelete="CASCADE"), primary_key=True),
+    Column("newsletter_id", ForeignKey("newsletter.id", ondelete="CASCADE"), primary_key=True),
+)
+
+
+class Item(db.Model):
+    """A news item of the site, material for digests."""
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    guid: Mapped[str] = mapped_column(String(500), unique=True)
+    title: Mapped[str] = mapped_column(String(500))
+    url: Mapped[str | None] = mapped_column(String(1000))
+    summary: Mapped[str] = mapped_column(Text, default="")
+    published_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    # Selectin: a page of items shows their lists without a query per item.
+    newsletters: Mapped[list[Newsletter]] = relationship(secondary=item_newsletter, lazy="selectin")
+
+    def __repr__(self) -> str:
+        return f"<Item {self.guid}>"

@@ -1,0 +1,56 @@
+"""Error pages and JSON error bodies: a clear message and a 4xx, never a stack trace."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+log = logging.getLogger(__name__)
+
+MESSAGES = {
+    400: "The request could not be understood.",
+    404: "There is no page at this address.",
+    405: "This address does not accept that kind of request.",
+    413: "What was sent is too large.",
+    429: "Too many requests from your network. Please wait a few minutes and try again.",
+}
+
+
+def _wants_json() -> bool:
+    if request.path.startswith("/api/") or request.is_json:
+        return True
+    best = request.accept_mimetypes.best_match(["text/html", "application/json"])
+    return best == "application/json"
+
+
+def _reply(exc: HTTPException) -> tuple[Response | str, int]:
+    code = exc.code or 500
+    message = MESSAGES.get(code) or exc.description or "Something went wrong."
+    if _wants_json():
+        response = jsonify({"ok": False, "message": message})
+        return response, code
+    return render_template("public/message.html", title=exc.name, text=message), code
+
+
+def register(app: Flask) -> None:
+    """Answer every HTTP error with our own page or JSON body."""
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
+        response, code = _reply(exc)
+        if code == 429 and isinstance(exc.response, Response):
+            # Keep Flask-Limiter's Retry-After and X-RateLimit-* headers.
+            headers = exc.response.headers
+            if not isinstance(response, Response):
+                response = app.make_response((response, code))
+            for name in ("Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining"):
+                if name in headers:
+                    response.headers[name] = headers[name]
+        return response, code
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):  # type: ignore[no-untyped-def]
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _reply(InternalServerError())

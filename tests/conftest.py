@@ -1,0 +1,167 @@
+"""Fixtures: an app on a fresh database per test (SQLite always, PostgreSQL when configured)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import text
+
+from newsletter import create_app
+from newsletter.extensions import db as _db
+from newsletter.extensions import limiter
+from newsletter.mail import outbox
+from newsletter.mail.transport import MemoryTransport
+from newsletter.models import Newsletter
+
+PG_URL = os.environ.get("NEWSLETTER_TEST_DATABASE_URL")
+REDIS_URL = os.environ.get("NEWSLETTER_TEST_REDIS_URL")
+BASE_URL = "https://news.example.org"
+
+DATABASES = ["sqlite"] + (["postgresql"] if PG_URL else [])
+
+
+@pytest.fixture(scope="session", params=DATABASES)
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Each test runs once per database this machine offers."""
+    if request.param == "postgresql":
+        return str(PG_URL)
+    return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'test.db'}"
+
+
+def make_config(database_url: str, instance: Path, **extra: object) -> dict[str, object]:
+    """The settings of a test app; tests override what they exercise."""
+    return {
+        "ENV": "testing",
+        "TESTING": True,
+        "INSTANCE_PATH": str(instance),
+        "DATABASE_URL": database_url,
+        "SECRET_KEY": "test-secret-key",
+        "BASE_URL": BASE_URL,
+        "REDIS_URL": REDIS_URL,
+        **extra,
+    }
+
+
+def _empty_tables() -> None:
+    tables = list(reversed(_db.metadata.sorted_tables))
+    with _db.engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            names = ", ".join(f'"{t.name}"' for t in tables)
+            conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+        else:
+            for table in tables:
+                conn.execute(table.delete())
+
+
+@pytest.fixture
+def app_config() -> dict[str, object]:
+    """Overrides for the app fixture; a test module may redefine it."""
+    return {}
+
+
+@pytest.fixture
+def app(database_url: str, tmp_path: Path, app_config: dict[str, object]) -> Iterator[Flask]:
+    app = create_app(make_config(database_url, tmp_path / "instance", **app_config))
+    with app.app_context():
+        _db.create_all()
+        try:
+            yield app
+        finally:
+            _db.session.remove()
+            _empty_tables()
+            # Counts must not leak into the next test, on Redis as in memory.
+            limiter.reset()
+            _db.engine.dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app: Flask):  # type: ignore[no-untyped-def]
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def db(app: Flask):  # type: ignore[no-untyped-def]
+    return _db
+
+
+class Mailbox:
+    """Runs the outbox worker into memory and keeps what it sent."""
+
+    def __init__(self) -> None:
+        self.transport = MemoryTransport()
+
+    @property
+    def messages(self) -> list[EmailMessage]:
+        return self.transport.messages
+
+    def deliver(self) -> list[EmailMessage]:
+        """Send everything due, as `newsletter worker --drain` would; return the new mails."""
+        before = len(self.transport.messages)
+        outbox.run(lambda: _db.session, self.transport, drain=True)
+        return self.transport.messages[before:]
+
+
+@pytest.fixture
+def mailbox(app: Flask) -> Mailbox:
+    return Mailbox()
+
+
+def make_newsletter(slug: str = "daily", name: str | None = None, **fields: object) -> Newsletter:
+    """Add a newsletter and commit."""
+    newsletter = Newsletter(slug=slug, name=name or slug.replace("-", " ").title(), **fields)
+    _db.session.add(newsletter)
+    _db.session.commit()
+    return newsletter
+
+
+@pytest.fixture
+def newsletters(app: Flask) -> list[Newsletter]:
+    """Three lists, like a small news site has."""
+    return [
+        make_newsletter(
+            "daily", "Daily Briefing", from_name="Daily Desk", from_address="daily@news.example.org"
+        ),
+        make_newsletter("explaining-ukraine", "Explaining Ukraine with Kate Tsurkan"),
+        make_newsletter("culture", "Culture"),
+    ]
+
+
+_LINK = re.compile(r"https?://[^\s<>\"']+")
+
+
+def text_part(message: EmailMessage) -> str:
+    part = message.get_body(preferencelist=("plain",))
+    assert part is not None
+    return part.get_content()
+
+
+def html_part(message: EmailMessage) -> str:
+    part = message.get_body(preferencelist=("html",))
+    assert part is not None
+    return part.get_content()
+
+
+def links(message: EmailMessage, path: str) -> list[str]:
+    """Links in the text part whose path starts with `path`, relative to the site."""
+    found = []
+    for url in _LINK.findall(text_part(message)):
+        if url.startswith(BASE_URL + path):
+            found.append(url[len(BASE_URL) :])
+    return found
+
+
+def signup(client: FlaskClient, email: str, *slugs: str, **extra: str):  # type: ignore[no-untyped-def]
+    """Post a signup box as a browser without JavaScript does."""
+    return client.post("/subscribe", data={"email": email, "newsletter": list(slugs), **extra})

@@ -270,6 +270,7 @@ def _mark_confirmed(session: Session, subscription: Subscription, origin: Origin
     subscription.nonce = new_nonce()
     _event(session, subscription, ConsentAction.CONFIRMED, origin)
     if subscription.newsletter.welcome_enabled:
+        session.flush()  # a subscription made just now needs its id in the payload
         outbox.enqueue(
             session,
             MailKind.WELCOME,

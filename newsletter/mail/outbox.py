@@ -109,7 +109,15 @@ def deliver_batch(session: Session, transport: Transport, settings: WorkerSettin
         row = session.get(OutboxMessage, row_id)
         if row is None or row.status != OutboxStatus.QUEUED:
             continue
-        message = compose(session, row)
+        try:
+            message = compose(session, row)
+        except Exception as exc:
+            # A mail that cannot be built (bad data) must not stop the queue behind it.
+            log.exception("mail %s cannot be composed", row.id)
+            row.status = OutboxStatus.FAILED
+            row.last_error = f"cannot compose: {exc}"[:2000]
+            session.commit()
+            continue
         if message is None:
             row.status = OutboxStatus.SKIPPED
             row.last_error = "nothing to send any more"

@@ -1,0 +1,162 @@
+"""The confirmation link: GET asks, POST confirms; used, tampered and expired links."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import links, signup, text_part
+from sqlalchemy import select
+
+from newsletter.models import ConsentEvent, Subscription, SubscriptionStatus
+
+
+@pytest.fixture
+def confirm_link(client, mailbox, newsletters) -> str:
+    """A reader signed up to two lists; the path of the link in their mail."""
+    signup(client, "reader@example.com", "daily", "explaining-ukraine")
+    (mail,) = mailbox.deliver()
+    (link,) = links(mail, "/confirm/")
+    return link
+
+
+def statuses(db) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    db.session.expire_all()
+    return {s.newsletter.slug: s.status for s in db.session.scalars(select(Subscription))}
+
+
+def test_get_shows_a_button_and_confirms_nothing(client, db, confirm_link):
+    response = client.get(confirm_link)
+    assert response.status_code == 200
+    page = response.get_data(as_text=True)
+    assert "Confirm subscription" in page
+    assert "Daily Briefing" in page and "Explaining Ukraine with Kate Tsurkan" in page
+    assert set(statuses(db).values()) == {"pending"}
+
+
+def test_post_confirms_every_list_of_the_signup(client, db, mailbox, confirm_link):
+    response = client.post(confirm_link)
+    assert response.status_code == 200
+    page = response.get_data(as_text=True)
+    assert "Subscription confirmed" in page
+    assert "Daily Briefing" in page and "Explaining Ukraine with Kate Tsurkan" in page
+    assert "/preferences/" in page
+    assert statuses(db) == {"daily": "confirmed", "explaining-ukraine": "confirmed"}
+    confirmed = db.session.scalars(
+        select(ConsentEvent).where(ConsentEvent.action == "confirmed")
+    ).all()
+    assert len(confirmed) == 2 and all(e.ip == "127.0.0.1" for e in confirmed)
+
+
+def test_confirming_sends_one_welcome_per_list_with_list_headers(client, mailbox, confirm_link):
+    client.post(confirm_link)
+    welcomes = mailbox.deliver()
+    assert sorted(m["Subject"] for m in welcomes) == [
+        "Welcome to Daily Briefing",
+        "Welcome to Explaining Ukraine with Kate Tsurkan",
+    ]
+    daily = next(m for m in welcomes if "Daily" in m["Subject"])
+    assert daily["From"] == "Daily Desk <daily@news.example.org>"
+    assert daily["List-Id"] == "Daily Briefing <daily.news.example.org>"
+    assert daily["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    unsubscribe = daily["List-Unsubscribe"]
+    assert unsubscribe.startswith("<https://news.example.org/unsubscribe/")
+    assert "mailto:" not in unsubscribe
+    assert links(daily, "/preferences/") and links(daily, "/unsubscribe/")
+
+
+def test_welcome_can_be_turned_off(client, db, mailbox, newsletters):
+    newsletters[0].welcome_enabled = False
+    db.session.commit()
+    signup(client, "reader@example.com", "daily")
+    (link,) = links(mailbox.deliver()[0], "/confirm/")
+    client.post(link)
+    assert mailbox.deliver() == []
+
+
+def test_second_click_says_already_confirmed(client, db, mailbox, confirm_link):
+    client.post(confirm_link)
+    mailbox.deliver()
+    again = client.post(confirm_link)
+    assert again.status_code == 200
+    assert "Already confirmed" in again.get_data(as_text=True)
+    assert mailbox.deliver() == []  # no second welcome
+
+
+def test_link_is_dead_after_unsubscribe(client, db, confirm_link):
+    for subscription in db.session.scalars(select(Subscription)):
+        subscription.status = SubscriptionStatus.UNSUBSCRIBED
+        subscription.nonce = "changed"
+    db.session.commit()
+    response = client.post(confirm_link)
+    assert response.status_code == 410
+    assert "This link is no longer valid" in response.get_data(as_text=True)
+    assert set(statuses(db).values()) == {"unsubscribed"}
+
+
+def test_old_link_cannot_confirm_a_later_signup(client, db, mailbox, confirm_link):
+    """Unsubscribe, sign up again: only the new mail's link confirms."""
+    for subscription in db.session.scalars(select(Subscription)):
+        subscription.status = SubscriptionStatus.UNSUBSCRIBED
+    db.session.commit()
+    signup(client, "reader@example.com", "daily")
+    (new_mail,) = mailbox.deliver()
+    assert client.post(confirm_link).status_code == 410
+    assert statuses(db)["daily"] == "pending"
+    (new_link,) = links(new_mail, "/confirm/")
+    assert client.post(new_link).status_code == 200
+    assert statuses(db)["daily"] == "confirmed"
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [lambda t: t[:-3] + "abc", lambda t: t[:20], lambda t: "x" + t, lambda t: "garbage"],
+    ids=["signature", "truncated", "prefixed", "garbage"],
+)
+def test_tampered_link_gets_a_400_page(client, db, confirm_link, mangle):
+    token = confirm_link.removeprefix("/confirm/")
+    for method in (client.get, client.post):
+        response = method("/confirm/" + mangle(token))
+        assert response.status_code == 400
+        page = response.get_data(as_text=True)
+        assert "This link is broken" in page
+        assert "Traceback" not in page
+    assert set(statuses(db).values()) == {"pending"}
+
+
+def test_expired_link_offers_a_fresh_one(app, client, db, mailbox, confirm_link):
+    app.config["CONFIRM_MAX_AGE"] = -1
+    response = client.get(confirm_link)
+    assert response.status_code == 410
+    assert "This confirmation link has expired" in response.get_data(as_text=True)
+    assert client.post(confirm_link).status_code == 410
+    assert set(statuses(db).values()) == {"pending"}
+
+    resent = client.post(confirm_link + "/resend")
+    assert resent.status_code == 200
+    assert "New confirmation email sent" in resent.get_data(as_text=True)
+    (mail,) = mailbox.deliver()
+    assert "Daily Briefing" in text_part(mail)
+    app.config["CONFIRM_MAX_AGE"] = 3600
+    (fresh,) = links(mail, "/confirm/")
+    assert client.post(fresh).status_code == 200
+    assert set(statuses(db).values()) == {"confirmed"}
+
+
+def test_resend_respects_the_per_address_limit(app, client, mailbox, confirm_link):
+    app.config["CONFIRM_MAX_AGE"] = -1
+    app.config["CONFIRMATIONS_PER_ADDRESS"] = 1
+    response = client.post(confirm_link + "/resend")
+    assert response.status_code == 429
+    assert "several confirmation emails" in response.get_data(as_text=True)
+    assert mailbox.deliver() == []
+
+
+def test_rotated_secret_key_keeps_old_links_working(app, client, db, confirm_link):
+    app.config["SECRET_KEY_FALLBACKS"] = [app.config["SECRET_KEY"]]
+    app.config["SECRET_KEY"] = "a-brand-new-secret"
+    assert client.post(confirm_link).status_code == 200
+    assert set(statuses(db).values()) == {"confirmed"}
+
+
+def test_link_signed_with_an_unknown_key_is_refused(app, client, db, confirm_link):
+    app.config["SECRET_KEY"] = "a-brand-new-secret"
+    assert client.post(confirm_link).status_code == 400

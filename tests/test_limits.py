@@ -1,0 +1,87 @@
+"""Abuse limits: per IP on the signup endpoint, per address on confirmation mails."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import signup
+from sqlalchemy import func, select
+
+from newsletter.models import OutboxMessage
+
+
+@pytest.fixture
+def app_config() -> dict[str, object]:
+    return {"SUBSCRIBE_RATE_LIMIT": "3 per minute"}
+
+
+def test_per_ip_limit_answers_429_with_a_clear_page(client, newsletters):
+    for n in range(3):
+        assert signup(client, f"reader{n}@example.com", "daily").status_code == 200
+    response = signup(client, "reader4@example.com", "daily")
+    assert response.status_code == 429
+    page = response.get_data(as_text=True)
+    assert "Too many requests from your network" in page
+    assert "Retry-After" in response.headers
+
+
+def test_per_ip_limit_in_json(client, newsletters):
+    for n in range(3):
+        signup(client, f"reader{n}@example.com", "daily")
+    response = client.post(
+        "/subscribe", json={"email": "late@example.com", "newsletter": ["daily"]}
+    )
+    assert response.status_code == 429
+    assert response.json["ok"] is False
+    assert "Too many requests" in response.json["message"]
+
+
+def test_other_ips_are_not_limited(client, newsletters):
+    for n in range(4):
+        response = client.post(
+            "/subscribe",
+            data={"email": f"reader{n}@example.com", "newsletter": "daily"},
+            environ_base={"REMOTE_ADDR": f"192.0.2.{n}"},
+        )
+        assert response.status_code == 200
+
+
+def test_limit_shared_between_form_and_api(client, newsletters):
+    for n in range(3):
+        signup(client, f"reader{n}@example.com", "daily")
+    response = client.post(
+        "/api/v1/subscriptions", json={"email": "x@example.com", "newsletters": ["daily"]}
+    )
+    assert response.status_code == 429
+
+
+def test_at_most_three_confirmations_per_address_a_day_whatever_the_ips(
+    client, db, mailbox, newsletters
+):
+    for n in range(8):
+        response = client.post(
+            "/subscribe",
+            data={"email": "victim@example.com", "newsletter": "daily"},
+            environ_base={"REMOTE_ADDR": f"198.51.100.{n}"},
+        )
+        # The reply never tells that the limit was hit.
+        assert response.status_code == 200
+        assert "Successfully subscribed" in response.get_data(as_text=True)
+    queued = db.session.scalar(select(func.count()).select_from(OutboxMessage))
+    assert queued == 3
+    assert len(mailbox.deliver()) == 3
+
+
+def test_per_address_limit_counts_case_variants_as_one(client, db, newsletters):
+    for n, email in enumerate(["V@Example.com", "v@example.com", "v@EXAMPLE.COM", "V@example.COM"]):
+        client.post(
+            "/subscribe",
+            data={"email": email, "newsletter": "daily"},
+            environ_base={"REMOTE_ADDR": f"198.51.100.{n}"},
+        )
+    assert db.session.scalar(select(func.count()).select_from(OutboxMessage)) == 3
+
+
+def test_unsubscribe_is_never_rate_limited(client, newsletters):
+    for _ in range(6):
+        # A broken token still goes through the view: 400, never 429.
+        assert client.post("/unsubscribe/broken").status_code == 400

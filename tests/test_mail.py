@@ -1,0 +1,64 @@
+"""Composed mails: multipart, the headers every client expects, nothing injected."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import html_part, links, signup, text_part
+
+from newsletter.mail import compose
+
+
+def test_confirmation_mail_is_multipart_with_standard_headers(client, mailbox, newsletters):
+    signup(client, "reader@example.com", "daily")
+    (mail,) = mailbox.deliver()
+    assert mail.get_content_type() == "multipart/alternative"
+    assert [p.get_content_type() for p in mail.iter_parts()] == ["text/plain", "text/html"]
+    assert mail["Message-ID"].endswith("@news.example.org>")
+    assert mail["Date"]
+    assert mail["From"] == "Daily Desk <daily@news.example.org>"
+    assert mail["Subject"] == "Please confirm your subscription to Daily Briefing"
+    (link,) = links(mail, "/confirm/")
+    assert f'href="https://news.example.org{link}"' in html_part(mail)
+    # A confirmation is not a list mail: no unsubscribe header to mislead filters.
+    assert mail["List-Unsubscribe"] is None
+
+
+def test_one_mail_for_several_lists_with_different_senders(client, mailbox, newsletters):
+    signup(client, "reader@example.com", "daily", "explaining-ukraine", "culture")
+    (mail,) = mailbox.deliver()
+    assert mail["Subject"] == "Please confirm your newsletter subscriptions"
+    assert mail["From"] == "Newsletter <newsletter@localhost>"
+    body = text_part(mail)
+    for name in ("Daily Briefing", "Explaining Ukraine with Kate Tsurkan", "Culture"):
+        assert name in body
+
+
+def test_retried_mail_keeps_its_message_id(app, client, db, mailbox, newsletters):
+    from newsletter.mail.outbox import compose as compose_row
+    from newsletter.models import OutboxMessage
+
+    signup(client, "reader@example.com", "daily")
+    row = db.session.scalars(db.select(OutboxMessage)).one()
+    assert compose_row(db.session, row)["Message-ID"] == compose_row(db.session, row)["Message-ID"]
+
+
+@pytest.mark.parametrize(
+    "value", ["Daily\r\nBcc: victim@example.com", "a\nb", "nul\0"], ids=["crlf", "lf", "nul"]
+)
+def test_header_values_with_line_breaks_are_refused(value):
+    with pytest.raises(compose.HeaderInjection):
+        compose.header_value(value)
+
+
+def test_a_newsletter_name_with_a_line_break_fails_that_mail_only(client, db, mailbox, newsletters):
+    from newsletter.models import OutboxMessage
+
+    newsletters[2].name = "Culture\r\nBcc: victim@example.com"
+    db.session.commit()
+    signup(client, "one@example.com", "culture")
+    signup(client, "two@example.com", "daily")
+    sent = mailbox.deliver()
+    assert [m["To"] for m in sent] == ["two@example.com"]
+    assert all("victim" not in str(m) for m in sent)
+    statuses = {r.to_address: r.status for r in db.session.scalars(db.select(OutboxMessage))}
+    assert statuses == {"one@example.com": "failed", "two@example.com": "sent"}

@@ -1,0 +1,76 @@
+"""The preferences page: every list with its state; change them or leave all."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import links, signup
+from sqlalchemy import select
+
+from newsletter.models import Newsletter, Subscription
+
+
+@pytest.fixture
+def prefs_link(client, mailbox, newsletters) -> str:
+    signup(client, "reader@example.com", "daily")
+    (link,) = links(mailbox.deliver()[0], "/confirm/")
+    client.post(link)
+    (welcome,) = mailbox.deliver()
+    (prefs,) = links(welcome, "/preferences/")
+    return prefs
+
+
+def newsletter_ids(db) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    return dict(db.session.execute(select(Newsletter.slug, Newsletter.id)).all())
+
+
+def statuses(db) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    db.session.expire_all()
+    return {s.newsletter.slug: s.status for s in db.session.scalars(select(Subscription))}
+
+
+def test_page_lists_every_newsletter_with_state(client, prefs_link):
+    response = client.get(prefs_link)
+    assert response.status_code == 200
+    page = response.get_data(as_text=True)
+    assert "reader@example.com" in page
+    for name in ("Daily Briefing", "Explaining Ukraine with Kate Tsurkan", "Culture"):
+        assert name in page
+    assert "subscribed" in page and "not subscribed" in page
+
+
+def test_choosing_lists_confirms_them_at_once_and_drops_the_rest(
+    client, db, mailbox, newsletters, prefs_link
+):
+    ids = newsletter_ids(db)
+    response = client.post(
+        prefs_link, data={"newsletter": [ids["culture"], ids["explaining-ukraine"]]}
+    )
+    assert response.status_code == 200
+    assert "Your choices are saved." in response.get_data(as_text=True)
+    assert statuses(db) == {
+        "daily": "unsubscribed",
+        "culture": "confirmed",
+        "explaining-ukraine": "confirmed",
+    }
+    # No confirmation mail: the link proved the address. Each new list says welcome.
+    subjects = sorted(m["Subject"] for m in mailbox.deliver())
+    assert subjects == ["Welcome to Culture", "Welcome to Explaining Ukraine with Kate Tsurkan"]
+
+
+def test_leave_all(client, db, newsletters, prefs_link):
+    ids = list(newsletter_ids(db).values())
+    response = client.post(prefs_link, data={"newsletter": ids, "action": "leave-all"})
+    assert response.status_code == 200
+    assert set(statuses(db).values()) == {"unsubscribed"}
+
+
+def test_ignores_junk_ids(client, db, prefs_link):
+    response = client.post(prefs_link, data={"newsletter": ["abc", "99999", "-1"]})
+    assert response.status_code == 200
+    assert statuses(db) == {"daily": "unsubscribed"}
+
+
+def test_tampered_preferences_link(client):
+    response = client.get("/preferences/not-a-token")
+    assert response.status_code == 400
+    assert "This link is broken" in response.get_data(as_text=True)

@@ -18,6 +18,7 @@ install: $(STAMP)
 
 # Development: SQLite in instance/, mail as .eml files in instance/outbox/, read at /_mailbox.
 run: export NEWSLETTER_ENV = development
+run: export NEWSLETTER_BASE_URL ?= http://$(HOST):$(PORT)
 run: $(STAMP)
 	$(BIN)/newsletter init-db
 	$(BIN)/newsletter seed-demo

@@ -321,15 +321,27 @@ def _mark_unsubscribed(session: Session, subscription: Subscription, origin: Ori
     _event(session, subscription, ConsentAction.UNSUBSCRIBED, origin)
 
 
-def unsubscribe(session: Session, payload: object, origin: Origin) -> Subscription:
-    """Leave the list an unsubscribe link names; repeating it changes nothing; commits."""
+def list_subscription(session: Session, payload: object) -> Subscription:
+    """The subscription an unsubscribe link was made for."""
     subscriber = reader_from_payload(session, payload)
     assert isinstance(payload, dict)
-    subscription = next(
-        (s for s in subscriber.subscriptions if s.newsletter_id == payload.get("l")), None
-    )
-    if subscription is None:
-        raise LinkNoLongerValid()
+    for subscription in subscriber.subscriptions:
+        if subscription.newsletter_id == payload.get("l"):
+            return subscription
+    raise LinkNoLongerValid()
+
+
+def signup_subscriptions(
+    session: Session, payload: object
+) -> tuple[Subscriber, list[Subscription]]:
+    """The reader and the subscriptions a confirmation link names, whatever their state now."""
+    subscriber = reader_from_payload(session, payload)
+    assert isinstance(payload, dict)
+    return subscriber, [s for s, _ in _linked_subscriptions(subscriber, payload)]
+
+
+def unsubscribe(session: Session, subscription: Subscription, origin: Origin) -> Subscription:
+    """Leave one list; repeating it changes nothing; commits."""
     if subscription.status in (S.PENDING, S.CONFIRMED):
         _mark_unsubscribed(session, subscription, origin)
         session.commit()

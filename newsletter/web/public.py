@@ -21,7 +21,14 @@ from werkzeug.datastructures import MultiDict
 from newsletter import subscriptions as subs
 from newsletter import tokens
 from newsletter.extensions import csrf, db, limiter
-from newsletter.models import DEFAULT_THANKS, Item, Newsletter, SubscriptionStatus
+from newsletter.models import (
+    DEFAULT_THANKS,
+    Item,
+    Newsletter,
+    Subscriber,
+    Subscription,
+    SubscriptionStatus,
+)
 
 bp = Blueprint("public", __name__)
 # Reader pages are authorised by the signed token in their URL, and the signup boxes are
@@ -230,12 +237,9 @@ def _confirm_payload(token: str) -> object:
 def confirm(token: str) -> str | tuple[str, int]:
     """Show what the link confirms, with a button: fetching a link confirms nothing."""
     try:
-        payload = _confirm_payload(token)
-        subscriber = subs.reader_from_payload(db.session, payload)
+        subscriber, linked = subs.signup_subscriptions(db.session, _confirm_payload(token))
     except (tokens.TokenError, subs.LinkNoLongerValid) as exc:
         return _token_error(exc)
-    ids = {pair[0] for pair in payload.get("n", []) if isinstance(pair, list)}  # type: ignore[union-attr]
-    linked = [s for s in subscriber.subscriptions if s.id in ids]
     return render_template("public/confirm.html", subscriber=subscriber, subscriptions=linked)
 
 
@@ -247,12 +251,14 @@ def confirm_post(token: str) -> str | tuple[str, int]:
     except (tokens.TokenError, subs.LinkNoLongerValid) as exc:
         return _token_error(exc)
     return render_template(
-        "public/confirmed.html", result=result, preferences_token=_preferences_token(result)
+        "public/confirmed.html",
+        result=result,
+        preferences_token=_preferences_token(result.subscriber),
     )
 
 
-def _preferences_token(result: subs.ConfirmResult) -> str:
-    return tokens.dumps(tokens.PREFERENCES, tokens.reader_payload(result.subscriber))
+def _preferences_token(subscriber: Subscriber) -> str:
+    return tokens.dumps(tokens.PREFERENCES, tokens.reader_payload(subscriber))
 
 
 @bp.post("/confirm/<token>/resend")
@@ -275,32 +281,24 @@ def confirm_resend(token: str) -> str | tuple[str, int]:
     return render_template("public/resent.html", subscriptions=pending)
 
 
-def _unsubscribe_target(token: str):  # type: ignore[no-untyped-def]
-    payload = tokens.loads(tokens.UNSUBSCRIBE, token)
-    subscriber = subs.reader_from_payload(db.session, payload)
-    subscription = next(
-        (s for s in subscriber.subscriptions if s.newsletter_id == payload.get("l")), None
+def _unsubscribe_page(subscription: Subscription, done: bool) -> str:
+    return render_template(
+        "public/unsubscribe.html",
+        subscription=subscription,
+        done=done,
+        preferences_token=_preferences_token(subscription.subscriber),
     )
-    if subscription is None:
-        raise subs.LinkNoLongerValid()
-    return payload, subscription
 
 
 @bp.get("/unsubscribe/<token>")
 def unsubscribe(token: str) -> str | tuple[str, int]:
     """Ask before leaving: a GET (a link scanner, a prefetch) changes nothing."""
     try:
-        _, subscription = _unsubscribe_target(token)
+        payload = tokens.loads(tokens.UNSUBSCRIBE, token)
+        subscription = subs.list_subscription(db.session, payload)
     except (tokens.TokenError, subs.LinkNoLongerValid) as exc:
         return _token_error(exc)
-    return render_template(
-        "public/unsubscribe.html",
-        subscription=subscription,
-        done=subscription.status == SubscriptionStatus.UNSUBSCRIBED,
-        preferences_token=tokens.dumps(
-            tokens.PREFERENCES, tokens.reader_payload(subscription.subscriber)
-        ),
-    )
+    return _unsubscribe_page(subscription, subscription.status == SubscriptionStatus.UNSUBSCRIBED)
 
 
 @bp.post("/unsubscribe/<token>")
@@ -308,19 +306,13 @@ def unsubscribe(token: str) -> str | tuple[str, int]:
 def unsubscribe_post(token: str) -> str | tuple[str, int]:
     """Leave at once: the RFC 8058 one-click POST from a mail client, or the page's button."""
     try:
-        payload, _ = _unsubscribe_target(token)
-        source = "one-click" if "List-Unsubscribe" in request.form else "unsubscribe-page"
-        subscription = subs.unsubscribe(db.session, payload, origin(source))
+        payload = tokens.loads(tokens.UNSUBSCRIBE, token)
+        subscription = subs.list_subscription(db.session, payload)
     except (tokens.TokenError, subs.LinkNoLongerValid) as exc:
         return _token_error(exc)
-    return render_template(
-        "public/unsubscribe.html",
-        subscription=subscription,
-        done=True,
-        preferences_token=tokens.dumps(
-            tokens.PREFERENCES, tokens.reader_payload(subscription.subscriber)
-        ),
-    )
+    source = "one-click" if "List-Unsubscribe" in request.form else "unsubscribe-page"
+    subs.unsubscribe(db.session, subscription, origin(source))
+    return _unsubscribe_page(subscription, True)
 
 
 @bp.route("/preferences/<token>", methods=["GET", "POST"])

@@ -100,6 +100,9 @@ def finish(app: Flask) -> None:
     cfg["SESSION_COOKIE_SAMESITE"] = "Lax"
     cfg["SESSION_COOKIE_SECURE"] = production
     cfg["WTF_CSRF_TIME_LIMIT"] = None
+    # Signups are a few hundred bytes; refuse floods before they are parsed.
+    if cfg.get("MAX_CONTENT_LENGTH") is None:
+        cfg["MAX_CONTENT_LENGTH"] = 256 * 1024
 
 
 def _engine_options(url: str) -> dict[str, object]:

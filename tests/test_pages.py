@@ -70,6 +70,17 @@ def test_odd_json_gets_a_clear_4xx(client, newsletters, body):
     assert response.json["ok"] is False
 
 
+def test_oversized_request_is_refused_and_stores_nothing(client, db, newsletters):
+    from newsletter.models import Subscriber
+
+    response = client.post(
+        "/subscribe", data={"email": "a@example.com", "newsletter": "daily", "x": "y" * 300_000}
+    )
+    assert response.status_code == 413
+    assert "What was sent is too large." in response.get_data(as_text=True)
+    assert db.session.scalars(db.select(Subscriber)).first() is None
+
+
 def test_api_lists_newsletters_and_subscribes(client, mailbox, newsletters):
     listed = client.get("/api/v1/newsletters")
     assert [n["slug"] for n in listed.json["newsletters"]] == [

@@ -56,7 +56,7 @@ def worker(drain: bool, batch_size: int, poll: float) -> None:
         click.echo(f"Worker sending to {where}; Ctrl-C to stop.")
     handled = outbox.run(lambda: db.session, mailer, settings, drain=drain, stop=stop)
     waiting = outbox.pending_count(db.session)
-    click.echo(f"{handled} messages handled; {waiting} waiting for a retry.")
+    click.echo(f"Messages handled: {handled}; waiting for a retry: {waiting}.")
 
 
 @cli.group("subscribers")

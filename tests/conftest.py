@@ -165,3 +165,7 @@ def links(message: EmailMessage, path: str) -> list[str]:
 def signup(client: FlaskClient, email: str, *slugs: str, **extra: str):  # type: ignore[no-untyped-def]
     """Post a signup box as a browser without JavaScript does."""
     return client.post("/subscribe", data={"email": email, "newsletter": list(slugs), **extra})
+
+
+# The SMTP server fixtures (aiosmtpd on 127.0.0.1) live in their own module.
+pytest_plugins = ["smtp_server"]

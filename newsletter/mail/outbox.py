@@ -14,7 +14,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from newsletter.mail import compose as mails
-from newsletter.mail.transport import DeliveryError, Transport
+from newsletter.mail.transport import ConnectionFailure, DeliveryError, Transport
 from newsletter.models import (
     MailKind,
     OutboxMessage,
@@ -53,7 +53,12 @@ def enqueue(
 
 def retry_delay(attempts: int, settings: WorkerSettings) -> timedelta:
     """Exponential back-off: 30 s, 1 min, 2 min, … capped at two hours."""
-    delay = settings.first_retry * (2 ** max(attempts - 1, 0))
+    delay = settings.first_retry
+    # Doubling stops at the cap: 2 ** attempts would overflow timedelta from attempt 43 on.
+    for _ in range(attempts - 1):
+        if delay >= settings.max_retry:
+            break
+        delay *= 2
     return min(delay, settings.max_retry)
 
 
@@ -125,6 +130,15 @@ def deliver_batch(session: Session, transport: Transport, settings: WorkerSettin
             continue
         try:
             transport.send(message)
+        except ConnectionFailure as exc:
+            # The server is down or refuses us: the rest of the batch would fail the same way.
+            log.warning("mail server unavailable, batch put back: %s", exc)
+            for later in session.scalars(
+                select(OutboxMessage).where(OutboxMessage.id.in_(ids[ids.index(row_id) :]))
+            ):
+                _record_failure(later, exc, settings)
+            session.commit()
+            break
         except DeliveryError as exc:
             _record_failure(row, exc, settings)
             log.warning("mail %s to %s not sent: %s", row.id, row.to_address, exc)

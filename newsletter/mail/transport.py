@@ -26,6 +26,14 @@ class TemporaryFailure(DeliveryError):
     """Try again later: a 4xx reply, a refused or dropped connection."""
 
 
+class ConnectionFailure(TemporaryFailure):
+    """The server could not be reached or would not let us in; no message was offered."""
+
+
+class _Disconnected(TemporaryFailure):
+    """The connection went away in the middle of a message."""
+
+
 class PermanentFailure(DeliveryError):
     """Do not try again: a 5xx reply."""
 
@@ -122,35 +130,59 @@ class SMTPTransport:
             smtp = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=context)
         else:
             smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
-        smtp.ehlo()
-        if self.starttls:
-            smtp.starttls(context=context)
+        try:
             smtp.ehlo()
-        if self.username:
-            smtp.login(self.username, self.password or "")
+            if self.starttls:
+                smtp.starttls(context=context)
+                smtp.ehlo()
+            if self.username:
+                smtp.login(self.username, self.password or "")
+        except BaseException:
+            smtp.close()  # a half-opened session would leak its socket
+            raise
         return smtp
 
     def send(self, message: EmailMessage) -> None:
+        reused = self._smtp is not None
         try:
-            if self._smtp is None:
-                self._smtp = self._connect()
+            self._deliver(message)
+        except _Disconnected:
+            if not reused:
+                raise
+            # The server closed the kept-open connection while it idled: one fresh try.
+            self._deliver(message)
+
+    def _open(self) -> smtplib.SMTP:
+        try:
+            return self._connect()
+        except (smtplib.SMTPException, OSError) as exc:
+            # Nothing was said about a message yet: a wrong password (535), a failed STARTTLS
+            # or a refusing greeting is for the operator to fix, so the mail waits.
+            code = getattr(exc, "smtp_code", None)
+            raise ConnectionFailure(f"{type(exc).__name__}: {exc}", code) from exc
+
+    def _deliver(self, message: EmailMessage) -> None:
+        if self._smtp is None:
+            self._smtp = self._open()
+        try:
             refused = self._smtp.send_message(message)
         except smtplib.SMTPRecipientsRefused as exc:
             self._reset()
-            codes = [code for code, _ in exc.recipients.values()]
-            raise _failure(min(codes), str(exc.recipients)) from exc
+            raise _refused(exc.recipients) from exc
         except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:
             self._reset()
             raise _failure(exc.smtp_code, _text(exc.smtp_error)) from exc
         except smtplib.SMTPResponseException as exc:
             self.close()
             raise _failure(exc.smtp_code, _text(exc.smtp_error)) from exc
+        except smtplib.SMTPServerDisconnected as exc:
+            self.close()
+            raise _Disconnected(f"connection closed by the server: {exc}") from exc
         except (smtplib.SMTPException, OSError) as exc:
             self.close()
             raise TemporaryFailure(f"{type(exc).__name__}: {exc}") from exc
         if refused:
-            code = min(code for code, _ in refused.values())
-            raise _failure(code, str(refused))
+            raise _refused(refused)
 
     def _reset(self) -> None:
         """After a refusal the connection is still good; RSET so it can carry the next one."""
@@ -172,6 +204,11 @@ class SMTPTransport:
 
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _refused(recipients: dict[str, tuple[int, bytes]]) -> DeliveryError:
+    code, reply = min(recipients.values())
+    return _failure(code, _text(reply))
 
 
 def _failure(code: int, text: str) -> DeliveryError:

@@ -1,0 +1,341 @@
+"""SMTPTransport against a real SMTP server: URLs, TLS, AUTH, refusals, connection reuse."""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import ssl
+from collections.abc import Callable, Iterator
+from email.message import EmailMessage
+
+import pytest
+from conftest import make_config
+from flask import Flask
+from smtp_server import (
+    CREDENTIALS,
+    DROP,
+    HOST,
+    USERNAME,
+    SMTPServer,
+    free_port,
+)
+
+from newsletter import create_app
+from newsletter.extensions import db
+from newsletter.mail import compose
+from newsletter.mail.transport import (
+    DeliveryError,
+    PermanentFailure,
+    SMTPTransport,
+    TemporaryFailure,
+)
+
+MakeMail = Callable[..., EmailMessage]
+
+
+@pytest.fixture(scope="module")
+def mail_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
+    """An app to build mails with; these tests use no database."""
+    app = create_app(make_config("sqlite://", tmp_path_factory.mktemp("mail-app")))
+    yield app
+    with app.app_context():
+        db.engine.dispose()
+
+
+@pytest.fixture
+def make_mail(mail_app: Flask) -> MakeMail:
+    """Build a mail as the app does (compose.build), numbered so each is told apart."""
+    numbers = itertools.count(1)
+
+    def make(to: str = "reader@example.com", subject: str | None = None) -> EmailMessage:
+        n = next(numbers)
+        with mail_app.app_context():
+            return compose.build(
+                to=to,
+                from_="Daily Desk <daily@news.example.org>",
+                subject=subject or f"Issue {n}",
+                text=f"Plain text {n}\n",
+                html=f"<p>HTML {n}</p>\n",
+                message_key=f"key{n}",
+            )
+
+    return make
+
+
+@pytest.fixture
+def transport(smtp: SMTPServer) -> Iterator[SMTPTransport]:
+    """A transport to the plain server; closed whatever the test does."""
+    opened = SMTPTransport(HOST, smtp.port, timeout=5)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def connect() -> Iterator[Callable[..., SMTPTransport]]:
+    """SMTPTransport.from_url, with every transport made closed at the end."""
+    made: list[SMTPTransport] = []
+
+    def from_url(url: str, **options: object) -> SMTPTransport:
+        made.append(SMTPTransport.from_url(url, timeout=5, **options))
+        return made[-1]
+
+    yield from_url
+    for transport in made:
+        transport.close()
+    # A socket leaked by a failed connection warns when collected: make that happen here.
+    gc.collect()
+
+
+# --- URLs -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("smtp://mail.example.org", ("mail.example.org", 25, None, None, False, False)),
+        (
+            "smtp://user:secret@mail.example.org:2525",
+            ("mail.example.org", 2525, "user", "secret", False, False),
+        ),
+        ("smtps://mail.example.org", ("mail.example.org", 465, None, None, True, False)),
+        ("smtps://u:p@mail.example.org:4650", ("mail.example.org", 4650, "u", "p", True, False)),
+        (
+            "smtp://u:p@mail.example.org:587?starttls=1",
+            ("mail.example.org", 587, "u", "p", False, True),
+        ),
+        (
+            "smtp://mail.example.org?starttls=true",
+            ("mail.example.org", 25, None, None, False, True),
+        ),
+        ("smtp://mail.example.org?starttls=0", ("mail.example.org", 25, None, None, False, False)),
+        (
+            "smtp://news%40example.org:p%40ss%3Aw%2Frd%20%25%23@mail.example.org:587",
+            ("mail.example.org", 587, "news@example.org", "p@ss:w/rd %#", False, False),
+        ),
+        ("smtp://[::1]:2525", ("::1", 2525, None, None, False, False)),
+    ],
+    ids=[
+        "bare",
+        "user-pass-port",
+        "smtps-default-465",
+        "smtps-port",
+        "starttls-1",
+        "starttls-true",
+        "starttls-0",
+        "percent-encoded",
+        "ipv6",
+    ],
+)
+def test_from_url_reads_host_port_credentials_and_tls(url, expected):
+    transport = SMTPTransport.from_url(url)
+    got = (
+        transport.host,
+        transport.port,
+        transport.username,
+        transport.password,
+        transport.implicit_tls,
+        transport.starttls,
+    )
+    assert got == expected
+
+
+def test_from_url_passes_options_to_the_transport(client_tls):
+    transport = SMTPTransport.from_url("smtp://mail.example.org", timeout=3, ssl_context=client_tls)
+    assert transport.timeout == 3
+    assert transport.ssl_context is client_tls
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://mail.example.org", "smtp+tls://mail.example.org", "mail.example.org:25", ""],
+    ids=["http", "smtp+tls", "no-scheme", "empty"],
+)
+def test_from_url_refuses_other_schemes(url):
+    with pytest.raises(ValueError, match="unsupported SMTP URL scheme"):
+        SMTPTransport.from_url(url)
+
+
+# --- Plain SMTP ---------------------------------------------------------------------------------
+
+
+def test_message_arrives_with_envelope_parts_and_ids(smtp, transport, make_mail):
+    sent = make_mail(subject="Your morning briefing")
+    transport.send(sent)
+
+    [received] = smtp.received
+    assert received.mail_from == "daily@news.example.org"
+    assert received.rcpt_tos == ["reader@example.com"]
+    assert received.tls is False and received.login is None
+    message = received.message
+    assert message["Subject"] == "Your morning briefing"
+    assert message["From"] == "Daily Desk <daily@news.example.org>"
+    assert message["To"] == "reader@example.com"
+    assert message["Message-ID"] == sent["Message-ID"] == "<key1@news.example.org>"
+    assert message["Date"] == sent["Date"]
+    assert message["Date"].datetime.tzinfo is not None
+    assert message.get_content_type() == "multipart/alternative"
+    parts = [(p.get_content_type(), p.get_content()) for p in message.iter_parts()]
+    assert parts == [("text/plain", "Plain text 1\n"), ("text/html", "<p>HTML 1</p>\n")]
+
+
+def test_one_connection_carries_many_messages_until_closed(smtp, transport, make_mail):
+    for _ in range(3):
+        transport.send(make_mail())
+    assert len(smtp.received) == 3
+    assert smtp.connections == 1
+
+    transport.close()
+    assert smtp.handler.quits == 1
+    transport.close()  # closing twice is harmless
+
+    transport.send(make_mail())
+    assert len(smtp.received) == 4
+    assert smtp.connections == 2
+
+
+def test_close_without_sending_opens_nothing(smtp):
+    SMTPTransport(HOST, smtp.port, timeout=5).close()
+    assert smtp.connections == 0
+
+
+# --- Refusals and dropped connections ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "reply", "failure"),
+    [
+        ("MAIL", "451 4.3.0 Sender check deferred", TemporaryFailure),
+        ("MAIL", "553 5.1.8 Sender address rejected", PermanentFailure),
+        ("RCPT", "451 4.2.0 Mailbox busy, try later", TemporaryFailure),
+        ("RCPT", "550 5.1.1 No such user here", PermanentFailure),
+        ("DATA", "451 4.3.0 Queue full", TemporaryFailure),
+        ("DATA", "554 5.7.1 Message rejected as spam", PermanentFailure),
+    ],
+    ids=["mail-451", "mail-553", "rcpt-451", "rcpt-550", "data-451", "data-554"],
+)
+def test_refusal_maps_to_its_kind_and_the_connection_carries_the_next_message(
+    smtp, transport, make_mail, command, reply, failure
+):
+    smtp.handler.refuse(command, reply)
+    with pytest.raises(DeliveryError) as caught:
+        transport.send(make_mail(subject="refused"))
+    assert type(caught.value) is failure
+    assert caught.value.code == int(reply[:3])
+    assert caught.value.permanent is (failure is PermanentFailure)
+    assert reply[4:].split(" ", 1)[1] in str(caught.value)  # the server's words, for last_error
+    assert smtp.received == []
+
+    transport.send(make_mail(subject="next"))
+    assert [r.message["Subject"] for r in smtp.received] == ["next"]
+    assert smtp.connections == 1
+    assert smtp.handler.resets >= 1
+
+
+def test_421_closes_the_connection_and_the_next_message_opens_another(smtp, transport, make_mail):
+    smtp.handler.refuse("RCPT", "421 4.3.2 Shutting down")
+    with pytest.raises(TemporaryFailure) as caught:
+        transport.send(make_mail())
+    assert caught.value.code == 421
+
+    transport.send(make_mail(subject="next"))
+    assert [r.message["Subject"] for r in smtp.received] == ["next"]
+    assert smtp.connections == 2
+
+
+@pytest.mark.parametrize("command", ["MAIL", "DATA"], ids=["at-mail", "at-data"])
+def test_kept_open_connection_closed_by_the_server_is_reopened_once(
+    smtp, transport, make_mail, command
+):
+    transport.send(make_mail(subject="first"))
+    smtp.handler.refuse(command, DROP)
+    transport.send(make_mail(subject="second"))
+    assert [r.message["Subject"] for r in smtp.received] == ["first", "second"]
+    assert smtp.connections == 2
+
+
+@pytest.mark.parametrize("command", ["MAIL", "DATA"], ids=["at-mail", "at-data"])
+def test_dropped_fresh_connection_is_temporary_and_the_next_message_reconnects(
+    smtp, transport, make_mail, command
+):
+    transport.send(make_mail(subject="first"))
+    smtp.handler.refuse(command, DROP, DROP)
+    with pytest.raises(TemporaryFailure, match="closed by the server|ConnectionResetError"):
+        transport.send(make_mail(subject="dropped"))
+
+    transport.send(make_mail(subject="after"))
+    assert [r.message["Subject"] for r in smtp.received] == ["first", "after"]
+    assert smtp.connections == 3
+
+
+def test_closed_port_is_a_temporary_failure(make_mail):
+    transport = SMTPTransport(HOST, free_port(), timeout=5)
+    with pytest.raises(TemporaryFailure, match="ConnectionRefusedError"):
+        transport.send(make_mail())
+    transport.close()
+
+
+# --- AUTH -------------------------------------------------------------------------------------
+
+
+def test_login_with_percent_encoded_credentials(smtp_auth, connect, make_mail):
+    transport = connect(f"smtp://{CREDENTIALS}@{HOST}:{smtp_auth.port}")
+    transport.send(make_mail())
+    transport.send(make_mail())
+    assert [r.login for r in smtp_auth.received] == [USERNAME, USERNAME]
+    assert smtp_auth.connections == 1
+
+
+def test_wrong_password_is_temporary_so_the_mail_waits_for_the_fix(smtp_auth, connect, make_mail):
+    # A 535 is about our configuration, not about the message: failing it for good would
+    # throw away every queued mail while an operator fixes a password.
+    transport = connect(f"smtp://{USERNAME}:wrong@{HOST}:{smtp_auth.port}")
+    with pytest.raises(TemporaryFailure) as caught:
+        transport.send(make_mail())
+    assert caught.value.code == 535
+    assert "SMTPAuthenticationError" in str(caught.value)
+    assert smtp_auth.received == []
+
+
+def test_credentials_for_a_server_without_auth_are_a_temporary_failure(smtp, connect, make_mail):
+    transport = connect(f"smtp://{CREDENTIALS}@{HOST}:{smtp.port}")
+    with pytest.raises(TemporaryFailure, match="SMTPNotSupportedError"):
+        transport.send(make_mail())
+
+
+# --- TLS --------------------------------------------------------------------------------------
+
+
+def test_starttls_then_login_then_mail(smtp_starttls, connect, client_tls, make_mail):
+    url = f"smtp://{CREDENTIALS}@{HOST}:{smtp_starttls.port}?starttls=1"
+    transport = connect(url, ssl_context=client_tls)
+    transport.send(make_mail())
+    transport.send(make_mail())
+    assert [(r.tls, r.login) for r in smtp_starttls.received] == [(True, USERNAME)] * 2
+    assert smtp_starttls.connections == 1
+
+
+def test_smtps_speaks_tls_from_the_start(smtps, connect, client_tls, make_mail):
+    transport = connect(f"smtps://{CREDENTIALS}@{HOST}:{smtps.port}", ssl_context=client_tls)
+    transport.send(make_mail())
+    transport.send(make_mail())
+    assert [(r.tls, r.login) for r in smtps.received] == [(True, USERNAME)] * 2
+    assert smtps.connections == 1
+
+
+@pytest.mark.parametrize("server", ["smtp_starttls", "smtps"])
+def test_untrusted_certificate_is_refused_as_temporary(request, server, connect, make_mail):
+    running: SMTPServer = request.getfixturevalue(server)
+    scheme, query = ("smtps", "") if server == "smtps" else ("smtp", "?starttls=1")
+    # No ssl_context: the system's trust store, which does not know the test certificate.
+    transport = connect(f"{scheme}://{CREDENTIALS}@{HOST}:{running.port}{query}")
+    with pytest.raises(TemporaryFailure, match="SSLCertVerificationError"):
+        transport.send(make_mail())
+    assert running.received == []
+
+
+def test_certificate_must_name_the_host(smtps, connect, certificate, make_mail):
+    # The certificate is for 127.0.0.1; a context that trusts it still checks the name.
+    context = ssl.create_default_context(cafile=str(certificate.cert))
+    transport = connect(f"smtps://localhost:{smtps.port}", ssl_context=context)
+    with pytest.raises(TemporaryFailure, match="SSLCertVerificationError"):
+        transport.send(make_mail())

@@ -1,0 +1,321 @@
+"""The outbox worker over real SMTP: sends once, waits out outages, backs off, gives up on 5xx."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from email import message_from_bytes, policy
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import Result
+from conftest import links, signup
+from smtp_server import CREDENTIALS, HOST, USERNAME, SMTPServer, free_port, running_smtp
+from sqlalchemy import select
+
+from newsletter.cli import worker
+from newsletter.mail import outbox
+from newsletter.mail.outbox import WorkerSettings, retry_delay
+from newsletter.mail.transport import SMTPTransport
+from newsletter.models import OutboxMessage, Subscription, SubscriptionStatus, utcnow
+
+
+@pytest.fixture
+def app_config(request: pytest.FixtureRequest) -> dict[str, object]:
+    """Parametrize with "smtp" (the test server) or "smtp-down" (a closed port) to set SMTP_URL."""
+    mode = getattr(request, "param", None)
+    if mode == "smtp":
+        return {"SMTP_URL": request.getfixturevalue("smtp").url}
+    if mode == "smtp-down":
+        return {"SMTP_URL": f"smtp://{HOST}:{free_port()}"}
+    return {}
+
+
+@pytest.fixture
+def transport(smtp: SMTPServer) -> Iterator[SMTPTransport]:
+    opened = SMTPTransport(HOST, smtp.port, timeout=5)
+    yield opened
+    opened.close()
+
+
+def work(db, transport: SMTPTransport, **settings: Any) -> int:  # type: ignore[no-untyped-def]
+    """One `newsletter worker --drain`: send everything due, return how many rows it handled."""
+    return outbox.run(lambda: db.session, transport, WorkerSettings(**settings), drain=True)
+
+
+def only_row(db) -> OutboxMessage:  # type: ignore[no-untyped-def]
+    return db.session.scalars(select(OutboxMessage)).one()
+
+
+def make_due(db) -> None:  # type: ignore[no-untyped-def]
+    """Move the clock past every row's next attempt (or lease), without sleeping."""
+    for row in db.session.scalars(select(OutboxMessage)):
+        row.next_attempt_at = utcnow() - timedelta(seconds=1)
+    db.session.commit()
+
+
+def test_signup_confirmation_goes_out_over_smtp(client, db, newsletters, smtp, transport):
+    signup(client, "reader@example.com", "daily")
+    assert only_row(db).status == "queued"
+
+    assert work(db, transport) == 1
+
+    [received] = smtp.received
+    assert received.rcpt_tos == ["reader@example.com"]
+    assert received.mail_from == "daily@news.example.org"
+    assert received.message["Subject"] == "Please confirm your subscription to Daily Briefing"
+    assert len(links(received.message, "/confirm/")) == 1
+    row = only_row(db)
+    assert row.status == "sent"
+    assert row.sent_at is not None and row.sent_at <= utcnow()
+    assert row.attempts == 1 and row.last_error is None
+    assert received.message["Message-ID"] == f"<{row.message_key}@news.example.org>"
+
+
+def test_a_batch_shares_one_connection_which_is_closed_when_done(
+    client, db, newsletters, smtp, transport
+):
+    for n in range(3):
+        signup(client, f"reader{n}@example.com", "culture")
+
+    assert work(db, transport) == 3
+
+    assert sorted(r.rcpt_tos[0] for r in smtp.received) == [
+        "reader0@example.com",
+        "reader1@example.com",
+        "reader2@example.com",
+    ]
+    assert smtp.connections == 1
+    assert smtp.handler.quits == 1
+    assert set(db.session.scalars(select(OutboxMessage.status))) == {"sent"}
+
+
+def test_smtp_outage_delays_mail_and_loses_none(client, db, newsletters):
+    port = free_port()
+    signup(client, "reader@example.com", "daily")
+
+    before = utcnow()
+    assert work(db, SMTPTransport(HOST, port, timeout=5)) == 1
+    row = only_row(db)
+    assert row.status == "queued" and row.sent_at is None
+    assert row.attempts == 1
+    assert "ConnectionRefusedError" in row.last_error
+    assert row.next_attempt_at >= before + retry_delay(1, WorkerSettings())
+    # Not due yet: the next pass leaves it alone.
+    assert work(db, SMTPTransport(HOST, port, timeout=5)) == 0
+
+    with running_smtp(port=port) as smtp:
+        transport = SMTPTransport(HOST, port, timeout=5)
+        assert work(db, transport) == 0
+        make_due(db)
+        assert work(db, transport) == 1
+        make_due(db)
+        assert work(db, transport) == 0
+        assert [r.rcpt_tos for r in smtp.received] == [["reader@example.com"]]
+
+    row = only_row(db)
+    assert row.status == "sent" and row.sent_at is not None
+    assert row.attempts == 2 and row.last_error is None
+
+
+def test_permanent_refusal_fails_the_mail_for_good(client, db, newsletters, smtp, transport):
+    smtp.handler.refuse("RCPT", "550 5.1.1 No such user here")
+    signup(client, "reader@example.com", "daily")
+
+    assert work(db, transport) == 1
+    row = only_row(db)
+    assert row.status == "failed" and row.sent_at is None
+    assert row.last_error.startswith("550") and "No such user here" in row.last_error
+
+    make_due(db)
+    assert work(db, transport) == 0
+    assert smtp.received == []
+    assert only_row(db).status == "failed"
+
+
+def test_temporary_refusals_back_off_longer_each_time(client, db, newsletters, smtp, transport):
+    smtp.handler.refuse("RCPT", "451 4.2.0 Mailbox busy", "451 4.2.0 Mailbox busy")
+    signup(client, "reader@example.com", "daily")
+
+    waits = []
+    for attempt in (1, 2):
+        before = utcnow()
+        assert work(db, transport) == 1
+        after = utcnow()
+        row = only_row(db)
+        assert row.status == "queued" and row.attempts == attempt
+        assert row.last_error.startswith("451")
+        delay = retry_delay(attempt, WorkerSettings())
+        assert before + delay <= row.next_attempt_at <= after + delay
+        waits.append(delay)
+        make_due(db)
+    assert waits == [timedelta(seconds=30), timedelta(seconds=60)]
+
+    assert work(db, transport) == 1
+    assert only_row(db).status == "sent"
+    assert len(smtp.received) == 1
+
+
+def test_retry_delay_doubles_up_to_its_cap():
+    settings = WorkerSettings()
+    assert [retry_delay(n, settings).total_seconds() for n in range(1, 6)] == [
+        30,
+        60,
+        120,
+        240,
+        480,
+    ]
+    assert retry_delay(9, settings) == timedelta(hours=2)
+    assert retry_delay(12, settings) == timedelta(hours=2)
+
+
+def test_retry_delay_stays_capped_for_mta_like_retry_windows():
+    # Five days of retries, as mail servers do, takes some 60 attempts at the two-hour cap.
+    settings = WorkerSettings(max_attempts=80)
+    assert retry_delay(60, settings) == timedelta(hours=2)
+    assert retry_delay(1000, settings) == timedelta(hours=2)
+
+
+def test_temporary_failures_give_up_after_max_attempts(client, db, newsletters, smtp, transport):
+    smtp.handler.refuse("RCPT", "451 4.2.0 Mailbox busy", "451 4.2.0 Mailbox busy")
+    signup(client, "reader@example.com", "daily")
+
+    assert work(db, transport, max_attempts=2) == 1
+    assert only_row(db).status == "queued"
+    make_due(db)
+    assert work(db, transport, max_attempts=2) == 1
+    row = only_row(db)
+    assert row.status == "failed" and row.attempts == 2
+    assert row.last_error.startswith("451")
+
+
+def test_mail_held_by_a_crashed_worker_is_sent_once_its_lease_expires(
+    client, db, newsletters, smtp, transport
+):
+    signup(client, "reader@example.com", "daily")
+    row_id = only_row(db).id
+    settings = WorkerSettings()
+
+    # A worker claims the row, then dies before sending it.
+    before = utcnow()
+    assert outbox.claim(db.session, settings) == [row_id]
+    row = only_row(db)
+    assert row.status == "queued" and row.attempts == 1
+    assert row.next_attempt_at >= before + settings.lease
+
+    # While the lease runs, another worker keeps its hands off.
+    assert work(db, transport) == 0
+    assert smtp.received == []
+
+    make_due(db)
+    assert work(db, transport) == 1
+    assert len(smtp.received) == 1
+    row = only_row(db)
+    assert row.status == "sent" and row.attempts == 2
+
+
+@pytest.mark.parametrize("status", [SubscriptionStatus.CONFIRMED, SubscriptionStatus.UNSUBSCRIBED])
+def test_confirmation_no_longer_needed_is_skipped(client, db, newsletters, smtp, transport, status):
+    signup(client, "reader@example.com", "daily")
+    subscription = db.session.scalars(select(Subscription)).one()
+    subscription.status = status
+    db.session.commit()
+
+    assert work(db, transport) == 1
+
+    row = only_row(db)
+    assert row.status == "skipped" and row.sent_at is None
+    assert row.last_error == "nothing to send any more"
+    assert smtp.received == []
+    assert smtp.connections == 0
+
+
+def test_wrong_smtp_password_keeps_mail_queued(client, db, newsletters, smtp_auth):
+    signup(client, "reader@example.com", "daily")
+
+    wrong = SMTPTransport.from_url(f"smtp://{USERNAME}:wrong@{HOST}:{smtp_auth.port}", timeout=5)
+    assert work(db, wrong) == 1
+    row = only_row(db)
+    assert row.status == "queued" and row.attempts == 1
+    assert "535" in row.last_error
+
+    make_due(db)
+    right = SMTPTransport.from_url(f"smtp://{CREDENTIALS}@{HOST}:{smtp_auth.port}", timeout=5)
+    assert work(db, right) == 1
+    assert only_row(db).status == "sent"
+    assert [r.login for r in smtp_auth.received] == [USERNAME]
+
+
+def test_unreachable_server_puts_the_whole_batch_back_after_one_try(
+    client, db, newsletters, smtp_auth
+):
+    for n in range(3):
+        signup(client, f"reader{n}@example.com", "daily")
+
+    wrong = SMTPTransport.from_url(f"smtp://{USERNAME}:wrong@{HOST}:{smtp_auth.port}", timeout=5)
+    assert work(db, wrong) == 3
+    # One failed login for the batch, not one per message.
+    assert smtp_auth.connections == 1
+    rows = db.session.scalars(select(OutboxMessage)).all()
+    assert {(r.status, r.attempts) for r in rows} == {("queued", 1)}
+    assert all("535" in r.last_error and r.next_attempt_at > utcnow() for r in rows)
+
+
+# --- `newsletter worker` ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def run_worker(runner) -> Iterator[Callable[..., Result]]:  # type: ignore[no-untyped-def]
+    """Invoke `newsletter worker`; puts back the signal handlers the command installs."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    # The command lives on the `newsletter` group, not on app.cli, so the runner is handed it.
+    yield lambda *args: runner.invoke(worker, list(args))
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+def test_worker_command_without_smtp_url_writes_eml_files(app, client, db, newsletters, run_worker):
+    signup(client, "reader@example.com", "daily")
+
+    result = run_worker("--drain")
+
+    assert result.exit_code == 0, result.output
+    assert result.output == "Messages handled: 1; waiting for a retry: 0.\n"
+    [path] = Path(app.config["OUTBOX_DIR"]).glob("*.eml")
+    mail = message_from_bytes(path.read_bytes(), policy=policy.default)
+    assert mail["To"] == "reader@example.com"
+    assert len(links(mail, "/confirm/")) == 1
+    assert only_row(db).status == "sent"
+
+
+@pytest.mark.parametrize("app_config", ["smtp"], indirect=True)
+def test_worker_command_with_smtp_url_sends_over_smtp(
+    app, client, db, newsletters, smtp, run_worker
+):
+    signup(client, "reader@example.com", "daily")
+    signup(client, "other@example.com", "culture")
+
+    result = run_worker("--drain")
+
+    assert result.exit_code == 0, result.output
+    assert result.output == "Messages handled: 2; waiting for a retry: 0.\n"
+    assert sorted(r.rcpt_tos[0] for r in smtp.received) == [
+        "other@example.com",
+        "reader@example.com",
+    ]
+    assert smtp.connections == 1
+    assert not Path(app.config["OUTBOX_DIR"]).exists()
+    assert set(db.session.scalars(select(OutboxMessage.status))) == {"sent"}
+
+
+@pytest.mark.parametrize("app_config", ["smtp-down"], indirect=True)
+def test_worker_command_with_smtp_down_reports_what_waits(client, db, newsletters, run_worker):
+    signup(client, "reader@example.com", "daily")
+
+    result = run_worker("--drain")
+
+    assert result.exit_code == 0, result.output
+    assert result.output == "Messages handled: 1; waiting for a retry: 1.\n"
+    assert only_row(db).status == "queued"

@@ -319,3 +319,47 @@ def test_worker_command_with_smtp_down_reports_what_waits(client, db, newsletter
     assert result.exit_code == 0, result.output
     assert result.output == "Messages handled: 1; waiting for a retry: 1.\n"
     assert only_row(db).status == "queued"
+
+
+# --- Several workers ----------------------------------------------------------------------------
+
+
+def test_concurrent_claims_never_share_a_row(app, db):
+    """Four workers claiming at once from separate connections get disjoint batches."""
+    import threading
+
+    from sqlalchemy.orm import Session
+
+    from newsletter.models import MailKind, Subscriber
+
+    subscriber = Subscriber(email="r@example.com", email_key="r@example.com")
+    db.session.add(subscriber)
+    db.session.add_all(
+        OutboxMessage(
+            kind=MailKind.CONFIRMATION,
+            subscriber=subscriber,
+            to_address="r@example.com",
+            payload={},
+        )
+        for _ in range(300)
+    )
+    db.session.commit()
+    claimed: list[list[int]] = []
+    start = threading.Barrier(4)
+    engine = db.engine
+
+    def claimer() -> None:
+        mine: list[int] = []
+        with Session(engine) as session:
+            start.wait()
+            while ids := outbox.claim(session, WorkerSettings(batch_size=7)):
+                mine.extend(ids)
+        claimed.append(mine)
+
+    threads = [threading.Thread(target=claimer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = [row_id for mine in claimed for row_id in mine]
+    assert len(every) == len(set(every)) == 300

@@ -63,7 +63,11 @@ def retry_delay(attempts: int, settings: WorkerSettings) -> timedelta:
 
 
 def claim(session: Session, settings: WorkerSettings) -> list[int]:
-    """Take up to a batch of due messages by pushing their time forward by the lease."""
+    """Take up to a batch of due messages by pushing their time forward by the lease.
+
+    One UPDATE … RETURNING: on SQLite it is a single short write transaction, on PostgreSQL
+    the inner SELECT skips rows another worker holds, so two workers never share a row.
+    """
     now = utcnow()
     due = (
         select(OutboxMessage.id)
@@ -73,15 +77,15 @@ def claim(session: Session, settings: WorkerSettings) -> list[int]:
     )
     if session.get_bind().dialect.name == "postgresql":
         due = due.with_for_update(skip_locked=True)
-    ids = list(session.scalars(due))
-    if ids:
-        session.execute(
-            update(OutboxMessage)
-            .where(OutboxMessage.id.in_(ids))
-            .values(next_attempt_at=now + settings.lease, attempts=OutboxMessage.attempts + 1)
-        )
+    claimed = session.scalars(
+        update(OutboxMessage)
+        .where(OutboxMessage.id.in_(due.scalar_subquery()))
+        .values(next_attempt_at=now + settings.lease, attempts=OutboxMessage.attempts + 1)
+        .returning(OutboxMessage.id)
+        .execution_options(synchronize_session=False)
+    ).all()
     session.commit()
-    return ids
+    return sorted(claimed)
 
 
 def compose(session: Session, row: OutboxMessage) -> EmailMessage | None:

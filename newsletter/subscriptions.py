@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import func, select
+from sqlalchemy import Row, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -77,8 +78,9 @@ class ConfirmationLimit:
 
 @dataclass
 class SignupResult:
-    subscriber: Subscriber
-    pending: list[Subscription] = field(default_factory=list)
+    subscriber_id: int
+    thanks_text: str
+    pending: list[int] = field(default_factory=list)  # subscription ids awaiting confirmation
     mail_queued: bool = False
 
 
@@ -101,9 +103,57 @@ def normalize_email(raw: str, *, check_deliverability: bool = False) -> tuple[st
     return result.normalized, result.normalized.lower()
 
 
-def box_text(newsletter: Newsletter) -> str:
+def box_text(newsletter: Newsletter | Row[Any]) -> str:
     """The words the reader saw in the signup box, for the consent trail."""
     return f"{newsletter.name}: {newsletter.prompt_text} [{newsletter.button_text}]"
+
+
+# The signup path must be fast: its statements are built once, run on the session's
+# connection with plain parameters, and skip the ORM's unit of work.
+SIGNUP_NEWSLETTERS = (
+    select(
+        Newsletter.id,
+        Newsletter.name,
+        Newsletter.prompt_text,
+        Newsletter.button_text,
+        Newsletter.thanks_text,
+    )
+    .where(Newsletter.slug.in_(bindparam("slugs", expanding=True)))
+    .where(Newsletter.archived.is_(False))
+    .order_by(Newsletter.position, Newsletter.id)
+)
+SUBSCRIBER_BY_KEY = select(Subscriber.id).where(Subscriber.email_key == bindparam("key"))
+SUBSCRIPTIONS_OF = select(
+    Subscription.id, Subscription.newsletter_id, Subscription.status, Subscription.nonce
+).where(Subscription.subscriber_id == bindparam("subscriber_id"))
+INSERT_SUBSCRIBER = insert(Subscriber.__table__).returning(Subscriber.__table__.c.id)
+INSERT_SUBSCRIPTION = insert(Subscription.__table__).returning(Subscription.__table__.c.id)
+REOPEN_SUBSCRIPTION = (
+    update(Subscription.__table__)
+    .where(Subscription.__table__.c.id == bindparam("subscription_id"))
+    .values(
+        status=S.PENDING,
+        nonce=bindparam("nonce"),
+        source=bindparam("source"),
+        subscribed_at=bindparam("now"),
+        confirmed_at=None,
+    )
+)
+INSERT_EVENTS = insert(ConsentEvent.__table__)
+
+
+def _event_row(
+    subscription_id: int, action: ConsentAction, origin: Origin, text: str | None = None
+) -> dict[str, object]:
+    return {
+        "subscription_id": subscription_id,
+        "action": action,
+        "ip": origin.ip,
+        "user_agent": (origin.user_agent or "")[:400] or None,
+        "source": origin.source[:100],
+        "text_shown": text,
+        "created_at": utcnow(),
+    }
 
 
 def _event(
@@ -113,20 +163,9 @@ def _event(
     origin: Origin,
     text: str | None = None,
 ) -> None:
-    session.add(
-        ConsentEvent(
-            subscription=subscription,
-            action=action,
-            ip=origin.ip,
-            user_agent=(origin.user_agent or "")[:400] or None,
-            source=origin.source[:100],
-            text_shown=text,
-        )
-    )
-
-
-def _find_subscriber(session: Session, key: str) -> Subscriber | None:
-    return session.scalar(select(Subscriber).where(Subscriber.email_key == key))
+    if subscription.id is None:
+        session.flush()
+    session.connection().execute(INSERT_EVENTS, [_event_row(subscription.id, action, origin, text)])
 
 
 def confirmations_sent_since(session: Session, subscriber_id: int, since: datetime) -> int:
@@ -143,29 +182,34 @@ def confirmations_sent_since(session: Session, subscriber_id: int, since: dateti
     )
 
 
-def _queue_confirmation(
+def _confirmation(
     session: Session,
-    subscriber: Subscriber,
-    pending: Sequence[Subscription],
+    subscriber_id: int,
+    to_address: str,
+    pending: Sequence[tuple[int, str]],
     origin: Origin,
     limit: ConfirmationLimit,
-) -> bool:
-    """Queue one mail confirming every pending list, unless the address hit its limit."""
+    *,
+    new_address: bool = False,
+) -> list[dict[str, object]]:
+    """Queue one mail confirming every pending (subscription id, nonce), within the limit.
+
+    Returns the consent events to record: none when no mail was queued.
+    """
     if not pending:
-        return False
-    session.flush()
-    sent = confirmations_sent_since(session, subscriber.id, utcnow() - limit.window)
-    if sent >= limit.count:
-        return False
+        return []
+    if not new_address:
+        sent = confirmations_sent_since(session, subscriber_id, utcnow() - limit.window)
+        if sent >= limit.count:
+            return []
     outbox.enqueue(
         session,
         MailKind.CONFIRMATION,
-        subscriber,
-        {"subscriptions": [[s.id, s.nonce] for s in pending]},
+        subscriber_id,
+        to_address,
+        {"subscriptions": [[sid, nonce] for sid, nonce in pending]},
     )
-    for subscription in pending:
-        _event(session, subscription, ConsentAction.CONFIRMATION_SENT, origin)
-    return True
+    return [_event_row(sid, ConsentAction.CONFIRMATION_SENT, origin) for sid, _ in pending]
 
 
 def subscribe(
@@ -183,60 +227,90 @@ def subscribe(
     wanted = list(dict.fromkeys(s.strip() for s in slugs if s and s.strip()))
     if not wanted:
         raise NoNewsletterChosen()
-    newsletters = session.scalars(
-        select(Newsletter)
-        .where(Newsletter.slug.in_(wanted), Newsletter.archived.is_(False))
-        .order_by(Newsletter.position, Newsletter.id)
-    ).all()
+    newsletters = session.connection().execute(SIGNUP_NEWSLETTERS, {"slugs": wanted}).all()
     if len(newsletters) != len(wanted):
         raise UnknownNewsletter()
     try:
-        return _subscribe(session, address, key, newsletters, origin, limit, locale)
+        result = _subscribe(session, address, key, newsletters, origin, limit, locale)
     except IntegrityError:
         # Two signups for the same new address raced; the other one's rows exist now.
         session.rollback()
-        return _subscribe(session, address, key, newsletters, origin, limit, locale)
+        result = _subscribe(session, address, key, newsletters, origin, limit, locale)
+    session.commit()
+    return result
 
 
 def _subscribe(
     session: Session,
     address: str,
     key: str,
-    newsletters: Sequence[Newsletter],
+    newsletters: Sequence[Row[Any]],
     origin: Origin,
     limit: ConfirmationLimit,
     locale: str | None,
 ) -> SignupResult:
-    subscriber = _find_subscriber(session, key)
-    if subscriber is None:
-        subscriber = Subscriber(email=address, email_key=key, locale=locale)
-        session.add(subscriber)
-        existing: dict[int, Subscription] = {}
-    else:
-        existing = {s.newsletter_id: s for s in subscriber.subscriptions}
-    result = SignupResult(subscriber)
+    conn = session.connection()
     now = utcnow()
+    subscriber_id = conn.execute(SUBSCRIBER_BY_KEY, {"key": key}).scalar()
+    new_address = subscriber_id is None
+    existing = {}
+    if subscriber_id is None:
+        subscriber_id = conn.execute(
+            INSERT_SUBSCRIBER,
+            {"email": address, "email_key": key, "locale": locale, "created_at": now},
+        ).scalar_one()
+    else:
+        rows = conn.execute(SUBSCRIPTIONS_OF, {"subscriber_id": subscriber_id})
+        existing = {row.newsletter_id: row for row in rows}
+    pending: list[tuple[int, str]] = []
+    events = []
     for newsletter in newsletters:
-        subscription = existing.get(newsletter.id)
-        if subscription is None:
-            subscription = Subscription(
-                subscriber=subscriber, newsletter=newsletter, source=origin.source
+        current = existing.get(newsletter.id)
+        if current is None:
+            nonce = new_nonce()
+            subscription_id = conn.execute(
+                INSERT_SUBSCRIPTION,
+                {
+                    "subscriber_id": subscriber_id,
+                    "newsletter_id": newsletter.id,
+                    "status": S.PENDING,
+                    "nonce": nonce,
+                    "source": origin.source,
+                    "subscribed_at": now,
+                },
+            ).scalar_one()
+        elif current.status == S.UNSUBSCRIBED:
+            subscription_id, nonce = current.id, new_nonce()
+            conn.execute(
+                REOPEN_SUBSCRIPTION,
+                {
+                    "subscription_id": current.id,
+                    "nonce": nonce,
+                    "source": origin.source,
+                    "now": now,
+                },
             )
-            session.add(subscription)
-        elif subscription.status == S.UNSUBSCRIBED:
-            subscription.status = S.PENDING
-            subscription.nonce = new_nonce()
-            subscription.source = origin.source
-            subscription.subscribed_at = now
-            subscription.confirmed_at = None
-        elif subscription.status != S.PENDING:
+        elif current.status == S.PENDING:
+            # The earlier mail's link stays good; the new mail's link matches it.
+            subscription_id, nonce = current.id, current.nonce
+        else:
             # Confirmed readers get nothing new; bounced and complained addresses stay quiet.
             continue
-        _event(session, subscription, ConsentAction.SIGNUP, origin, box_text(newsletter))
-        result.pending.append(subscription)
-    result.mail_queued = _queue_confirmation(session, subscriber, result.pending, origin, limit)
-    session.commit()
-    return result
+        pending.append((subscription_id, nonce))
+        events.append(
+            _event_row(subscription_id, ConsentAction.SIGNUP, origin, box_text(newsletter))
+        )
+    events += _confirmation(
+        session, subscriber_id, address, pending, origin, limit, new_address=new_address
+    )
+    if events:
+        conn.execute(INSERT_EVENTS, events)
+    return SignupResult(
+        subscriber_id,
+        newsletters[0].thanks_text,
+        [sid for sid, _ in pending],
+        mail_queued=len(events) > len(pending),
+    )
 
 
 def reader_from_payload(session: Session, payload: object) -> Subscriber:
@@ -274,7 +348,8 @@ def _mark_confirmed(session: Session, subscription: Subscription, origin: Origin
         outbox.enqueue(
             session,
             MailKind.WELCOME,
-            subscription.subscriber,
+            subscription.subscriber_id,
+            subscription.subscriber.email,
             {"subscription": subscription.id},
         )
 
@@ -308,8 +383,11 @@ def resend_confirmation(
     pending = [s for s, _ in _linked_subscriptions(subscriber, payload) if s.status == S.PENDING]
     if not pending:
         raise LinkNoLongerValid()
-    if not _queue_confirmation(session, subscriber, pending, origin, limit):
+    pairs = [(s.id, s.nonce) for s in pending]
+    events = _confirmation(session, subscriber.id, subscriber.email, pairs, origin, limit)
+    if not events:
         raise TooManyConfirmations()
+    session.connection().execute(INSERT_EVENTS, events)
     session.commit()
     return pending
 

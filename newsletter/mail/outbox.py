@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from email.message import EmailMessage
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from newsletter.mail import compose as mails
@@ -40,15 +40,26 @@ class WorkerSettings:
     max_retry: timedelta = timedelta(hours=2)
 
 
+_INSERT = insert(OutboxMessage.__table__)
+
+
 def enqueue(
-    session: Session, kind: MailKind, subscriber: Subscriber, payload: dict[str, object]
-) -> OutboxMessage:
+    session: Session,
+    kind: MailKind,
+    subscriber_id: int,
+    to_address: str,
+    payload: dict[str, object],
+) -> None:
     """Queue a mail in the caller's transaction: it exists exactly when the change does."""
-    message = OutboxMessage(
-        kind=kind, subscriber=subscriber, to_address=subscriber.email, payload=payload
+    session.connection().execute(
+        _INSERT,
+        {
+            "kind": kind,
+            "subscriber_id": subscriber_id,
+            "to_address": to_address,
+            "payload": payload,
+        },
     )
-    session.add(message)
-    return message
 
 
 def retry_delay(attempts: int, settings: WorkerSettings) -> timedelta:

@@ -98,8 +98,8 @@ class SignupReply:
 
 
 def _thanks(slugs: list[str]) -> SignupReply:
-    newsletter = db.session.scalar(select(Newsletter).where(Newsletter.slug.in_(slugs)).limit(1))
-    return SignupReply(200, newsletter.thanks_text if newsletter else DEFAULT_THANKS)
+    first = db.session.execute(subs.SIGNUP_NEWSLETTERS, {"slugs": slugs}).first()
+    return SignupReply(200, first.thanks_text if first else DEFAULT_THANKS)
 
 
 def signup(email: str, slugs: list[str], honeypot: str, source: str | None) -> SignupReply:
@@ -108,7 +108,7 @@ def signup(email: str, slugs: list[str], honeypot: str, source: str | None) -> S
         # Bots get the normal reply, so they learn nothing; nothing is stored.
         return _thanks(slugs)
     try:
-        subs.subscribe(
+        result = subs.subscribe(
             db.session,
             email,
             slugs,
@@ -120,7 +120,7 @@ def signup(email: str, slugs: list[str], honeypot: str, source: str | None) -> S
         return SignupReply(422, exc.message, "email")
     except (subs.NoNewsletterChosen, subs.UnknownNewsletter) as exc:
         return SignupReply(422, exc.message, "newsletter")
-    return _thanks(slugs)
+    return SignupReply(200, result.thanks_text)
 
 
 def signup_fields(

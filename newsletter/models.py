@@ -47,8 +47,9 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value
 
     def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
+        if value is not None:
+            # SQLite hands back naive values; PostgreSQL aware ones in the session's zone.
+            value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
         return value
 
 
@@ -111,9 +112,9 @@ class Newsletter(db.Model):
 
 class Subscriber(db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
-    # As the reader typed it, normalised by email-validator (domain lowercased, IDNA).
+    # As the reader typed it, normalised by email-validator (Unicode domain, lowercased).
     email: Mapped[str] = mapped_column(String(254))
-    # Case-folded copy: Reader@Example.COM and reader@example.com are one person.
+    # Lowercased copy: Reader@Example.COM and reader@example.com are one person.
     email_key: Mapped[str] = mapped_column(String(254), unique=True)
     locale: Mapped[str | None] = mapped_column(String(16))
     # Part of every link for this person, so a reused row id cannot inherit old links.
@@ -193,8 +194,10 @@ class OutboxMessage(db.Model):
     message_key: Mapped[str] = mapped_column(String(64), default=lambda: secrets.token_hex(16))
     status: Mapped[OutboxStatus] = mapped_column(String(16), default=OutboxStatus.QUEUED)
     attempts: Mapped[int] = mapped_column(default=0)
-    # Doubles as the claim lease: a worker pushes it forward while it sends.
+    # Doubles as the claim lease: a claiming worker moves it past the time it needs.
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Which claim holds the row: a worker sends only rows still holding its own claim.
+    claim: Mapped[str | None] = mapped_column(String(32))
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

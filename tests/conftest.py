@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 
 from newsletter import create_app
 from newsletter.extensions import db as _db
@@ -31,6 +31,13 @@ DATABASES = ["sqlite"] + (["postgresql"] if PG_URL else [])
 def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
     """Each test runs once per database this machine offers."""
     if request.param == "postgresql":
+        # The server outlives test runs: start from the tables the code describes today.
+        engine = create_engine(str(PG_URL))
+        try:
+            _db.metadata.drop_all(engine)
+            _db.metadata.create_all(engine)
+        finally:
+            engine.dispose()
         return str(PG_URL)
     return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'test.db'}"
 

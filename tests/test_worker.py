@@ -100,11 +100,18 @@ def test_smtp_outage_delays_mail_and_loses_none(client, db, newsletters):
     assert work(db, SMTPTransport(HOST, port, timeout=5)) == 1
     row = only_row(db)
     assert row.status == "queued" and row.sent_at is None
-    assert row.attempts == 1
+    # The server never saw the message: the outage does not use up its attempts.
+    assert row.attempts == 0
     assert "ConnectionRefusedError" in row.last_error
-    assert row.next_attempt_at >= before + retry_delay(1, WorkerSettings())
+    assert row.next_attempt_at >= before + WorkerSettings().first_retry
     # Not due yet: the next pass leaves it alone.
     assert work(db, SMTPTransport(HOST, port, timeout=5)) == 0
+
+    # An outage longer than every retry the message has: still queued, nothing lost.
+    for _ in range(WorkerSettings().max_attempts + 3):
+        make_due(db)
+        assert work(db, SMTPTransport(HOST, port, timeout=5)) == 1
+    assert only_row(db).status == "queued"
 
     with running_smtp(port=port) as smtp:
         transport = SMTPTransport(HOST, port, timeout=5)
@@ -117,7 +124,7 @@ def test_smtp_outage_delays_mail_and_loses_none(client, db, newsletters):
 
     row = only_row(db)
     assert row.status == "sent" and row.sent_at is not None
-    assert row.attempts == 2 and row.last_error is None
+    assert row.attempts == 1 and row.last_error is None
 
 
 def test_permanent_refusal_fails_the_mail_for_good(client, db, newsletters, smtp, transport):
@@ -200,7 +207,7 @@ def test_mail_held_by_a_crashed_worker_is_sent_once_its_lease_expires(
 
     # A worker claims the row, then dies before sending it.
     before = utcnow()
-    assert outbox.claim(db.session, settings) == [row_id]
+    assert outbox.claim(db.session, settings, "dead-worker") == [row_id]
     row = only_row(db)
     assert row.status == "queued" and row.attempts == 1
     assert row.next_attempt_at >= before + settings.lease
@@ -214,6 +221,40 @@ def test_mail_held_by_a_crashed_worker_is_sent_once_its_lease_expires(
     assert len(smtp.received) == 1
     row = only_row(db)
     assert row.status == "sent" and row.attempts == 2
+
+
+def test_a_slow_worker_whose_lease_ran_out_does_not_send_what_another_took(
+    client, db, newsletters, smtp, transport
+):
+    """Only the message in flight when the lease ran out can go twice; the rest go once."""
+    for n in range(3):
+        signup(client, f"reader{n}@example.com", "daily")
+
+    class Slow:
+        """Stalls on its first message long enough for another worker to take over."""
+
+        def __init__(self) -> None:
+            self.stalled = False
+
+        def send(self, message) -> None:  # type: ignore[no-untyped-def]
+            if not self.stalled:
+                self.stalled = True
+                make_due(db)  # the lease runs out while this send hangs
+                work(db, SMTPTransport(HOST, smtp.port, timeout=5))
+            transport.send(message)
+
+        def close(self) -> None:
+            transport.close()
+
+    assert work(db, Slow()) == 3
+    received = [r.rcpt_tos[0] for r in smtp.received]
+    assert sorted(set(received)) == [
+        "reader0@example.com",
+        "reader1@example.com",
+        "reader2@example.com",
+    ]
+    assert len(received) == 4  # the stalled message twice, the other two once each
+    assert set(db.session.scalars(select(OutboxMessage.status))) == {"sent"}
 
 
 @pytest.mark.parametrize("status", [SubscriptionStatus.CONFIRMED, SubscriptionStatus.UNSUBSCRIBED])
@@ -238,7 +279,7 @@ def test_wrong_smtp_password_keeps_mail_queued(client, db, newsletters, smtp_aut
     wrong = SMTPTransport.from_url(f"smtp://{USERNAME}:wrong@{HOST}:{smtp_auth.port}", timeout=5)
     assert work(db, wrong) == 1
     row = only_row(db)
-    assert row.status == "queued" and row.attempts == 1
+    assert row.status == "queued" and row.attempts == 0
     assert "535" in row.last_error
 
     make_due(db)
@@ -259,7 +300,7 @@ def test_unreachable_server_puts_the_whole_batch_back_after_one_try(
     # One failed login for the batch, not one per message.
     assert smtp_auth.connections == 1
     rows = db.session.scalars(select(OutboxMessage)).all()
-    assert {(r.status, r.attempts) for r in rows} == {("queued", 1)}
+    assert {(r.status, r.attempts) for r in rows} == {("queued", 0)}
     assert all("535" in r.last_error and r.next_attempt_at > utcnow() for r in rows)
 
 
@@ -352,7 +393,7 @@ def test_concurrent_claims_never_share_a_row(app, db):
         mine: list[int] = []
         with Session(engine) as session:
             start.wait()
-            while ids := outbox.claim(session, WorkerSettings(batch_size=7)):
+            while ids := outbox.claim(session, WorkerSettings(batch_size=7), "w"):
                 mine.extend(ids)
         claimed.append(mine)
 
@@ -363,3 +404,30 @@ def test_concurrent_claims_never_share_a_row(app, db):
         thread.join()
     every = [row_id for mine in claimed for row_id in mine]
     assert len(every) == len(set(every)) == 300
+
+
+def test_stop_finishes_the_message_in_hand_and_gives_the_rest_back(
+    client, db, newsletters, smtp, transport
+):
+    import threading
+
+    for n in range(3):
+        signup(client, f"reader{n}@example.com", "daily")
+    stop = threading.Event()
+
+    class StopAfterOne:
+        def send(self, message) -> None:  # type: ignore[no-untyped-def]
+            transport.send(message)
+            stop.set()  # SIGTERM arrives while the first message is on the wire
+
+        def close(self) -> None:
+            transport.close()
+
+    outbox.run(lambda: db.session, StopAfterOne(), WorkerSettings(), stop=stop)
+    assert len(smtp.received) == 1
+    rows = db.session.scalars(select(OutboxMessage).order_by(OutboxMessage.id)).all()
+    assert [r.status for r in rows] == ["sent", "queued", "queued"]
+    assert [r.attempts for r in rows[1:]] == [0, 0]
+    assert all(r.next_attempt_at <= utcnow() for r in rows[1:])
+    assert work(db, transport) == 2
+    assert len(smtp.received) == 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import signal
 import threading
 from collections.abc import Callable
@@ -73,8 +74,8 @@ def retry_delay(attempts: int, settings: WorkerSettings) -> timedelta:
     return min(delay, settings.max_retry)
 
 
-def claim(session: Session, settings: WorkerSettings) -> list[int]:
-    """Take up to a batch of due messages by pushing their time forward by the lease.
+def claim(session: Session, settings: WorkerSettings, token: str) -> list[int]:
+    """Take up to a batch of due messages for one claim, leased for `settings.lease`.
 
     One UPDATE … RETURNING: on SQLite it is a single short write transaction, on PostgreSQL
     the inner SELECT skips rows another worker holds, so two workers never share a row.
@@ -91,12 +92,44 @@ def claim(session: Session, settings: WorkerSettings) -> list[int]:
     claimed = session.scalars(
         update(OutboxMessage)
         .where(OutboxMessage.id.in_(due.scalar_subquery()))
-        .values(next_attempt_at=now + settings.lease, attempts=OutboxMessage.attempts + 1)
+        .values(
+            next_attempt_at=now + settings.lease,
+            attempts=OutboxMessage.attempts + 1,
+            claim=token,
+        )
         .returning(OutboxMessage.id)
         .execution_options(synchronize_session=False)
     ).all()
     session.commit()
     return sorted(claimed)
+
+
+def _hold(session: Session, row_id: int, token: str, settings: WorkerSettings) -> bool:
+    """Renew the lease of a row about to be sent; False when another claim has taken it."""
+    renewed = session.execute(
+        update(OutboxMessage)
+        .where(
+            OutboxMessage.id == row_id,
+            OutboxMessage.claim == token,
+            OutboxMessage.status == OutboxStatus.QUEUED,
+        )
+        .values(next_attempt_at=utcnow() + settings.lease)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return renewed.rowcount == 1
+
+
+def _release(session: Session, row_ids: list[int], token: str) -> None:
+    """Give back claimed rows that were not tried: due again at once, the attempt not counted."""
+    if row_ids:
+        session.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.id.in_(row_ids), OutboxMessage.claim == token)
+            .values(next_attempt_at=utcnow(), attempts=OutboxMessage.attempts - 1, claim=None)
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
 
 
 def compose(session: Session, row: OutboxMessage) -> EmailMessage | None:
@@ -122,56 +155,70 @@ def compose(session: Session, row: OutboxMessage) -> EmailMessage | None:
     raise ValueError(f"unknown mail kind {row.kind!r}")
 
 
-def deliver_batch(session: Session, transport: Transport, settings: WorkerSettings) -> int:
-    """Claim and send one batch; return how many rows it handled."""
-    ids = claim(session, settings)
-    for row_id in ids:
-        row = session.get(OutboxMessage, row_id)
-        if row is None or row.status != OutboxStatus.QUEUED:
-            continue
+def deliver_batch(
+    session: Session,
+    transport: Transport,
+    settings: WorkerSettings,
+    stop: threading.Event | None = None,
+) -> int:
+    """Claim and send one batch; return how many rows it claimed."""
+    token = secrets.token_hex(16)
+    ids = claim(session, settings, token)
+    for position, row_id in enumerate(ids):
+        if stop is not None and stop.is_set():
+            _release(session, ids[position:], token)
+            break
+        if not _hold(session, row_id, token, settings):
+            continue  # sent, skipped or taken over since the claim
+        row = session.get(OutboxMessage, row_id, populate_existing=True)
+        assert row is not None
         try:
             message = compose(session, row)
         except Exception as exc:
             # A mail that cannot be built (bad data) must not stop the queue behind it.
             log.exception("mail %s cannot be composed", row.id)
-            row.status = OutboxStatus.FAILED
-            row.last_error = f"cannot compose: {exc}"[:2000]
-            session.commit()
+            _finish(session, row, OutboxStatus.FAILED, f"cannot compose: {exc}")
             continue
         if message is None:
-            row.status = OutboxStatus.SKIPPED
-            row.last_error = "nothing to send any more"
-            session.commit()
+            _finish(session, row, OutboxStatus.SKIPPED, "nothing to send any more")
             continue
         try:
             transport.send(message)
         except ConnectionFailure as exc:
-            # The server is down or refuses us: the rest of the batch would fail the same way.
+            # The server is down or will not let us in: not this message's fault, and the rest
+            # of the batch would fail the same way. Try again soon; an outage loses nothing.
             log.warning("mail server unavailable, batch put back: %s", exc)
-            for later in session.scalars(
-                select(OutboxMessage).where(OutboxMessage.id.in_(ids[ids.index(row_id) :]))
-            ):
-                _record_failure(later, exc, settings)
+            _release(session, ids[position:], token)
+            session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id.in_(ids[position:]))
+                .values(next_attempt_at=utcnow() + settings.first_retry, last_error=str(exc)[:2000])
+                .execution_options(synchronize_session=False)
+            )
             session.commit()
             break
         except DeliveryError as exc:
-            _record_failure(row, exc, settings)
             log.warning("mail %s to %s not sent: %s", row.id, row.to_address, exc)
+            if exc.permanent or row.attempts >= settings.max_attempts:
+                _finish(session, row, OutboxStatus.FAILED, str(exc))
+            else:
+                row.next_attempt_at = utcnow() + retry_delay(row.attempts, settings)
+                row.last_error = str(exc)[:2000]
+                row.claim = None
+                session.commit()
         else:
-            row.status = OutboxStatus.SENT
-            row.sent_at = utcnow()
-            row.last_error = None
-        # Recorded right away: a crash after this line cannot send it again.
-        session.commit()
+            # Recorded right away: a crash after this line cannot send it again.
+            _finish(session, row, OutboxStatus.SENT, None)
     return len(ids)
 
 
-def _record_failure(row: OutboxMessage, exc: Exception, settings: WorkerSettings) -> None:
-    row.last_error = str(exc)[:2000]
-    if getattr(exc, "permanent", False) or row.attempts >= settings.max_attempts:
-        row.status = OutboxStatus.FAILED
-    else:
-        row.next_attempt_at = utcnow() + retry_delay(row.attempts, settings)
+def _finish(session: Session, row: OutboxMessage, status: OutboxStatus, error: str | None) -> None:
+    row.status = status
+    row.last_error = error[:2000] if error else None
+    row.claim = None
+    if status == OutboxStatus.SENT:
+        row.sent_at = utcnow()
+    session.commit()
 
 
 def pending_count(session: Session) -> int:
@@ -199,7 +246,7 @@ def run(
         while not stop.is_set():
             session = session_factory()
             try:
-                handled = deliver_batch(session, transport, settings)
+                handled = deliver_batch(session, transport, settings, stop)
             finally:
                 session.close()
             sent += handled

@@ -60,6 +60,10 @@ def test_confirming_sends_one_welcome_per_list_with_list_headers(client, mailbox
     unsubscribe = daily["List-Unsubscribe"]
     assert unsubscribe.startswith("<https://news.example.org/unsubscribe/")
     assert "mailto:" not in unsubscribe
+    # Mail clients read the header raw: it must stand on the wire as a plain <URL>.
+    raw = daily.as_bytes()
+    assert b"\r\nList-Unsubscribe: <https://news.example.org/unsubscribe/" in raw
+    assert b"\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n" in raw
     assert links(daily, "/preferences/") and links(daily, "/unsubscribe/")
 
 

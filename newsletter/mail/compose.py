@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr
@@ -13,6 +14,11 @@ from flask import current_app, render_template
 from newsletter import tokens
 from newsletter.models import Newsletter, Subscriber, Subscription, utcnow
 from newsletter.tokens import reader_payload
+
+
+# Lines may be as long as RFC 5322 allows: folded at 78, a long unsubscribe URL would be
+# RFC 2047-encoded, and mail clients read List-Unsubscribe raw.
+POLICY = policy.SMTP.clone(max_line_length=998)
 
 
 class HeaderInjection(ValueError):
@@ -98,7 +104,7 @@ def build(
     headers: Mapping[str, str] | None = None,
 ) -> EmailMessage:
     """A multipart/alternative message with the headers every mail of ours has."""
-    message = EmailMessage()
+    message = EmailMessage(policy=POLICY)
     message["Subject"] = header_value(subject, 300)
     message["From"] = from_
     message["To"] = Address(addr_spec=header_value(to, 254))

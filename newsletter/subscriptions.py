@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -27,6 +28,8 @@ from newsletter.models import (
 )
 
 S = SubscriptionStatus
+# What a newsletter slug may look like; anything else names no newsletter.
+SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 
 class SubscriptionError(Exception):
@@ -97,7 +100,10 @@ def normalize_email(raw: str, *, check_deliverability: bool = False) -> tuple[st
     if not raw or len(raw) > 254 or any(c in raw for c in "\r\n\0"):
         raise InvalidEmail()
     try:
-        result = validate_email(raw, check_deliverability=check_deliverability)
+        # SMTPUTF8 addresses (non-ASCII before the @) cannot be delivered by most servers.
+        result = validate_email(
+            raw, check_deliverability=check_deliverability, allow_smtputf8=False
+        )
     except EmailNotValidError as exc:
         raise InvalidEmail() from exc
     return result.normalized, result.normalized.lower()
@@ -227,6 +233,8 @@ def subscribe(
     wanted = list(dict.fromkeys(s.strip() for s in slugs if s and s.strip()))
     if not wanted:
         raise NoNewsletterChosen()
+    if not all(SLUG.fullmatch(slug) for slug in wanted):
+        raise UnknownNewsletter()
     newsletters = session.connection().execute(SIGNUP_NEWSLETTERS, {"slugs": wanted}).all()
     if len(newsletters) != len(wanted):
         raise UnknownNewsletter()

@@ -61,13 +61,40 @@ def test_errors_get_a_page_not_a_traceback(client, method, path, status, text):
 
 @pytest.mark.parametrize(
     "body",
-    ["{not json", "[]", '"text"', '{"email": 5, "newsletter": {"a": 1}}', '{"email": null}'],
-    ids=["malformed", "array", "string", "wrong-types", "null"],
+    [
+        "{not json",
+        "[]",
+        '"text"',
+        '{"email": 5, "newsletter": {"a": 1}}',
+        '{"email": null}',
+        "[" * 50_000,
+        '{"email": "a@example.com", "newsletter": ["da\\u0000ily"]}',
+    ],
+    ids=["malformed", "array", "string", "wrong-types", "null", "too-deep", "nul-in-slug"],
 )
 def test_odd_json_gets_a_clear_4xx(client, newsletters, body):
     response = client.post("/subscribe", data=body, content_type="application/json")
     assert 400 <= response.status_code < 500
     assert response.json["ok"] is False
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"source": "box\x00one"},
+        {"newsletter": "da\x00ily"},
+        {"leave_blank": "bot", "newsletter": "da\x00ily"},
+    ],
+    ids=["nul-in-source", "nul-in-slug", "nul-in-slug-with-honeypot"],
+)
+def test_control_characters_never_reach_the_database(client, db, newsletters, extra):
+    from newsletter.models import ConsentEvent
+
+    data = {"email": "reader@example.com", "newsletter": "daily", **extra}
+    response = client.post("/subscribe", data=data, headers={"User-Agent": "Agent\x01/1.0"})
+    assert response.status_code in (200, 422)
+    for event in db.session.scalars(db.select(ConsentEvent)):
+        assert "\x00" not in event.source and event.user_agent == "Agent/1.0"
 
 
 def test_oversized_request_is_refused_and_stores_nothing(client, db, newsletters):

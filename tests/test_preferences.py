@@ -65,7 +65,8 @@ def test_leave_all(client, db, newsletters, prefs_link):
 
 
 def test_ignores_junk_ids(client, db, prefs_link):
-    response = client.post(prefs_link, data={"newsletter": ["abc", "99999", "-1"]})
+    junk = ["abc", "99999", "-1", "\u00b2", "9" * 5000]
+    response = client.post(prefs_link, data={"newsletter": junk})
     assert response.status_code == 200
     assert statuses(db) == {"daily": "unsubscribed"}
 

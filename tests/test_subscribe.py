@@ -51,8 +51,20 @@ def test_good_address_is_thanked_stored_and_mailed_once(client, db, mailbox, new
         "a b@example.com",
         "reader@example.com\r\nBcc: victim@example.com",
         "x" * 250 + "@example.com",
+        "j\u00f6s\u00e9@example.com",
+        "reader\x00@example.com",
     ],
-    ids=["empty", "no-at", "no-domain", "no-local", "space", "header-injection", "too-long"],
+    ids=[
+        "empty",
+        "no-at",
+        "no-domain",
+        "no-local",
+        "space",
+        "header-injection",
+        "too-long",
+        "non-ascii-local-part",
+        "nul",
+    ],
 )
 def test_bad_address_rerenders_box_with_message_and_stores_nothing(client, db, newsletters, email):
     response = signup(client, email, "daily")
@@ -160,3 +172,10 @@ def test_resubscribe_after_unsubscribe_needs_confirmation_again(client, db, mail
     db.session.refresh(subscription)
     assert subscription.status == "pending"
     assert len(mailbox.deliver()) == 1
+
+
+def test_internationalised_domain_is_mailed_in_ascii_form(client, db, mailbox, newsletters):
+    assert signup(client, "Reader@B\u00fccher.DE", "daily").status_code == 200
+    assert db.session.scalars(select(Subscriber.email)).one() == "Reader@b\u00fccher.de"
+    (mail,) = mailbox.deliver()
+    assert b"\r\nTo: Reader@xn--bcher-kva.de\r\n" in mail.as_bytes()

@@ -9,12 +9,12 @@ from email.message import EmailMessage
 from email.utils import format_datetime, formataddr
 from urllib.parse import urlsplit
 
+import idna
 from flask import current_app, render_template
 
 from newsletter import tokens
 from newsletter.models import Newsletter, Subscriber, Subscription, utcnow
 from newsletter.tokens import reader_payload
-
 
 # Lines may be as long as RFC 5322 allows: folded at 78, a long unsubscribe URL would be
 # RFC 2047-encoded, and mail clients read List-Unsubscribe raw.
@@ -30,6 +30,14 @@ def header_value(value: str, limit: int = 998) -> str:
     if any(c in value for c in "\r\n\0"):
         raise HeaderInjection("line break in a header value")
     return value[:limit]
+
+
+def wire_address(address: str) -> str:
+    """An address as it travels: an internationalised domain in its ASCII (xn--) form."""
+    local, _, domain = address.rpartition("@")
+    if domain.isascii():
+        return address
+    return f"{local}@{idna.encode(domain).decode('ascii')}"
 
 
 def external_url(endpoint: str, **values: object) -> str:
@@ -107,7 +115,7 @@ def build(
     message = EmailMessage(policy=POLICY)
     message["Subject"] = header_value(subject, 300)
     message["From"] = from_
-    message["To"] = Address(addr_spec=header_value(to, 254))
+    message["To"] = Address(addr_spec=header_value(wire_address(to), 254))
     if reply_to:
         message["Reply-To"] = header_value(reply_to, 254)
     message["Date"] = format_datetime(utcnow())

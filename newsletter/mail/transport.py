@@ -175,6 +175,10 @@ class SMTPTransport:
         except smtplib.SMTPResponseException as exc:
             self.close()
             raise _failure(exc.smtp_code, _text(exc.smtp_error)) from exc
+        except smtplib.SMTPNotSupportedError as exc:
+            # The server cannot carry this message at all (e.g. it needs SMTPUTF8).
+            self._reset()
+            raise PermanentFailure(f"{type(exc).__name__}: {exc}") from exc
         except smtplib.SMTPServerDisconnected as exc:
             self.close()
             raise _Disconnected(f"connection closed by the server: {exc}") from exc

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 
 from newsletter.extensions import csrf
-from newsletter.web import public
+from newsletter.web import public, signup
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 csrf.exempt(bp)
 
 
-bp.after_request(public.add_cors_headers)
+bp.after_request(signup.add_cors_headers)
 
 
 @bp.get("/newsletters")
@@ -39,11 +39,11 @@ def subscriptions_preflight() -> Response:
 
 
 @bp.post("/subscriptions")
-@public.signup_rate_limit
+@signup.rate_limit
 def subscriptions() -> tuple[Response, int]:
     """Sign an address up: {"email": ..., "newsletters": [slug, ...], "source": ...}."""
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
+    data = signup.json_body()
+    if data is None:
         return jsonify({"ok": False, "message": "Send a JSON object."}), 400
-    reply = public.signup(*public.signup_fields(data, default_source="api"))
+    reply = signup.signup(signup.fields(data, default_source="api"))
     return jsonify(reply.as_json()), 202 if reply.ok else reply.status

@@ -18,7 +18,8 @@ MESSAGES = {
 }
 
 
-def _wants_json() -> bool:
+def wants_json() -> bool:
+    """Answer in JSON: an API path, a JSON body, or a script that asked for JSON."""
     if request.path.startswith("/api/") or request.is_json:
         return True
     best = request.accept_mimetypes.best_match(["text/html", "application/json"])
@@ -28,7 +29,7 @@ def _wants_json() -> bool:
 def _reply(exc: HTTPException) -> tuple[Response | str, int]:
     code = exc.code or 500
     message = MESSAGES.get(code) or exc.description or "Something went wrong."
-    if _wants_json():
+    if wants_json():
         response = jsonify({"ok": False, "message": message})
         return response, code
     return render_template("public/message.html", title=exc.name, text=message), code

@@ -1,0 +1,149 @@
+"""What every signup endpoint shares: reading the fields, the rules' call, the reply, CORS."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from flask import Response, current_app, request
+from werkzeug.datastructures import MultiDict
+
+from newsletter import subscriptions as subs
+from newsletter.extensions import db, limiter
+from newsletter.models import DEFAULT_THANKS
+
+HONEYPOT = "leave_blank"
+SUCCESS_TITLE = "Successfully subscribed"
+# Control characters (NUL among them) never reach the database or a page.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _subscribe_limit() -> str:
+    return str(current_app.config["SUBSCRIBE_RATE_LIMIT"])
+
+
+# One per-IP budget for the form, the JSON API and the embed script together.
+rate_limit = limiter.shared_limit(_subscribe_limit, scope="subscribe", methods=["POST"])
+
+
+def printable(value: str | None, limit: int) -> str:
+    """Text from a request, without control characters, cut to `limit`."""
+    return _CONTROL.sub("", value or "")[:limit]
+
+
+def consent_origin(source: str | None = None) -> subs.Origin:
+    """Who is asking, for the consent trail."""
+    return subs.Origin(
+        source=printable(source or request.endpoint or "web", 100),
+        ip=request.remote_addr,
+        user_agent=printable(request.headers.get("User-Agent"), 400) or None,
+    )
+
+
+def confirmation_limit() -> subs.ConfirmationLimit:
+    """The per-address limit on confirmation mails, from configuration."""
+    cfg = current_app.config
+    return subs.ConfirmationLimit(
+        count=int(cfg["CONFIRMATIONS_PER_ADDRESS"]),
+        window=timedelta(seconds=int(cfg["CONFIRMATION_WINDOW"])),
+    )
+
+
+def json_body() -> dict[str, Any] | None:
+    """The request's JSON object, or None for anything else (malformed, too deep, a list)."""
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+@dataclass
+class SignupReply:
+    """What any signup form or API call answers."""
+
+    status: int
+    message: str
+    field: str | None = None
+    title: str = SUCCESS_TITLE
+
+    @property
+    def ok(self) -> bool:
+        return self.status < 400
+
+    def as_json(self) -> dict[str, object]:
+        body: dict[str, object] = {"ok": self.ok, "message": self.message}
+        if self.ok:
+            body["title"] = self.title
+        else:
+            body["field"] = self.field
+        return body
+
+
+@dataclass(frozen=True)
+class SignupFields:
+    email: str
+    slugs: list[str]
+    honeypot: str
+    source: str | None
+
+
+def fields(data: Mapping[str, Any], default_source: str | None = None) -> SignupFields:
+    """Email, newsletter slugs, honeypot and source from a form or a JSON object."""
+    if isinstance(data, MultiDict):
+        raw: object = data.getlist("newsletter") or data.getlist("newsletters")
+    else:
+        raw = data.get("newsletters", data.get("newsletter", []))
+    if isinstance(raw, str):
+        raw = [raw]
+    slugs = [s[:64] for s in raw if isinstance(s, str)][:20] if isinstance(raw, list) else []
+
+    def text(name: str) -> str:
+        value = data.get(name)
+        return value if isinstance(value, str) else ""
+
+    source = printable(text("source"), 100) or default_source
+    return SignupFields(text("email"), slugs, text(HONEYPOT), source)
+
+
+def _thanks(slugs: list[str]) -> SignupReply:
+    known = [s for s in slugs if subs.SLUG.fullmatch(s)]
+    first = db.session.execute(subs.SIGNUP_NEWSLETTERS, {"slugs": known}).first()
+    return SignupReply(200, first.thanks_text if first else DEFAULT_THANKS)
+
+
+def signup(given: SignupFields) -> SignupReply:
+    """Run a signup from any form or API call and say what the reader should see."""
+    if given.honeypot:
+        # Bots get the normal reply, so they learn nothing; nothing is stored.
+        return _thanks(given.slugs)
+    try:
+        result = subs.subscribe(
+            db.session,
+            given.email,
+            given.slugs,
+            consent_origin(given.source),
+            limit=confirmation_limit(),
+            check_deliverability=bool(current_app.config["CHECK_DELIVERABILITY"]),
+        )
+    except subs.InvalidEmail as exc:
+        return SignupReply(422, exc.message, "email")
+    except (subs.NoNewsletterChosen, subs.UnknownNewsletter) as exc:
+        return SignupReply(422, exc.message, "newsletter")
+    return SignupReply(200, result.thanks_text)
+
+
+def add_cors_headers(response: Response) -> Response:
+    """Let the host sites named in NEWSLETTER_ALLOWED_ORIGINS read our answers."""
+    response.vary.add("Origin")
+    origin = request.headers.get("Origin")
+    allowed = current_app.config["ALLOWED_ORIGINS"]
+    if origin and ("*" in allowed or origin in allowed):
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+        response.headers["Access-Control-Allow-Headers"] = "Content-Type, Accept"
+        response.headers["Access-Control-Max-Age"] = "86400"
+    return response

@@ -28,6 +28,9 @@ from newsletter.models import (
 )
 
 S = SubscriptionStatus
+# The words on the buttons that record consent, kept in the trail with each event.
+CONFIRM_TEXT = "Confirm subscription"
+PREFERENCES_TEXT = "ticked on the preferences page [Save my choices]"
 # What a newsletter slug may look like; anything else names no newsletter.
 SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
@@ -128,7 +131,10 @@ SIGNUP_NEWSLETTERS = (
     .where(Newsletter.archived.is_(False))
     .order_by(Newsletter.position, Newsletter.id)
 )
-SUBSCRIBER_BY_KEY = select(Subscriber.id).where(Subscriber.email_key == bindparam("key"))
+# Locked on PostgreSQL: signups for one address take turns, so its mail limit holds.
+SUBSCRIBER_BY_KEY = (
+    select(Subscriber.id).where(Subscriber.email_key == bindparam("key")).with_for_update()
+)
 SUBSCRIPTIONS_OF = select(
     Subscription.id, Subscription.newsletter_id, Subscription.status, Subscription.nonce
 ).where(Subscription.subscriber_id == bindparam("subscriber_id"))
@@ -143,6 +149,7 @@ REOPEN_SUBSCRIPTION = (
         source=bindparam("source"),
         subscribed_at=bindparam("now"),
         confirmed_at=None,
+        unsubscribed_at=None,
     )
 )
 INSERT_EVENTS = insert(ConsentEvent.__table__)
@@ -308,16 +315,21 @@ def _subscribe(
         events.append(
             _event_row(subscription_id, ConsentAction.SIGNUP, origin, box_text(newsletter))
         )
-    events += _confirmation(
+    if not pending:
+        return SignupResult(subscriber_id, newsletters[0].thanks_text)
+    # The first write: on SQLite it takes the database's write lock, so counting this
+    # address's confirmations below cannot interleave with another signup's.
+    conn.execute(INSERT_EVENTS, events)
+    sent = _confirmation(
         session, subscriber_id, address, pending, origin, limit, new_address=new_address
     )
-    if events:
-        conn.execute(INSERT_EVENTS, events)
+    if sent:
+        conn.execute(INSERT_EVENTS, sent)
     return SignupResult(
         subscriber_id,
         newsletters[0].thanks_text,
         [sid for sid, _ in pending],
-        mail_queued=len(events) > len(pending),
+        mail_queued=bool(sent),
     )
 
 
@@ -345,12 +357,14 @@ def _linked_subscriptions(
     return found
 
 
-def _mark_confirmed(session: Session, subscription: Subscription, origin: Origin) -> None:
+def _mark_confirmed(
+    session: Session, subscription: Subscription, origin: Origin, text: str
+) -> None:
     subscription.status = S.CONFIRMED
     subscription.confirmed_at = utcnow()
     subscription.unsubscribed_at = None
     subscription.nonce = new_nonce()
-    _event(session, subscription, ConsentAction.CONFIRMED, origin)
+    _event(session, subscription, ConsentAction.CONFIRMED, origin, text)
     if subscription.newsletter.welcome_enabled:
         session.flush()  # a subscription made just now needs its id in the payload
         outbox.enqueue(
@@ -369,7 +383,7 @@ def confirm(session: Session, payload: object, origin: Origin) -> ConfirmResult:
     result = ConfirmResult(subscriber)
     for subscription, nonce in _linked_subscriptions(subscriber, payload):
         if subscription.status == S.PENDING and subscription.nonce == nonce:
-            _mark_confirmed(session, subscription, origin)
+            _mark_confirmed(session, subscription, origin, CONFIRM_TEXT)
             result.confirmed.append(subscription)
         elif subscription.status == S.CONFIRMED:
             result.already.append(subscription)
@@ -417,13 +431,23 @@ def list_subscription(session: Session, payload: object) -> Subscription:
     raise LinkNoLongerValid()
 
 
-def signup_subscriptions(
-    session: Session, payload: object
-) -> tuple[Subscriber, list[Subscription]]:
-    """The reader and the subscriptions a confirmation link names, whatever their state now."""
+def confirmation_preview(session: Session, payload: object) -> ConfirmResult:
+    """What pressing the confirm button would do, changing nothing.
+
+    `confirmed` lists what the button would confirm, `already` what is confirmed already;
+    LinkNoLongerValid when the link can do nothing.
+    """
     subscriber = reader_from_payload(session, payload)
     assert isinstance(payload, dict)
-    return subscriber, [s for s, _ in _linked_subscriptions(subscriber, payload)]
+    result = ConfirmResult(subscriber)
+    for subscription, nonce in _linked_subscriptions(subscriber, payload):
+        if subscription.status == S.PENDING and subscription.nonce == nonce:
+            result.confirmed.append(subscription)
+        elif subscription.status == S.CONFIRMED:
+            result.already.append(subscription)
+    if not result.confirmed and not result.already:
+        raise LinkNoLongerValid()
+    return result
 
 
 def unsubscribe(session: Session, subscription: Subscription, origin: Origin) -> Subscription:
@@ -435,32 +459,44 @@ def unsubscribe(session: Session, subscription: Subscription, origin: Origin) ->
 
 
 def update_preferences(
-    session: Session, subscriber: Subscriber, wanted_ids: Iterable[int], origin: Origin
+    session: Session,
+    subscriber: Subscriber,
+    wanted_ids: Iterable[int],
+    origin: Origin,
+    *,
+    leave_all: bool = False,
 ) -> tuple[list[Subscription], list[Subscription]]:
-    """Make the reader's confirmed lists exactly `wanted_ids`; return (joined, left); commits.
+    """Join the lists in `wanted_ids`, leave the confirmed ones not in it; commits.
 
     The link to the preferences page proves the address, so lists chosen there are
-    confirmed at once.
+    confirmed at once. A list still waiting for confirmation is left alone unless the
+    reader leaves all; bounced and complained addresses are never mailed again.
+    Returns (joined, left).
     """
-    wanted = set(wanted_ids)
+    wanted = set() if leave_all else set(wanted_ids)
     newsletters = session.scalars(select(Newsletter).where(Newsletter.archived.is_(False))).all()
     current = {s.newsletter_id: s for s in subscriber.subscriptions}
     joined, left = [], []
     for newsletter in newsletters:
         subscription = current.get(newsletter.id)
-        active = subscription is not None and subscription.status == S.CONFIRMED
-        if newsletter.id in wanted and not active:
+        status = subscription.status if subscription is not None else None
+        if status in (S.BOUNCED, S.COMPLAINED):
+            continue
+        if newsletter.id in wanted and status != S.CONFIRMED:
             if subscription is None:
-                subscription = Subscription(
-                    subscriber=subscriber, newsletter=newsletter, source=origin.source
-                )
+                subscription = Subscription(subscriber=subscriber, newsletter=newsletter)
                 session.add(subscription)
-            _event(session, subscription, ConsentAction.SIGNUP, origin, box_text(newsletter))
-            _mark_confirmed(session, subscription, origin)
+            subscription.source = origin.source
+            subscription.subscribed_at = utcnow()
+            text = f"{newsletter.name}: {PREFERENCES_TEXT}"
+            _event(session, subscription, ConsentAction.SIGNUP, origin, text)
+            _mark_confirmed(session, subscription, origin, text)
             joined.append(subscription)
-        elif newsletter.id not in wanted and subscription is not None:
-            if subscription.status in (S.PENDING, S.CONFIRMED):
-                _mark_unsubscribed(session, subscription, origin)
-                left.append(subscription)
+        elif newsletter.id not in wanted and (
+            status == S.CONFIRMED or (leave_all and status == S.PENDING)
+        ):
+            assert subscription is not None
+            _mark_unsubscribed(session, subscription, origin)
+            left.append(subscription)
     session.commit()
     return joined, left

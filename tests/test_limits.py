@@ -85,3 +85,29 @@ def test_unsubscribe_is_never_rate_limited(client, newsletters):
     for _ in range(6):
         # A broken token still goes through the view: 400, never 429.
         assert client.post("/unsubscribe/broken").status_code == 400
+
+
+def test_per_address_limit_holds_under_concurrent_requests(app, db, newsletters):
+    import threading
+
+    workers = 12
+    start = threading.Barrier(workers)
+    statuses: list[int] = []
+
+    def sign_up(n: int) -> None:
+        client = app.test_client()
+        start.wait()
+        response = client.post(
+            "/subscribe",
+            data={"email": "victim@example.com", "newsletter": "daily"},
+            environ_base={"REMOTE_ADDR": f"203.0.113.{n}"},
+        )
+        statuses.append(response.status_code)
+
+    threads = [threading.Thread(target=sign_up, args=(n,)) for n in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [200] * workers
+    assert db.session.scalar(select(func.count()).select_from(OutboxMessage)) == 3

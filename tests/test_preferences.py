@@ -75,3 +75,47 @@ def test_tampered_preferences_link(client):
     response = client.get("/preferences/not-a-token")
     assert response.status_code == 400
     assert "This link is broken" in response.get_data(as_text=True)
+
+
+def test_saving_leaves_a_list_waiting_for_confirmation_alone(client, db, mailbox, prefs_link):
+    signup(client, "reader@example.com", "culture")
+    (mail,) = mailbox.deliver()
+    ids = newsletter_ids(db)
+    client.post(prefs_link, data={"newsletter": [ids["daily"]]})
+    assert statuses(db) == {"daily": "confirmed", "culture": "pending"}
+    # Its confirmation link still works.
+    (link,) = links(mail, "/confirm/")
+    assert client.post(link).status_code == 200
+    assert statuses(db)["culture"] == "confirmed"
+
+
+def test_leave_all_also_cancels_waiting_lists(client, db, mailbox, prefs_link):
+    signup(client, "reader@example.com", "culture")
+    client.post(prefs_link, data={"action": "leave-all"})
+    assert statuses(db) == {"daily": "unsubscribed", "culture": "unsubscribed"}
+
+
+@pytest.mark.parametrize("state", ["bounced", "complained"])
+def test_bounced_and_complained_lists_cannot_be_rejoined(client, db, prefs_link, state):
+    subscription = db.session.scalars(select(Subscription)).one()
+    subscription.status = state
+    db.session.commit()
+    page = client.get(prefs_link).get_data(as_text=True)
+    assert f'name="newsletter" value="{subscription.newsletter_id}" disabled' in page
+    client.post(prefs_link, data={"newsletter": list(newsletter_ids(db).values())})
+    assert statuses(db)["daily"] == state
+
+
+def test_joining_on_the_page_records_what_the_reader_did(client, db, prefs_link):
+    from newsletter.models import ConsentEvent
+
+    client.post(prefs_link, data={"newsletter": list(newsletter_ids(db).values())})
+    culture = db.session.scalars(
+        select(Subscription).join(Subscription.newsletter).where(Newsletter.slug == "culture")
+    ).one()
+    events = db.session.scalars(
+        select(ConsentEvent).where(ConsentEvent.subscription_id == culture.id)
+    ).all()
+    assert [e.action for e in events] == ["signup", "confirmed"]
+    assert all("preferences page" in e.text_shown for e in events)
+    assert culture.source == "public.preferences"

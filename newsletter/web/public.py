@@ -101,10 +101,15 @@ def _confirm_payload(token: str) -> object:
 def confirm(token: str) -> str | tuple[str, int]:
     """Show what the link confirms, with a button: fetching a link confirms nothing."""
     try:
-        subscriber, linked = subs.signup_subscriptions(db.session, _confirm_payload(token))
+        preview = subs.confirmation_preview(db.session, _confirm_payload(token))
     except (tokens.TokenError, subs.LinkNoLongerValid) as exc:
         return _token_error(exc)
-    return render_template("public/confirm.html", subscriber=subscriber, subscriptions=linked)
+    if not preview.confirmed:
+        # Used already: say so rather than offer a button that does nothing.
+        return _confirmed_page(preview)
+    return render_template(
+        "public/confirm.html", subscriber=preview.subscriber, subscriptions=preview.confirmed
+    )
 
 
 @bp.post("/confirm/<token>")
@@ -114,6 +119,10 @@ def confirm_post(token: str) -> str | tuple[str, int]:
         result = subs.confirm(db.session, _confirm_payload(token), signup.consent_origin("confirm"))
     except (tokens.TokenError, subs.LinkNoLongerValid) as exc:
         return _token_error(exc)
+    return _confirmed_page(result)
+
+
+def _confirmed_page(result: subs.ConfirmResult) -> str:
     return render_template(
         "public/confirmed.html",
         result=result,
@@ -191,12 +200,11 @@ def preferences(token: str) -> str | tuple[str, int]:
         return _token_error(exc)
     saved = None
     if request.method == "POST":
-        if request.form.get("action") == "leave-all":
-            wanted: set[int] = set()
-        else:
-            wanted = {int(v) for v in request.form.getlist("newsletter") if _ID.fullmatch(v)}
+        wanted = {int(v) for v in request.form.getlist("newsletter") if _ID.fullmatch(v)}
+        leave_all = request.form.get("action") == "leave-all"
+        origin = signup.consent_origin()
         joined, left = subs.update_preferences(
-            db.session, subscriber, wanted, signup.consent_origin()
+            db.session, subscriber, wanted, origin, leave_all=leave_all
         )
         saved = {"joined": joined, "left": left}
     states = {s.newsletter_id: s for s in subscriber.subscriptions}

@@ -26,16 +26,27 @@
     }
   }
 
+  function fieldsOf(form) {
+    var data = { newsletter: [] };
+    new FormData(form).forEach(function (value, name) {
+      if (name === "newsletter") data.newsletter.push(value);
+      else data[name] = value;
+    });
+    return data;
+  }
+
   function submit(event) {
     var form = event.target;
     if (!form.matches || !form.matches("form[data-newsletter-box]") || !window.fetch) return;
     event.preventDefault();
     var button = form.querySelector("button[type=submit]");
     if (button) button.disabled = true;
+    // A JSON body makes the browser ask first (CORS preflight): on a site the service does
+    // not list, nothing is posted twice, and the form falls back to a plain submit.
     fetch(form.action, {
       method: "POST",
-      body: new FormData(form),
-      headers: { Accept: "application/json" },
+      body: JSON.stringify(fieldsOf(form)),
+      headers: { Accept: "application/json", "Content-Type": "application/json" },
       credentials: "omit"
     })
       .then(function (response) { return response.json(); })

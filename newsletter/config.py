@@ -9,6 +9,7 @@ from pathlib import Path
 from flask import Flask
 
 ENV_PREFIX = "NEWSLETTER_"
+ENVIRONMENTS = ("development", "testing", "production")
 
 DEFAULTS: dict[str, object] = {
     "ENV": "production",
@@ -30,7 +31,6 @@ DEFAULTS: dict[str, object] = {
     "DEFAULT_FROM_NAME": "Newsletter",
     "ALLOWED_ORIGINS": [],
     "SEND_RATE": None,
-    "MAX_EMAIL_LENGTH": 254,
 }
 
 _INTS = {"CONFIRM_MAX_AGE", "CONFIRMATIONS_PER_ADDRESS", "CONFIRMATION_WINDOW", "PROXY_COUNT"}
@@ -78,6 +78,13 @@ def finish(app: Flask) -> None:
     """Derive the settings Flask and its extensions read, and refuse unsafe production setups."""
     cfg = app.config
     instance = Path(app.instance_path)
+    if cfg["ENV"] not in ENVIRONMENTS:
+        raise ConfigError(f"NEWSLETTER_ENV must be one of {', '.join(ENVIRONMENTS)}")
+    for name in _LISTS:
+        if isinstance(cfg[name], str):
+            cfg[name] = _parse(name, cfg[name])
+        if not all(isinstance(item, str) for item in cfg[name]):
+            raise ConfigError(f"{name} must be a list of strings")
     production = cfg["ENV"] == "production"
     if not cfg["SECRET_KEY"]:
         if production:

@@ -333,14 +333,18 @@ def _subscribe(
     )
 
 
-def reader_from_payload(session: Session, payload: object) -> Subscriber:
-    """The subscriber a signed link was made for, or LinkNoLongerValid if they are gone."""
+def _reader(session: Session, payload: object) -> tuple[Subscriber, dict[str, Any]]:
     if not isinstance(payload, dict):
         raise LinkNoLongerValid()
     subscriber = session.get(Subscriber, payload.get("s"))
     if subscriber is None or subscriber.token_key != payload.get("k"):
         raise LinkNoLongerValid()
-    return subscriber
+    return subscriber, payload
+
+
+def reader_from_payload(session: Session, payload: object) -> Subscriber:
+    """The subscriber a signed link was made for, or LinkNoLongerValid if they are gone."""
+    return _reader(session, payload)[0]
 
 
 def _linked_subscriptions(
@@ -378,10 +382,9 @@ def _mark_confirmed(
 
 def confirm(session: Session, payload: object, origin: Origin) -> ConfirmResult:
     """Confirm every list a confirmation link was sent for; commits."""
-    subscriber = reader_from_payload(session, payload)
-    assert isinstance(payload, dict)
+    subscriber, link = _reader(session, payload)
     result = ConfirmResult(subscriber)
-    for subscription, nonce in _linked_subscriptions(subscriber, payload):
+    for subscription, nonce in _linked_subscriptions(subscriber, link):
         if subscription.status == S.PENDING and subscription.nonce == nonce:
             _mark_confirmed(session, subscription, origin, CONFIRM_TEXT)
             result.confirmed.append(subscription)
@@ -400,9 +403,8 @@ def resend_confirmation(
     limit: ConfirmationLimit = ConfirmationLimit(),
 ) -> list[Subscription]:
     """Send a fresh confirmation for the lists of an expired link still pending; commits."""
-    subscriber = reader_from_payload(session, payload)
-    assert isinstance(payload, dict)
-    pending = [s for s, _ in _linked_subscriptions(subscriber, payload) if s.status == S.PENDING]
+    subscriber, link = _reader(session, payload)
+    pending = [s for s, _ in _linked_subscriptions(subscriber, link) if s.status == S.PENDING]
     if not pending:
         raise LinkNoLongerValid()
     pairs = [(s.id, s.nonce) for s in pending]
@@ -423,10 +425,9 @@ def _mark_unsubscribed(session: Session, subscription: Subscription, origin: Ori
 
 def list_subscription(session: Session, payload: object) -> Subscription:
     """The subscription an unsubscribe link was made for."""
-    subscriber = reader_from_payload(session, payload)
-    assert isinstance(payload, dict)
+    subscriber, link = _reader(session, payload)
     for subscription in subscriber.subscriptions:
-        if subscription.newsletter_id == payload.get("l"):
+        if subscription.newsletter_id == link.get("l"):
             return subscription
     raise LinkNoLongerValid()
 
@@ -437,10 +438,9 @@ def confirmation_preview(session: Session, payload: object) -> ConfirmResult:
     `confirmed` lists what the button would confirm, `already` what is confirmed already;
     LinkNoLongerValid when the link can do nothing.
     """
-    subscriber = reader_from_payload(session, payload)
-    assert isinstance(payload, dict)
+    subscriber, link = _reader(session, payload)
     result = ConfirmResult(subscriber)
-    for subscription, nonce in _linked_subscriptions(subscriber, payload):
+    for subscription, nonce in _linked_subscriptions(subscriber, link):
         if subscription.status == S.PENDING and subscription.nonce == nonce:
             result.confirmed.append(subscription)
         elif subscription.status == S.CONFIRMED:

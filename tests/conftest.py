@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
 
 from newsletter import create_app
 from newsletter.extensions import db as _db
 from newsletter.extensions import limiter
 from newsletter.mail import outbox
 from newsletter.mail.transport import MemoryTransport
-from newsletter.models import Newsletter
+from newsletter.models import Newsletter, Subscription
 
 PG_URL = os.environ.get("NEWSLETTER_TEST_DATABASE_URL")
 REDIS_URL = os.environ.get("NEWSLETTER_TEST_REDIS_URL")
@@ -167,6 +167,12 @@ def links(message: EmailMessage, path: str) -> list[str]:
         if url.startswith(BASE_URL + path):
             found.append(url[len(BASE_URL) :])
     return found
+
+
+def statuses(db) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """Each list's slug with the state of its one subscription, re-read from the database."""
+    db.session.expire_all()
+    return {s.newsletter.slug: s.status for s in db.session.scalars(select(Subscription))}
 
 
 def signup(client: FlaskClient, email: str, *slugs: str, **extra: str):  # type: ignore[no-untyped-def]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import links, signup, text_part
+from conftest import links, signup, statuses, text_part
 from sqlalchemy import select
 
 from newsletter.models import ConsentEvent, Subscription, SubscriptionStatus
@@ -16,11 +16,6 @@ def confirm_link(client, mailbox, newsletters) -> str:
     (mail,) = mailbox.deliver()
     (link,) = links(mail, "/confirm/")
     return link
-
-
-def statuses(db) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    db.session.expire_all()
-    return {s.newsletter.slug: s.status for s in db.session.scalars(select(Subscription))}
 
 
 def test_get_shows_a_button_and_confirms_nothing(client, db, confirm_link):

@@ -213,3 +213,16 @@ def test_settings_come_from_the_environment(tmp_path, monkeypatch):
     assert app.config["SECRET_KEY_FALLBACKS"] == ["old1", "old2"]
     # Outside production a secret key is generated once and kept.
     assert (tmp_path / "secret_key").read_text().strip() == app.config["SECRET_KEY"]
+
+
+def test_settings_are_checked(tmp_path):
+    from newsletter.config import ConfigError
+
+    base = {"INSTANCE_PATH": str(tmp_path), "SECRET_KEY": "s", "BASE_URL": "https://x.example"}
+    with pytest.raises(ConfigError, match="NEWSLETTER_ENV must be one of"):
+        create_app({**base, "ENV": "prod"})
+    with pytest.raises(ConfigError, match="must be a list of strings"):
+        create_app({**base, "ENV": "testing", "SECRET_KEY_FALLBACKS": [b"old"]})
+    # A single string, as instance/config.py might give it, is one key, not one per letter.
+    app = create_app({**base, "ENV": "testing", "SECRET_KEY_FALLBACKS": "old1,old2"})
+    assert app.config["SECRET_KEY_FALLBACKS"] == ["old1", "old2"]

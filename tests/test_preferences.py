@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import links, signup
+from conftest import links, signup, statuses
 from sqlalchemy import select
 
 from newsletter.models import Newsletter, Subscription
@@ -21,11 +21,6 @@ def prefs_link(client, mailbox, newsletters) -> str:
 
 def newsletter_ids(db) -> dict[str, int]:  # type: ignore[no-untyped-def]
     return dict(db.session.execute(select(Newsletter.slug, Newsletter.id)).all())
-
-
-def statuses(db) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    db.session.expire_all()
-    return {s.newsletter.slug: s.status for s in db.session.scalars(select(Subscription))}
 
 
 def test_page_lists_every_newsletter_with_state(client, prefs_link):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from conftest import links, signup
+from conftest import links, signup, statuses
 from sqlalchemy import select
 
-from newsletter.models import ConsentEvent, Subscription
+from newsletter.models import ConsentEvent
 
 
 @pytest.fixture
@@ -22,11 +22,6 @@ def one_click_url(mail) -> str:  # type: ignore[no-untyped-def]
     header = mail["List-Unsubscribe"]
     url = header.split(",")[0].strip().strip("<>")
     return url.removeprefix("https://news.example.org")
-
-
-def statuses(db) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    db.session.expire_all()
-    return {s.newsletter.slug: s.status for s in db.session.scalars(select(Subscription))}
 
 
 def test_one_click_post_unsubscribes_at_once(client, db, welcome):

@@ -21,15 +21,18 @@ from newsletter.tokens import reader_payload
 POLICY = policy.SMTP.clone(max_line_length=998)
 
 
-class HeaderInjection(ValueError):
-    """A value meant for a mail header carries a line break."""
+class UnsafeHeader(ValueError):
+    """A value cannot go into a mail header: a line break, a NUL, or too long."""
 
 
-def header_value(value: str, limit: int = 998) -> str:
-    """A value safe to put in a header: no line breaks, no NULs, bounded length."""
+def header_value(value: str, limit: int = 900) -> str:
+    """A value safe to put in a header: no line breaks, no NULs, not over `limit`."""
     if any(c in value for c in "\r\n\0"):
-        raise HeaderInjection("line break in a header value")
-    return value[:limit]
+        raise UnsafeHeader("line break in a header value")
+    if len(value) > limit:
+        # Cutting would corrupt an address or a URL: refuse, and the mail fails alone.
+        raise UnsafeHeader(f"header value longer than {limit} characters")
+    return value
 
 
 def wire_address(address: str) -> str:

@@ -224,7 +224,5 @@ def _failure(code: int, text: str) -> DeliveryError:
 def from_config(smtp_url: str | None, outbox_dir: str) -> Transport:
     """The transport configuration asks for: SMTP when a URL is set, else .eml files."""
     if smtp_url:
-        if smtp_url == "memory://":
-            return MemoryTransport()
         return SMTPTransport.from_url(smtp_url)
     return FileTransport(outbox_dir)

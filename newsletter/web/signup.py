@@ -110,9 +110,8 @@ def fields(data: Mapping[str, Any], default_source: str | None = None) -> Signup
 
 
 def _thanks(slugs: list[str]) -> SignupReply:
-    known = [s for s in slugs if subs.SLUG.fullmatch(s)]
-    first = db.session.execute(subs.SIGNUP_NEWSLETTERS, {"slugs": known}).first()
-    return SignupReply(200, first.thanks_text if first else DEFAULT_THANKS)
+    chosen = subs.signup_newsletters(db.session, slugs)
+    return SignupReply(200, chosen[0].thanks_text if chosen else DEFAULT_THANKS)
 
 
 def signup(given: SignupFields) -> SignupReply:

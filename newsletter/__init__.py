@@ -10,7 +10,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from newsletter import config as settings
-from newsletter.extensions import csrf, db, limiter, migrate
+from newsletter.extensions import csrf, db, limiter, login, migrate
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -48,12 +48,14 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     migrate.init_app(app, db, directory=resource_dir("migrations"), render_as_batch=True)
     csrf.init_app(app)
     limiter.init_app(app)
+    login.init_app(app)
 
-    from newsletter.web import api, errors, mailbox, public
+    from newsletter.web import admin, api, errors, mailbox, public
 
     errors.register(app)
     app.register_blueprint(public.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(admin.bp)
     if app.config["ENV"] == "development":
         app.register_blueprint(mailbox.bp)
     _sqlite_pragmas(app)

@@ -11,10 +11,10 @@ from flask import current_app
 from flask.cli import FlaskGroup, with_appcontext
 from flask_migrate import upgrade
 
-from newsletter import create_app, demo, exports
+from newsletter import accounts, create_app, demo, exports
 from newsletter.extensions import db
 from newsletter.mail import outbox, transport
-from newsletter.models import Newsletter, SubscriptionStatus
+from newsletter.models import Newsletter, Role, SubscriptionStatus
 
 
 @click.group(cls=FlaskGroup, create_app=create_app, add_default_commands=True)
@@ -57,6 +57,30 @@ def worker(drain: bool, batch_size: int, poll: float) -> None:
     handled = outbox.run(lambda: db.session, mailer, settings, drain=drain, stop=stop)
     waiting = outbox.pending_count(db.session)
     click.echo(f"Messages handled: {handled}; waiting for a retry: {waiting}.")
+
+
+@cli.command("create-admin")
+@click.argument("email")
+@click.option(
+    "--password", help="Asked for when not given (better: it stays out of the shell history)."
+)
+@click.option(
+    "--role",
+    type=click.Choice([r.value for r in Role]),
+    default=Role.ADMIN.value,
+    show_default=True,
+    help="admin: everything; editor: newsletters, items and digests.",
+)
+@with_appcontext
+def create_admin(email: str, password: str | None, role: str) -> None:
+    """Add an account for the admin area."""
+    if password is None:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        user = accounts.create_admin(db.session, email, password, Role(role))
+    except accounts.AccountError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"Account {user.email} created ({user.role}).")
 
 
 @cli.group("subscribers")

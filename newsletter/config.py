@@ -24,6 +24,7 @@ DEFAULTS: dict[str, object] = {
     "CONFIRMATIONS_PER_ADDRESS": 3,
     "CONFIRMATION_WINDOW": 24 * 3600,
     "SUBSCRIBE_RATE_LIMIT": "20 per minute;200 per hour",
+    "LOGIN_RATE_LIMIT": "10 per minute;50 per day",
     "PROXY_COUNT": 0,
     "UNSUBSCRIBE_MAILTO": None,
     "LIST_ID_DOMAIN": None,
@@ -106,6 +107,8 @@ def finish(app: Flask) -> None:
     cfg["SESSION_COOKIE_HTTPONLY"] = True
     cfg["SESSION_COOKIE_SAMESITE"] = "Lax"
     cfg["SESSION_COOKIE_SECURE"] = production
+    cfg["REMEMBER_COOKIE_HTTPONLY"] = True
+    cfg["REMEMBER_COOKIE_SECURE"] = production
     cfg["WTF_CSRF_TIME_LIMIT"] = None
     # Signups are a few hundred bytes; refuse floods before they are parsed.
     if cfg.get("MAX_CONTENT_LENGTH") is None:

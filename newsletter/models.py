@@ -6,6 +6,7 @@ import enum
 import secrets
 from datetime import UTC, datetime
 
+from flask_login import UserMixin
 from sqlalchemy import (
     JSON,
     Column,
@@ -81,6 +82,11 @@ class OutboxStatus(enum.StrEnum):
     SENT = "sent"
     FAILED = "failed"
     SKIPPED = "skipped"
+
+
+class Role(enum.StrEnum):
+    ADMIN = "admin"  # everything, accounts and imports included
+    EDITOR = "editor"  # newsletters, items and digests
 
 
 class MailKind(enum.StrEnum):
@@ -232,3 +238,21 @@ class Item(db.Model):
 
     def __repr__(self) -> str:
         return f"<Item {self.guid}>"
+
+
+class AdminUser(UserMixin, db.Model):
+    """Someone who signs in to the admin area."""
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(256))
+    role: Mapped[Role] = mapped_column(String(16), default=Role.EDITOR)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == Role.ADMIN
+
+    def __repr__(self) -> str:
+        return f"<AdminUser {self.email} {self.role}>"

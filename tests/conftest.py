@@ -12,13 +12,14 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import create_engine, select, text
+from werkzeug.security import generate_password_hash
 
 from newsletter import create_app
 from newsletter.extensions import db as _db
 from newsletter.extensions import limiter
 from newsletter.mail import outbox
 from newsletter.mail.transport import MemoryTransport
-from newsletter.models import Newsletter, Subscription
+from newsletter.models import AdminUser, Newsletter, Subscription
 
 PG_URL = os.environ.get("NEWSLETTER_TEST_DATABASE_URL")
 REDIS_URL = os.environ.get("NEWSLETTER_TEST_REDIS_URL")
@@ -123,6 +124,39 @@ class Mailbox:
 @pytest.fixture
 def mailbox(app: Flask) -> Mailbox:
     return Mailbox()
+
+
+PASSWORD = "correct horse battery staple"
+# Hashing is slow on purpose: hash once for the whole run.
+_PASSWORD_HASH = generate_password_hash(PASSWORD)
+
+
+def make_admin(email: str = "editor@news.example.org", role: str = "admin") -> AdminUser:
+    """Add an admin account whose password is PASSWORD; commit."""
+    user = AdminUser(email=email, password_hash=_PASSWORD_HASH, role=role)
+    _db.session.add(user)
+    _db.session.commit()
+    return user
+
+
+_CSRF = re.compile(r'name="csrf_token"(?: type="hidden")? value="([^"]+)"')
+
+
+def csrf_token(client: FlaskClient, path: str = "/admin/login") -> str:
+    """The CSRF token a page's form carries, as a browser would post it back."""
+    page = client.get(path).get_data(as_text=True)
+    match = _CSRF.search(page)
+    assert match, f"no CSRF token on {path}"
+    return match.group(1)
+
+
+def sign_in(client: FlaskClient, email: str = "editor@news.example.org") -> None:
+    """Sign in through the login form."""
+    token = csrf_token(client)
+    response = client.post(
+        "/admin/login", data={"email": email, "password": PASSWORD, "csrf_token": token}
+    )
+    assert response.status_code == 302, response.get_data(as_text=True)
 
 
 def make_newsletter(slug: str = "daily", name: str | None = None, **fields: object) -> Newsletter:

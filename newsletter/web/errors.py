@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, jsonify, render_template, request
+from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 log = logging.getLogger(__name__)
 
 MESSAGES = {
     400: "The request could not be understood.",
+    403: "Your account does not have access to this page.",
     404: "There is no page at this address.",
     405: "This address does not accept that kind of request.",
     413: "What was sent is too large.",
@@ -26,9 +28,15 @@ def wants_json() -> bool:
     return best == "application/json"
 
 
+CSRF_MESSAGE = "This form has expired or was sent from another site. Reload the page and try again."
+
+
 def _reply(exc: HTTPException) -> tuple[Response | str, int]:
     code = exc.code or 500
-    message = MESSAGES.get(code) or exc.description or "Something went wrong."
+    if isinstance(exc, CSRFError):
+        message = CSRF_MESSAGE
+    else:
+        message = MESSAGES.get(code) or exc.description or "Something went wrong."
     if wants_json():
         response = jsonify({"ok": False, "message": message})
         return response, code

@@ -1,0 +1,51 @@
+"""Admin accounts: creating them and checking a sign-in."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from newsletter.models import AdminUser, Role, utcnow
+from newsletter.subscriptions import InvalidEmail, normalize_email
+
+MIN_PASSWORD_LENGTH = 10
+# Checked when no account matches, so a wrong address takes as long as a wrong password.
+_NO_ACCOUNT = generate_password_hash("no account has this password")
+
+
+class AccountError(Exception):
+    """An account cannot be made as asked; the message says why."""
+
+
+def create_admin(session: Session, email: str, password: str, role: Role) -> AdminUser:
+    """Add an account; commits."""
+    try:
+        address, key = normalize_email(email)
+    except InvalidEmail as exc:
+        raise AccountError(f"{email!r} is not a valid email address") from exc
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise AccountError(f"the password needs at least {MIN_PASSWORD_LENGTH} characters")
+    user = AdminUser(email=key, password_hash=generate_password_hash(password), role=role)
+    session.add(user)
+    try:
+        session.commit()
+    except IntegrityError as exc:
+        session.rollback()
+        raise AccountError(f"there is already an account for {address}") from exc
+    return user
+
+
+def authenticate(session: Session, email: str, password: str) -> AdminUser | None:
+    """The account these credentials open, or None; records the sign-in; commits."""
+    key = (email or "").strip().lower()
+    user = session.scalar(select(AdminUser).where(AdminUser.email == key)) if key else None
+    if user is None:
+        check_password_hash(_NO_ACCOUNT, password or "")
+        return None
+    if not check_password_hash(user.password_hash, password or ""):
+        return None
+    user.last_login_at = utcnow()
+    session.commit()
+    return user

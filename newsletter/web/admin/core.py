@@ -1,0 +1,41 @@
+"""The admin blueprint and its access rules."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from flask import Blueprint, abort, redirect, request, url_for
+from flask_login import current_user
+
+from newsletter.extensions import db, login
+from newsletter.models import AdminUser
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+OPEN_ENDPOINTS = {"admin.login"}
+
+
+@login.user_loader
+def _load_user(user_id: str) -> AdminUser | None:
+    return db.session.get(AdminUser, int(user_id)) if user_id.isdigit() else None
+
+
+@bp.before_request
+def _signed_in_only() -> Any:
+    """Every admin page needs a signed-in account; the sign-in page is the one exception."""
+    if request.endpoint in OPEN_ENDPOINTS or current_user.is_authenticated:
+        return None
+    return redirect(url_for("admin.login", next=request.full_path.rstrip("?")))
+
+
+def admin_only(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Refuse editors: accounts, imports and erasure are for admins."""
+
+    @wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        if not current_user.is_admin:
+            abort(403)
+        return view(*args, **kwargs)
+
+    return wrapped

@@ -1,0 +1,68 @@
+"""Newsletters: list, create, edit, archive, and the embed snippet of each."""
+
+from __future__ import annotations
+
+from flask import current_app, flash, redirect, render_template, url_for
+from werkzeug.wrappers import Response
+
+from newsletter import newsletters as lists
+from newsletter.extensions import db
+from newsletter.models import Newsletter
+from newsletter.web.admin.core import admin_only, bp
+from newsletter.web.admin.forms import NewsletterForm
+
+
+@bp.get("/newsletters")
+def newsletters() -> str:
+    """Every newsletter, open ones first."""
+    return render_template("admin/newsletters.html", newsletters=lists.all_newsletters(db.session))
+
+
+@bp.route("/newsletters/new", methods=["GET", "POST"])
+@admin_only
+def newsletter_new() -> str | Response | tuple[str, int]:
+    """Create a newsletter."""
+    return _edit(None, NewsletterForm())
+
+
+@bp.route("/newsletters/<int:newsletter_id>/edit", methods=["GET", "POST"])
+@admin_only
+def newsletter_edit(newsletter_id: int) -> str | Response | tuple[str, int]:
+    """Change a newsletter's settings and texts."""
+    newsletter = db.get_or_404(Newsletter, newsletter_id)
+    return _edit(newsletter, NewsletterForm(obj=newsletter))
+
+
+def _edit(newsletter: Newsletter | None, form: NewsletterForm) -> str | Response | tuple[str, int]:
+    if form.validate_on_submit():
+        values = {field: getattr(form, field).data for field in lists.FIELDS}
+        values["slug"] = values["slug"].strip()
+        try:
+            saved = lists.save(db.session, newsletter, values)
+        except lists.SlugTaken:
+            form.slug.errors.append("Another newsletter has this slug.")
+        else:
+            flash(f"Saved {saved.name}.")
+            return redirect(url_for("admin.newsletter", newsletter_id=saved.id))
+    status = 422 if form.errors else 200
+    return render_template("admin/newsletter_form.html", form=form, newsletter=newsletter), status
+
+
+@bp.get("/newsletters/<int:newsletter_id>")
+def newsletter(newsletter_id: int) -> str:
+    """One newsletter: its settings and the snippet a site developer pastes."""
+    newsletter = db.get_or_404(Newsletter, newsletter_id)
+    snippet = render_template(
+        "embed/snippet.html", newsletter=newsletter, service=current_app.config["BASE_URL"]
+    )
+    return render_template("admin/newsletter.html", newsletter=newsletter, snippet=snippet)
+
+
+@bp.post("/newsletters/<int:newsletter_id>/archive")
+@admin_only
+def newsletter_archive(newsletter_id: int) -> Response:
+    """Close a newsletter to new signups, or open it again."""
+    newsletter = db.get_or_404(Newsletter, newsletter_id)
+    lists.set_archived(db.session, newsletter, not newsletter.archived)
+    flash(f"{newsletter.name} is {'archived' if newsletter.archived else 'open again'}.")
+    return redirect(url_for("admin.newsletter", newsletter_id=newsletter.id))

@@ -89,6 +89,24 @@ class Role(enum.StrEnum):
     EDITOR = "editor"  # newsletters, items and digests
 
 
+class SuppressionReason(enum.StrEnum):
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
+    ERASED = "erased"
+
+
+class ImportMode(enum.StrEnum):
+    CONFIRM = "confirm"  # rows become pending and get the double opt-in mail
+    CONSENTED = "consented"  # consent was given elsewhere: rows become confirmed
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
 class MailKind(enum.StrEnum):
     CONFIRMATION = "confirmation"
     WELCOME = "welcome"
@@ -256,3 +274,59 @@ class AdminUser(UserMixin, db.Model):
 
     def __repr__(self) -> str:
         return f"<AdminUser {self.email} {self.role}>"
+
+
+class Suppression(db.Model):
+    """An address never to be mailed or imported again, kept only as a hash."""
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # SHA-256 of the lowercased address: enough to recognise it, not to read it back.
+    email_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    reason: Mapped[SuppressionReason] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"<Suppression {self.reason}>"
+
+
+class AuditEvent(db.Model):
+    """What an admin account did that touches readers' data: exports, imports, erasures."""
+
+    __table_args__ = (Index("ix_audit_event_created_at", "created_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    admin_user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("admin_user.id", ondelete="SET NULL")
+    )
+    action: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"<AuditEvent {self.action}>"
+
+
+class ImportJob(db.Model):
+    """A CSV of subscribers being added to a newsletter, with its progress and report."""
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    newsletter_id: Mapped[int] = mapped_column(ForeignKey("newsletter.id", ondelete="CASCADE"))
+    admin_user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("admin_user.id", ondelete="SET NULL")
+    )
+    filename: Mapped[str] = mapped_column(String(255))
+    mode: Mapped[ImportMode] = mapped_column(String(16))
+    consent_note: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[JobStatus] = mapped_column(String(16), default=JobStatus.QUEUED)
+    rows_read: Mapped[int] = mapped_column(default=0)
+    added: Mapped[int] = mapped_column(default=0)
+    unchanged: Mapped[int] = mapped_column(default=0)
+    rejected: Mapped[int] = mapped_column(default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    newsletter: Mapped[Newsletter] = relationship(lazy="joined")
+
+    def __repr__(self) -> str:
+        return f"<ImportJob {self.id} {self.status}>"

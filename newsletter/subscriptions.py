@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from newsletter.models import (
     Subscriber,
     Subscription,
     SubscriptionStatus,
+    Suppression,
     new_nonce,
     utcnow,
 )
@@ -110,6 +112,19 @@ def normalize_email(raw: str, *, check_deliverability: bool = False) -> tuple[st
     except EmailNotValidError as exc:
         raise InvalidEmail() from exc
     return result.normalized, result.normalized.lower()
+
+
+def address_hash(email_key: str) -> str:
+    """How a suppressed address is kept: SHA-256 of its lowercased form."""
+    return hashlib.sha256(email_key.encode("utf-8")).hexdigest()
+
+
+def suppressed(session: Session, email_key: str) -> bool:
+    """Whether this address may never be mailed or imported again."""
+    digest = address_hash(email_key)
+    return (
+        session.scalar(select(Suppression.id).where(Suppression.email_hash == digest)) is not None
+    )
 
 
 def box_text(newsletter: Newsletter | Row[Any]) -> str:

@@ -15,6 +15,7 @@ from newsletter import accounts, create_app, demo, exports
 from newsletter.extensions import db
 from newsletter.mail import outbox, transport
 from newsletter.models import Newsletter, Role, SubscriptionStatus
+from newsletter.subscribers import Filter
 
 
 @click.group(cls=FlaskGroup, create_app=create_app, add_default_commands=True)
@@ -100,5 +101,5 @@ def export(slug: str | None, status: str | None) -> None:
     """Write subscriptions as CSV to standard output."""
     if slug and db.session.scalar(db.select(Newsletter.id).where(Newsletter.slug == slug)) is None:
         raise click.BadParameter(f"no newsletter with slug {slug!r}", param_hint="--newsletter")
-    query = exports.subscriptions_query(slug, status)
+    query = exports.subscriptions_query(Filter(newsletter=slug or "", status=status or ""))
     exports.write_csv(exports.subscription_rows(db.session, query), sys.stdout)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import TextIO
@@ -11,6 +12,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from newsletter.models import Newsletter, Subscriber, Subscription
+from newsletter.subscribers import Filter, apply
 
 COLUMNS = (
     "email",
@@ -34,7 +36,7 @@ def neutralise(value: object) -> str:
     return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
-def subscriptions_query(newsletter: str | None = None, status: str | None = None) -> Select:
+def subscriptions_query(where: Filter | None = None) -> Select:
     """The export's columns for every subscription, filtered, in a stable order."""
     query = (
         select(
@@ -50,11 +52,7 @@ def subscriptions_query(newsletter: str | None = None, status: str | None = None
         .join(Newsletter, Subscription.newsletter_id == Newsletter.id)
         .order_by(Subscription.id)
     )
-    if newsletter:
-        query = query.where(Newsletter.slug == newsletter)
-    if status:
-        query = query.where(Subscription.status == status)
-    return query
+    return apply(query, where or Filter())
 
 
 def subscription_rows(session: Session, query: Select) -> Iterator[tuple[object, ...]]:
@@ -72,3 +70,17 @@ def write_csv(rows: Iterable[tuple[object, ...]], out: TextIO) -> int:
         writer.writerow([neutralise(cell) for cell in row])
         count += 1
     return count
+
+
+def csv_chunks(rows: Iterable[tuple[object, ...]], per_chunk: int = 500) -> Iterator[str]:
+    """The same CSV as write_csv, as text chunks for a streamed response."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(COLUMNS)
+    for count, row in enumerate(rows, 1):
+        writer.writerow([neutralise(cell) for cell in row])
+        if count % per_chunk == 0:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()

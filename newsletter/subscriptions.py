@@ -63,6 +63,10 @@ class LinkNoLongerValid(SubscriptionError):
     message = "This link is no longer valid."
 
 
+class NothingToConfirm(SubscriptionError):
+    message = "No subscription of this reader is waiting for confirmation."
+
+
 class TooManyConfirmations(SubscriptionError):
     message = "We have sent several confirmation emails to this address today. Please try tomorrow."
 
@@ -419,6 +423,26 @@ def confirm(session: Session, payload: object, origin: Origin) -> ConfirmResult:
     return result
 
 
+def send_confirmation(
+    session: Session,
+    subscriber: Subscriber,
+    subscriptions: Sequence[Subscription],
+    origin: Origin,
+    limit: ConfirmationLimit = ConfirmationLimit(),
+) -> list[Subscription]:
+    """Queue one fresh confirmation for those of these subscriptions still pending; commits."""
+    pending = [s for s in subscriptions if s.status == S.PENDING]
+    if not pending:
+        raise NothingToConfirm()
+    pairs = [(s.id, s.nonce) for s in pending]
+    events = _confirmation(session, subscriber.id, subscriber.email, pairs, origin, limit)
+    if not events:
+        raise TooManyConfirmations()
+    session.connection().execute(INSERT_EVENTS, events)
+    session.commit()
+    return pending
+
+
 def resend_confirmation(
     session: Session,
     payload: object,
@@ -427,16 +451,11 @@ def resend_confirmation(
 ) -> list[Subscription]:
     """Send a fresh confirmation for the lists of an expired link still pending; commits."""
     subscriber, link = _reader(session, payload)
-    pending = [s for s, _ in _linked_subscriptions(subscriber, link) if s.status == S.PENDING]
-    if not pending:
-        raise LinkNoLongerValid()
-    pairs = [(s.id, s.nonce) for s in pending]
-    events = _confirmation(session, subscriber.id, subscriber.email, pairs, origin, limit)
-    if not events:
-        raise TooManyConfirmations()
-    session.connection().execute(INSERT_EVENTS, events)
-    session.commit()
-    return pending
+    linked = [s for s, _ in _linked_subscriptions(subscriber, link)]
+    try:
+        return send_confirmation(session, subscriber, linked, origin, limit)
+    except NothingToConfirm as exc:
+        raise LinkNoLongerValid() from exc
 
 
 def _mark_unsubscribed(session: Session, subscription: Subscription, origin: Origin) -> None:

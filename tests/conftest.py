@@ -12,6 +12,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import create_engine, select, text
+from sqlalchemy.orm import Session
 from werkzeug.security import generate_password_hash
 
 from newsletter import create_app
@@ -117,7 +118,9 @@ class Mailbox:
     def deliver(self) -> list[EmailMessage]:
         """Send everything due, as `newsletter worker --drain` would; return the new mails."""
         before = len(self.transport.messages)
-        outbox.run(lambda: _db.session, self.transport, drain=True)
+        # Its own session, as the worker process has: the test's objects stay as they were.
+        with Session(_db.engine) as session:
+            outbox.run(lambda: session, self.transport, drain=True)
         return self.transport.messages[before:]
 
 

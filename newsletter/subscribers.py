@@ -1,0 +1,161 @@
+"""Subscribers as the admin sees them: search, one person's record, erasure, the audit trail."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Select, delete, select
+from sqlalchemy.orm import Session
+
+from newsletter.models import (
+    AuditEvent,
+    ConsentEvent,
+    Newsletter,
+    OutboxMessage,
+    Subscriber,
+    Subscription,
+    Suppression,
+    SuppressionReason,
+)
+from newsletter.subscriptions import address_hash
+
+PAGE_SIZE = 50
+
+
+@dataclass(frozen=True)
+class Filter:
+    """What the subscriber list is narrowed to."""
+
+    search: str = ""
+    newsletter: str = ""  # slug
+    status: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        """The filter's set fields, for the audit trail."""
+        return {k: v for k, v in vars(self).items() if v}
+
+    def as_query(self) -> dict[str, str]:
+        """The filter as the list page's query string names it."""
+        names = {"search": "q", "newsletter": "newsletter", "status": "status"}
+        return {names[k]: v for k, v in self.as_dict().items()}
+
+
+def apply(query: Select[Any], where: Filter) -> Select[Any]:
+    """Narrow a query over subscriptions joined to subscribers and newsletters."""
+    if where.search:
+        # Addresses are stored lowercased in email_key; a substring of one matches.
+        query = query.where(Subscriber.email_key.contains(where.search.lower(), autoescape=True))
+    if where.newsletter:
+        query = query.where(Newsletter.slug == where.newsletter)
+    if where.status:
+        query = query.where(Subscription.status == where.status)
+    return query
+
+
+def page(where: Filter, before: int | None = None, size: int = PAGE_SIZE) -> Select[Any]:
+    """One page of subscriptions, newest first; `before` is the last id of the page shown."""
+    query = (
+        select(
+            Subscription.id,
+            Subscription.subscriber_id,
+            Subscriber.email,
+            Newsletter.name.label("newsletter"),
+            Subscription.status,
+            Subscription.subscribed_at,
+            Subscription.confirmed_at,
+        )
+        .join(Subscriber, Subscription.subscriber_id == Subscriber.id)
+        .join(Newsletter, Subscription.newsletter_id == Newsletter.id)
+        .order_by(Subscription.id.desc())
+        .limit(size + 1)  # one more tells whether there is a next page
+    )
+    if before is not None:
+        query = query.where(Subscription.id < before)
+    return apply(query, where)
+
+
+def consent_trail(subscriber_id: int) -> Select[Any]:
+    """Every consent event of a person, oldest first, with the list it was about."""
+    return (
+        select(ConsentEvent, Newsletter.name.label("newsletter"))
+        .join(Subscription, ConsentEvent.subscription_id == Subscription.id)
+        .join(Newsletter, Subscription.newsletter_id == Newsletter.id)
+        .where(Subscription.subscriber_id == subscriber_id)
+        .order_by(ConsentEvent.created_at, ConsentEvent.id)
+    )
+
+
+def mails(subscriber_id: int) -> Select[Any]:
+    """The transactional mails queued for a person, newest first."""
+    return (
+        select(OutboxMessage)
+        .where(OutboxMessage.subscriber_id == subscriber_id)
+        .order_by(OutboxMessage.created_at.desc(), OutboxMessage.id.desc())
+    )
+
+
+def record(session: Session, admin_user_id: int | None, action: str, **detail: Any) -> None:
+    """Add to the audit trail in the caller's transaction."""
+    session.add(AuditEvent(admin_user_id=admin_user_id, action=action, detail=detail))
+
+
+def person_data(session: Session, subscriber: Subscriber) -> dict[str, Any]:
+    """Everything kept about one person, as a reader's data request asks for it."""
+    events = session.execute(consent_trail(subscriber.id)).all()
+    return {
+        "email": subscriber.email,
+        "locale": subscriber.locale,
+        "created_at": subscriber.created_at.isoformat(),
+        "subscriptions": [
+            {
+                "newsletter": s.newsletter.name,
+                "status": s.status,
+                "source": s.source,
+                "subscribed_at": _iso(s.subscribed_at),
+                "confirmed_at": _iso(s.confirmed_at),
+                "unsubscribed_at": _iso(s.unsubscribed_at),
+            }
+            for s in subscriber.subscriptions
+        ],
+        "consent_trail": [
+            {
+                "newsletter": newsletter,
+                "action": event.action,
+                "at": _iso(event.created_at),
+                "ip": event.ip,
+                "user_agent": event.user_agent,
+                "source": event.source,
+                "text_shown": event.text_shown,
+            }
+            for event, newsletter in events
+        ],
+        "mails": [
+            {
+                "kind": m.kind,
+                "status": m.status,
+                "queued_at": _iso(m.created_at),
+                "sent_at": _iso(m.sent_at),
+            }
+            for m in session.scalars(mails(subscriber.id))
+        ],
+    }
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def erase(session: Session, subscriber: Subscriber, admin_user_id: int | None) -> None:
+    """Delete a person and everything about them; keep only a hash so no import revives them.
+
+    Commits. Their consent trail goes with them: the erasure itself is what the audit keeps.
+    """
+    digest = address_hash(subscriber.email_key)
+    subscriber_id = subscriber.id
+    session.execute(delete(OutboxMessage).where(OutboxMessage.subscriber_id == subscriber_id))
+    session.delete(subscriber)  # subscriptions and consent events cascade
+    if session.scalar(select(Suppression.id).where(Suppression.email_hash == digest)) is None:
+        session.add(Suppression(email_hash=digest, reason=SuppressionReason.ERASED))
+    record(session, admin_user_id, "erase", subscriber_id=subscriber_id)
+    session.commit()

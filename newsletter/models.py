@@ -157,6 +157,17 @@ class Subscription(db.Model):
     __table_args__ = (
         UniqueConstraint("subscriber_id", "newsletter_id"),
         Index("ix_subscription_newsletter_status", "newsletter_id", "status"),
+        # The dashboard counts index ranges, never rows: signups, confirmations and
+        # departures per list and day (see newsletter/stats.py).
+        Index("ix_subscription_newsletter_subscribed", "newsletter_id", "subscribed_at"),
+        Index("ix_subscription_newsletter_confirmed", "newsletter_id", "status", "confirmed_at"),
+        Index(
+            "ix_subscription_newsletter_unsubscribed",
+            "newsletter_id",
+            "unsubscribed_at",
+            "status",
+            "confirmed_at",
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

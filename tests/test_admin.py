@@ -272,3 +272,27 @@ def test_create_admin_command(app, db):
         "boss@news.example.org",
         "y@news.example.org",
     }
+
+
+def test_dashboard_shows_counts_activity_and_growth(client, db, mailbox, admin, newsletters):
+    from conftest import links, signup
+
+    for n in range(3):
+        signup(client, f"reader{n}@example.com", "daily")
+    (first, *_rest) = mailbox.deliver()
+    client.post(links(first, "/confirm/")[0])
+    sign_in(client)
+    page = client.get("/admin/").get_data(as_text=True)
+    row = page.split("Daily Briefing</a></th>")[1].split("</tr>")[0]
+    cells = [c.split("</td>")[0] for c in row.split("<td>")[1:]]
+    # pending, confirmed, unsubscribed, bounced, then signups 24h/7d/30d, unsubscribes.
+    assert cells == ["2", "1", "0", "0", "3", "3", "3", "0", "0", "0"]
+    assert "<svg" in page and 'role="img"' in page
+    assert "Confirmed subscribers, last 90 days" in page
+    assert page.count("<tr><td>20") == 90  # the chart's numbers as a table, one row a day
+
+
+def test_editors_see_the_dashboard(client, editor, newsletters):
+    sign_in(client, "writer@news.example.org")
+    page = client.get("/admin/")
+    assert page.status_code == 200 and "Daily Briefing" in page.get_data(as_text=True)

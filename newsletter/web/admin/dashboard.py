@@ -4,12 +4,24 @@ from __future__ import annotations
 
 from flask import render_template
 
+from newsletter import charts, stats
 from newsletter import newsletters as lists
 from newsletter.extensions import db
+from newsletter.models import utcnow
 from newsletter.web.admin.core import bp
 
 
 @bp.get("/")
 def dashboard() -> str:
     """Per newsletter: subscribers by state, recent signups and departures, growth."""
-    return render_template("admin/dashboard.html", newsletters=lists.all_newsletters(db.session))
+    now = utcnow()
+    open_lists = [n for n in lists.all_newsletters(db.session) if not n.archived]
+    growth = stats.growth(db.session, now)
+    return render_template(
+        "admin/dashboard.html",
+        newsletters=open_lists,
+        counts=stats.status_counts(db.session),
+        activity=stats.activity(db.session, now),
+        growth=growth,
+        chart=charts.growth_svg(growth, title="Confirmed subscribers, last 90 days"),
+    )

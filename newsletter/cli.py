@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import threading
+from pathlib import Path
 
 import click
 from flask import current_app
 from flask.cli import FlaskGroup, with_appcontext
 from flask_migrate import upgrade
 
-from newsletter import accounts, create_app, demo, exports
+from newsletter import accounts, create_app, demo, exports, imports
 from newsletter.extensions import db
 from newsletter.mail import outbox, transport
-from newsletter.models import Newsletter, Role, SubscriptionStatus
+from newsletter.models import ImportMode, JobStatus, Newsletter, Role, SubscriptionStatus
 from newsletter.subscribers import Filter
 
 
@@ -45,7 +47,7 @@ def seed_demo() -> None:
 @click.option("--poll", default=1.0, show_default=True, help="Seconds between looks when idle.")
 @with_appcontext
 def worker(drain: bool, batch_size: int, poll: float) -> None:
-    """Send queued mail until stopped (Ctrl-C or SIGTERM finishes the message in hand)."""
+    """Send queued mail and run queued imports until stopped (Ctrl-C or SIGTERM: clean stop)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg = current_app.config
     mailer = transport.from_config(cfg["SMTP_URL"], cfg["OUTBOX_DIR"])
@@ -55,7 +57,15 @@ def worker(drain: bool, batch_size: int, poll: float) -> None:
     where = "SMTP" if cfg["SMTP_URL"] else cfg["OUTBOX_DIR"]
     if not drain:
         click.echo(f"Worker sending to {where}; Ctrl-C to stop.")
-    handled = outbox.run(lambda: db.session, mailer, settings, drain=drain, stop=stop)
+    instance = current_app.instance_path
+    handled = outbox.run(
+        lambda: db.session,
+        mailer,
+        settings,
+        drain=drain,
+        stop=stop,
+        between_batches=lambda: imports.run_next_job(lambda: db.session, instance, stop),
+    )
     waiting = outbox.pending_count(db.session)
     click.echo(f"Messages handled: {handled}; waiting for a retry: {waiting}.")
 
@@ -103,3 +113,62 @@ def export(slug: str | None, status: str | None) -> None:
         raise click.BadParameter(f"no newsletter with slug {slug!r}", param_hint="--newsletter")
     query = exports.subscriptions_query(Filter(newsletter=slug or "", status=status or ""))
     exports.write_csv(exports.subscription_rows(db.session, query), sys.stdout)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@subscribers.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--newsletter", "slug", required=True, help="The newsletter to add them to (slug).")
+@click.option(
+    "--confirmed",
+    is_flag=True,
+    help="They consented elsewhere: confirm them at once, no mail. Needs --consent-note.",
+)
+@click.option("--consent-note", help="How and when they consented; kept in each consent trail.")
+@with_appcontext
+def import_subscribers(file: Path, slug: str, confirmed: bool, consent_note: str | None) -> None:
+    """Add the addresses of a CSV file (an email column, by its header) to a newsletter.
+
+    Without --confirmed each new subscription is pending and gets one confirmation mail,
+    sent by the worker. Running the same file again changes nothing.
+    """
+    mode = ImportMode.CONSENTED if confirmed else ImportMode.CONFIRM
+    try:
+        job = imports.create_job(db.session, slug, file.name, mode, consent_note)
+    except imports.UnknownNewsletter as exc:
+        raise click.BadParameter(exc.message, param_hint="--newsletter") from exc
+    except imports.ConsentNoteRequired as exc:
+        raise click.UsageError(f"{exc.message} (--consent-note)") from exc
+    report = imports.report_path(current_app.instance_path, job.id)
+    with (
+        imports.open_source(file) as source,
+        imports.open_report(report) as out,
+        click.progressbar(
+            length=max(file.stat().st_size, 1),
+            label=f"Importing {file.name}",
+            item_show_func=lambda rows: f"{rows:,} rows" if rows else None,
+        ) as bar,
+    ):
+
+        def progress(rows: int) -> None:
+            # Bytes handed to the text decoder so far: the bar moves with the file.
+            bar.update(source.buffer.tell() - bar.pos, rows)
+
+        # A `kill` ends the import as Ctrl-C does: the job is marked as stopped, not left running.
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            imports.run(db.session, job, source, out, progress)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        if job.status == JobStatus.DONE:
+            bar.update(bar.length - bar.pos)
+    if job.status != JobStatus.DONE:
+        raise click.ClickException(f"Import {job.id} failed: {job.error}")
+    click.echo(
+        f"Import {job.id} into {job.newsletter.slug}: {job.rows_read:,} rows, "
+        f"{job.added:,} added, {job.unchanged:,} unchanged, {job.rejected:,} rejected."
+    )
+    click.echo(f"Report: {report}")

@@ -32,9 +32,17 @@ DEFAULTS: dict[str, object] = {
     "DEFAULT_FROM_NAME": "Newsletter",
     "ALLOWED_ORIGINS": [],
     "SEND_RATE": None,
+    # Subscriber CSVs uploaded in the admin area; every other request keeps the small limit.
+    "MAX_IMPORT_BYTES": 200 * 1024 * 1024,
 }
 
-_INTS = {"CONFIRM_MAX_AGE", "CONFIRMATIONS_PER_ADDRESS", "CONFIRMATION_WINDOW", "PROXY_COUNT"}
+_INTS = {
+    "CONFIRM_MAX_AGE",
+    "CONFIRMATIONS_PER_ADDRESS",
+    "CONFIRMATION_WINDOW",
+    "PROXY_COUNT",
+    "MAX_IMPORT_BYTES",
+}
 _BOOLS = {"CHECK_DELIVERABILITY"}
 _LISTS = {"SECRET_KEY_FALLBACKS", "ALLOWED_ORIGINS"}
 _FLOATS = {"SEND_RATE"}

@@ -238,8 +238,13 @@ def run(
     *,
     drain: bool = False,
     stop: threading.Event | None = None,
+    between_batches: Callable[[], bool] | None = None,
 ) -> int:
-    """Send queued mail until stopped; with drain, until nothing is due, then return."""
+    """Send queued mail until stopped; with drain, until nothing is due, then return.
+
+    `between_batches` is other work the worker does after each batch (import jobs); it
+    returns whether it found any.
+    """
     stop = stop or threading.Event()
     sent = 0
     try:
@@ -250,6 +255,8 @@ def run(
             finally:
                 session.close()
             sent += handled
+            if between_batches is not None and between_batches():
+                continue
             if handled:
                 continue
             if drain:

@@ -1,6 +1,6 @@
 """The admin area: sign-in, dashboard, newsletters, subscribers."""
 
-from newsletter.web.admin import auth, dashboard, newsletters, subscribers
+from newsletter.web.admin import auth, dashboard, imports, newsletters, subscribers
 from newsletter.web.admin.core import bp
 
-__all__ = ["bp", "auth", "dashboard", "newsletters", "subscribers"]
+__all__ = ["bp", "auth", "dashboard", "imports", "newsletters", "subscribers"]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from flask_wtf import FlaskForm
+from flask_wtf.file import FileField, FileRequired
 from wtforms import BooleanField, EmailField, PasswordField, SelectField, StringField, TextAreaField
 from wtforms.fields import SelectChoice
 from wtforms.validators import DataRequired, Email, Length, Optional, Regexp, ValidationError
 
-from newsletter.models import DEFAULT_BUTTON, DEFAULT_PROMPT, DEFAULT_THANKS
+from newsletter.models import DEFAULT_BUTTON, DEFAULT_PROMPT, DEFAULT_THANKS, ImportMode
 from newsletter.subscriptions import SLUG
 
 
@@ -59,3 +60,39 @@ class NewsletterForm(FlaskForm):
     )
     welcome_text = TextAreaField("Welcome mail text", validators=[Length(max=5000)])
     welcome_enabled = BooleanField("Send a welcome mail after confirmation", default=True)
+
+
+class ImportForm(FlaskForm):
+    file = FileField(
+        "CSV file",
+        description=(
+            "The first row names the columns: email (required), locale, subscribed_at "
+            "(an ISO 8601 date or time, UTC unless a zone is given); others are ignored. "
+            "UTF-8, separated by commas or semicolons."
+        ),
+        validators=[FileRequired("Choose a CSV file.")],
+        render_kw={"accept": ".csv,text/csv,text/plain"},
+    )
+    newsletter = SelectField("Newsletter", validators=[DataRequired()])
+    mode = SelectField(
+        "These people",
+        choices=[
+            SelectChoice(
+                ImportMode.CONFIRM.value, "get a confirmation mail and join once they confirm"
+            ),
+            SelectChoice(
+                ImportMode.CONSENTED.value, "consented elsewhere: subscribe them at once, no mail"
+            ),
+        ],
+        default=ImportMode.CONFIRM.value,
+    )
+    consent_note = TextAreaField(
+        "Consent note",
+        description="How and when they agreed; kept in each one's consent trail. "
+        "Required when they consented elsewhere.",
+        validators=[Length(max=2000)],
+    )
+
+    def validate_consent_note(self, field: TextAreaField) -> None:
+        if self.mode.data == ImportMode.CONSENTED and not (field.data or "").strip():
+            raise ValidationError("Say how and when these people consented.")

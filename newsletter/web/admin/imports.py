@@ -1,0 +1,107 @@
+"""Subscriber imports: upload a CSV, watch the worker import it, download its report."""
+
+from __future__ import annotations
+
+from flask import (
+    abort,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    send_file,
+    url_for,
+)
+from flask_login import current_user
+from werkzeug.wrappers import Response
+
+from newsletter import import_file
+from newsletter import imports as import_jobs
+from newsletter import newsletters as lists
+from newsletter.extensions import csrf, db
+from newsletter.models import ImportJob, ImportMode, JobStatus
+from newsletter.web.admin.core import admin_only, bp
+from newsletter.web.admin.forms import ImportForm
+
+
+@bp.route("/imports", methods=["GET", "POST"])
+@csrf.exempt  # checked below, once the upload's size limit is raised
+@admin_only
+def imports() -> str | Response | tuple[str, int]:
+    """Upload a CSV of subscribers for the worker to import; the latest imports."""
+    if request.method == "POST":
+        # The app-wide limit suits signups; it must be raised before anything reads the body.
+        request.max_content_length = current_app.config["MAX_IMPORT_BYTES"]
+        csrf.protect()
+    form = ImportForm()
+    form.newsletter.choices = [(n.slug, n.name) for n in lists.all_newsletters(db.session)]
+    if form.validate_on_submit():
+        upload = form.file.data
+        try:
+            job = import_jobs.queue_upload(
+                db.session,
+                upload.save,
+                current_app.instance_path,
+                form.newsletter.data,
+                upload.filename or "upload.csv",
+                ImportMode(form.mode.data),
+                form.consent_note.data,
+                current_user.id,
+            )
+        except import_jobs.ImportProblem as exc:
+            form.newsletter.errors.append(exc.message)
+        else:
+            flash(f"{job.filename} is queued; the worker imports it.")
+            return redirect(url_for("admin.import_job", job_id=job.id))
+    page = render_template(
+        "admin/imports.html", form=form, jobs=import_jobs.recent_jobs(db.session)
+    )
+    return page, 422 if form.errors else 200
+
+
+@bp.get("/imports/<int:job_id>")
+@admin_only
+def import_job(job_id: int) -> str:
+    """One import: its state and counters, refreshed while it runs; its report when done."""
+    job = db.get_or_404(ImportJob, job_id)
+    instance = current_app.instance_path
+    working = job.status in (JobStatus.QUEUED, JobStatus.RUNNING)
+    upload = import_jobs.upload_path(instance, job.id)
+    total = import_file.estimated_rows(upload) if working else None
+    return render_template(
+        "admin/import.html",
+        job=job,
+        working=working,
+        total=max(total, job.rows_read) if total else None,
+        report=not working and import_jobs.report_path(instance, job.id).exists(),
+        can_retry=job.status == JobStatus.FAILED and upload.exists(),
+    )
+
+
+@bp.get("/imports/<int:job_id>/report")
+@admin_only
+def import_report(job_id: int) -> Response:
+    """The report of a finished import as a CSV download: the rows not added, and why."""
+    job = db.get_or_404(ImportJob, job_id)
+    path = import_jobs.report_path(current_app.instance_path, job.id)
+    if job.status not in (JobStatus.DONE, JobStatus.FAILED) or not path.exists():
+        abort(404)
+    import_jobs.record_report_download(db.session, job, current_user.id)
+    return send_file(
+        path,
+        mimetype="text/csv",
+        as_attachment=True,
+        download_name=f"import-{job.id}-report.csv",
+    )
+
+
+@bp.post("/imports/<int:job_id>/retry")
+@admin_only
+def import_retry(job_id: int) -> Response:
+    """Queue a failed import again; what it added before stays, so it finishes the rest."""
+    job = db.get_or_404(ImportJob, job_id)
+    if import_jobs.requeue(db.session, job, current_app.instance_path):
+        flash(f"Import {job.id} is queued again.")
+    else:
+        flash("Only a failed import whose uploaded file is still here can run again.")
+    return redirect(url_for("admin.import_job", job_id=job.id))

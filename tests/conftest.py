@@ -142,6 +142,18 @@ def make_admin(email: str = "editor@news.example.org", role: str = "admin") -> A
     return user
 
 
+@pytest.fixture
+def admin(app: Flask) -> AdminUser:
+    """An account with every right; its password is PASSWORD."""
+    return make_admin("editor@news.example.org", "admin")
+
+
+@pytest.fixture
+def editor(app: Flask) -> AdminUser:
+    """An account that may not change newsletters or touch readers' data."""
+    return make_admin("writer@news.example.org", "editor")
+
+
 _CSRF = re.compile(r'name="csrf_token"(?: type="hidden")? value="([^"]+)"')
 
 

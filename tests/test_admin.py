@@ -3,20 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from conftest import PASSWORD, csrf_token, make_admin, sign_in
+from conftest import PASSWORD, csrf_token, sign_in
 from sqlalchemy import select
 
 from newsletter.models import AdminUser, Newsletter
-
-
-@pytest.fixture
-def admin(app) -> AdminUser:  # type: ignore[no-untyped-def]
-    return make_admin("editor@news.example.org", "admin")
-
-
-@pytest.fixture
-def editor(app) -> AdminUser:  # type: ignore[no-untyped-def]
-    return make_admin("writer@news.example.org", "editor")
 
 
 def login(client, email: str, password: str):  # type: ignore[no-untyped-def]

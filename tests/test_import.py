@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
-from conftest import csrf_token, links, make_admin, sign_in, signup
+from conftest import csrf_token, links, sign_in, signup
 from sqlalchemy import func, select
 from werkzeug.datastructures import FileStorage
 from werkzeug.test import encode_multipart
@@ -21,7 +21,6 @@ from werkzeug.test import encode_multipart
 from newsletter import import_file, imports, subscriptions
 from newsletter.cli import cli
 from newsletter.models import (
-    AdminUser,
     AuditEvent,
     ConsentEvent,
     ImportJob,
@@ -486,16 +485,6 @@ def test_worker_command_imports_then_sends_the_confirmations(app, db, newsletter
 @pytest.fixture
 def app_config() -> dict[str, object]:
     return {"MAX_IMPORT_BYTES": 1024 * 1024}
-
-
-@pytest.fixture
-def admin(app) -> AdminUser:  # type: ignore[no-untyped-def]
-    return make_admin("editor@news.example.org", "admin")
-
-
-@pytest.fixture
-def editor(app) -> AdminUser:  # type: ignore[no-untyped-def]
-    return make_admin("writer@news.example.org", "editor")
 
 
 def post_form(client, fields: dict[str, object]):  # type: ignore[no-untyped-def]

@@ -158,7 +158,8 @@ def test_temporary_refusals_back_off_longer_each_time(client, db, newsletters, s
         assert before + delay <= row.next_attempt_at <= after + delay
         waits.append(delay)
         make_due(db)
-    assert waits == [timedelta(seconds=30), timedelta(seconds=60)]
+    first = WorkerSettings().first_retry
+    assert waits == [first, 2 * first]  # the back-off doubles
 
     assert work(db, transport) == 1
     assert only_row(db).status == "sent"
@@ -167,12 +168,13 @@ def test_temporary_refusals_back_off_longer_each_time(client, db, newsletters, s
 
 def test_retry_delay_doubles_up_to_its_cap():
     settings = WorkerSettings()
-    assert [retry_delay(n, settings).total_seconds() for n in range(1, 6)] == [
-        30,
-        60,
-        120,
-        240,
-        480,
+    first = settings.first_retry
+    assert [retry_delay(n, settings) for n in range(1, 6)] == [
+        first,
+        2 * first,
+        4 * first,
+        8 * first,
+        16 * first,
     ]
     assert retry_delay(9, settings) == timedelta(hours=2)
     assert retry_delay(12, settings) == timedelta(hours=2)

@@ -140,6 +140,8 @@ class Subscriber(db.Model):
     email: Mapped[str] = mapped_column(String(254))
     # Lowercased copy: Reader@Example.COM and reader@example.com are one person.
     email_key: Mapped[str] = mapped_column(String(254), unique=True)
+    # How the reader is addressed, when an import or the admin gave a name.
+    name: Mapped[str | None] = mapped_column(String(200))
     locale: Mapped[str | None] = mapped_column(String(16))
     # Part of every link for this person, so a reused row id cannot inherit old links.
     token_key: Mapped[str] = mapped_column(String(32), default=lambda: secrets.token_urlsafe(12))
@@ -335,6 +337,9 @@ class ImportJob(db.Model):
     rejected: Mapped[int] = mapped_column(default=0)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Moved on by the running worker after each batch: a job whose worker died stops
+    # moving it, and another worker takes the job over.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     newsletter: Mapped[Newsletter] = relationship(lazy="joined")

@@ -110,6 +110,30 @@ class JobStatus(enum.StrEnum):
 class MailKind(enum.StrEnum):
     CONFIRMATION = "confirmation"
     WELCOME = "welcome"
+    DIGEST_TEST = "digest_test"  # an editor's "Send a test to me"
+
+
+class DigestStatus(enum.StrEnum):
+    DRAFT = "draft"
+    SCHEDULED = "scheduled"
+    SENDING = "sending"
+    PAUSED = "paused"
+    SENT = "sent"
+    CANCELLED = "cancelled"
+
+
+class DeliveryStatus(enum.StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"  # claimed by a worker until its lease runs out
+    SENT = "sent"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # the reader left, or the digest was cancelled, before it went
+
+
+class AutoDigest(enum.StrEnum):
+    OFF = "off"
+    DRAFT = "draft"  # the cadence composes a draft for an editor to review
+    SEND = "send"  # the cadence composes and sends
 
 
 class Newsletter(db.Model):
@@ -129,6 +153,18 @@ class Newsletter(db.Model):
     archived: Mapped[bool] = mapped_column(default=False)
     position: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The cadence's moment: HH:MM in `timezone`; weekly on `send_weekday` (0 = Monday),
+    # monthly on the first day of the month.
+    send_time: Mapped[str] = mapped_column(String(5), default="08:00")
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    send_weekday: Mapped[int] = mapped_column(default=0)
+    auto_digest: Mapped[AutoDigest] = mapped_column(String(8), default=AutoDigest.OFF)
+    # When the worker next composes a digest on the cadence; None while automation is off.
+    next_digest_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # A feed of the site's news the worker pulls on the cadence, before composing.
+    feed_url: Mapped[str | None] = mapped_column(String(1000))
+    feed_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    feed_error: Mapped[str | None] = mapped_column(Text)
 
     def __repr__(self) -> str:
         return f"<Newsletter {self.slug}>"
@@ -259,9 +295,12 @@ class Item(db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     guid: Mapped[str] = mapped_column(String(500), unique=True)
     title: Mapped[str] = mapped_column(String(500))
-    url: Mapped[str | None] = mapped_column(String(1000))
+    # One item per story: a second post of the same link is the same item.
+    url: Mapped[str | None] = mapped_column(String(1000), unique=True)
     summary: Mapped[str] = mapped_column(Text, default="")
     published_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    # api, feed, admin or demo: where the item came from.
+    source: Mapped[str] = mapped_column(String(16), default="admin")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     # Selectin: a page of items shows their lists without a query per item.
@@ -346,3 +385,102 @@ class ImportJob(db.Model):
 
     def __repr__(self) -> str:
         return f"<ImportJob {self.id} {self.status}>"
+
+
+class ApiToken(db.Model):
+    """A bearer token for the API, made and revoked by an admin; only its hash is kept."""
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    # SHA-256 of the token: a copy of the database does not give the tokens away.
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The token's first characters, so an admin can tell tokens apart.
+    prefix: Mapped[str] = mapped_column(String(16))
+    admin_user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("admin_user.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    def __repr__(self) -> str:
+        return f"<ApiToken {self.prefix}>"
+
+
+class Digest(db.Model):
+    """One mailing of news items to a newsletter's confirmed readers."""
+
+    __table_args__ = (Index("ix_digest_newsletter_status", "newsletter_id", "status"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    newsletter_id: Mapped[int] = mapped_column(ForeignKey("newsletter.id", ondelete="CASCADE"))
+    subject: Mapped[str] = mapped_column(String(300))
+    intro: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[DigestStatus] = mapped_column(String(16), default=DigestStatus.DRAFT)
+    # Composed by the cadence rather than by an editor.
+    automatic: Mapped[bool] = mapped_column(default=False)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("admin_user.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    scheduled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Left part of every recipient's Message-ID, with the delivery's id after it.
+    message_key: Mapped[str] = mapped_column(String(32), default=lambda: secrets.token_hex(8))
+    # Figures kept when the digest is done: the ledger loses rows when readers are erased.
+    recipients: Mapped[int] = mapped_column(default=0)
+    sent_count: Mapped[int] = mapped_column(default=0)
+    failed_count: Mapped[int] = mapped_column(default=0)
+    skipped_count: Mapped[int] = mapped_column(default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    newsletter: Mapped[Newsletter] = relationship(lazy="joined")
+    entries: Mapped[list[DigestItem]] = relationship(
+        order_by="DigestItem.position", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+    @property
+    def items(self) -> list[Item]:
+        return [entry.item for entry in self.entries]
+
+    def __repr__(self) -> str:
+        return f"<Digest {self.id} {self.status}>"
+
+
+class DigestItem(db.Model):
+    """An item in a digest, at its place in the editor's order."""
+
+    digest_id: Mapped[int] = mapped_column(
+        ForeignKey("digest.id", ondelete="CASCADE"), primary_key=True
+    )
+    item_id: Mapped[int] = mapped_column(
+        ForeignKey("item.id", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(default=0)
+
+    item: Mapped[Item] = relationship(lazy="joined")
+
+
+class Delivery(db.Model):
+    """The ledger: one row per reader of a digest, claimed and marked by the workers."""
+
+    __table_args__ = (
+        UniqueConstraint("digest_id", "subscription_id"),
+        Index("ix_delivery_due", "digest_id", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    digest_id: Mapped[int] = mapped_column(ForeignKey("digest.id", ondelete="CASCADE"))
+    # Erasing a reader erases their rows here too.
+    subscription_id: Mapped[int] = mapped_column(
+        ForeignKey("subscription.id", ondelete="CASCADE"), index=True
+    )
+    status: Mapped[DeliveryStatus] = mapped_column(String(16), default=DeliveryStatus.QUEUED)
+    attempts: Mapped[int] = mapped_column(default=0)
+    # When a queued row is due; for a claimed (sending) row, when its lease runs out.
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    claim: Mapped[str | None] = mapped_column(String(32))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    def __repr__(self) -> str:
+        return f"<Delivery {self.digest_id}/{self.subscription_id} {self.status}>"

@@ -33,6 +33,11 @@ def reader_payload(subscriber: Any, **extra: object) -> dict[str, object]:
     return {"s": subscriber.id, "k": subscriber.token_key, **extra}
 
 
+def serializer(purpose: str) -> URLSafeTimedSerializer:
+    """The signer of one purpose's links; keep it to sign many links with one set-up."""
+    return _serializer(purpose)
+
+
 def _serializer(purpose: str) -> URLSafeTimedSerializer:
     cfg = current_app.config
     # itsdangerous signs with the last key and accepts every key in the list.

@@ -83,18 +83,25 @@ def sender(newsletter: Newsletter | None) -> str:
     return formataddr((header_value(name, 200), header_value(address, 254)))
 
 
+def list_headers_static(newsletter: Newsletter) -> dict[str, str]:
+    """The list headers that are the same for every reader of a list (RFC 2919, 8058)."""
+    return {
+        "List-Id": f"{_phrase(newsletter.name)} <{newsletter.slug}.{mail_domain()}>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+    }
+
+
 def list_headers(subscription: Subscription) -> dict[str, str]:
     """The RFC 2369 / 2919 / 8058 headers every mail about a list carries."""
-    newsletter = subscription.newsletter
     targets = [f"<{unsubscribe_url(subscription)}>"]
     mailto = current_app.config["UNSUBSCRIBE_MAILTO"]
     if mailto:
         targets.append(f"<mailto:{mailto}?subject=unsubscribe>")
-    list_id = f"{newsletter.slug}.{mail_domain()}"
+    static = list_headers_static(subscription.newsletter)
     return {
-        "List-Id": f"{_phrase(newsletter.name)} <{list_id}>",
+        "List-Id": static["List-Id"],
         "List-Unsubscribe": ", ".join(targets),
-        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+        "List-Unsubscribe-Post": static["List-Unsubscribe-Post"],
     }
 
 

@@ -1,0 +1,400 @@
+"""Digests: composing, the ledger snapshot, sending over SMTP, retries, pause and cancel."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from newsletter import digests
+from newsletter.mail.transport import SMTPTransport
+from newsletter.models import (
+    Delivery,
+    Digest,
+    DigestStatus,
+    Item,
+    Subscriber,
+    Subscription,
+    SubscriptionStatus,
+    Suppression,
+    utcnow,
+)
+from newsletter.sending import DigestSender, SendSettings, Throttle
+from tests.conftest import BASE_URL, html_part, make_newsletter, text_part
+
+S = SubscriptionStatus
+
+
+def add_reader(db, newsletter, email, status=S.CONFIRMED):  # type: ignore[no-untyped-def]
+    subscriber = Subscriber(email=email, email_key=email.lower())
+    db.session.add(subscriber)
+    db.session.flush()
+    db.session.add(Subscription(subscriber=subscriber, newsletter=newsletter, status=status))
+    db.session.commit()
+    return subscriber
+
+
+def add_item(db, newsletter, title, hours_ago=1, **fields):  # type: ignore[no-untyped-def]
+    item = Item(
+        guid=f"guid-{title}",
+        title=title,
+        url=fields.pop("url", f"https://news.example.org/{title.lower().replace(' ', '-')}"),
+        summary=fields.pop("summary", f"What happened: {title}."),
+        published_at=utcnow() - timedelta(hours=hours_ago),
+        newsletters=[newsletter],
+        **fields,
+    )
+    db.session.add(item)
+    db.session.commit()
+    return item
+
+
+@pytest.fixture
+def daily(app):  # type: ignore[no-untyped-def]
+    return make_newsletter(
+        "daily",
+        "Daily Briefing",
+        from_name="Daily Desk",
+        from_address="daily@news.example.org",
+        reply_to="desk@news.example.org",
+    )
+
+
+def send_all(db, transport, settings=None, rounds=50):  # type: ignore[no-untyped-def]
+    """Work the ledger as a worker does until nothing is due."""
+    sender = DigestSender(transport, settings or SendSettings())
+    with Session(db.engine) as session:
+        for _ in range(rounds):
+            if not sender.step(session):
+                break
+    transport.close()
+
+
+def ledger(db, digest):  # type: ignore[no-untyped-def]
+    db.session.expire_all()
+    rows = db.session.execute(
+        select(Delivery.status, func.count())
+        .where(Delivery.digest_id == digest.id)
+        .group_by(Delivery.status)
+    )
+    return {status: count for status, count in rows}
+
+
+def test_new_digest_offers_items_since_the_last_one_newest_first(db, daily):
+    old = add_item(db, daily, "Old story", hours_ago=30)
+    first = digests.compose(db.session, daily)
+    assert [i.title for i in first.items] == ["Old story"]
+    add_reader(db, daily, "reader@example.com")
+    digests.start(db.session, first)
+    newer = add_item(db, daily, "Newer story", hours_ago=0)
+    db.session.execute(
+        update(Item).where(Item.id == newer.id).values(published_at=utcnow() + timedelta(seconds=1))
+    )
+    newest = add_item(db, daily, "Newest story", hours_ago=0)
+    db.session.execute(
+        update(Item)
+        .where(Item.id == newest.id)
+        .values(published_at=utcnow() + timedelta(seconds=2))
+    )
+    db.session.commit()
+    second = digests.compose(db.session, daily)
+    assert [i.title for i in second.items] == ["Newest story", "Newer story"]
+    assert old not in second.items
+    assert second.subject == "Daily Briefing: Newest story"
+
+
+def test_editor_reorders_and_removes_items(db, daily):
+    a, b, c = (add_item(db, daily, t, hours_ago=h) for t, h in (("A", 3), ("B", 2), ("C", 1)))
+    digest = digests.compose(db.session, daily)
+    digests.edit(db.session, digest, subject="  Our   week ", intro="Hello.", item_ids=[a.id, c.id])
+    assert digest.subject == "Our week"
+    assert [i.title for i in digest.items] == ["A", "C"]
+    with pytest.raises(digests.DigestError, match="subject"):
+        digests.edit(db.session, digest, subject=" ", intro="", item_ids=[a.id])
+
+
+def test_snapshot_takes_confirmed_readers_only(db, daily):
+    add_item(db, daily, "Story")
+    add_reader(db, daily, "one@example.com")
+    add_reader(db, daily, "two@example.com")
+    add_reader(db, daily, "pending@example.com", S.PENDING)
+    add_reader(db, daily, "gone@example.com", S.UNSUBSCRIBED)
+    add_reader(db, daily, "bounced@example.com", S.BOUNCED)
+    other = make_newsletter("culture")
+    add_reader(db, other, "elsewhere@example.com")
+    digest = digests.compose(db.session, daily)
+    assert digests.start(db.session, digest) == 2
+    assert digest.status == DigestStatus.SENDING
+    assert digest.recipients == 2
+    assert ledger(db, digest) == {"queued": 2}
+    with pytest.raises(digests.DigestError):
+        digests.start(db.session, digest)
+    assert ledger(db, digest) == {"queued": 2}
+
+
+def test_a_digest_without_items_is_not_sent(db, daily):
+    add_reader(db, daily, "one@example.com")
+    digest = digests.compose(db.session, daily)
+    with pytest.raises(digests.DigestError, match="no items"):
+        digests.start(db.session, digest)
+    assert digest.status == DigestStatus.DRAFT
+
+
+def test_every_reader_gets_one_mail_with_their_own_links(db, client, daily, smtp):
+    add_item(db, daily, "Drones shot down", summary="Air defence units intercepted two drones.")
+    add_item(db, daily, "Run-off in Moldova", hours_ago=2)
+    readers = [add_reader(db, daily, f"reader{n}@example.com") for n in range(5)]
+    digest = digests.compose(db.session, daily, intro="Good morning.")
+    digests.start(db.session, digest)
+
+    send_all(db, SMTPTransport("127.0.0.1", smtp.port))
+
+    assert sorted(r.rcpt_tos[0] for r in smtp.received) == sorted(r.email for r in readers)
+    assert smtp.connections == 1
+    ids = set()
+    for received in smtp.received:
+        mail = received.message
+        assert received.mail_from == "daily@news.example.org"
+        assert mail["To"] == received.rcpt_tos[0]
+        assert mail["From"] == "Daily Desk <daily@news.example.org>"
+        assert mail["Reply-To"] == "desk@news.example.org"
+        assert mail["Subject"] == "Daily Briefing: Drones shot down"
+        assert mail["List-Id"] == "Daily Briefing <daily.news.example.org>"
+        assert mail["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        assert mail["Date"]
+        ids.add(mail["Message-ID"])
+        unsubscribe = re.fullmatch(r"<(https://[^>]+)>", mail["List-Unsubscribe"]).group(1)
+        text, html = text_part(mail), html_part(mail)
+        assert unsubscribe in text and f'href="{unsubscribe}"' in html
+        assert "Good morning." in text and "Run-off in Moldova" in text
+        # CSS is inlined for clients that drop <style>; the responsive rules stay.
+        assert re.search(r'<td[^>]*class="item"[^>]*style="[^"]*padding', html)
+        assert "@media" in html
+        # The one-click URL unsubscribes exactly this reader from this list.
+        response = client.post(unsubscribe.removeprefix(BASE_URL))
+        assert response.status_code == 200
+    assert len(ids) == 5
+    db.session.expire_all()
+    assert {s.status for s in db.session.scalars(select(Subscription))} == {S.UNSUBSCRIBED}
+    db.session.refresh(digest)
+    assert digest.status == DigestStatus.SENT
+    assert (digest.sent_count, digest.failed_count) == (5, 0)
+    assert digest.finished_at is not None
+
+
+def test_escapes_what_items_say(db, daily, smtp):
+    add_item(
+        db,
+        daily,
+        "<script>alert(1)</script>",
+        summary='"><img src=x onerror=alert(1)>',
+        url='https://news.example.org/a"><script>alert(2)</script>',
+    )
+    add_reader(db, daily, "one@example.com")
+    digests.start(db.session, digests.compose(db.session, daily, subject="Today"))
+    send_all(db, SMTPTransport("127.0.0.1", smtp.port))
+    html = html_part(smtp.received[0].message)
+    assert "<script>" not in html and "<img" not in html
+    assert "&lt;script&gt;" in html
+    assert 'href="https://news.example.org/a%22%3E%3Cscript%3Ealert(2)%3C/script%3E"' in html
+
+
+def test_only_web_links_are_linked(db, daily, smtp):
+    add_item(db, daily, "Trap", url="javascript:alert(1)")
+    add_reader(db, daily, "one@example.com")
+    digests.start(db.session, digests.compose(db.session, daily, subject="Today"))
+    send_all(db, SMTPTransport("127.0.0.1", smtp.port))
+    mail = smtp.received[0].message
+    assert "javascript:" not in html_part(mail) and "javascript:" not in text_part(mail)
+
+
+def test_subject_with_a_line_break_is_refused(db, daily):
+    add_item(db, daily, "Story")
+    digest = digests.compose(db.session, daily)
+    # Whitespace, line breaks included, is folded to single spaces: no header injection.
+    digests.edit(
+        db.session,
+        digest,
+        subject="Hi\r\nBcc: x@evil.example",
+        intro="",
+        item_ids=[digest.items[0].id],
+    )
+    assert digest.subject == "Hi Bcc: x@evil.example"
+
+
+def test_temporary_refusal_is_retried_later(db, daily, smtp):
+    add_item(db, daily, "Story")
+    add_reader(db, daily, "one@example.com")
+    add_reader(db, daily, "two@example.com")
+    digest = digests.compose(db.session, daily)
+    digests.start(db.session, digest)
+    smtp.handler.refuse("RCPT", "451 4.7.1 Try again later")
+
+    send_all(db, SMTPTransport("127.0.0.1", smtp.port))
+    assert len(smtp.received) == 1
+    assert ledger(db, digest) == {"sent": 1, "queued": 1}
+    retry = db.session.scalar(select(Delivery).where(Delivery.status == "queued"))
+    assert retry.attempts == 1 and retry.next_attempt_at > utcnow() + timedelta(seconds=30)
+    assert "451" in retry.last_error
+    assert digest.status == DigestStatus.SENDING
+
+    # Time passes: the row is due again and goes.
+    db.session.execute(update(Delivery).values(next_attempt_at=utcnow()))
+    db.session.commit()
+    send_all(db, SMTPTransport("127.0.0.1", smtp.port))
+    assert len(smtp.received) == 2
+    assert ledger(db, digest) == {"sent": 2}
+    db.session.refresh(digest)
+    assert digest.status == DigestStatus.SENT
+
+
+def test_hard_bounce_fails_the_row_and_suppresses_the_address(db, daily, smtp):
+    add_item(db, daily, "Story")
+    bouncing = add_reader(db, daily, "nobody@example.com")
+    other_list = make_newsletter("culture")
+    db.session.add(Subscription(subscriber=bouncing, newsletter=other_list, status=S.CONFIRMED))
+    db.session.commit()
+    digest = digests.compose(db.session, daily)
+    digests.start(db.session, digest)
+    smtp.handler.refuse("RCPT", "550 5.1.1 No such user")
+
+    send_all(db, SMTPTransport("127.0.0.1", smtp.port))
+    assert smtp.received == []
+    assert ledger(db, digest) == {"failed": 1}
+    assert {s.status for s in db.session.scalars(select(Subscription))} == {S.BOUNCED}
+    assert db.session.scalar(select(func.count(Suppression.id))) == 1
+    db.session.refresh(digest)
+    assert (digest.status, digest.failed_count) == (DigestStatus.SENT, 1)
+
+
+def test_rejected_content_fails_the_row_without_suppressing(db, daily, smtp):
+    add_item(db, daily, "Story")
+    add_reader(db, daily, "one@example.com")
+    digest = digests.compose(db.session, daily)
+    digests.start(db.session, digest)
+    smtp.handler.refuse("DATA", "554 5.7.1 Message rejected")
+    send_all(db, SMTPTransport("127.0.0.1", smtp.port))
+    assert ledger(db, digest) == {"failed": 1}
+    assert {s.status for s in db.session.scalars(select(Subscription))} == {S.CONFIRMED}
+    assert db.session.scalar(select(func.count(Suppression.id))) == 0
+
+
+def test_mail_server_down_delays_without_losing(db, daily, smtp):
+    add_item(db, daily, "Story")
+    for n in range(3):
+        add_reader(db, daily, f"r{n}@example.com")
+    digest = digests.compose(db.session, daily)
+    digests.start(db.session, digest)
+    down = SMTPTransport("127.0.0.1", 1)  # nothing listens there
+    send_all(db, down)
+    assert ledger(db, digest) == {"queued": 3}
+    assert {r.attempts for r in db.session.scalars(select(Delivery))} == {0}
+    db.session.execute(update(Delivery).values(next_attempt_at=utcnow()))
+    db.session.commit()
+    send_all(db, SMTPTransport("127.0.0.1", smtp.port))
+    assert ledger(db, digest) == {"sent": 3}
+
+
+def test_pause_resume_and_cancel(db, daily, smtp):
+    add_item(db, daily, "Story")
+    for n in range(4):
+        add_reader(db, daily, f"r{n}@example.com")
+    digest = digests.compose(db.session, daily)
+    digests.start(db.session, digest)
+    digests.pause(db.session, digest)
+    send_all(db, SMTPTransport("127.0.0.1", smtp.port))
+    assert smtp.received == []
+    with pytest.raises(digests.DigestError):
+        digests.pause(db.session, digest)
+    digests.resume(db.session, digest)
+    send_all(db, SMTPTransport("127.0.0.1", smtp.port), SendSettings(batch_size=2), rounds=1)
+    assert len(smtp.received) == 2
+    digests.cancel(db.session, digest)
+    send_all(db, SMTPTransport("127.0.0.1", smtp.port))
+    assert len(smtp.received) == 2
+    assert ledger(db, digest) == {"sent": 2, "skipped": 2}
+    assert (digest.status, digest.sent_count, digest.skipped_count) == (
+        DigestStatus.CANCELLED,
+        2,
+        2,
+    )
+
+
+def test_reader_who_left_after_the_snapshot_is_skipped(db, daily, smtp):
+    add_item(db, daily, "Story")
+    add_reader(db, daily, "stays@example.com")
+    leaving = add_reader(db, daily, "leaves@example.com")
+    digest = digests.compose(db.session, daily)
+    digests.start(db.session, digest)
+    leaving.subscriptions[0].status = S.UNSUBSCRIBED
+    db.session.commit()
+    send_all(db, SMTPTransport("127.0.0.1", smtp.port))
+    assert [r.rcpt_tos for r in smtp.received] == [["stays@example.com"]]
+    assert ledger(db, digest) == {"sent": 1, "skipped": 1}
+
+
+def test_rows_of_a_dead_worker_are_sent_when_the_lease_runs_out(db, daily, smtp):
+    add_item(db, daily, "Story")
+    for n in range(3):
+        add_reader(db, daily, f"r{n}@example.com")
+    digest = digests.compose(db.session, daily)
+    digests.start(db.session, digest)
+    dead = DigestSender(SMTPTransport("127.0.0.1", smtp.port))
+    with Session(db.engine) as session:
+        claimed = dead.claim(session, digest.id, "dead-worker")
+    assert len(claimed) == 3
+    # While the lease runs, nobody else takes them.
+    send_all(db, SMTPTransport("127.0.0.1", smtp.port))
+    assert smtp.received == []
+    db.session.execute(update(Delivery).values(next_attempt_at=utcnow() - timedelta(seconds=1)))
+    db.session.commit()
+    send_all(db, SMTPTransport("127.0.0.1", smtp.port))
+    assert len(smtp.received) == 3
+    assert ledger(db, digest) == {"sent": 3}
+
+
+def test_scheduled_digest_starts_when_its_time_comes(db, daily, smtp):
+    add_item(db, daily, "Story")
+    add_reader(db, daily, "one@example.com")
+    digest = digests.compose(db.session, daily)
+    digests.schedule(db.session, digest, utcnow() + timedelta(hours=1))
+    send_all(db, SMTPTransport("127.0.0.1", smtp.port))
+    assert smtp.received == []
+    db.session.execute(update(Digest).values(scheduled_at=utcnow() - timedelta(seconds=1)))
+    db.session.commit()
+    send_all(db, SMTPTransport("127.0.0.1", smtp.port))
+    assert len(smtp.received) == 1
+    db.session.refresh(digest)
+    assert digest.status == DigestStatus.SENT
+
+
+def test_progress_counts(db, daily, smtp):
+    add_item(db, daily, "Story")
+    for n in range(3):
+        add_reader(db, daily, f"r{n}@example.com")
+    digest = digests.compose(db.session, daily)
+    digests.start(db.session, digest)
+    before = digests.progress(db.session, digest)
+    assert (before.queued, before.sent, before.finished) == (3, 0, False)
+    send_all(db, SMTPTransport("127.0.0.1", smtp.port))
+    after = digests.progress(db.session, digest).as_json(utcnow())
+    assert after["sent"] == 3 and after["queued"] == 0 and after["finished"] is True
+
+
+def test_throttle_spaces_messages(monkeypatch):
+    clock = [100.0]
+    slept: list[float] = []
+    monkeypatch.setattr("newsletter.sending.time.monotonic", lambda: clock[0])
+
+    def sleep(seconds: float) -> None:
+        slept.append(round(seconds, 6))
+        clock[0] += seconds
+
+    monkeypatch.setattr("newsletter.sending.time.sleep", sleep)
+    throttle = Throttle(4)
+    for _ in range(5):
+        throttle.wait(None)
+    assert slept == [0.25, 0.25, 0.25, 0.25]

@@ -13,6 +13,7 @@ from datetime import datetime
 from sqlalchemy import and_, exists, func, insert, literal, or_, select, update
 from sqlalchemy.orm import Session
 
+from newsletter.mail import outbox
 from newsletter.models import (
     Delivery,
     DeliveryStatus,
@@ -20,6 +21,7 @@ from newsletter.models import (
     DigestItem,
     DigestStatus,
     Item,
+    MailKind,
     Newsletter,
     Subscription,
     SubscriptionStatus,
@@ -448,6 +450,14 @@ def start_due(session: Session, now: datetime | None = None) -> list[int]:
             continue
         started.append(digest.id)
     return started
+
+
+def send_test(session: Session, digest: Digest, to_address: str) -> None:
+    """Queue a test copy of the digest to one address (an editor's); commits."""
+    if not digest.entries:
+        raise DigestError("This digest has no items: add at least one first.")
+    outbox.enqueue(session, MailKind.DIGEST_TEST, None, to_address, {"digest": digest.id})
+    session.commit()
 
 
 def recent(session: Session, newsletter: Newsletter | None = None, limit: int = 50) -> list[Digest]:

@@ -398,3 +398,16 @@ def test_throttle_spaces_messages(monkeypatch):
     for _ in range(5):
         throttle.wait(None)
     assert slept == [0.25, 0.25, 0.25, 0.25]
+
+
+def test_test_copy_goes_to_the_editor_only(db, daily, mailbox):
+    add_item(db, daily, "Story")
+    add_reader(db, daily, "reader@example.com")
+    digest = digests.compose(db.session, daily)
+    digests.send_test(db.session, digest, "editor@news.example.org")
+    sent = mailbox.deliver()
+    assert [m["To"] for m in sent] == ["editor@news.example.org"]
+    assert sent[0]["Subject"] == "[Test] Daily Briefing: Story"
+    assert "Story" in text_part(sent[0])
+    assert digest.status == DigestStatus.DRAFT
+    assert ledger(db, digest) == {}

@@ -9,14 +9,17 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from email import message_from_bytes
 from email.message import EmailMessage
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from newsletter.mail import compose as mails
+from newsletter.mail.digest_mail import Content, PreparedDigest
 from newsletter.mail.transport import ConnectionFailure, DeliveryError, Transport
 from newsletter.models import (
+    Digest,
     MailKind,
     OutboxMessage,
     OutboxStatus,
@@ -47,7 +50,7 @@ _INSERT = insert(OutboxMessage.__table__)
 def enqueue(
     session: Session,
     kind: MailKind,
-    subscriber_id: int,
+    subscriber_id: int | None,
     to_address: str,
     payload: dict[str, object],
 ) -> None:
@@ -134,6 +137,8 @@ def _release(session: Session, row_ids: list[int], token: str) -> None:
 
 def compose(session: Session, row: OutboxMessage) -> EmailMessage | None:
     """Build the mail a row stands for, or None when the reason for it has gone."""
+    if row.kind == MailKind.DIGEST_TEST:
+        return _digest_test(session, row)
     subscriber = session.get(Subscriber, row.subscriber_id) if row.subscriber_id else None
     if subscriber is None:
         return None
@@ -153,6 +158,25 @@ def compose(session: Session, row: OutboxMessage) -> EmailMessage | None:
             return None
         return mails.welcome(subscription, row.message_key)
     raise ValueError(f"unknown mail kind {row.kind!r}")
+
+
+def _digest_test(session: Session, row: OutboxMessage) -> EmailMessage | None:
+    """An editor's test copy of a digest, as a reader would get it, marked as a test."""
+    digest = session.get(Digest, row.payload.get("digest"))
+    if digest is None:
+        return None
+    content = Content(digest.newsletter, f"[Test] {digest.subject}", digest.intro, digest.items)
+    reader = session.scalar(
+        select(Subscriber).where(Subscriber.email_key == row.to_address.lower())
+    )
+    # The tester's own links when they read the list; otherwise links that lead nowhere.
+    subscriber_id, token_key = (reader.id, reader.token_key) if reader else (0, "test")
+    data = PreparedDigest(content, row.message_key).message(
+        0, row.to_address, subscriber_id, token_key
+    )
+    message = message_from_bytes(data, policy=mails.POLICY)
+    assert isinstance(message, EmailMessage)
+    return message
 
 
 def deliver_batch(

@@ -1,0 +1,150 @@
+"""Cadences: when a newsletter's next automatic digest is due, and composing it then.
+
+A newsletter whose automatic digests are on has `next_digest_at`, the next moment of its
+cadence (daily at HH:MM, weekly on a weekday at HH:MM, monthly on the 1st at HH:MM, in its
+time zone). A worker that finds it due moves it to the following moment first (one
+UPDATE guarded by the old value, so of several workers exactly one takes the run), pulls
+the newsletter's feed when it follows one, and composes a digest of the new items: a
+draft for an editor to review, or sent at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from newsletter import digests, feeds
+from newsletter.models import AutoDigest, Digest, Newsletter, utcnow
+
+log = logging.getLogger(__name__)
+
+CADENCES = ("daily", "weekly", "monthly")
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+_HH_MM = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
+
+
+class ScheduleError(ValueError):
+    """A cadence that cannot be computed; the message is fit to show an editor."""
+
+
+def zone(name: str) -> ZoneInfo:
+    """The IANA time zone of that name."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ScheduleError(f"{name!r} is not a time zone such as Europe/Kyiv or UTC.") from exc
+
+
+def clock(text: str) -> time:
+    """HH:MM, 24-hour."""
+    match = _HH_MM.fullmatch(text.strip())
+    if match is None:
+        raise ScheduleError(f"{text!r} is not a time of day such as 07:30.")
+    return time(int(match.group(1)), int(match.group(2)))
+
+
+def _candidate_days(cadence: str, weekday: int, start: date) -> list[date]:
+    """Days on or after `start` (and a little before, for zones ahead of UTC) that fit."""
+    days = [start + timedelta(days=n) for n in range(-1, 40)]
+    if cadence == "daily":
+        return days
+    if cadence == "weekly":
+        return [d for d in days if d.weekday() == weekday]
+    if cadence == "monthly":
+        return [d for d in days if d.day == 1]
+    raise ScheduleError(f"{cadence!r} is not a cadence: daily, weekly or monthly.")
+
+
+def next_run(
+    cadence: str, send_time: str, timezone: str, weekday: int, after: datetime
+) -> datetime:
+    """The first moment of the cadence strictly after `after`, in UTC."""
+    tz, at = zone(timezone), clock(send_time)
+    local_start = after.astimezone(tz).date()
+    for day in _candidate_days(cadence, weekday % 7, local_start):
+        # A wall-clock time skipped by a DST change resolves to the hour after, as
+        # zoneinfo does; one that happens twice, to its first occurrence.
+        moment = datetime.combine(day, at, tzinfo=tz).astimezone(ZoneInfo("UTC"))
+        if moment > after:
+            return moment
+    raise ScheduleError("No moment of this cadence in the next 40 days.")  # pragma: no cover
+
+
+def plan(newsletter: Newsletter, now: datetime | None = None) -> None:
+    """Set when the newsletter's next automatic digest is due (None when they are off)."""
+    if newsletter.auto_digest == AutoDigest.OFF or newsletter.archived:
+        newsletter.next_digest_at = None
+        return
+    newsletter.next_digest_at = next_run(
+        newsletter.cadence,
+        newsletter.send_time,
+        newsletter.timezone,
+        newsletter.send_weekday,
+        now or utcnow(),
+    )
+
+
+def run_due(session: Session, now: datetime | None = None) -> list[Digest]:
+    """Compose (and, when so set, send) every automatic digest that is due; commits."""
+    now = now or utcnow()
+    due = session.scalars(
+        select(Newsletter)
+        .where(
+            Newsletter.next_digest_at.is_not(None),
+            Newsletter.next_digest_at <= now,
+            Newsletter.auto_digest != AutoDigest.OFF,
+            Newsletter.archived.is_(False),
+        )
+        .order_by(Newsletter.next_digest_at)
+    ).all()
+    made = []
+    for newsletter in due:
+        previous = newsletter.next_digest_at
+        try:
+            following = next_run(
+                newsletter.cadence,
+                newsletter.send_time,
+                newsletter.timezone,
+                newsletter.send_weekday,
+                now,
+            )
+        except ScheduleError as exc:
+            log.warning("newsletter %s: automatic digests stopped: %s", newsletter.slug, exc)
+            following = None
+        taken = session.execute(
+            update(Newsletter)
+            .where(Newsletter.id == newsletter.id, Newsletter.next_digest_at == previous)
+            .values(next_digest_at=following)
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+        if taken.rowcount != 1:
+            continue  # another worker took this run
+        session.refresh(newsletter)
+        digest = _compose(session, newsletter)
+        if digest is not None:
+            made.append(digest)
+    return made
+
+
+def _compose(session: Session, newsletter: Newsletter) -> Digest | None:
+    if newsletter.feed_url:
+        feeds.pull(session, newsletter)
+    items = digests.new_items(session, newsletter)
+    if not items:
+        log.info("newsletter %s: no new items, no digest this time", newsletter.slug)
+        return None
+    digest = digests.compose(session, newsletter, automatic=True, items=items)
+    if newsletter.auto_digest == AutoDigest.SEND:
+        try:
+            readers = digests.start(session, digest)
+        except digests.DigestError as exc:
+            log.warning("newsletter %s: digest %s not sent: %s", newsletter.slug, digest.id, exc)
+        else:
+            log.info("newsletter %s: digest %s to %d readers", newsletter.slug, digest.id, readers)
+    return digest

@@ -1,0 +1,64 @@
+"""What `newsletter worker` does between two looks at the outbox.
+
+Transactional mail comes first: after every outbox batch the worker sends one batch of a
+digest, so a confirmation never waits behind a million-reader digest. Then it runs a
+queued import, and now and then composes the digests whose cadence is due.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from newsletter import imports, schedule
+from newsletter.sending import DigestSender
+
+log = logging.getLogger(__name__)
+
+
+class OtherWork:
+    """The worker's work besides the outbox, as `outbox.run` calls it between batches."""
+
+    def __init__(
+        self,
+        session_factory: Callable[[], Session],
+        sender: DigestSender,
+        instance_path: str | Path,
+        stop: threading.Event,
+        *,
+        cadence_every: float = 15.0,
+    ) -> None:
+        self.session_factory = session_factory
+        self.sender = sender
+        self.instance_path = instance_path
+        self.stop = stop
+        self.cadence_every = cadence_every
+        self._cadence_at = 0.0
+
+    def __call__(self) -> bool:
+        """One round; True when it found work, so the worker does not idle."""
+        found = False
+        if time.monotonic() >= self._cadence_at:
+            self._cadence_at = time.monotonic() + self.cadence_every
+            session = self.session_factory()
+            try:
+                found = bool(schedule.run_due(session))
+            except Exception:
+                # A broken cadence or feed must not stop the mail.
+                log.exception("automatic digests failed")
+                session.rollback()
+            finally:
+                session.close()
+        session = self.session_factory()
+        try:
+            found = self.sender.step(session, self.stop) > 0 or found
+        finally:
+            session.close()
+        if self.stop.is_set():
+            return found
+        return imports.run_next_job(self.session_factory, self.instance_path, self.stop) or found

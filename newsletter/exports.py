@@ -22,6 +22,8 @@ COLUMNS = (
     "confirmed_at",
     "unsubscribed_at",
     "source",
+    # Last, so that scripts reading the columns by position before names were kept still work.
+    "name",
 )
 
 # A spreadsheet runs a cell that starts with one of these as a formula.
@@ -47,6 +49,7 @@ def subscriptions_query(where: Filter | None = None) -> Select:
             Subscription.confirmed_at,
             Subscription.unsubscribed_at,
             Subscription.source,
+            Subscriber.name,
         )
         .join(Subscriber, Subscription.subscriber_id == Subscriber.id)
         .join(Newsletter, Subscription.newsletter_id == Newsletter.id)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Protocol, TextIO
 
 from newsletter import subscriptions
 
@@ -29,10 +29,20 @@ log = logging.getLogger(__name__)
 
 # Files longer than this have their rows checked in a helper process (see Checker).
 PARALLEL_AFTER = 20_000
-# The columns an import reads; any other (name, for one: subscribers have none) is skipped.
-COLUMNS = ("email", "locale", "subscribed_at")
+# The columns an import reads; any other is skipped.
+COLUMNS = ("email", "locale", "subscribed_at", "name")
 # A language tag such as en, uk, pt-BR or zh_Hant_TW; the column holds 16 characters.
 LOCALE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8}){0,3}")
+# The longest header read: a file without line breaks is not read into memory whole.
+HEADER_LIMIT = 64 * 1024
+# The subscriber.name column holds this many characters.
+NAME_LENGTH = 200
+# Control characters (C0, DEL, C1) and the Unicode line and paragraph separators: in a name
+# they break mail headers, report lines and the pages that show it.
+_CONTROLS = r"\x00-\x1f\x7f-\x9f\u2028\u2029"
+NAME_CONTROL = re.compile(f"[{_CONTROLS}]")
+# Spaces around a name, Unicode ones included, but not the controls: those reject the row.
+NAME_SPACES = re.compile(rf"\A[^\S{_CONTROLS}]+|[^\S{_CONTROLS}]+\Z")
 
 
 class ImportProblem(Exception):
@@ -51,6 +61,24 @@ class MissingEmailColumn(ImportProblem):
     )
 
 
+class HeaderTooLong(ImportProblem):
+    message = (
+        f"The first row is longer than {HEADER_LIMIT:,} characters: it cannot be the header "
+        "that names the columns. Is the file CSV?"
+    )
+
+
+class NotCSV(ImportProblem):
+    message = "The file is not valid CSV."
+
+    def __init__(self, row: int, line: int, detail: object) -> None:
+        # Where the row begins: a quote left open runs on, and the reader fails far below it.
+        super().__init__(
+            f"The file is not valid CSV: {detail}, in row {row}, which starts on line {line}"
+            " (a quote left open?)."
+        )
+
+
 class NotUTF8(ImportProblem):
     message = "The file is not UTF-8 text: save it as CSV UTF-8 and import it again."
 
@@ -62,6 +90,17 @@ class Columns:
     email: int
     locale: int | None = None
     subscribed_at: int | None = None
+    name: int | None = None
+
+
+class Rows(Protocol):
+    """A csv reader: the rows, and how many lines of the file it has read."""
+
+    line_num: int
+
+    def __iter__(self) -> Iterator[list[str]]: ...
+
+    def __next__(self) -> list[str]: ...
 
 
 @functools.lru_cache(maxsize=64)
@@ -82,17 +121,24 @@ def estimated_rows(path: Path) -> int | None:
     return max(_line_count(str(path), stat.st_size, stat.st_mtime) - 1, 1)
 
 
-def read_header(source: TextIO) -> tuple[Columns, Iterator[list[str]]]:
+def read_header(source: TextIO) -> tuple[Columns, Rows]:
     """Find the columns by the first row's names; return them and a reader of the rows after.
 
     Names are matched case-insensitively, surrounding spaces ignored, unknown ones skipped.
     The delimiter is `,`, or `;` when the header has more of those (spreadsheets set to a
     language that writes decimal commas save CSV that way).
     """
-    first = source.readline().removeprefix("\ufeff")
+    first = source.readline(HEADER_LIMIT + 1)
+    if len(first) > HEADER_LIMIT:
+        raise HeaderTooLong()
+    first = first.removeprefix("\ufeff")
     delimiter = ";" if first.count(";") > first.count(",") else ","
     rows = csv.reader(itertools.chain([first], source), delimiter=delimiter)
-    names = [name.strip().lower() for name in next(rows, [])]
+    try:
+        header = next(rows, [])
+    except csv.Error as exc:
+        raise NotCSV(1, 1, exc) from exc
+    names = [name.strip().lower() for name in header]
     if "email" not in names:
         raise MissingEmailColumn()
     found = {name: names.index(name) for name in COLUMNS if name in names}
@@ -100,6 +146,7 @@ def read_header(source: TextIO) -> tuple[Columns, Iterator[list[str]]]:
         email=found["email"],
         locale=found.get("locale"),
         subscribed_at=found.get("subscribed_at"),
+        name=found.get("name"),
     )
     return columns, rows
 
@@ -119,10 +166,22 @@ def _invalid_reason(raw: str, exc: subscriptions.InvalidEmail) -> str:
     return str(cause) if cause is not None else "not a valid email address"
 
 
-# One row's cells as the checks need them: (email, locale, subscribed_at), each maybe "".
-Cells = tuple[str, str, str]
-# A good row: (address, lookup key, locale, subscribed at, address hash); a bad one: why.
-Checked = tuple[str, str, str | None, datetime | None, str] | str
+# One row's cells as the checks need them: (email, locale, subscribed_at, name), each maybe "".
+Cells = tuple[str, str, str, str]
+# A good row: (address, lookup key, locale, subscribed at, address hash, name); a bad one: why.
+Checked = tuple[str, str, str | None, datetime | None, str, str | None] | str
+
+
+def check_name(cell: str) -> str | None:
+    """A name cell without its surrounding spaces, None when empty; ValueError says why not."""
+    name = NAME_SPACES.sub("", cell)
+    if len(name) > NAME_LENGTH:
+        raise ValueError(f"name is {len(name)} characters long; at most {NAME_LENGTH} fit")
+    if NAME_CONTROL.search(name):
+        raise ValueError(
+            f"name {name!r} holds a control character (a line break, tab or NUL, for one)"
+        )
+    return name or None
 
 
 def check_rows(rows: list[Cells], now: datetime) -> list[Checked]:
@@ -130,7 +189,7 @@ def check_rows(rows: list[Cells], now: datetime) -> list[Checked]:
     normalize = subscriptions.normalize_email
     invalid = subscriptions.InvalidEmail
     checked: list[Checked] = []
-    for email, locale_cell, since_cell in rows:
+    for email, locale_cell, since_cell, name_cell in rows:
         try:
             address, key = normalize(email)
         except invalid as exc:
@@ -151,7 +210,12 @@ def check_rows(rows: list[Cells], now: datetime) -> list[Checked]:
             if since > now:
                 checked.append(f"subscribed_at {given!r} is in the future")
                 continue
-        checked.append((address, key, locale, since, subscriptions.address_hash(key)))
+        try:
+            name = check_name(name_cell)
+        except ValueError as exc:
+            checked.append(str(exc))
+            continue
+        checked.append((address, key, locale, since, subscriptions.address_hash(key), name))
     return checked
 
 
@@ -259,34 +323,40 @@ class Checker:
             helper.wait()
 
 
-def chunks(
-    reader: Iterator[list[str]], columns: Columns, size: int
-) -> Iterator[tuple[list[int], list[Cells]]]:
+def chunks(reader: Rows, columns: Columns, size: int) -> Iterator[tuple[list[int], list[Cells]]]:
     """The file's rows in chunks: their numbers as a spreadsheet shows them, and their cells.
 
-    Blank lines and rows of empty cells are left out.
+    Blank lines and rows of empty cells are left out. A row the csv module cannot read
+    raises NotCSV, which says where it starts.
     """
     email_at, locale_at, since_at = columns.email, columns.locale, columns.subscribed_at
-    wanted = max(email_at, locale_at or 0, since_at or 0) + 1
+    name_at = columns.name
+    wanted = max(email_at, locale_at or 0, since_at or 0, name_at or 0) + 1
     padding = [""] * wanted
     numbers: list[int] = []
     cells: list[Cells] = []
-    for number, fields in enumerate(reader, start=2):
-        if not any(fields) or not "".join(fields).strip():
-            continue
-        if len(fields) < wanted:
-            fields = fields + padding[len(fields) :]
-        numbers.append(number)
-        cells.append(
-            (
-                fields[email_at],
-                "" if locale_at is None else fields[locale_at],
-                "" if since_at is None else fields[since_at],
+    number, end = 1, reader.line_num
+    try:
+        for number, fields in enumerate(reader, start=2):
+            end = reader.line_num
+            if not any(fields) or not "".join(fields).strip():
+                continue
+            if len(fields) < wanted:
+                fields = fields + padding[len(fields) :]
+            numbers.append(number)
+            cells.append(
+                (
+                    fields[email_at],
+                    "" if locale_at is None else fields[locale_at],
+                    "" if since_at is None else fields[since_at],
+                    "" if name_at is None else fields[name_at],
+                )
             )
-        )
-        if len(numbers) >= size:
-            yield numbers, cells
-            numbers, cells = [], []
+            if len(numbers) >= size:
+                yield numbers, cells
+                numbers, cells = [], []
+    except csv.Error as exc:
+        raise NotCSV(number + 1, end + 1, exc) from exc
     if numbers:
         yield numbers, cells
 

@@ -12,7 +12,7 @@ import secrets
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple, TextIO
 
@@ -24,6 +24,7 @@ from sqlalchemy import (
     Select,
     String,
     Text,
+    Update,
     and_,
     bindparam,
     cast,
@@ -39,7 +40,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement
 
@@ -52,6 +53,7 @@ from newsletter.import_file import (
     Columns,
     ImportProblem,
     NotUTF8,
+    Rows,
     chunks,
     read_header,
 )
@@ -80,6 +82,13 @@ S = SubscriptionStatus
 # Rows per transaction: large enough that each commit's cost is shared by many rows, small
 # enough that a signup waits for SQLite's write lock a few tens of milliseconds at most.
 BATCH_SIZE = 2000
+# A running job whose heartbeat is older than this lost its worker: another worker takes it
+# over. A batch takes well under a second, so a live worker is never this late.
+STALE_AFTER = timedelta(minutes=5)
+ABANDONED = (
+    "The import stopped before it finished: the process running it ended. "
+    "Run the import again to finish it; what it added stays."
+)
 SOURCE = "import"
 REPORT_COLUMNS = ("row", "email", "outcome", "reason")
 ALREADY = {
@@ -113,6 +122,7 @@ class _Row(NamedTuple):
     locale: str | None
     subscribed_at: datetime | None
     hash: str  # subscriptions.address_hash(key), to look for a suppression
+    name: str | None
 
 
 # --- files -----------------------------------------------------------------------------------
@@ -157,8 +167,13 @@ def create_job(
     admin_user_id: int | None = None,
     *,
     commit: bool = True,
+    queued: bool = False,
 ) -> ImportJob:
-    """Record a queued import into a newsletter, and who asked for it; commits."""
+    """Record an import into a newsletter, and who asked for it; commits.
+
+    A queued job waits for the worker. Any other is the caller's to run at once: it starts
+    out running, so that no worker takes it from the queue before the caller does.
+    """
     newsletter = session.scalar(select(Newsletter).where(Newsletter.slug == slug))
     if newsletter is None:
         raise UnknownNewsletter(f"There is no newsletter with the slug {slug!r}.")
@@ -172,7 +187,8 @@ def create_job(
         filename=re.split(r"[/\\]", filename)[-1][:255] or "upload.csv",
         mode=mode,
         consent_note=note,
-        status=JobStatus.QUEUED,
+        status=JobStatus.QUEUED if queued else JobStatus.RUNNING,
+        heartbeat_at=None if queued else utcnow(),
     )
     session.add(job)
     session.flush()
@@ -209,38 +225,97 @@ def queue_upload(
     never claims a job without its file.
     """
     partial = imports_dir(instance_path) / f"upload-{secrets.token_hex(8)}.part"
+    placed: Path | None = None
     try:
         save(partial)
-        job = create_job(session, slug, filename, mode, consent_note, admin_user_id, commit=False)
-        partial.replace(upload_path(instance_path, job.id))
+        job = create_job(
+            session, slug, filename, mode, consent_note, admin_user_id, commit=False, queued=True
+        )
+        placed = upload_path(instance_path, job.id)
+        partial.replace(placed)
         session.commit()
     except BaseException:
-        session.rollback()
+        # Readers' data with no job to import it would stay on disk for good.
         partial.unlink(missing_ok=True)
+        if placed is not None:
+            placed.unlink(missing_ok=True)
+        session.rollback()
         raise
     return job
 
 
-def claim_next(session: Session) -> ImportJob | None:
-    """Take the oldest queued job for this process: queued → running, one taker only."""
+def _stale(before: datetime) -> ColumnElement[bool]:
+    """Running jobs whose worker has not moved them since `before`: it died, or hangs."""
+    return and_(
+        ImportJob.status == JobStatus.RUNNING,
+        or_(ImportJob.heartbeat_at.is_(None), ImportJob.heartbeat_at < before),
+    )
+
+
+def claimable(before: datetime) -> Select[Any]:
+    """The oldest job a worker may take: queued, or running but stale since `before`."""
+    return (
+        select(ImportJob.id, ImportJob.status)
+        .where(or_(ImportJob.status == JobStatus.QUEUED, _stale(before)))
+        .order_by(ImportJob.id)
+        .limit(1)
+    )
+
+
+def take(job_id: int, status: JobStatus, before: datetime, now: datetime) -> Update:
+    """Make a job running with a fresh heartbeat, if it is still as `claimable` found it.
+
+    The condition is checked again in the UPDATE itself, so of two workers that read the
+    same job only one changes the row; the other's rowcount is 0.
+    """
+    still = ImportJob.status == JobStatus.QUEUED if status == JobStatus.QUEUED else _stale(before)
+    return (
+        update(ImportJob)
+        .where(ImportJob.id == job_id, still)
+        .values(status=JobStatus.RUNNING, heartbeat_at=now)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def abandon(job_id: int, before: datetime, now: datetime) -> Update:
+    """Fail a stale job that no worker can run again (its file is not here), if still stale."""
+    return (
+        update(ImportJob)
+        .where(ImportJob.id == job_id, _stale(before))
+        .values(status=JobStatus.FAILED, error=ABANDONED, finished_at=now)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def claim_next(
+    session: Session, instance_path: str | Path, stale_after: timedelta = STALE_AFTER
+) -> ImportJob | None:
+    """Take the oldest queued job, or a running one whose worker died; one taker only.
+
+    A stale job runs again from the top of its file, which the import allows: it is
+    idempotent. A stale job without an uploaded file (the command line's: the file is
+    the user's) cannot, and fails with a message asking to run the import again.
+    """
     while True:
-        job_id = session.scalar(
-            select(ImportJob.id)
-            .where(ImportJob.status == JobStatus.QUEUED)
-            .order_by(ImportJob.id)
-            .limit(1)
-        )
-        if job_id is None:
+        now = utcnow()
+        before = now - stale_after
+        found = session.execute(claimable(before)).first()
+        if found is None:
             session.commit()
             return None
-        taken = session.execute(
-            update(ImportJob)
-            .where(ImportJob.id == job_id, ImportJob.status == JobStatus.QUEUED)
-            .values(status=JobStatus.RUNNING)
-            .execution_options(synchronize_session=False)
-        )
+        job_id, status = found
+        runnable = status == JobStatus.QUEUED or upload_path(instance_path, job_id).exists()
+        if runnable:
+            taken = session.execute(take(job_id, status, before, now))
+        else:
+            taken = session.execute(abandon(job_id, before, now))
         session.commit()
-        if taken.rowcount == 1:
+        if taken.rowcount != 1:
+            continue  # another worker was first
+        if status == JobStatus.RUNNING:
+            what = "taken over" if runnable else "failed: its file is not here to run it again"
+            log.warning("import job %s: its worker stopped moving it; %s", job_id, what)
+        if runnable:
             return session.get(ImportJob, job_id, populate_existing=True)
 
 
@@ -272,35 +347,79 @@ def run_next_job(
     session_factory: Callable[[], Session],
     instance_path: str | Path,
     stop: threading.Event | None = None,
+    *,
+    stale_after: timedelta = STALE_AFTER,
 ) -> bool:
-    """Run the oldest queued import job to the end; False when none was waiting.
+    """Run the oldest queued import job, or one whose worker died, to the end.
 
-    The worker calls it between mail batches. A job whose file cannot be read fails;
-    a job that raises is logged and failed, and the worker goes on.
+    Returns False when none was waiting. The worker calls it between mail batches. A job
+    whose file cannot be read fails; a job that raises is logged and failed, and the worker
+    goes on.
     """
     session = session_factory()
     try:
-        job = claim_next(session)
+        job = claim_next(session, instance_path, stale_after)
         if job is None:
             return False
-        source_file = upload_path(instance_path, job.id)
-        try:
-            source = open_source(source_file)
-        except OSError as exc:
-            _finish(session, job, JobStatus.FAILED, f"The uploaded file cannot be read: {exc}")
-            return True
-        try:
-            with source, open_report(report_path(instance_path, job.id)) as report:
-                run(session, job, source, report, stop=stop)
-        except Exception:
-            log.exception("import job %s failed", job.id)
-        else:
-            if job.status == JobStatus.DONE:
-                # The upload holds readers' data: keep it only while it may be needed again.
-                source_file.unlink(missing_ok=True)
+        _run_claimed(session, job, instance_path, stop)
         return True
     finally:
         session.close()
+
+
+def _run_claimed(
+    session: Session, job: ImportJob, instance_path: str | Path, stop: threading.Event | None
+) -> None:
+    """Run a job this worker just claimed from its uploaded file; publish its report."""
+    job_id, claimed_at = job.id, job.heartbeat_at
+    source_file = upload_path(instance_path, job_id)
+    try:
+        source = open_source(source_file)
+    except OSError as exc:
+        _finish(session, job, JobStatus.FAILED, f"The uploaded file cannot be read: {exc}")
+        return
+    # The report is written aside and put in place at the end: a worker that took this job
+    # over from a stalled one must not share a file with it, and nobody downloads half a report.
+    folder = imports_dir(instance_path)
+    for leftover in folder.glob(f"{job_id}-report-*.part"):
+        leftover.unlink(missing_ok=True)  # from a worker that died on this job
+    partial = folder / f"{job_id}-report-{secrets.token_hex(8)}.part"
+    importer: _Importer | None = None
+    try:
+        with source, open_report(partial) as report:
+            importer = _Importer(session, job, report)
+            _run(importer, source, stop=stop)
+    except Exception as exc:
+        log.exception("import job %s failed", job_id)
+        if importer is None:
+            # It never started: fail it now rather than leave it running until it goes stale.
+            session.rollback()
+            session.execute(
+                update(ImportJob)
+                .where(
+                    ImportJob.id == job_id,
+                    ImportJob.status == JobStatus.RUNNING,
+                    ImportJob.heartbeat_at == claimed_at,
+                )
+                .values(
+                    status=JobStatus.FAILED,
+                    error=f"The import could not start: {exc}"[:2000],
+                    finished_at=utcnow(),
+                )
+                .execution_options(synchronize_session=False)
+            )
+            session.commit()
+    finally:
+        try:
+            if importer is None or importer.lost:
+                partial.unlink(missing_ok=True)
+            else:
+                partial.replace(report_path(instance_path, job_id))
+        except OSError:
+            log.exception("import job %s: its report could not be put in place", job_id)
+    if importer is not None and not importer.lost and importer.status == JobStatus.DONE:
+        # The upload holds readers' data: keep it only while it may be needed again.
+        source_file.unlink(missing_ok=True)
 
 
 def _finish(session: Session, job: ImportJob, status: JobStatus, error: str | None) -> ImportJob:
@@ -318,7 +437,7 @@ def _finish(session: Session, job: ImportJob, status: JobStatus, error: str | No
 # type conversion per value. `rows` holds arrays of FIELDS, for the statements that need
 # more than the address; `keys` holds the lookup keys alone, which cost least to expand.
 
-FIELDS = ("number", "address", "key", "locale", "subscribed_at", "hash")
+FIELDS = ("number", "address", "key", "locale", "subscribed_at", "hash", "name")
 
 
 def batch_rows(dialect: Dialect) -> FromClause:
@@ -393,10 +512,13 @@ def not_to_add(b: FromClause) -> Select[Any]:
 
 
 def insert_subscribers(b: FromClause, dialect: Dialect) -> Insert:
-    """A subscriber for every address of the batch that has none yet."""
+    """A subscriber for every address of the batch that has none yet, with its name.
+
+    A subscriber who exists keeps the name they have: an import only adds people.
+    """
     return insert(Subscriber).from_select(
-        ["email", "email_key", "locale", "token_key", "created_at"],
-        select(b.c.address, b.c.key, b.c.locale, random_key(dialect), NOW).where(
+        ["email", "email_key", "name", "locale", "token_key", "created_at"],
+        select(b.c.address, b.c.key, b.c.name, b.c.locale, random_key(dialect), NOW).where(
             ~exists().where(Subscriber.email_key == b.c.key)
         ),
         include_defaults=False,
@@ -527,17 +649,76 @@ class _Batch:
         self.report.append((number, email, outcome, reason))
 
 
+class _TakenOver(Exception):
+    """The job's heartbeat is not the one this run last wrote: another worker has the job."""
+
+
 class _Importer:
-    """Applies batches of checked rows to one job's newsletter."""
+    """Applies batches of checked rows to one job's newsletter.
+
+    Every write to the job (its start, each batch's counters, its end) moves the heartbeat
+    on, on the condition that it is still the one this run wrote last. A run that stalled
+    for longer than the stale limit and whose job another worker took over thus finds out
+    at its next write, and leaves the job to the other.
+    """
 
     def __init__(self, session: Session, job: ImportJob, report: TextIO) -> None:
         self.session = session
         self.job = job
+        self.job_id = job.id
+        self.beat = job.heartbeat_at
         self.writer = csv.writer(report, lineterminator="\r\n")
         dialect = session.get_bind().dialect
         self.statements = _Statements.build(dialect, ImportMode(job.mode))
         self.moment = _driver_moment(dialect)
         self.params = {"newsletter_id": job.newsletter_id, "note": job.consent_note}
+        self.rows_read = self.added = self.unchanged = self.rejected = 0
+        self.status = JobStatus.RUNNING
+        self.lost = False
+
+    def _save(self, **values: object) -> None:
+        """Write the job's state with a new heartbeat, if this run still holds it; commits."""
+        now = utcnow()
+        saved = self.session.execute(
+            update(ImportJob)
+            .where(ImportJob.id == self.job_id, ImportJob.heartbeat_at == self.beat)
+            .values(heartbeat_at=now, **values)
+            .execution_options(synchronize_session=False)
+        )
+        if saved.rowcount != 1:
+            self.session.rollback()
+            self.lost = True
+            raise _TakenOver()
+        self.session.commit()
+        self.beat = now
+
+    def start(self) -> None:
+        """Mark the job running from the top of its file: counters at zero; commits."""
+        self._save(
+            status=JobStatus.RUNNING,
+            rows_read=0,
+            added=0,
+            unchanged=0,
+            rejected=0,
+            error=None,
+            finished_at=None,
+        )
+
+    def finish(self, status: JobStatus, error: str | None) -> None:
+        """Record how the run ended, unless another worker has the job now; commits."""
+        self.status = status
+        done = status in (JobStatus.DONE, JobStatus.FAILED)
+        try:
+            self._save(
+                status=status,
+                error=error[:2000] if error else None,
+                finished_at=utcnow() if done else None,
+            )
+        except _TakenOver:
+            log.warning("import job %s: taken over by another worker", self.job_id)
+        finally:
+            # The caller reads the job's final state: load it again from the database.
+            self.session.expire(self.job)
 
     def apply(self, batch: _Batch) -> None:
         """Write one batch in one transaction, retried once if a signup raced it; commits."""
@@ -553,12 +734,17 @@ class _Importer:
                 break
         report = batch.report + left
         unchanged = sum(1 for line in left if line[2] == Outcome.UNCHANGED)
-        job = self.job
-        job.rows_read += batch.read
-        job.added += added
-        job.unchanged += unchanged
-        job.rejected += len(report) - unchanged
-        self.session.commit()
+        self.rows_read += batch.read
+        self.added += added
+        self.unchanged += unchanged
+        self.rejected += len(report) - unchanged
+        # The counters commit with the batch's rows: after a crash they tell what is written.
+        self._save(
+            rows_read=self.rows_read,
+            added=self.added,
+            unchanged=self.unchanged,
+            rejected=self.rejected,
+        )
         for number, email, outcome, reason in sorted(report):
             self.writer.writerow([number, neutralise(email), outcome, neutralise(reason)])
 
@@ -580,6 +766,7 @@ class _Importer:
                 row.locale,
                 None if row.subscribed_at is None else moment(row.subscribed_at),
                 row.hash,
+                row.name,
             )
             for row in batch.rows
         ]
@@ -601,9 +788,7 @@ class _Importer:
         return len(rows), left
 
 
-def _batches(
-    reader: Iterator[list[str]], columns: Columns, size: int, checker: Checker
-) -> Iterator[_Batch]:
+def _batches(reader: Rows, columns: Columns, size: int, checker: Checker) -> Iterator[_Batch]:
     """Check each row of the file and group them into batches; rows that fail are reported.
 
     The rows of the next chunk are being checked while the caller writes a batch.
@@ -663,40 +848,70 @@ def run(
     it again. When `stop` is set, the job goes back to the queue after the batch in hand.
     Any other error fails the job and is raised again.
     """
-    job.status = JobStatus.RUNNING
-    job.rows_read = job.added = job.unchanged = job.rejected = 0
-    job.error = None
-    job.finished_at = None
-    session.commit()
-    importer = _Importer(session, job, report)
-    importer.writer.writerow(REPORT_COLUMNS)
+    _run(
+        _Importer(session, job, report),
+        source,
+        progress,
+        batch_size=batch_size,
+        parallel_after=parallel_after,
+        stop=stop,
+    )
+    return job
+
+
+def _run(
+    importer: _Importer,
+    source: TextIO,
+    progress: Callable[[int], None] | None = None,
+    *,
+    batch_size: int = BATCH_SIZE,
+    parallel_after: int | None = PARALLEL_AFTER,
+    stop: threading.Event | None = None,
+) -> None:
+    """`run` on an importer, which tells afterwards whether the job stayed this run's."""
+    session = importer.session
+    status, error = JobStatus.DONE, None
+    raised: BaseException | None = None
     checker = Checker(parallel_after)
     try:
+        importer.start()
+        importer.writer.writerow(REPORT_COLUMNS)
         columns, reader = read_header(source)
         for batch in _batches(reader, columns, batch_size, checker):
             importer.apply(batch)
             if progress is not None:
-                progress(job.rows_read)
+                progress(importer.rows_read)
             if stop is not None and stop.is_set():
-                return _finish(session, job, JobStatus.QUEUED, None)
+                status = JobStatus.QUEUED
+                break
+    except _TakenOver:
+        log.warning("import job %s: taken over by another worker", importer.job_id)
+        return
     except ImportProblem as exc:
-        session.rollback()
-        return _finish(session, job, JobStatus.FAILED, exc.message)
+        status, error = JobStatus.FAILED, exc.message
     except UnicodeDecodeError:
-        session.rollback()
-        where = f" (after row {job.rows_read + 1})" if job.rows_read else ""
-        return _finish(session, job, JobStatus.FAILED, NotUTF8.message + where)
-    except csv.Error as exc:
-        session.rollback()
-        return _finish(session, job, JobStatus.FAILED, f"The file is not valid CSV: {exc}.")
-    except KeyboardInterrupt:
-        session.rollback()
-        _finish(session, job, JobStatus.FAILED, "Interrupted; run the import again to finish it.")
-        raise
+        where = f" (after row {importer.rows_read + 1})" if importer.rows_read else ""
+        status, error = JobStatus.FAILED, NotUTF8.message + where
+    except KeyboardInterrupt as exc:
+        status, error = JobStatus.FAILED, "Interrupted; run the import again to finish it."
+        raised = exc
+    except SQLAlchemyError as exc:
+        # The error's text holds the statement's parameters, readers' addresses among them:
+        # the job keeps only its kind, the worker's log the rest.
+        kind = type(getattr(exc, "orig", None) or exc).__name__
+        status, error = JobStatus.FAILED, f"The import stopped on a database error ({kind})."
+        raised = exc
     except BaseException as exc:
-        session.rollback()
-        _finish(session, job, JobStatus.FAILED, f"The import stopped: {exc!r}")
-        raise
+        status, error = JobStatus.FAILED, f"The import stopped: {exc!r}"
+        raised = exc
     finally:
         checker.close()
-    return _finish(session, job, JobStatus.DONE, None)
+    try:
+        session.rollback()
+        importer.finish(status, error)
+    except Exception:
+        if raised is None:
+            raise
+        log.exception("import job %s: its end could not be recorded", importer.job_id)
+    if raised is not None:
+        raise raised

@@ -110,6 +110,7 @@ def person_data(session: Session, subscriber: Subscriber) -> dict[str, Any]:
     events = session.execute(consent_trail(subscriber.id)).all()
     return {
         "email": subscriber.email,
+        "name": subscriber.name,
         "locale": subscriber.locale,
         "created_at": subscriber.created_at.isoformat(),
         "subscriptions": [

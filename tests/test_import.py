@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import os
+import re
 import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
 
 import pytest
 from click.testing import Result
 from conftest import csrf_token, links, sign_in, signup
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text, update
+from sqlalchemy.orm import Session
 from werkzeug.datastructures import FileStorage
 from werkzeug.test import encode_multipart
 
@@ -29,6 +36,7 @@ from newsletter.models import (
     Subscriber,
     Subscription,
     Suppression,
+    utcnow,
 )
 
 NOTE = "Signed the paper list at the Kyiv book fair, 2024-05-18"
@@ -176,6 +184,108 @@ def test_duplicates_within_the_file_name_the_first_row(db, newsletters):
         }
     ]
     assert count(db, Subscriber) == 2 and count(db, OutboxMessage) == 2
+
+
+def names(db) -> dict[str, str | None]:  # type: ignore[no-untyped-def]
+    """Each subscriber's address with their name, re-read from the database."""
+    db.session.expire_all()
+    return dict(db.session.execute(select(Subscriber.email_key, Subscriber.name)).tuples().all())
+
+
+def test_names_are_kept_without_their_surrounding_spaces(db, newsletters):
+    job, report = do_import(
+        db,
+        "EMAIL, Name ,locale\n"
+        "olena@example.com,  Олена Коваленко  ,uk\n"
+        "taras@example.org,,\n"
+        "kate@example.net,\u00a0 ,\n"
+        'ivan@example.com,"O\'Brien, Ivan",\n',
+    )
+    assert (job.added, job.rejected, report) == (4, 0, [])
+    assert names(db) == {
+        "olena@example.com": "Олена Коваленко",
+        "taras@example.org": None,
+        "kate@example.net": None,
+        "ivan@example.com": "O'Brien, Ivan",
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("x" * 201, "name is 201 characters long; at most 200 fit"),
+        ("Olena\rKovalenko", "name 'Olena\\rKovalenko' holds a control character"),
+        ("Olena\nKovalenko", "name 'Olena\\nKovalenko' holds a control character"),
+        ("Olena\tKovalenko", "holds a control character"),
+        ("Olena\x00", "holds a control character"),
+        ("Olena\u2028Kovalenko", "holds a control character"),
+    ],
+    ids=["too-long", "cr", "lf", "tab", "nul", "line-separator"],
+)
+def test_bad_names_are_reported_with_their_row_and_reason(db, newsletters, name, reason):
+    cell = '"' + name.replace('"', '""') + '"'
+    job, report = do_import(db, f"email,name\nok@example.com,{'y' * 200}\nbad@example.com,{cell}\n")
+    assert (job.rows_read, job.added, job.rejected) == (2, 1, 1)
+    assert [(r["row"], r["email"], r["outcome"]) for r in report] == [
+        ("3", "bad@example.com", "invalid")
+    ]
+    assert reason in report[0]["reason"]
+    assert names(db) == {"ok@example.com": "y" * 200}
+
+
+def test_people_who_are_there_keep_their_name(client, db, newsletters):
+    signup(client, "signed-up@example.com", "culture")
+    text = "email,name\nreader@example.com,Reader\nsigned-up@example.com,Someone\n"
+    first, _ = do_import(db, text)
+    assert first.added == 2
+    before = names(db)
+    assert before == {"signed-up@example.com": None, "reader@example.com": "Reader"}
+
+    again, report = do_import(db, text.replace("Reader", "Another Name"))
+    assert (again.added, again.unchanged) == (0, 2)
+    elsewhere, _ = do_import(db, text.replace("Reader", "Another Name"), slug="culture")
+    assert (elsewhere.added, elsewhere.unchanged) == (1, 1)
+    assert names(db) == before
+
+
+def test_the_helper_process_carries_the_names(db, newsletters):
+    text = "email,name\n" + "".join(
+        f"reader{n}@example.com,Reader {n}\nbroken{n}@example.com,Bad\tName\n" for n in range(30)
+    )
+    job, report = do_import(db, text, batch_size=10, parallel_after=0)
+    assert (job.rows_read, job.added, job.rejected) == (60, 30, 30)
+    assert all("holds a control character" in r["reason"] for r in report)
+    assert names(db) == {f"reader{n}@example.com": f"Reader {n}" for n in range(30)}
+
+
+def test_names_are_in_the_csv_export_neutralised(db, invoke, newsletters):
+    do_import(db, "email,name\nreader@example.com,=cmd|' /C calc'!A0\nother@example.com,Olena\n")
+    result = invoke("subscribers", "export")
+    assert result.exit_code == 0, result.output
+    exported = list(csv.DictReader(io.StringIO(result.output)))
+    assert result.output.startswith("email,newsletter,status,")
+    assert [(r["email"], r["name"]) for r in exported] == [
+        ("reader@example.com", "'=cmd|' /C calc'!A0"),
+        ("other@example.com", "Olena"),
+    ]
+
+
+def test_the_admin_sees_exports_and_erases_the_name(client, db, admin, newsletters):
+    do_import(db, "email,name\nreader@example.com,Олена <b>Коваленко</b>\n")
+    person = db.session.scalars(select(Subscriber)).one()
+    sign_in(client)
+    page = client.get(f"/admin/subscribers/{person.id}").get_data(as_text=True)
+    assert "<dt>Name</dt><dd>Олена &lt;b&gt;Коваленко&lt;/b&gt;</dd>" in page
+    data = json.loads(client.get(f"/admin/subscribers/{person.id}/data.json").data)
+    assert data["name"] == "Олена <b>Коваленко</b>"
+
+    token = csrf_token(client, f"/admin/subscribers/{person.id}")
+    client.post(
+        f"/admin/subscribers/{person.id}/erase", data={"csrf_token": token, "confirm": "erase"}
+    )
+    db.session.expire_all()
+    assert count(db, Subscriber) == 0
+    assert db.session.scalar(select(func.count()).where(Subscriber.name.is_not(None))) == 0
 
 
 @pytest.mark.parametrize("reason", ["erased", "bounced", "complained"])
@@ -327,6 +437,44 @@ def test_a_file_that_is_not_utf8_fails_with_a_clear_message(db, newsletters, tmp
     assert job.error == import_file.NotUTF8.message
 
 
+def test_a_file_that_is_not_csv_fails_saying_where(db, newsletters):
+    # A quote left open runs on to the end of the file, until the field is too long.
+    text = 'email,name\na@example.com,x\n\nb@example.com,"O\n' + "x\n" * 70_000
+    job, _ = do_import(db, text)
+    assert job.status == "failed"
+    assert job.error == (
+        "The file is not valid CSV: field larger than field limit (131072), in row 4, "
+        "which starts on line 4 (a quote left open?)."
+    )
+
+
+def test_a_file_without_line_breaks_is_not_read_whole(db, newsletters):
+    job, report = do_import(db, "email," + "x" * 10_000_000)
+    assert (job.status, job.error) == ("failed", import_file.HeaderTooLong.message)
+    assert count(db, Subscriber) == 0
+
+
+def test_a_database_error_keeps_no_address_in_the_job(db, newsletters):
+    table = ConsentEvent.__table__.name
+
+    def drop_events(rows: int) -> None:
+        db.session.execute(text(f"ALTER TABLE {table} RENAME TO away"))
+        db.session.commit()
+
+    rows = "email\n" + "".join(f"reader{n}@example.com\n" for n in range(4))
+    try:
+        with pytest.raises(Exception, match="away|consent_event"):
+            do_import(db, rows, batch_size=2, progress=drop_events)
+    finally:
+        db.session.rollback()
+        db.session.execute(text(f"ALTER TABLE away RENAME TO {table}"))
+        db.session.commit()
+    job = db.session.scalars(select(ImportJob)).one()
+    assert (job.status, job.rows_read) == ("failed", 2)
+    assert job.error.startswith("The import stopped on a database error (")
+    assert "@" not in job.error
+
+
 # --- the command ------------------------------------------------------------------------------
 
 
@@ -409,7 +557,9 @@ def test_command_refuses_with_a_clear_message(
 # --- the worker -------------------------------------------------------------------------------
 
 
-def queue_upload(app, db, text: str, slug: str = "daily") -> ImportJob:  # type: ignore[no-untyped-def]
+def queue_upload(  # type: ignore[no-untyped-def]
+    app, db, text: str, slug: str = "daily", mode: ImportMode = ImportMode.CONFIRM
+) -> ImportJob:
     """Queue a job as the admin upload does."""
     return imports.queue_upload(
         db.session,
@@ -417,8 +567,8 @@ def queue_upload(app, db, text: str, slug: str = "daily") -> ImportJob:  # type:
         app.instance_path,
         slug,
         "people.csv",
-        ImportMode.CONFIRM,
-        None,
+        mode,
+        NOTE if mode == ImportMode.CONSENTED else None,
         None,
     )
 
@@ -455,6 +605,186 @@ def test_the_worker_fails_a_job_whose_file_is_gone(app, db, newsletters):
     assert job.status == "failed" and "cannot be read" in job.error
 
 
+def set_heartbeat(db, job: ImportJob, ago: timedelta, **values: object) -> None:  # type: ignore[no-untyped-def]
+    """Move a job's heartbeat into the past, as time passing without a word from its worker."""
+    db.session.execute(
+        update(ImportJob)
+        .where(ImportJob.id == job.id)
+        .values(heartbeat_at=utcnow() - ago, **values)
+    )
+    db.session.commit()
+
+
+def report_lines(app, job: ImportJob) -> list[str]:
+    path = imports.report_path(app.instance_path, job.id)
+    return path.read_text(encoding="utf-8-sig").splitlines()
+
+
+def test_a_job_whose_worker_died_is_taken_over_and_finished(app, db, newsletters):
+    rows = [f"reader{n}@example.com" for n in range(10)] + ["broken"]
+    job = queue_upload(app, db, "email\n" + "\n".join(rows) + "\n")
+    # A worker claimed it, wrote the first four rows and died: its job says running.
+    do_import(db, "email\n" + "\n".join(rows[:4]) + "\n")
+    set_heartbeat(db, job, imports.STALE_AFTER + timedelta(seconds=1), status="running",
+                  rows_read=4, added=4)  # fmt: skip
+
+    assert work(app, db) is True
+
+    assert (job.status, job.error) == ("done", None)
+    assert (job.rows_read, job.added, job.unchanged, job.rejected) == (11, 6, 4, 1)
+    assert job.heartbeat_at > utcnow() - timedelta(minutes=1)
+    assert count(db, Subscription) == 10
+    # Rewritten from the top of the file: the rows the first worker added are unchanged now.
+    assert report_lines(app, job) == [
+        "row,email,outcome,reason",
+        *(f"{n},reader{n - 2}@example.com,unchanged,already waiting for confirmation"
+          for n in range(2, 6)),
+        "12,broken,invalid,An email address must have an @-sign.",
+    ]  # fmt: skip
+    assert not imports.upload_path(app.instance_path, job.id).exists()
+    assert work(app, db) is False
+
+
+def test_a_running_job_whose_worker_is_alive_is_left_alone(app, db, newsletters):
+    job = queue_upload(app, db, "email\nreader@example.com\n")
+    set_heartbeat(db, job, imports.STALE_AFTER - timedelta(seconds=10), status="running")
+
+    assert work(app, db) is False
+    assert (job.status, job.rows_read) == ("running", 0)
+    assert count(db, Subscriber) == 0
+    # The limit is the caller's to set: with a shorter one, the same job is stale.
+    assert imports.run_next_job(
+        db.session.session_factory, app.instance_path, stale_after=timedelta(seconds=5)
+    )
+    db.session.expire_all()
+    assert (job.status, job.added) == ("done", 1)
+
+
+def test_a_stale_job_of_the_command_line_fails_asking_to_run_it_again(app, db, newsletters):
+    job = imports.create_job(db.session, "daily", "people.csv", ImportMode.CONFIRM)
+    # The command line runs its job at once: no worker takes it from the queue meanwhile.
+    assert (job.status, work(app, db)) == ("running", False)
+
+    set_heartbeat(db, job, timedelta(hours=1))
+    assert work(app, db) is False
+    assert job.status == "failed" and job.finished_at is not None
+    assert job.error == imports.ABANDONED
+    assert "Run the import again" in job.error
+
+
+@pytest.mark.parametrize("state", ["queued", "stale"])
+def test_of_two_workers_that_read_the_same_job_one_takes_it(
+    app, db, newsletters, state, monkeypatch
+):
+    job = queue_upload(app, db, "email\nreader@example.com\n")
+    if state == "stale":
+        set_heartbeat(db, job, timedelta(hours=1), status="running")
+    both_read = threading.Barrier(2, timeout=10)
+    take = imports.take
+
+    def take_once_both_have_read(*args):  # type: ignore[no-untyped-def]
+        both_read.wait()
+        return take(*args)
+
+    monkeypatch.setattr(imports, "take", take_once_both_have_read)
+    claimed: list[int | None] = []
+    engine = db.engine
+
+    def claimer() -> None:
+        with Session(engine) as session:
+            found = imports.claim_next(session, app.instance_path)
+            claimed.append(found.id if found else None)
+
+    threads = [threading.Thread(target=claimer) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(claimed, key=str) == [job.id, None]
+    db.session.expire_all()
+    assert job.status == "running"
+
+
+def test_concurrent_workers_claim_each_job_once(app, db, newsletters):
+    jobs = [queue_upload(app, db, "email\nreader@example.com\n") for _ in range(12)]
+    for job in jobs[::2]:
+        set_heartbeat(db, job, timedelta(hours=1), status="running")
+    claimed: list[int] = []
+    start = threading.Barrier(4)
+    engine = db.engine
+
+    def claimer() -> None:
+        with Session(engine) as session:
+            start.wait()
+            while found := imports.claim_next(session, app.instance_path):
+                claimed.append(found.id)
+
+    threads = [threading.Thread(target=claimer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(claimed) == [job.id for job in jobs]
+
+
+def test_a_run_whose_job_was_taken_over_leaves_it_to_the_other(app, db, newsletters):
+    text = "email\n" + "".join(f"reader{n}@example.com\n" for n in range(6))
+    queue_upload(app, db, text)
+    slow = imports.claim_next(db.session, app.instance_path)
+    taken: list[ImportJob] = []
+
+    def stall(rows: int) -> None:
+        # The slow worker hangs after its first batch; another one takes the job over.
+        if not taken:
+            set_heartbeat(db, slow, imports.STALE_AFTER + timedelta(seconds=1))
+            with Session(db.engine, expire_on_commit=False) as other:
+                taken.append(imports.claim_next(other, app.instance_path))
+
+    report = io.StringIO()
+    source = imports.open_source(imports.upload_path(app.instance_path, slow.id))
+    with source:
+        imports.run(db.session, slow, source, report, batch_size=2, progress=stall)
+    assert taken[0].id == slow.id
+    # The slow run's second batch found the job no longer its own: it rolled back, went no
+    # further, and left the job's counters and state to the other worker.
+    db.session.expire_all()
+    assert (slow.status, slow.rows_read, slow.finished_at) == ("running", 2, None)
+    assert count(db, Subscriber) == 2
+
+    assert work(app, db) is False  # the other worker holds it, alive
+    set_heartbeat(db, slow, imports.STALE_AFTER + timedelta(seconds=1))
+    assert work(app, db) is True
+    assert (slow.status, slow.rows_read, slow.added, slow.unchanged) == ("done", 6, 4, 2)
+
+
+def test_a_job_whose_report_cannot_be_written_fails_instead_of_running_on(
+    app, db, newsletters, monkeypatch, caplog
+):
+    job = queue_upload(app, db, "email\nreader@example.com\n")
+
+    def disk_full(path):  # type: ignore[no-untyped-def]
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(imports, "open_report", disk_full)
+    assert work(app, db) is True
+    assert job.status == "failed"
+    assert job.error == "The import could not start: [Errno 28] No space left on device"
+    assert imports.upload_path(app.instance_path, job.id).exists()
+    assert list(Path(app.instance_path, "imports").glob("*.part")) == []
+
+
+def test_an_upload_whose_job_is_not_saved_leaves_no_file(app, db, newsletters, monkeypatch):
+    def refused() -> None:
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(db.session, "commit", refused)
+    with pytest.raises(RuntimeError):
+        queue_upload(app, db, "email\nreader@example.com\n")
+    monkeypatch.undo()
+    assert count(db, ImportJob) == 0
+    assert list(Path(app.instance_path, "imports").iterdir()) == []
+
+
 @pytest.fixture
 def run_worker(runner) -> Iterator[Callable[..., Result]]:  # type: ignore[no-untyped-def]
     """Invoke `newsletter worker`; puts back the signal handlers the command installs."""
@@ -477,6 +807,75 @@ def test_worker_command_imports_then_sends_the_confirmations(app, db, newsletter
     ]
     assert sorted(m["To"] for m in mails) == ["other@example.com", "reader@example.com"]
     assert all(len(links(m, "/confirm/")) == 1 for m in mails)
+
+
+def test_a_killed_worker_s_import_is_finished_by_the_next_worker(app, db, newsletters, run_worker):
+    total, every = 50_000, 1000  # every 1000th row is not an address
+    rows = "".join(
+        f"broken{n},\n" if n % every == 0 else f"reader{n}@example.com,Reader {n}\n"
+        for n in range(1, total + 1)
+    )
+    job = queue_upload(app, db, "email,name\n" + rows, mode=ImportMode.CONSENTED)
+    environ = {
+        **os.environ,
+        "NEWSLETTER_ENV": "testing",
+        "NEWSLETTER_DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
+        "NEWSLETTER_INSTANCE_PATH": app.instance_path,
+        "NEWSLETTER_SECRET_KEY": "test-secret-key",
+        "NEWSLETTER_BASE_URL": app.config["BASE_URL"],
+    }
+    command = [str(Path(sys.executable).with_name("newsletter")), "worker", "--poll", "0.1"]
+    worker = subprocess.Popen(
+        command, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            state = db.session.execute(
+                select(ImportJob.status, ImportJob.rows_read).where(ImportJob.id == job.id)
+            ).one()
+            db.session.rollback()
+            if state.status != "queued" and state.rows_read >= 5 * imports.BATCH_SIZE:
+                break
+            time.sleep(0.01)
+        worker.send_signal(signal.SIGKILL)
+    finally:
+        worker.kill()
+        _, errors = worker.communicate(timeout=10)
+    db.session.expire_all()
+    assert job.status == "running", errors.decode()
+    assert 0 < job.rows_read < total
+    added_before = job.added
+    assert count(db, Subscriber) == added_before
+
+    # The stale limit passes without a word from the dead worker; the next worker takes over.
+    set_heartbeat(db, job, imports.STALE_AFTER + timedelta(seconds=1))
+    job_id = job.id
+    result = run_worker("--drain")
+    assert result.exit_code == 0, result.output
+    job = db.session.get(ImportJob, job_id)
+
+    invalid = total // every
+    assert (job.status, job.error) == ("done", None)
+    assert (job.rows_read, job.rejected) == (total, invalid)
+    assert (job.added, job.unchanged) == (total - invalid - added_before, added_before)
+    # Every row once: one subscriber, one subscription, one signup and one confirmation each.
+    assert count(db, Subscriber) == count(db, Subscription) == total - invalid
+    assert count(db, ConsentEvent) == 2 * (total - invalid)
+    assert db.session.scalar(
+        select(func.count()).where(Subscriber.name == "Reader " + func.substr(
+            Subscriber.email_key, 7, func.length(Subscriber.email_key) - 18))
+    ) == total - invalid  # fmt: skip
+    lines = report_lines(app, job)
+    assert lines[0] == "row,email,outcome,reason"
+    assert sum(line.endswith(",unchanged,already subscribed") for line in lines) == added_before
+    assert [line for line in lines if ",invalid," in line] == [
+        f"{n + 1},broken{n},invalid,An email address must have an @-sign."
+        for n in range(every, total + 1, every)
+    ]
+    assert len(lines) == 1 + invalid + added_before
+    folder = Path(app.instance_path, "imports")
+    assert sorted(p.name for p in folder.iterdir()) == [f"{job.id}-report.csv"]
 
 
 # --- the admin area ---------------------------------------------------------------------------
@@ -579,6 +978,27 @@ def test_admin_uploads_watches_and_downloads_the_report(app, client, db, admin, 
 
     listing = client.get("/admin/imports").get_data(as_text=True)
     assert f'href="/admin/imports/{job.id}"' in listing and "people.csv" in listing
+
+
+def test_the_import_page_shows_when_a_running_job_last_moved(app, client, db, admin, newsletters):
+    sign_in(client)
+    job = queue_upload(app, db, "email\nreader@example.com\n")
+    set_heartbeat(db, job, timedelta(seconds=3), status="running", rows_read=2000)
+    page = client.get(f"/admin/imports/{job.id}").get_data(as_text=True)
+    assert re.search(
+        r"Running</strong>: 2,000 rows read[^;<]*; last moved [34] s ago, at [\d:]{8} UTC", page
+    )
+    assert "seems to have stopped" not in page
+
+    set_heartbeat(db, job, timedelta(minutes=7))
+    page = client.get(f"/admin/imports/{job.id}").get_data(as_text=True)
+    assert "last moved 7 min ago" in page
+    assert "Its worker seems to have stopped." in page
+    assert "once it has not moved for 5 min" in page
+
+    work(app, db)
+    page = client.get(f"/admin/imports/{job.id}").get_data(as_text=True)
+    assert "Done</strong>," in page and "last moved" not in page
 
 
 def test_upload_without_csrf_token_is_refused(client, db, admin, newsletters):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from flask import (
     abort,
     current_app,
@@ -19,7 +21,7 @@ from newsletter import import_file
 from newsletter import imports as import_jobs
 from newsletter import newsletters as lists
 from newsletter.extensions import csrf, db
-from newsletter.models import ImportJob, ImportMode, JobStatus
+from newsletter.models import ImportJob, ImportMode, JobStatus, utcnow
 from newsletter.web.admin.core import admin_only, bp
 from newsletter.web.admin.forms import ImportForm
 
@@ -68,14 +70,30 @@ def import_job(job_id: int) -> str:
     working = job.status in (JobStatus.QUEUED, JobStatus.RUNNING)
     upload = import_jobs.upload_path(instance, job.id)
     total = import_file.estimated_rows(upload) if working else None
+    since = None
+    if job.status == JobStatus.RUNNING and job.heartbeat_at is not None:
+        since = max(utcnow() - job.heartbeat_at, timedelta(0))
     return render_template(
         "admin/import.html",
         job=job,
         working=working,
         total=max(total, job.rows_read) if total else None,
+        moved_ago=_duration(since) if since is not None else None,
+        stalled=since is not None and since > import_jobs.STALE_AFTER,
+        stale_after=_duration(import_jobs.STALE_AFTER),
         report=not working and import_jobs.report_path(instance, job.id).exists(),
         can_retry=job.status == JobStatus.FAILED and upload.exists(),
     )
+
+
+def _duration(span: timedelta) -> str:
+    """A span of time as a person reads it: 4 s, 12 min, 3 h."""
+    seconds = int(span.total_seconds())
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 2 * 3600:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h"
 
 
 @bp.get("/imports/<int:job_id>/report")

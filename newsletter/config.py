@@ -8,6 +8,8 @@ from pathlib import Path
 
 from flask import Flask
 
+from newsletter.mail.dkim import DKIMConfigError, Signer
+
 ENV_PREFIX = "NEWSLETTER_"
 ENVIRONMENTS = ("development", "testing", "production")
 
@@ -34,6 +36,10 @@ DEFAULTS: dict[str, object] = {
     "SEND_RATE": None,
     # Subscriber CSVs uploaded in the admin area; every other request keeps the small limit.
     "MAX_IMPORT_BYTES": 200 * 1024 * 1024,
+    # DKIM signing of every mail: all three, or none.
+    "DKIM_PRIVATE_KEY": None,
+    "DKIM_SELECTOR": None,
+    "DKIM_DOMAIN": None,
 }
 
 _INTS = {
@@ -121,6 +127,11 @@ def finish(app: Flask) -> None:
     # Signups are a few hundred bytes; refuse floods before they are parsed.
     if cfg.get("MAX_CONTENT_LENGTH") is None:
         cfg["MAX_CONTENT_LENGTH"] = 256 * 1024
+    # A key that cannot be used must stop the start, not let mail leave unsigned.
+    try:
+        Signer.from_config(cfg)
+    except DKIMConfigError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def _engine_options(url: str) -> dict[str, object]:

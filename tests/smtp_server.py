@@ -46,7 +46,8 @@ class Received:
 class Handler:
     """The server's handler: keeps what it accepted, counts connections, answers as scripted."""
 
-    def __init__(self) -> None:
+    def __init__(self, pipelining: bool = False) -> None:
+        self.pipelining = pipelining
         self.received: list[Received] = []
         self.connections = 0
         self.resets = 0
@@ -83,6 +84,9 @@ class Handler:
             self._greeted.append(server)
             self.connections += 1
         session.host_name = hostname
+        if self.pipelining:
+            # aiosmtpd reads commands one line at a time, so pipelined ones work; say so.
+            responses.insert(-1, "250-PIPELINING")
         return responses
 
     async def handle_MAIL(
@@ -180,9 +184,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_smtp(port: int | None = None, **options: Any) -> Iterator[SMTPServer]:
+def running_smtp(
+    port: int | None = None, pipelining: bool = False, **options: Any
+) -> Iterator[SMTPServer]:
     """Run aiosmtpd in a thread for the duration of the block; options go to aiosmtpd."""
-    handler = Handler()
+    handler = Handler(pipelining)
     port = port or free_port()
     # server_hostname spares a DNS lookup (getfqdn) on every connection.
     controller = Controller(
@@ -238,6 +244,13 @@ def client_tls(certificate: Certificate) -> ssl.SSLContext:
 def smtp() -> Iterator[SMTPServer]:
     """Plain SMTP, no AUTH, no TLS."""
     with running_smtp() as server:
+        yield server
+
+
+@pytest.fixture
+def smtp_pipelining() -> Iterator[SMTPServer]:
+    """A server that offers PIPELINING (RFC 2920), as Postfix and most relays do."""
+    with running_smtp(pipelining=True) as server:
         yield server
 
 

@@ -411,3 +411,48 @@ def test_test_copy_goes_to_the_editor_only(db, daily, mailbox):
     assert "Story" in text_part(sent[0])
     assert digest.status == DigestStatus.DRAFT
     assert ledger(db, digest) == {}
+
+
+@pytest.fixture(params=["rsa", "ed25519"])
+def dkim_key(request, tmp_path):  # type: ignore[no-untyped-def]
+    from newsletter.mail.dkim import Signer, generate
+
+    pem, name, txt = generate("digest", "news.example.org", request.param)
+    return Signer.from_pem(pem, "digest", "news.example.org"), name, txt
+
+
+def test_digest_mail_is_dkim_signed_and_verifies(db, daily, dkim_key):
+    import dkim as dkimpy
+
+    from newsletter.mail.transport import MemoryTransport
+
+    signer, name, txt = dkim_key
+    add_item(db, daily, "Drones shot down", summary="Air  defence units\tintercepted two drones.  ")
+    add_reader(db, daily, "one@example.com")
+    add_reader(db, daily, "two@example.com")
+    digest = digests.compose(db.session, daily, intro="Good   morning.  \n\nTwo   spaces.")
+    digests.start(db.session, digest)
+    transport = MemoryTransport()
+    sender = DigestSender(transport, SendSettings(), signer=signer)
+    with Session(db.engine) as session:
+        while sender.step(session):
+            pass
+    assert len(transport.raw) == 2
+
+    def dns(query: bytes, timeout: int = 5) -> bytes | None:
+        return txt.encode() if query == f"{name}.".encode() else None
+
+    for data in transport.raw:
+        assert data.startswith(b"DKIM-Signature:")
+        assert dkimpy.verify(data, dnsfunc=dns)
+        tags = data.split(b"\r\n\r\n", 1)[0].replace(b"\r\n ", b"").lower()
+        for header in (b"from", b"subject", b"date", b"message-id", b"list-id"):
+            assert header in tags
+        assert b"list-unsubscribe:list-unsubscribe" in tags
+        assert b"list-unsubscribe-post" in tags
+        # A changed header, or a changed link in the body, breaks the signature.
+        forged = data.replace(b"Subject: Daily Briefing", b"Subject: Daily Briefinf", 1)
+        assert forged != data and not dkimpy.verify(forged, dnsfunc=dns)
+        unsubscribe = re.search(rb"List-Unsubscribe: <([^>]+)>", data).group(1)
+        other = data.replace(unsubscribe[-10:], b"0123456789")
+        assert other != data and not dkimpy.verify(other, dnsfunc=dns)

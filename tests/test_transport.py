@@ -1,4 +1,4 @@
-"""SMTPTransport against a real SMTP server: URLs, TLS, AUTH, refusals, connection reuse."""
+"""Transports: SMTP against a real server (URLs, TLS, AUTH, refusals, reuse), raw bytes, files."""
 
 from __future__ import annotations
 
@@ -18,16 +18,22 @@ from smtp_server import (
     USERNAME,
     SMTPServer,
     free_port,
+    running_smtp,
 )
 
 from newsletter import create_app
 from newsletter.extensions import db
 from newsletter.mail import compose
 from newsletter.mail.transport import (
+    ConnectionFailure,
     DeliveryError,
+    FileTransport,
+    MemoryTransport,
     PermanentFailure,
     SMTPTransport,
     TemporaryFailure,
+    envelope,
+    serialise,
 )
 
 MakeMail = Callable[..., EmailMessage]
@@ -60,6 +66,13 @@ def make_mail(mail_app: Flask) -> MakeMail:
             )
 
     return make
+
+
+@pytest.fixture(params=[False, True], ids=["one-by-one", "pipelining"])
+def smtp(request: pytest.FixtureRequest) -> Iterator[SMTPServer]:
+    """Every test here runs against a server without PIPELINING and one with it (RFC 2920)."""
+    with running_smtp(pipelining=request.param) as server:
+        yield server
 
 
 @pytest.fixture
@@ -339,3 +352,162 @@ def test_certificate_must_name_the_host(smtps, connect, certificate, make_mail):
     transport = connect(f"smtps://localhost:{smtps.port}", ssl_context=context)
     with pytest.raises(TemporaryFailure, match="SSLCertVerificationError"):
         transport.send(make_mail())
+
+
+# --- Raw messages -----------------------------------------------------------------------------
+
+
+def keep_raw(smtp: SMTPServer) -> list[bytes]:
+    """The bytes of each message the server accepts, as they came after DATA."""
+    kept: list[bytes] = []
+    handle_data = smtp.handler.handle_DATA
+
+    async def keeping(server, session, envelope):  # type: ignore[no-untyped-def]
+        reply = await handle_data(server, session, envelope)
+        if reply.startswith("250"):
+            kept.append(envelope.content)
+        return reply
+
+    # aiosmtpd looks its hooks up on each new connection, so no connection has the old one.
+    smtp.handler.handle_DATA = keeping  # type: ignore[method-assign]
+    return kept
+
+
+def raw_mail(subject: str = "Raw", to: str = "reader@example.com") -> bytes:
+    """A small serialised message with CRLF line ends."""
+    return (
+        f"From: Daily Desk <daily@news.example.org>\r\nTo: {to}\r\nSubject: {subject}\r\n"
+        "Message-ID: <raw1@news.example.org>\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n\r\nHello\r\n.leading dot\r\n"
+    ).encode()
+
+
+def test_send_raw_delivers_the_bytes_with_the_given_envelope(smtp, transport):
+    kept = keep_raw(smtp)
+    data = raw_mail()
+    transport.send_raw("bounces@news.example.org", ["a@example.com", "b@example.com"], data)
+
+    [received] = smtp.received
+    assert received.mail_from == "bounces@news.example.org"
+    assert received.rcpt_tos == ["a@example.com", "b@example.com"]
+    assert kept == [data]  # byte for byte, the leading dot unstuffed again
+
+
+@pytest.mark.parametrize(
+    ("command", "reply", "failure"),
+    [
+        ("MAIL", "451 4.3.0 Sender check deferred", TemporaryFailure),
+        ("RCPT", "550 5.1.1 No such user here", PermanentFailure),
+        ("DATA", "451 4.3.0 Queue full", TemporaryFailure),
+        ("DATA", "554 5.7.1 Message rejected as spam", PermanentFailure),
+    ],
+    ids=["mail-451", "rcpt-550", "data-451", "data-554"],
+)
+def test_send_raw_maps_refusals_as_send_does(smtp, transport, command, reply, failure):
+    smtp.handler.refuse(command, reply)
+    with pytest.raises(DeliveryError) as caught:
+        transport.send_raw("daily@news.example.org", ["reader@example.com"], raw_mail("refused"))
+    assert type(caught.value) is failure
+    assert caught.value.code == int(reply[:3])
+    assert smtp.received == []
+
+    transport.send_raw("daily@news.example.org", ["reader@example.com"], raw_mail("next"))
+    assert [r.message["Subject"] for r in smtp.received] == ["next"]
+    assert smtp.connections == 1
+
+
+def test_send_raw_reopens_a_kept_open_connection_the_server_dropped(smtp, transport):
+    transport.send_raw("daily@news.example.org", ["reader@example.com"], raw_mail("first"))
+    smtp.handler.refuse("DATA", DROP)
+    transport.send_raw("daily@news.example.org", ["reader@example.com"], raw_mail("second"))
+    assert [r.message["Subject"] for r in smtp.received] == ["first", "second"]
+    assert smtp.connections == 2
+
+
+def test_send_raw_on_a_fresh_connection_that_drops_is_temporary(smtp, transport):
+    smtp.handler.refuse("MAIL", DROP)
+    with pytest.raises(TemporaryFailure):
+        transport.send_raw("daily@news.example.org", ["reader@example.com"], raw_mail())
+    transport.send_raw("daily@news.example.org", ["reader@example.com"], raw_mail("after"))
+    assert [r.message["Subject"] for r in smtp.received] == ["after"]
+
+
+def test_send_raw_to_a_closed_port_is_a_connection_failure():
+    transport = SMTPTransport(HOST, free_port(), timeout=5)
+    with pytest.raises(ConnectionFailure, match="ConnectionRefusedError"):
+        transport.send_raw("daily@news.example.org", ["reader@example.com"], raw_mail())
+    transport.close()
+
+
+def test_send_puts_crlf_bytes_on_the_wire_with_the_from_and_to_as_envelope(
+    smtp, transport, make_mail
+):
+    kept = keep_raw(smtp)
+    transport.send(make_mail(to="reader@bücher.example"))
+
+    [received] = smtp.received
+    assert received.mail_from == "daily@news.example.org"
+    assert received.rcpt_tos == ["reader@xn--bcher-kva.example"]
+    [data] = kept
+    assert data.count(b"\n") == data.count(b"\r\n")
+    assert data.startswith(b"Subject: Issue 1\r\n")
+
+
+def test_serialise_and_envelope_agree_with_the_message(make_mail):
+    message = make_mail(subject="Wire")
+    data = serialise(message)
+    assert data.count(b"\n") == data.count(b"\r\n") > 0
+    assert b"\r\nFrom: Daily Desk <daily@news.example.org>\r\n" in data
+    assert envelope(message) == ("daily@news.example.org", ["reader@example.com"])
+
+
+def test_a_message_without_a_from_cannot_be_sent(make_mail):
+    message = make_mail()
+    del message["From"]
+    with pytest.raises(PermanentFailure, match="From"):
+        MemoryTransport().send(message)
+
+
+def test_memory_transport_keeps_what_it_sent_raw_and_parsed(make_mail):
+    memory = MemoryTransport()
+    sent = make_mail(subject="Kept")
+    memory.send(sent)
+
+    [raw] = memory.raw
+    [message] = memory.messages
+    assert raw == serialise(sent)
+    assert memory.envelopes == [("daily@news.example.org", ["reader@example.com"])]
+    assert message["Subject"] == "Kept" and message["Message-ID"] == sent["Message-ID"]
+    assert message.get_body(preferencelist=("plain",)).get_content() == "Plain text 1\n"
+    assert message.as_bytes() == raw
+
+
+def test_file_transport_writes_the_raw_bytes(tmp_path, make_mail):
+    files = FileTransport(tmp_path / "outbox")
+    sent = make_mail()
+    files.send(sent)
+    files.send_raw("daily@news.example.org", ["reader@example.com"], raw_mail())
+
+    paths = sorted((tmp_path / "outbox").glob("*.eml"))
+    assert [p.name.split("-", 1)[1] for p in paths] == ["key1.eml", "raw1.eml"]
+    assert paths[0].read_bytes() == serialise(sent)
+    assert paths[1].read_bytes() == raw_mail()
+
+
+def test_pipelining_is_used_when_offered_and_dots_are_stuffed(smtp, transport):
+    kept = keep_raw(smtp)
+    data = raw_mail() + b".\r\n..two dots\r\n"
+    transport.send_raw("daily@news.example.org", ["reader@example.com"], data)
+    assert transport._smtp is not None
+    assert transport._smtp.has_extn("pipelining") == smtp.handler.pipelining
+    assert kept == [data]
+
+
+def test_one_refused_recipient_of_two_still_lets_the_other_have_it(smtp, transport):
+    smtp.handler.refuse("RCPT", "550 5.1.1 No such user here")
+    with pytest.raises(PermanentFailure) as caught:
+        transport.send_raw(
+            "daily@news.example.org", ["gone@example.com", "b@example.com"], raw_mail()
+        )
+    assert caught.value.recipient_refused
+    assert [r.rcpt_tos for r in smtp.received] == [["b@example.com"]]

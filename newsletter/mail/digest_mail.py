@@ -10,7 +10,6 @@ personal lines canonicalised per message.
 
 from __future__ import annotations
 
-import base64
 import email.quoprimime
 import hashlib
 import re
@@ -39,7 +38,7 @@ UNSUBSCRIBE, PREFERENCES = "unsubscribe", "preferences"
 
 
 class Signer(Protocol):
-    def sign(self, data: bytes) -> bytes: ...
+    def sign_with_body_hash(self, headers: bytes, body_hash: bytes) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -241,13 +240,16 @@ class PreparedDigest:
         ).encode("ascii") + self.static_headers
         data = headers + b"\r\n" + body
         if self.signer is not None:
-            data = self.signer.sign(data) + data
+            data = self.signer.sign_with_body_hash(headers, self._body_hash(filled)) + data
         return data
 
-
-def body_hash(prepared: PreparedDigest, filled: dict[str, bytes]) -> str:
-    """The DKIM bh= value of one reader's body, from the fixed blocks' canonical forms."""
-    digest = hashlib.sha256()
-    for canonical, (_, hole) in zip(prepared.canonical, prepared.pieces, strict=True):
-        digest.update(canonical if canonical is not None else filled[hole])  # type: ignore[index]
-    return base64.b64encode(digest.digest()).decode("ascii")
+    def _body_hash(self, filled: dict[str, bytes]) -> bytes:
+        """SHA-256 of the relaxed canonical body: the fixed blocks' forms were made once."""
+        digest = hashlib.sha256()
+        for canonical, (_, hole) in zip(self.canonical, self.pieces, strict=True):
+            if canonical is None:
+                lines = filled[hole]  # type: ignore[index]
+                blank = b" " in lines or b"\t" in lines
+                canonical = _relaxed_body_lines(lines) if blank else lines
+            digest.update(canonical)
+        return digest.digest()

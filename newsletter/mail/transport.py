@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import re
 import smtplib
 import ssl
 import threading
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from email.message import EmailMessage
+from email import message_from_bytes
+from email.message import EmailMessage, Message
+from email.utils import getaddresses
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from newsletter.mail.compose import POLICY, wire_address
+from newsletter.mail.dkim import Signer, SigningError
 
 
 class DeliveryError(Exception):
     """The message was not accepted."""
 
     permanent = False
+    recipient_refused = False
 
     def __init__(self, message: str, code: int | None = None) -> None:
         super().__init__(message)
@@ -43,47 +51,117 @@ class PermanentFailure(DeliveryError):
 class Transport(Protocol):
     def send(self, message: EmailMessage) -> None: ...
 
+    def send_raw(self, sender: str, recipients: Sequence[str], data: bytes) -> None: ...
+
     def close(self) -> None: ...
 
 
-class MemoryTransport:
-    """Keeps messages in a list; for tests."""
+_BARE_LF = re.compile(rb"(?<!\r)\n")
 
-    def __init__(self) -> None:
-        self.messages: list[EmailMessage] = []
+
+def serialise(message: Message) -> bytes:
+    """The message as it goes on the wire: RFC 5322 bytes with CRLF line ends."""
+    data = message.as_bytes(policy=POLICY)
+    if data.count(b"\n") != data.count(b"\r\n"):
+        data = _BARE_LF.sub(b"\r\n", data)
+    return data
+
+
+def envelope(message: Message) -> tuple[str, list[str]]:
+    """The SMTP envelope of a message: its From address and its To and Cc addresses."""
+    senders = [addr for _, addr in getaddresses([str(v) for v in message.get_all("From", [])])]
+    recipients = [
+        wire_address(addr)
+        for field in ("To", "Cc")
+        for _, addr in getaddresses([str(v) for v in message.get_all(field, [])])
+        if addr
+    ]
+    if len(senders) != 1 or not senders[0]:
+        raise PermanentFailure("the message needs exactly one From address")
+    if not recipients:
+        raise PermanentFailure("the message has no recipient")
+    return wire_address(senders[0]), recipients
+
+
+class _Sender:
+    """`send` for every transport: serialise, sign when there is a signer, then `send_raw`."""
+
+    signer: Signer | None = None
 
     def send(self, message: EmailMessage) -> None:
-        self.messages.append(message)
+        sender, recipients = envelope(message)
+        data = serialise(message)
+        if self.signer is not None:
+            try:
+                data = self.signer.sign(data) + data
+            except SigningError as exc:
+                raise PermanentFailure(f"cannot DKIM-sign: {exc}") from exc
+        self.send_raw(sender, recipients, data)
+
+    def send_raw(self, sender: str, recipients: Sequence[str], data: bytes) -> None:
+        raise NotImplementedError
+
+
+class MemoryTransport(_Sender):
+    """Keeps messages in lists, parsed and as sent; for tests."""
+
+    def __init__(self, *, signer: Signer | None = None) -> None:
+        self.signer = signer
+        self.messages: list[EmailMessage] = []
+        self.raw: list[bytes] = []
+        self.envelopes: list[tuple[str, list[str]]] = []
+
+    def send_raw(self, sender: str, recipients: Sequence[str], data: bytes) -> None:
+        self.raw.append(data)
+        self.envelopes.append((sender, list(recipients)))
+        # Parsed with LF line ends, so text parts read as they were written, and with the policy
+        # the message was built with, so as_bytes() gives back what went on the wire.
+        parsed = message_from_bytes(data.replace(b"\r\n", b"\n"), policy=POLICY)
+        self.messages.append(cast(EmailMessage, parsed))
 
     def close(self) -> None:
         pass
 
 
-class FileTransport:
+class FileTransport(_Sender):
     """Writes each message as an .eml file, for development without a mail server."""
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, *, signer: Signer | None = None) -> None:
         self.directory = Path(directory)
+        self.signer = signer
         self._counter = 0
         self._lock = threading.Lock()
 
-    def send(self, message: EmailMessage) -> None:
+    def send_raw(self, sender: str, recipients: Sequence[str], data: bytes) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         with self._lock:
             self._counter += 1
             counter = self._counter
-        key = str(message["Message-ID"] or "").strip("<>").split("@")[0][:32] or str(counter)
+        key = _message_key(data) or str(counter)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
         path = self.directory / f"{stamp}-{key}.eml"
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(message.as_bytes())
+        tmp.write_bytes(data)
         tmp.replace(path)  # readers of the folder never see half a file
 
     def close(self) -> None:
         pass
 
 
-class SMTPTransport:
+_MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*<([^@>\r\n]*)", re.IGNORECASE | re.MULTILINE)
+_SAFE_KEY = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def _message_key(data: bytes) -> str:
+    """The local part of the Message-ID, to name a file by; empty when there is none."""
+    end = data.find(b"\r\n\r\n")
+    match = _MESSAGE_ID.search(data, 0, end if end >= 0 else len(data))
+    if match is None:
+        return ""
+    return _SAFE_KEY.sub("_", match.group(1).decode("ascii", "replace"))[:32]
+
+
+class SMTPTransport(_Sender):
     """One SMTP connection, opened on first use and kept open across messages."""
 
     def __init__(
@@ -97,12 +175,14 @@ class SMTPTransport:
         starttls: bool = False,
         timeout: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self.host, self.port = host, port
         self.username, self.password = username, password
         self.implicit_tls, self.starttls = implicit_tls, starttls
         self.timeout = timeout
         self.ssl_context = ssl_context
+        self.signer = signer
         self._smtp: smtplib.SMTP | None = None
 
     @classmethod
@@ -142,15 +222,15 @@ class SMTPTransport:
             raise
         return smtp
 
-    def send(self, message: EmailMessage) -> None:
+    def send_raw(self, sender: str, recipients: Sequence[str], data: bytes) -> None:
         reused = self._smtp is not None
         try:
-            self._deliver(message)
+            self._deliver(sender, recipients, data)
         except _Disconnected:
             if not reused:
                 raise
             # The server closed the kept-open connection while it idled: one fresh try.
-            self._deliver(message)
+            self._deliver(sender, recipients, data)
 
     def _open(self) -> smtplib.SMTP:
         try:
@@ -161,11 +241,18 @@ class SMTPTransport:
             code = getattr(exc, "smtp_code", None)
             raise ConnectionFailure(f"{type(exc).__name__}: {exc}", code) from exc
 
-    def _deliver(self, message: EmailMessage) -> None:
+    def _deliver(self, sender: str, recipients: Sequence[str], data: bytes) -> None:
         if self._smtp is None:
             self._smtp = self._open()
+        options: list[str] = []
+        if not (sender.isascii() and all(r.isascii() for r in recipients)):
+            # As send_message does; smtplib refuses if the server does not offer SMTPUTF8.
+            options = ["SMTPUTF8", "BODY=8BITMIME"]
         try:
-            refused = self._smtp.send_message(message)
+            if not options and self._smtp.has_extn("pipelining"):
+                refused = _pipelined(self._smtp, sender, recipients, data)
+            else:
+                refused = self._smtp.sendmail(sender, list(recipients), data, mail_options=options)
         except smtplib.SMTPRecipientsRefused as exc:
             self._reset()
             raise _refused(exc.recipients) from exc
@@ -206,13 +293,75 @@ class SMTPTransport:
             smtp.close()
 
 
+def _pipelined(
+    smtp: smtplib.SMTP, sender: str, recipients: Sequence[str], data: bytes
+) -> dict[str, tuple[int, bytes]]:
+    """MAIL, RCPT and DATA in one write, their replies read after (RFC 2920), then the message.
+
+    Two round trips a message instead of four: on a kept-open connection to a busy relay,
+    the waits for replies are most of the time a message takes. Raises what smtplib's
+    sendmail raises, so errors read the same; returns the recipients refused among several.
+    """
+    smtp.send("".join(f"{line}\r\n" for line in _commands(sender, recipients)))
+    mail_code, mail_reply = _reply(smtp)
+    refused: dict[str, tuple[int, bytes]] = {}
+    for recipient in recipients:
+        code, reply = _reply(smtp)
+        if code not in (250, 251):
+            refused[recipient] = (code, reply)
+    data_code, data_reply = _reply(smtp)
+    nothing_to_send = mail_code != 250 or len(refused) == len(recipients)
+    if data_code == 354 and nothing_to_send:
+        # The server took DATA although nobody can receive: end the empty message.
+        smtp.send(".\r\n")
+        _reply(smtp)
+    if mail_code != 250:
+        raise smtplib.SMTPSenderRefused(mail_code, mail_reply, sender)
+    if len(refused) == len(recipients):
+        raise smtplib.SMTPRecipientsRefused(refused)
+    if data_code != 354:
+        raise smtplib.SMTPDataError(data_code, data_reply)
+    if data.count(b"\n") != data.count(b"\r\n"):
+        data = _BARE_LF.sub(b"\r\n", data)
+    # Dot-stuffing (RFC 5321 4.5.2): a line that starts with a dot gets a second one.
+    body = data.replace(b"\r\n.", b"\r\n..")
+    if body.startswith(b"."):
+        body = b"." + body
+    if not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    smtp.send(body + b".\r\n")
+    code, reply = _reply(smtp)
+    if code != 250:
+        raise smtplib.SMTPDataError(code, reply)
+    return refused
+
+
+def _reply(smtp: smtplib.SMTP) -> tuple[int, bytes]:
+    code, reply = smtp.getreply()
+    if code == 421:
+        # The server is closing the connection: no further reply will come.
+        smtp.close()
+        raise smtplib.SMTPResponseException(code, reply)
+    return code, reply
+
+
+def _commands(sender: str, recipients: Sequence[str]) -> list[str]:
+    for address in (sender, *recipients):
+        if any(c in address for c in "\r\n<>"):
+            raise PermanentFailure(f"not an address for the envelope: {address!r}")
+    return [f"MAIL FROM:<{sender}>", *(f"RCPT TO:<{r}>" for r in recipients), "DATA"]
+
+
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _refused(recipients: dict[str, tuple[int, bytes]]) -> DeliveryError:
     code, reply = min(recipients.values())
-    return _failure(code, _text(reply))
+    failure = _failure(code, _text(reply))
+    # The server refused the address itself (RCPT): a 5xx here is a hard bounce.
+    failure.recipient_refused = True
+    return failure
 
 
 def _failure(code: int, text: str) -> DeliveryError:
@@ -221,8 +370,10 @@ def _failure(code: int, text: str) -> DeliveryError:
     return TemporaryFailure(f"{code} {text}", code)
 
 
-def from_config(smtp_url: str | None, outbox_dir: str) -> Transport:
+def from_config(
+    smtp_url: str | None, outbox_dir: str, *, signer: Signer | None = None
+) -> Transport:
     """The transport configuration asks for: SMTP when a URL is set, else .eml files."""
     if smtp_url:
-        return SMTPTransport.from_url(smtp_url)
-    return FileTransport(outbox_dir)
+        return SMTPTransport.from_url(smtp_url, signer=signer)
+    return FileTransport(outbox_dir, signer=signer)

@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from newsletter import schedule
 from newsletter.models import Newsletter
 
 # What an editor may set; everything else about a newsletter is the service's business.
@@ -24,7 +25,14 @@ FIELDS = (
     "thanks_text",
     "welcome_text",
     "welcome_enabled",
+    "feed_url",
+    "send_time",
+    "timezone",
+    "send_weekday",
+    "auto_digest",
 )
+# The settings that decide when the next automatic digest is due.
+SCHEDULE_FIELDS = ("cadence", "send_time", "timezone", "send_weekday", "auto_digest")
 
 
 class SlugTaken(Exception):
@@ -48,10 +56,17 @@ def save(
         last = session.scalar(select(Newsletter.position).order_by(Newsletter.position.desc()))
         newsletter = Newsletter(position=(last or 0) + 1)
         session.add(newsletter)
+    rescheduled = newsletter.id is None
     for field in FIELDS:
         if field in values:
+            rescheduled |= field in SCHEDULE_FIELDS and getattr(newsletter, field) != values[field]
             setattr(newsletter, field, values[field])
     try:
+        # Flushed first, so the schedule sees the list with its id and new settings.
+        session.flush()
+        if rescheduled:
+            # Set when the next automatic digest is due, committed with the settings.
+            schedule.plan(newsletter)
         session.commit()
     except IntegrityError as exc:
         session.rollback()
@@ -62,4 +77,6 @@ def save(
 def set_archived(session: Session, newsletter: Newsletter, archived: bool) -> None:
     """Close a newsletter to signups (its subscribers and history stay), or open it again."""
     newsletter.archived = archived
+    # An archived list sends no automatic digests; reopened, it picks its cadence up again.
+    schedule.plan(newsletter)
     session.commit()

@@ -96,3 +96,22 @@ def test_no_new_items_no_digest(db):  # type: ignore[no-untyped-def]
     assert schedule.run_due(db.session) == []
     db.session.refresh(newsletter)
     assert newsletter.next_digest_at > utcnow()
+
+
+def test_saving_settings_plans_the_next_digest_and_archiving_stops_it(db):  # type: ignore[no-untyped-def]
+    from newsletter import newsletters
+
+    newsletter = make_newsletter("daily", cadence="daily")
+    assert newsletter.next_digest_at is None
+    newsletters.save(
+        db.session,
+        newsletter,
+        {"auto_digest": AutoDigest.DRAFT, "send_time": "06:15", "timezone": "Europe/Kyiv"},
+    )
+    planned = newsletter.next_digest_at
+    assert planned is not None and planned > utcnow()
+    assert planned.astimezone(schedule.zone("Europe/Kyiv")).strftime("%H:%M") == "06:15"
+    newsletters.set_archived(db.session, newsletter, True)
+    assert newsletter.next_digest_at is None
+    newsletters.set_archived(db.session, newsletter, False)
+    assert newsletter.next_digest_at == planned

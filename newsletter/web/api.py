@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
 
-from newsletter.extensions import csrf
+from flask import Blueprint, Response, jsonify, request
+
+from newsletter import api_tokens, items
+from newsletter.extensions import csrf, db
+from newsletter.models import Newsletter
 from newsletter.web import public, signup
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
+# No cookies authorise anything here: signups are open, items need a bearer token.
 csrf.exempt(bp)
 
 
@@ -47,3 +54,71 @@ def subscriptions() -> tuple[Response, int]:
         return jsonify({"ok": False, "message": "Send a JSON object."}), 400
     reply = signup.signup(signup.fields(data, default_source="api"))
     return jsonify(reply.as_json()), 202 if reply.ok else reply.status
+
+
+def _unauthorised(message: str, error: str | None) -> tuple[Response, int]:
+    response = jsonify({"ok": False, "message": message})
+    challenge = 'Bearer realm="newsletter"'
+    if error:
+        challenge += f', error="{error}"'
+    response.headers["WWW-Authenticate"] = challenge
+    return response, 401
+
+
+def token_required(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Let the call through only with a live API token in `Authorization: Bearer …`."""
+
+    @wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return _unauthorised("Send an API token: Authorization: Bearer <token>.", None)
+        if api_tokens.authenticate(db.session, token.strip()) is None:
+            return _unauthorised("This API token is not valid or was revoked.", "invalid_token")
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+def _invalid(message: str, field: str | None, status: int = 422) -> tuple[Response, int]:
+    return jsonify({"ok": False, "message": message, "field": field}), status
+
+
+@bp.post("/items")
+@token_required
+def items_add() -> tuple[Response, int]:
+    """Add a news item: {"title", "url", "summary", "published_at", "guid", "newsletters"}."""
+    data = signup.json_body()
+    if data is None:
+        return _invalid("Send a JSON object.", None, 400)
+    try:
+        item, created = items.add_item(
+            db.session,
+            title=data.get("title"),
+            url=data.get("url"),
+            summary=data.get("summary"),
+            published_at=data.get("published_at"),
+            guid=data.get("guid"),
+            newsletters=data.get("newsletters", data.get("newsletter")),
+            source="api",
+        )
+    except items.ItemError as exc:
+        return _invalid(exc.message, exc.field)
+    return jsonify({"ok": True, "created": created, "item": items.as_json(item)}), (
+        201 if created else 200
+    )
+
+
+@bp.get("/items")
+@token_required
+def items_list() -> tuple[Response, int]:
+    """The newest items, of one newsletter with ?newsletter=SLUG; at most ?limit= (200)."""
+    limit = min(max(request.args.get("limit", 50, type=int), 1), 200)
+    slug = request.args.get("newsletter", "").strip()
+    newsletter_id = None
+    if slug:
+        newsletter_id = db.session.scalar(db.select(Newsletter.id).where(Newsletter.slug == slug))
+        if newsletter_id is None:
+            return _invalid(f"There is no newsletter {slug[:64]!r}.", "newsletter")
+    found = db.session.scalars(items.items_query(newsletter_id).limit(limit))
+    return jsonify({"ok": True, "items": [items.as_json(item) for item in found]}), 200

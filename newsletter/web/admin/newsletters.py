@@ -5,11 +5,12 @@ from __future__ import annotations
 from flask import current_app, flash, redirect, render_template, url_for
 from werkzeug.wrappers import Response
 
+from newsletter import feeds
 from newsletter import newsletters as lists
 from newsletter.extensions import db
 from newsletter.models import Newsletter
 from newsletter.web.admin.core import admin_only, bp
-from newsletter.web.admin.forms import NewsletterForm
+from newsletter.web.admin.forms import WEEKDAYS, NewsletterForm, time_zone_names
 
 
 @bp.get("/newsletters")
@@ -37,6 +38,7 @@ def _edit(newsletter: Newsletter | None, form: NewsletterForm) -> str | Response
     if form.validate_on_submit():
         values = {field: getattr(form, field).data for field in lists.FIELDS}
         values["slug"] = values["slug"].strip()
+        values["feed_url"] = (values["feed_url"] or "").strip() or None
         try:
             saved = lists.save(db.session, newsletter, values)
         except lists.SlugTaken:
@@ -45,7 +47,13 @@ def _edit(newsletter: Newsletter | None, form: NewsletterForm) -> str | Response
             flash(f"Saved {saved.name}.")
             return redirect(url_for("admin.newsletter", newsletter_id=saved.id))
     status = 422 if form.errors else 200
-    return render_template("admin/newsletter_form.html", form=form, newsletter=newsletter), status
+    page = render_template(
+        "admin/newsletter_form.html",
+        form=form,
+        newsletter=newsletter,
+        time_zones=time_zone_names(),
+    )
+    return page, status
 
 
 @bp.get("/newsletters/<int:newsletter_id>")
@@ -55,7 +63,9 @@ def newsletter(newsletter_id: int) -> str:
     snippet = render_template(
         "embed/snippet.html", newsletter=newsletter, service=current_app.config["BASE_URL"]
     )
-    return render_template("admin/newsletter.html", newsletter=newsletter, snippet=snippet)
+    return render_template(
+        "admin/newsletter.html", newsletter=newsletter, snippet=snippet, weekdays=WEEKDAYS
+    )
 
 
 @bp.post("/newsletters/<int:newsletter_id>/archive")
@@ -65,4 +75,16 @@ def newsletter_archive(newsletter_id: int) -> Response:
     newsletter = db.get_or_404(Newsletter, newsletter_id)
     lists.set_archived(db.session, newsletter, not newsletter.archived)
     flash(f"{newsletter.name} is {'archived' if newsletter.archived else 'open again'}.")
+    return redirect(url_for("admin.newsletter", newsletter_id=newsletter.id))
+
+
+@bp.post("/newsletters/<int:newsletter_id>/pull-feed")
+def newsletter_pull_feed(newsletter_id: int) -> Response:
+    """Fetch the newsletter's feed now and add its new items."""
+    newsletter = db.get_or_404(Newsletter, newsletter_id)
+    added = feeds.pull(db.session, newsletter)
+    if newsletter.feed_error:
+        flash(f"The feed could not be read: {newsletter.feed_error}")
+    else:
+        flash(f"{added} new item{'' if added == 1 else 's'} from the feed.")
     return redirect(url_for("admin.newsletter", newsletter_id=newsletter.id))

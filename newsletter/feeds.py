@@ -1,0 +1,218 @@
+"""RSS and Atom feeds of the site's news: read them, import their items, pull a list's feed."""
+
+from __future__ import annotations
+
+import calendar
+import http.client
+import io
+import logging
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.error import HTTPError, URLError
+from urllib.parse import urlsplit
+
+import feedparser
+from sqlalchemy.orm import Session
+
+from newsletter import items
+from newsletter.models import Newsletter, utcnow
+
+log = logging.getLogger(__name__)
+
+MAX_BYTES = 5 * 1024 * 1024
+TIMEOUT = 20  # seconds
+USER_AGENT = "newsletter-feed-reader/1.0"
+_ACCEPT = (
+    "application/rss+xml, application/atom+xml, application/xml;q=0.9, text/xml;q=0.9, */*;q=0.1"
+)
+
+
+class FeedError(Exception):
+    """A feed that cannot be read; the message says why, fit to show an editor."""
+
+    message = "The feed could not be read."
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.message)
+        self.message = message or self.message
+
+
+class _WebRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects to http and https only (urllib would also follow one to ftp)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        if urlsplit(newurl).scheme not in ("http", "https"):
+            raise FeedError(f"The feed redirects to {newurl[:200]}, which is not an http address.")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def fetch(url: str) -> tuple[bytes, dict[str, str]]:
+    """A feed's bytes and the headers feedparser uses (its type and final address)."""
+    if urlsplit(url).scheme not in ("http", "https"):
+        raise FeedError("Only http and https feeds can be fetched.")
+    # Only the web handlers: no file:, ftp: or data: addresses, whatever a redirect says.
+    opener = urllib.request.OpenerDirector()
+    for handler in (
+        urllib.request.ProxyHandler(),
+        urllib.request.HTTPHandler(),
+        urllib.request.HTTPSHandler(),
+        urllib.request.HTTPDefaultErrorHandler(),
+        urllib.request.HTTPErrorProcessor(),
+        _WebRedirects(),
+    ):
+        opener.add_handler(handler)
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept": _ACCEPT})
+    try:
+        with opener.open(request, timeout=TIMEOUT) as response:
+            length = response.headers.get("Content-Length", "")
+            if length.isdigit() and int(length) > MAX_BYTES:
+                raise FeedError(_too_large())
+            body = response.read(MAX_BYTES + 1)
+            headers = {
+                "content-type": response.headers.get("Content-Type", ""),
+                "content-location": response.geturl(),
+            }
+    except HTTPError as exc:
+        raise FeedError(f"The feed's server answered {exc.code} {exc.reason}.") from exc
+    except URLError as exc:
+        raise FeedError(f"The feed could not be fetched: {exc.reason}.") from exc
+    except (TimeoutError, OSError, http.client.HTTPException, ValueError) as exc:
+        raise FeedError(f"The feed could not be fetched: {exc or type(exc).__name__}.") from exc
+    if len(body) > MAX_BYTES:
+        raise FeedError(_too_large())
+    return body, headers
+
+
+def _too_large() -> str:
+    return f"The feed is larger than {MAX_BYTES // (1024 * 1024)} MB."
+
+
+def _read(source: str | bytes | Path) -> tuple[bytes, dict[str, str]]:
+    if isinstance(source, bytes):
+        return source, {}
+    if isinstance(source, str):
+        if source.startswith(("http://", "https://")):
+            return fetch(source)
+        if "://" in source:
+            raise FeedError("Only http and https feeds can be fetched.")
+        if source.lstrip().startswith("<"):
+            return source.encode(), {"content-type": "application/xml; charset=utf-8"}
+    path = Path(source)
+    try:
+        if path.stat().st_size > MAX_BYTES:
+            raise FeedError(_too_large())
+        return path.read_bytes(), {}
+    except OSError as exc:
+        raise FeedError(f"Cannot read the file {str(source)[:200]}: {exc.strerror}.") from exc
+
+
+def _moment(entry: Any) -> datetime:
+    parsed = entry.get("published_parsed") or entry.get("updated_parsed")
+    if parsed:
+        try:
+            # feedparser hands back UTC as a struct_time.
+            return datetime.fromtimestamp(calendar.timegm(parsed), UTC)
+        except (OverflowError, ValueError, OSError):
+            pass
+    return utcnow()
+
+
+def _title(entry: Any) -> str:
+    title = entry.get("title") or ""
+    if "html" in (entry.get("title_detail") or {}).get("type", ""):
+        title = items.plain_text(title)
+    return " ".join(title.split())[: items.MAX_TITLE]
+
+
+def _summary(entry: Any) -> str:
+    html = entry.get("summary") or ""
+    if not html and entry.get("content"):
+        html = entry["content"][0].get("value") or ""
+    return items.plain_text(html)[: items.MAX_SUMMARY]
+
+
+def parse(source: str | bytes | Path) -> list[dict[str, Any]]:
+    """The items of an RSS or Atom feed: a file path, an http(s) URL, or the feed's bytes.
+
+    Each is a dict of title, url, guid, published_at (aware UTC) and summary (plain text).
+    Entries without a title or an http(s) link are left out.
+    """
+    data, headers = _read(source)
+    # Bytes, never a URL: feedparser must not fetch anything itself.
+    feed = feedparser.parse(io.BytesIO(data), response_headers=headers)
+    if not feed.entries and (feed.bozo or not feed.version):
+        raise FeedError(_not_a_feed(feed))
+    found = []
+    for entry in feed.entries:
+        title = _title(entry)
+        try:
+            url = items.clean_url(entry.get("link"))
+        except items.ItemError:
+            continue
+        if not title:
+            continue
+        guid = " ".join((entry.get("id") or "").split())
+        found.append(
+            {
+                "title": title,
+                "url": url,
+                "guid": guid if 0 < len(guid) <= items.MAX_GUID else url,
+                "published_at": _moment(entry),
+                "summary": _summary(entry),
+            }
+        )
+    if not found and feed.bozo:
+        # A broken document the lenient parser made a few empty entries of.
+        raise FeedError(_not_a_feed(feed))
+    return found
+
+
+def _not_a_feed(feed: Any) -> str:
+    reason = feed.get("bozo_exception")
+    detail = f" ({str(reason)[:200]})" if reason else ""
+    return f"This is not an RSS or Atom feed{detail}."
+
+
+def import_feed(
+    session: Session, source: str | bytes | Path, newsletter: Newsletter
+) -> tuple[int, int]:
+    """Add a feed's new items to a newsletter; commits. Returns (added, already there)."""
+    items.open_newsletters(session, [newsletter.slug])  # refuses an archived list up front
+    added = already = 0
+    for entry in parse(source):
+        _, created = items.add_item(session, **entry, newsletters=[newsletter.slug], source="feed")
+        if created:
+            added += 1
+        else:
+            already += 1
+    return added, already
+
+
+def pull(session: Session, newsletter: Newsletter) -> int:
+    """Fetch a newsletter's feed and add its new items; commits. Never raises.
+
+    Records when the feed was checked and what went wrong, if anything (cleared on
+    success). Returns how many items were added.
+    """
+    url = newsletter.feed_url
+    if not url:
+        return 0
+    added = 0
+    try:
+        added, _ = import_feed(session, url, newsletter)
+    except (FeedError, items.ItemError) as exc:
+        session.rollback()
+        error: str | None = exc.message
+    except Exception as exc:
+        # The worker pulls feeds between sends: one odd feed must not stop it.
+        log.exception("pulling the feed of %s failed", newsletter.slug)
+        session.rollback()
+        error = f"The feed could not be read: {type(exc).__name__}."
+    else:
+        error = None
+    newsletter.feed_error = error
+    newsletter.feed_checked_at = utcnow()
+    session.commit()
+    return added

@@ -1,0 +1,114 @@
+"""News items by hand: list, add, change, delete. Editors and admins."""
+
+from __future__ import annotations
+
+from flask import flash, redirect, render_template, request, url_for
+from werkzeug.wrappers import Response
+
+from newsletter import items
+from newsletter import newsletters as lists
+from newsletter.extensions import db
+from newsletter.models import Item
+from newsletter.web.admin.core import bp
+from newsletter.web.admin.forms import ItemForm
+
+
+@bp.get("/items")
+def items_list() -> str:
+    """Items newest first, a page at a time, of one newsletter when chosen."""
+    every = lists.all_newsletters(db.session)
+    slug = request.args.get("newsletter", "")
+    chosen = next((n for n in every if n.slug == slug), None)
+    page = max(request.args.get("page", 1, type=int), 1)
+    rows, more = items.items_page(db.session, chosen.id if chosen else None, page)
+    return render_template(
+        "admin/items.html",
+        items=rows,
+        newsletters=every,
+        chosen=chosen,
+        page=page,
+        more=more,
+    )
+
+
+def _form(item: Item | None) -> ItemForm:
+    if item is None:
+        form = ItemForm()
+    else:
+        form = ItemForm(obj=item, newsletters=[n.slug for n in item.newsletters])
+    form.newsletters.choices = [
+        (n.slug, n.name) for n in lists.all_newsletters(db.session) if not n.archived
+    ]
+    return form
+
+
+def _show(form: ItemForm, item: Item | None) -> tuple[str, int]:
+    page = render_template("admin/item_form.html", form=form, item=item)
+    return page, 422 if form.errors else 200
+
+
+def _field_error(form: ItemForm, exc: items.ItemError) -> None:
+    field = getattr(form, exc.field or "", None) or form.title
+    field.errors = [*field.errors, exc.message]
+
+
+@bp.route("/items/new", methods=["GET", "POST"])
+def item_new() -> Response | tuple[str, int]:
+    """Add an item by hand."""
+    form = _form(None)
+    if form.validate_on_submit():
+        try:
+            item, created = items.add_item(
+                db.session,
+                title=form.title.data,
+                url=form.url.data,
+                summary=form.summary.data,
+                published_at=form.published_at.data,
+                newsletters=form.newsletters.data,
+                source="admin",
+            )
+        except items.ItemError as exc:
+            _field_error(form, exc)
+        else:
+            if created:
+                flash(f"Added {item.title}.")
+            else:
+                flash(
+                    "An item with this link was there already; it is now on these newsletters too."
+                )
+            return redirect(url_for("admin.items_list"))
+    return _show(form, None)
+
+
+@bp.route("/items/<int:item_id>/edit", methods=["GET", "POST"])
+def item_edit(item_id: int) -> Response | tuple[str, int]:
+    """Change an item's title, link, summary, time or newsletters."""
+    item = db.get_or_404(Item, item_id)
+    form = _form(item)
+    if form.validate_on_submit():
+        try:
+            items.update_item(
+                db.session,
+                item,
+                title=form.title.data,
+                url=form.url.data,
+                summary=form.summary.data,
+                published_at=form.published_at.data or item.published_at,
+                newsletters=form.newsletters.data,
+            )
+        except items.ItemError as exc:
+            _field_error(form, exc)
+        else:
+            flash(f"Saved {item.title}.")
+            return redirect(url_for("admin.items_list"))
+    return _show(form, item)
+
+
+@bp.post("/items/<int:item_id>/delete")
+def item_delete(item_id: int) -> Response:
+    """Delete an item; it leaves every newsletter and digest it was in."""
+    item = db.get_or_404(Item, item_id)
+    title = item.title
+    items.delete_item(db.session, item)
+    flash(f"Deleted {title}.")
+    return redirect(url_for("admin.items_list"))

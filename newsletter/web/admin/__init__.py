@@ -1,6 +1,25 @@
-"""The admin area: sign-in, dashboard, newsletters, subscribers."""
+"""The admin area: sign-in, dashboard, newsletters, items, digests, subscribers, API tokens."""
 
-from newsletter.web.admin import auth, dashboard, imports, newsletters, subscribers
+from newsletter.web.admin import (
+    auth,
+    dashboard,
+    digests,
+    imports,
+    items,
+    newsletters,
+    subscribers,
+    tokens,
+)
 from newsletter.web.admin.core import bp
 
-__all__ = ["bp", "auth", "dashboard", "imports", "newsletters", "subscribers"]
+__all__ = [
+    "bp",
+    "auth",
+    "dashboard",
+    "digests",
+    "imports",
+    "items",
+    "newsletters",
+    "subscribers",
+    "tokens",
+]

@@ -2,20 +2,76 @@
 
 from __future__ import annotations
 
+from functools import cache
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, available_timezones
+
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField, FileRequired
-from wtforms import BooleanField, EmailField, PasswordField, SelectField, StringField, TextAreaField
+from wtforms import (
+    BooleanField,
+    DateTimeLocalField,
+    EmailField,
+    PasswordField,
+    SelectField,
+    SelectMultipleField,
+    StringField,
+    TextAreaField,
+    URLField,
+)
 from wtforms.fields import SelectChoice
-from wtforms.validators import DataRequired, Email, Length, Optional, Regexp, ValidationError
+from wtforms.validators import (
+    DataRequired,
+    Email,
+    InputRequired,
+    Length,
+    Optional,
+    Regexp,
+    ValidationError,
+)
+from wtforms.widgets import CheckboxInput, ListWidget
 
-from newsletter.models import DEFAULT_BUTTON, DEFAULT_PROMPT, DEFAULT_THANKS, ImportMode
+from newsletter import items
+from newsletter.models import (
+    DEFAULT_BUTTON,
+    DEFAULT_PROMPT,
+    DEFAULT_THANKS,
+    AutoDigest,
+    ImportMode,
+)
 from newsletter.subscriptions import SLUG
+
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 
 def _one_line(form: FlaskForm, field: StringField) -> None:
     """Names and addresses end up in mail headers: no line breaks."""
     if field.data and any(c in field.data for c in "\r\n\0"):
         raise ValidationError("Use a single line.")
+
+
+def _web_address(form: FlaskForm, field: StringField) -> None:
+    """Only absolute http and https addresses: the service fetches them."""
+    if field.data:
+        parts = urlsplit(field.data.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValidationError("Use an http:// or https:// address.")
+
+
+@cache
+def time_zone_names() -> list[str]:
+    """The IANA zone names, offered as the time zone field's suggestions."""
+    return sorted(available_timezones())
+
+
+def _time_zone(form: FlaskForm, field: StringField) -> None:
+    """A zone the IANA database knows, such as Europe/Kyiv."""
+    name = (field.data or "").strip()
+    try:
+        ZoneInfo(name)
+    except (ValueError, KeyError, OSError) as exc:
+        raise ValidationError("Use a time zone name such as Europe/Kyiv or UTC.") from exc
+    field.data = name
 
 
 class LoginForm(FlaskForm):
@@ -60,6 +116,82 @@ class NewsletterForm(FlaskForm):
     )
     welcome_text = TextAreaField("Welcome mail text", validators=[Length(max=5000)])
     welcome_enabled = BooleanField("Send a welcome mail after confirmation", default=True)
+    feed_url = URLField(
+        "Feed URL",
+        description="An RSS or Atom feed of the site's news for this list; "
+        "its new items are added before each automatic digest.",
+        validators=[Optional(), Length(max=1000), _web_address],
+    )
+    send_time = StringField(
+        "Send time",
+        default="08:00",
+        description="HH:MM, 24-hour clock, in the time zone below.",
+        validators=[
+            DataRequired(),
+            Regexp(r"^([01][0-9]|2[0-3]):[0-5][0-9]\Z", message="Use HH:MM, such as 08:00."),
+        ],
+    )
+    timezone = StringField(
+        "Time zone",
+        default="UTC",
+        description="An IANA name, such as Europe/Kyiv.",
+        validators=[DataRequired(), Length(max=64), _time_zone],
+        render_kw={"list": "time-zones", "autocomplete": "off"},
+    )
+    send_weekday = SelectField(
+        "Weekday (weekly lists)",
+        coerce=int,
+        default=0,
+        choices=[SelectChoice(n, day) for n, day in enumerate(WEEKDAYS)],
+    )
+    auto_digest = SelectField(
+        "Automatic digests",
+        description="Monthly lists go on the first day of the month.",
+        default=AutoDigest.OFF.value,
+        choices=[
+            SelectChoice(AutoDigest.OFF.value, "Off: editors compose each digest"),
+            SelectChoice(AutoDigest.DRAFT.value, "Create a draft for review on the cadence"),
+            SelectChoice(AutoDigest.SEND.value, "Send directly on the cadence"),
+        ],
+    )
+
+
+class TokenForm(FlaskForm):
+    name = StringField(
+        "Name",
+        description="Who uses it, such as the site's publishing system.",
+        validators=[DataRequired(), Length(max=100), _one_line],
+    )
+
+
+class ItemForm(FlaskForm):
+    title = StringField(
+        "Title", validators=[DataRequired(), Length(max=items.MAX_TITLE), _one_line]
+    )
+    url = URLField(
+        "Link",
+        validators=[DataRequired(), Length(max=items.MAX_URL), _web_address],
+    )
+    summary = TextAreaField(
+        "Summary", description="Plain text.", validators=[Length(max=items.MAX_SUMMARY)]
+    )
+    published_at = DateTimeLocalField(
+        "Published (UTC)",
+        format=["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M"],
+        description="Empty: now.",
+        validators=[Optional()],
+    )
+    newsletters = SelectMultipleField(
+        "Newsletters",
+        widget=ListWidget(prefix_label=False),
+        option_widget=CheckboxInput(),
+        render_kw={"class": "checks"},
+        validate_choice=True,
+    )
+
+    def validate_newsletters(self, field: SelectMultipleField) -> None:
+        if not field.data:
+            raise ValidationError("Choose at least one newsletter.")
 
 
 class ImportForm(FlaskForm):
@@ -96,3 +228,23 @@ class ImportForm(FlaskForm):
     def validate_consent_note(self, field: TextAreaField) -> None:
         if self.mode.data == ImportMode.CONSENTED and not (field.data or "").strip():
             raise ValidationError("Say how and when these people consented.")
+
+
+class DigestForm(FlaskForm):
+    # The items' order, removals and additions are rows of inputs the view reads itself.
+    subject = StringField(
+        "Subject", validators=[DataRequired("A digest needs a subject."), Length(max=300)]
+    )
+    intro = TextAreaField(
+        "Introduction",
+        description="Plain text, shown above the items. Optional.",
+        validators=[Length(max=10_000)],
+    )
+
+
+class ScheduleForm(FlaskForm):
+    when = DateTimeLocalField(
+        "Send at",
+        format=["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"],
+        validators=[InputRequired("Choose a day and a time.")],
+    )

@@ -1,0 +1,293 @@
+"""Digests: compose, edit, preview, test, send or schedule, and watch them go."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, tzinfo
+from zoneinfo import ZoneInfo
+
+from flask import current_app, flash, jsonify, redirect, render_template, request, url_for
+from flask_login import current_user
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+from werkzeug.datastructures import MultiDict
+from werkzeug.wrappers import Response
+
+from newsletter import digests
+from newsletter import items as news_items
+from newsletter import newsletters as lists
+from newsletter.extensions import db
+from newsletter.mail import digest_mail
+from newsletter.models import Digest, Item, Newsletter, Subscription, utcnow
+from newsletter.web.admin.core import bp
+from newsletter.web.admin.forms import DigestForm, ScheduleForm
+
+# How many of the newsletter's latest items the edit page offers to add.
+ADDABLE = 50
+
+
+@bp.get("/digests")
+def digests_list() -> str:
+    """The latest digests, of one newsletter when chosen; a "New digest" button per newsletter."""
+    every = lists.all_newsletters(db.session)
+    slug = request.args.get("newsletter", "")
+    chosen = next((n for n in every if n.slug == slug), None)
+    return render_template(
+        "admin/digests.html",
+        digests=digests.recent(db.session, chosen),
+        newsletters=every,
+        chosen=chosen,
+    )
+
+
+@bp.post("/digests/new")
+def digest_new() -> Response:
+    """Compose a draft of the newsletter's new items, newest first, and open it."""
+    newsletter = db.get_or_404(Newsletter, request.form.get("newsletter", type=int) or 0)
+    try:
+        digest = digests.compose(db.session, newsletter, created_by=current_user.id)
+    except digests.DigestError as exc:
+        flash(exc.message)
+        return redirect(url_for("admin.digests_list", newsletter=newsletter.slug))
+    if not digest.entries:
+        flash("No new items since the last digest: add some below.")
+    return redirect(url_for("admin.digest", digest_id=digest.id))
+
+
+@bp.route("/digests/<int:digest_id>", methods=["GET", "POST"])
+def digest(digest_id: int) -> str | Response | tuple[str, int]:
+    """A draft or scheduled digest to edit and send; any other, its progress and figures."""
+    digest = db.get_or_404(Digest, digest_id)
+    if digest.status not in digests.EDITABLE:
+        if request.method == "POST":
+            flash("This digest is on its way and can no longer be changed.")
+            return redirect(url_for("admin.digest", digest_id=digest.id))
+        return _progress_page(digest)
+    form = DigestForm(obj=digest)
+    chosen = list(digest.items)
+    if request.method == "POST":
+        chosen = _chosen_items(request.form, chosen, _addable(digest, chosen))
+    if form.validate_on_submit():
+        try:
+            digests.edit(
+                db.session,
+                digest,
+                subject=form.subject.data,
+                intro=form.intro.data or "",
+                item_ids=[item.id for item in chosen],
+            )
+        except digests.DigestError as exc:
+            db.session.rollback()
+            form.subject.errors = [*form.subject.errors, exc.message]
+        else:
+            flash("Saved.")
+            return redirect(url_for("admin.digest", digest_id=digest.id))
+    return _edit_page(digest, form, ScheduleForm(formdata=None), chosen)
+
+
+def _edit_page(
+    digest: Digest, form: DigestForm, schedule_form: ScheduleForm, chosen: Sequence[Item]
+) -> tuple[str, int]:
+    zone = _zone(digest.newsletter)
+    page = render_template(
+        "admin/digest_edit.html",
+        digest=digest,
+        form=form,
+        schedule_form=schedule_form,
+        entries=chosen,
+        addable=_addable(digest, chosen),
+        readers=_readers(digest.newsletter),
+        scheduled_local=digest.scheduled_at.astimezone(zone) if digest.scheduled_at else None,
+    )
+    return page, 422 if form.errors or schedule_form.errors else 200
+
+
+def _addable(digest: Digest, chosen: Sequence[Item]) -> list[Item]:
+    """The newsletter's latest items that are not in the digest, newest first."""
+    taken = {item.id for item in chosen}
+    latest = news_items.items_since(db.session, digest.newsletter, None, limit=ADDABLE)
+    return [item for item in latest if item.id not in taken]
+
+
+def _chosen_items(
+    form: MultiDict[str, str], current: Sequence[Item], addable: Sequence[Item]
+) -> list[Item]:
+    """The items in the order the editor numbered them, less those removed, plus those added.
+
+    Each item has a position input and a remove checkbox; the page works without JavaScript.
+    An item given the number another holds goes before it when it moved up and after it
+    when it moved down, which is where the editor meant it to land.
+    """
+    ranked = []
+    for index, item in enumerate(current):
+        if form.get(f"remove-{item.id}"):
+            continue
+        try:
+            position = int(form.get(f"position-{item.id}", ""))
+        except ValueError:
+            position = index + 1
+        moved = (position > index + 1) - (position < index + 1)
+        ranked.append(((position, moved, index), item))
+    ranked.sort(key=lambda pair: pair[0])
+    wanted = set(form.getlist("add", type=int))
+    return [item for _, item in ranked] + [item for item in addable if item.id in wanted]
+
+
+def _readers(newsletter: Newsletter) -> int:
+    """How many readers a digest of the newsletter would go to if it started now."""
+    query = select(func.count()).select_from(Subscription).where(digests.audience(newsletter.id))
+    return db.session.scalar(query) or 0
+
+
+def _zone(newsletter: Newsletter) -> tzinfo:
+    """The newsletter's time zone; UTC if its name is not one this machine knows."""
+    try:
+        return ZoneInfo(newsletter.timezone or "UTC")
+    except (ValueError, KeyError, OSError):
+        return UTC
+
+
+@bp.get("/digests/<int:digest_id>/preview")
+def digest_preview(digest_id: int) -> str:
+    """The digest as a reader gets it: the HTML part in a sandboxed frame, and the text part."""
+    digest = db.get_or_404(Digest, digest_id)
+    base = current_app.config["BASE_URL"].rstrip("/")
+    content = digest_mail.Content(digest.newsletter, digest.subject, digest.intro, digest.items)
+    text, html = digest_mail.render(
+        content, f"{base}/unsubscribe/preview", f"{base}/preferences/preview"
+    )
+    return render_template("admin/digest_preview.html", digest=digest, text=text, html=html)
+
+
+@bp.post("/digests/<int:digest_id>/test")
+def digest_test(digest_id: int) -> Response:
+    """Queue a test copy of the digest to the signed-in account's address."""
+    digest = db.get_or_404(Digest, digest_id)
+    try:
+        digests.send_test(db.session, digest, current_user.email)
+    except digests.DigestError as exc:
+        flash(exc.message)
+    else:
+        flash(f"A test copy is queued for {current_user.email}; the worker sends it shortly.")
+    return redirect(url_for("admin.digest_preview", digest_id=digest.id))
+
+
+@bp.post("/digests/<int:digest_id>/start")
+def digest_start(digest_id: int) -> Response:
+    """Snapshot the confirmed readers and start sending."""
+    digest = db.get_or_404(Digest, digest_id)
+    try:
+        readers = digests.start(db.session, digest)
+    except digests.DigestError as exc:
+        flash(exc.message)
+    else:
+        flash(f"Sending to {readers:,} reader{'' if readers == 1 else 's'}.")
+    return redirect(url_for("admin.digest", digest_id=digest.id))
+
+
+@bp.post("/digests/<int:digest_id>/schedule")
+def digest_schedule(digest_id: int) -> Response | tuple[str, int]:
+    """Schedule the digest at a time in the newsletter's time zone."""
+    digest = db.get_or_404(Digest, digest_id)
+    if digest.status not in digests.EDITABLE:
+        flash("Only a draft can be scheduled.")
+        return redirect(url_for("admin.digest", digest_id=digest.id))
+    form = ScheduleForm()
+    if form.validate_on_submit():
+        zone = _zone(digest.newsletter)
+        when = form.when.data.replace(tzinfo=zone).astimezone(UTC)
+        if when <= utcnow():
+            form.when.errors.append("This time has passed: choose one in the future.")
+        else:
+            try:
+                digests.schedule(db.session, digest, when)
+            except digests.DigestError as exc:
+                form.when.errors.append(exc.message)
+            else:
+                local = when.astimezone(zone)
+                flash(f"Scheduled for {local:%-d %B %Y, %H:%M} ({digest.newsletter.timezone}).")
+                return redirect(url_for("admin.digest", digest_id=digest.id))
+    # The other form shows the saved digest, not this request's fields.
+    return _edit_page(digest, DigestForm(formdata=None, obj=digest), form, digest.items)
+
+
+@bp.post("/digests/<int:digest_id>/unschedule")
+def digest_unschedule(digest_id: int) -> Response:
+    """Back to a draft."""
+    return _action(digest_id, digests.unschedule, "Back to draft: it will not go by itself.")
+
+
+@bp.post("/digests/<int:digest_id>/pause")
+def digest_pause(digest_id: int) -> Response:
+    """Stop handing out mail until resumed."""
+    return _action(digest_id, digests.pause, "Paused. Mail already sent stays sent.")
+
+
+@bp.post("/digests/<int:digest_id>/resume")
+def digest_resume(digest_id: int) -> Response:
+    """Go on from where it paused."""
+    return _action(digest_id, digests.resume, "Sending again.")
+
+
+@bp.post("/digests/<int:digest_id>/cancel")
+def digest_cancel(digest_id: int) -> Response:
+    """Send nothing more of this digest."""
+    return _action(digest_id, digests.cancel, "Cancelled. Nothing more of it is sent.")
+
+
+def _action(digest_id: int, change: Callable[[Session, Digest], object], done: str) -> Response:
+    digest = db.get_or_404(Digest, digest_id)
+    try:
+        change(db.session, digest)
+    except digests.DigestError as exc:
+        flash(exc.message)
+    else:
+        flash(done)
+    return redirect(url_for("admin.digest", digest_id=digest.id))
+
+
+@bp.get("/digests/<int:digest_id>/progress")
+def digest_progress(digest_id: int) -> Response:
+    """Where the digest stands, as JSON for the progress bar."""
+    digest = db.get_or_404(Digest, digest_id)
+    response = jsonify(digests.progress(db.session, digest).as_json(utcnow()))
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _progress_page(digest: Digest) -> str:
+    now = utcnow()
+    state = digests.progress(db.session, digest)
+    figures = state.as_json(now)
+    left = figures["seconds_left"]
+    duration = None
+    if state.started_at is not None and state.finished_at is not None:
+        duration = _span((state.finished_at - state.started_at).total_seconds())
+    return render_template(
+        "admin/digest.html",
+        digest=digest,
+        figures=figures,
+        done=state.done,
+        percent=_percent(state.done, state.recipients, state.finished),
+        left=_span(left) if isinstance(left, int) else None,
+        duration=duration,
+        average=state.rate(now),
+    )
+
+
+def _percent(done: int, total: int, finished: bool) -> int:
+    """How far along, 0 to 100; a digest with nobody to mail is done once it is finished."""
+    if total <= 0:
+        return 100 if finished else 0
+    return min(100, done * 100 // total)
+
+
+def _span(seconds: float) -> str:
+    """A number of seconds as a person reads it: 45 s, 12 min, 3 h 5 min."""
+    total = round(seconds)
+    if total < 90:
+        return f"{total} s"
+    minutes = round(total / 60)
+    if minutes < 90:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60} min"

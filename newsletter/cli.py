@@ -3,21 +3,35 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 from flask import current_app
 from flask.cli import FlaskGroup, with_appcontext
 from flask_migrate import upgrade
+from sqlalchemy.orm import Session
 
-from newsletter import accounts, create_app, demo, exports, imports
+from newsletter import accounts, create_app, demo, digests, exports, feeds, imports
 from newsletter.extensions import db
-from newsletter.mail import outbox, transport
-from newsletter.models import ImportMode, JobStatus, Newsletter, Role, SubscriptionStatus
+from newsletter.mail import dkim, outbox, transport
+from newsletter.models import (
+    Digest,
+    DigestStatus,
+    ImportMode,
+    JobStatus,
+    Newsletter,
+    Role,
+    SubscriptionStatus,
+    utcnow,
+)
+from newsletter.sending import DigestSender
 from newsletter.subscribers import Filter
+from newsletter.worker import OtherWork
 
 
 @click.group(cls=FlaskGroup, create_app=create_app, add_default_commands=True)
@@ -47,27 +61,154 @@ def seed_demo() -> None:
 @click.option("--poll", default=1.0, show_default=True, help="Seconds between looks when idle.")
 @with_appcontext
 def worker(drain: bool, batch_size: int, poll: float) -> None:
-    """Send queued mail and run queued imports until stopped (Ctrl-C or SIGTERM: clean stop)."""
+    """Send mail and digests, run imports and cadences until stopped (Ctrl-C, SIGTERM: clean)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg = current_app.config
-    mailer = transport.from_config(cfg["SMTP_URL"], cfg["OUTBOX_DIR"])
+    signer = dkim.Signer.from_config(cfg)
+    mailer = transport.from_config(cfg["SMTP_URL"], cfg["OUTBOX_DIR"], signer=signer)
     settings = outbox.WorkerSettings(batch_size=batch_size, poll_interval=poll)
     stop = threading.Event()
     outbox.stop_on_signals(stop)
     where = "SMTP" if cfg["SMTP_URL"] else cfg["OUTBOX_DIR"]
     if not drain:
         click.echo(f"Worker sending to {where}; Ctrl-C to stop.")
-    instance = current_app.instance_path
+    sender = DigestSender(mailer, signer=signer)
+    other = OtherWork(lambda: db.session, sender, current_app.instance_path, stop)
     handled = outbox.run(
-        lambda: db.session,
-        mailer,
-        settings,
-        drain=drain,
-        stop=stop,
-        between_batches=lambda: imports.run_next_job(lambda: db.session, instance, stop),
+        lambda: db.session, mailer, settings, drain=drain, stop=stop, between_batches=other
     )
     waiting = outbox.pending_count(db.session)
     click.echo(f"Messages handled: {handled}; waiting for a retry: {waiting}.")
+
+
+def _digest(digest_id: int) -> Digest:
+    digest = db.session.get(Digest, digest_id)
+    if digest is None:
+        raise click.BadParameter(f"there is no digest {digest_id}", param_hint="DIGEST_ID")
+    return digest
+
+
+def _newsletter(slug: str) -> Newsletter:
+    newsletter = db.session.scalar(db.select(Newsletter).where(Newsletter.slug == slug))
+    if newsletter is None:
+        raise click.BadParameter(f"no newsletter with slug {slug!r}", param_hint="SLUG")
+    return newsletter
+
+
+@cli.group("digest")
+def digest_group() -> None:
+    """Digests of news items: send, watch, pause, resume, cancel."""
+
+
+@digest_group.command("send")
+@click.argument("slug")
+@click.option("--subject", help="The subject line (default: the list's name and top story).")
+@click.option("--intro", default="", help="A few words above the items.")
+@click.option("--wait", is_flag=True, help="Send from here with a progress bar until done.")
+@with_appcontext
+def digest_send(slug: str, subject: str | None, intro: str, wait: bool) -> None:
+    """Compose a digest of the newsletter's new items and send it to every confirmed reader.
+
+    Without --wait the workers send it. With --wait this command sends too (workers that run
+    share the work), shows a progress bar, and exits 0 once every reader got it, non-zero
+    with the reason when mail failed, or the digest was paused or cancelled.
+    """
+    newsletter = _newsletter(slug)
+    if not digests.new_items(db.session, newsletter):
+        raise click.ClickException(f"{newsletter.name} has no new items since its last digest.")
+    try:
+        digest = digests.compose(db.session, newsletter, subject=subject, intro=intro)
+        readers = digests.start(db.session, digest)
+    except digests.DigestError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(f"Digest {digest.id} ({digest.subject!r}): {readers:,} readers.")
+    if wait:
+        _send_and_watch(digest)
+
+
+def _send_and_watch(digest: Digest) -> None:
+    cfg = current_app.config
+    signer = dkim.Signer.from_config(cfg)
+    mailer = transport.from_config(cfg["SMTP_URL"], cfg["OUTBOX_DIR"], signer=signer)
+    sender = DigestSender(mailer, signer=signer)
+    stop = threading.Event()
+    outbox.stop_on_signals(stop)
+    with click.progressbar(length=max(digest.recipients, 1), label="Sending") as bar:
+        try:
+            while not stop.is_set():
+                if not sender.step(db.session, stop, only=digest.id):
+                    digests.finish_if_done(db.session, digest.id)
+                    state = digests.progress(db.session, digest)
+                    if state.finished or state.status == DigestStatus.PAUSED:
+                        bar.update(state.done - bar.pos)
+                        break
+                    stop.wait(0.5)  # rows waiting for a retry, or held by another worker
+                state = digests.progress(db.session, digest)
+                bar.update(state.done - bar.pos)
+        finally:
+            mailer.close()
+    state = digests.progress(db.session, digest)
+    summary = f"{state.sent:,} sent, {state.failed:,} failed, {state.skipped:,} skipped"
+    if stop.is_set() and not state.finished:
+        raise click.ClickException(
+            f"Stopped watching digest {digest.id} ({summary}); the workers go on sending it."
+        )
+    if state.status != DigestStatus.SENT:
+        raise click.ClickException(f"Digest {digest.id} is {state.status}: {summary}.")
+    if state.failed:
+        raise click.ClickException(f"Digest {digest.id} done, but not for everyone: {summary}.")
+    click.echo(f"Digest {digest.id} sent: {summary}.")
+
+
+@digest_group.command("list")
+@click.option("--newsletter", "slug", help="Only this newsletter (its slug).")
+@with_appcontext
+def digest_list(slug: str | None) -> None:
+    """The latest digests, newest first."""
+    newsletter = _newsletter(slug) if slug else None
+    for digest in digests.recent(db.session, newsletter, limit=30):
+        state = digests.progress(db.session, digest)
+        click.echo(
+            f"{digest.id:>6}  {digest.newsletter.slug:<20} {state.status:<10} "
+            f"{state.sent:>9,} sent {state.failed:>7,} failed  {digest.subject}"
+        )
+
+
+@digest_group.command("status")
+@click.argument("digest_id", type=int)
+@with_appcontext
+def digest_status(digest_id: int) -> None:
+    """Where a digest stands."""
+    digest = _digest(digest_id)
+    state = digests.progress(db.session, digest).as_json(utcnow())
+    click.echo(f"Digest {digest.id} of {digest.newsletter.slug}: {digest.subject}")
+    for key, value in state.items():
+        click.echo(f"  {key.replace('_', ' ')}: {value if value is not None else '-'}")
+
+
+def _digest_action(
+    name: str, action: Callable[[Session, Digest], Digest], done: str, help: str
+) -> None:
+    @digest_group.command(name, help=help)
+    @click.argument("digest_id", type=int)
+    @with_appcontext
+    def command(digest_id: int) -> None:
+        digest = _digest(digest_id)
+        try:
+            action(db.session, digest)
+        except digests.DigestError as exc:
+            raise click.ClickException(exc.message) from exc
+        click.echo(f"Digest {digest.id} {done}.")
+
+
+_digest_action("pause", digests.pause, "paused: workers put back what they hold", "Pause a digest.")
+_digest_action("resume", digests.resume, "resumed", "Go on sending a paused digest.")
+_digest_action(
+    "cancel",
+    digests.cancel,
+    "cancelled: nothing more of it is sent",
+    "Send nothing more of a digest.",
+)
 
 
 @cli.command("create-admin")
@@ -92,6 +233,32 @@ def create_admin(email: str, password: str | None, role: str) -> None:
     except accounts.AccountError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"Account {user.email} created ({user.role}).")
+
+
+@cli.group("items")
+def items_group() -> None:
+    """News items, the material of digests."""
+
+
+@items_group.command("import")
+@click.argument("source")
+@click.option("--newsletter", "slug", required=True, help="The newsletter to add them to (slug).")
+@with_appcontext
+def import_items(source: str, slug: str) -> None:
+    """Add the items of an RSS or Atom feed (a file or an http(s) URL) to a newsletter.
+
+    Items already there (same guid or link) are not added again.
+    """
+    newsletter = db.session.scalar(db.select(Newsletter).where(Newsletter.slug == slug))
+    if newsletter is None or newsletter.archived:
+        raise click.BadParameter(
+            f"no open newsletter with slug {slug!r}", param_hint="--newsletter"
+        )
+    try:
+        added, already = feeds.import_feed(db.session, source, newsletter)
+    except feeds.FeedError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(f"{added} added, {already} already there")
 
 
 @cli.group("subscribers")
@@ -172,3 +339,66 @@ def import_subscribers(file: Path, slug: str, confirmed: bool, consent_note: str
         f"{job.added:,} added, {job.unchanged:,} unchanged, {job.rejected:,} rejected."
     )
     click.echo(f"Report: {report}")
+
+
+@cli.group("dkim")
+def dkim_group() -> None:
+    """DKIM keys for signing outgoing mail."""
+
+
+@dkim_group.command("generate")
+@click.option("--selector", required=True, help="The DKIM selector, e.g. news2025.")
+@click.option("--domain", required=True, help="The signing domain (d=), e.g. example.org.")
+@click.option(
+    "--algorithm",
+    type=click.Choice(["rsa", "ed25519"]),
+    default="rsa",
+    show_default=True,
+    help="rsa: 2048 bits, verified everywhere; ed25519: RFC 8463, not every receiver checks it.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the private key (mode 0600). Default: instance/dkim-SELECTOR.pem.",
+)
+@click.option("--force", is_flag=True, help="Replace an existing key file.")
+@with_appcontext
+def dkim_generate(
+    selector: str, domain: str, algorithm: str, out: Path | None, force: bool
+) -> None:
+    """Make a DKIM key; print the DNS record to publish and the settings to use it."""
+    try:
+        pem, name, value = dkim.generate(selector, domain, algorithm)
+    except dkim.DKIMConfigError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    path = (out or Path(current_app.instance_path) / f"dkim-{selector}.pem").absolute()
+    if path.exists() and not force:
+        raise click.ClickException(f"{path} exists; use --force to replace it")
+    _write_private(path, pem)
+    strings = " ".join(f'"{part}"' for part in dkim.txt_strings(value))
+    click.echo(f"Private key written to {path} (mode 0600).")
+    click.echo("")
+    click.echo("Publish this TXT record in DNS:")
+    click.echo(f"  name:  {name}")
+    click.echo(f"  value: {strings}")
+    click.echo("")
+    click.echo("Then set, and restart the web app and the workers:")
+    click.echo(f"  NEWSLETTER_DKIM_PRIVATE_KEY={path}")
+    click.echo(f"  NEWSLETTER_DKIM_SELECTOR={selector}")
+    click.echo(f"  NEWSLETTER_DKIM_DOMAIN={domain}")
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a secret readable by its owner only, replacing any file there at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Created 0600: the key is never readable by others, not even for a moment.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            os.fchmod(file.fileno(), 0o600)  # a umask cannot widen it, but be exact
+            file.write(data)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,403 @@
+"""Digest sending against Postfix's smtp-sink, with plain smtplib and smtp-source as baselines.
+
+Run from the project root (Debian: `apt-get install postfix` for smtp-sink and smtp-source):
+
+    .venv/bin/python bench/digest.py [--readers 20000] [--big 200000] [--postgres URL]
+
+In one run, against one smtp-sink:
+  * ours: `newsletter worker --drain` processes (1, then 2) send a digest of 10 items to every
+    confirmed reader, from the snapshot to the last row marked sent;
+  * smtplib: the same number of messages, pre-built, of the same size and structure (one of
+    ours with only the recipient changed), sent with `smtplib.SMTP.sendmail` over the same
+    number of connections (one process each);
+  * smtp-source: Postfix's C client, the same number of messages of the same size over the
+    same number of connections: what this machine can do at all.
+Then the same with RSA-2048 DKIM signing on, and the peak RSS of one worker for `--readers`
+and for `--big` readers. Every figure is a ratio against a baseline measured in this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import secrets
+import shutil
+import smtplib
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import create_engine, func, insert, select, text  # noqa: E402
+
+TARGET_RATIO = 0.7
+TARGET_DKIM = 0.6
+TARGET_RSS_GROWTH = 1.5
+SENDER = "daily@news.example.org"
+NEWSLETTER = Path(sys.executable).parent / "newsletter"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Setup:
+    workdir: Path
+    database_url: str
+    port: int
+    env: dict[str, str]
+
+
+def environment(workdir: Path, database_url: str, port: int) -> dict[str, str]:
+    return {
+        **os.environ,
+        "NEWSLETTER_ENV": "production",
+        "NEWSLETTER_SECRET_KEY": "bench-" + secrets.token_hex(16),
+        "NEWSLETTER_BASE_URL": "https://news.example.org",
+        "NEWSLETTER_INSTANCE_PATH": str(workdir / "instance"),
+        "NEWSLETTER_DATABASE_URL": database_url,
+        "NEWSLETTER_SMTP_URL": f"smtp://127.0.0.1:{port}",
+    }
+
+
+def app_for(env: dict[str, str]):  # type: ignore[no-untyped-def]
+    os.environ.update({k: v for k, v in env.items() if k.startswith("NEWSLETTER_")})
+    from newsletter import create_app
+
+    return create_app()
+
+
+def populate(env: dict[str, str], readers: int) -> None:
+    """A fresh database: one newsletter, 10 items, `readers` confirmed readers."""
+    from flask_migrate import upgrade
+
+    from newsletter.extensions import db
+    from newsletter.models import Item, Newsletter, utcnow
+
+    app = app_for(env)
+    with app.app_context():
+        upgrade()
+        newsletter = Newsletter(
+            slug="daily",
+            name="Daily Briefing",
+            from_name="Daily Desk",
+            from_address=SENDER,
+            reply_to="desk@news.example.org",
+        )
+        db.session.add(newsletter)
+        now = utcnow()
+        for n in range(10):
+            db.session.add(
+                Item(
+                    guid=f"bench-{n}",
+                    title=f"Story {n}: Russian attacks against Ukraine kill 5, injure 38",
+                    url=f"https://news.example.org/news/story-{n}",
+                    summary=(
+                        "Ukrainian air defenses shot down 59 of the 116 Shahed-type attack drones "
+                        "launched by Russia overnight, the Air Force said. Forty-five drones were "
+                        "reportedly lost on Ukrainian territory. "
+                    )
+                    * 2,
+                    published_at=now - timedelta(minutes=n),
+                    newsletters=[newsletter],
+                )
+            )
+        db.session.commit()
+        add_readers(db, newsletter.id, 0, readers)
+        db.engine.dispose()
+
+
+def add_readers(db, newsletter_id: int, start: int, stop: int) -> None:  # type: ignore[no-untyped-def]
+    from newsletter.models import Subscriber, Subscription, utcnow
+
+    now = utcnow()
+    step = 20_000
+    for first in range(start, stop, step):
+        last = min(first + step, stop)
+        db.session.execute(
+            insert(Subscriber),
+            [
+                {
+                    "email": f"reader{n}@example.com",
+                    "email_key": f"reader{n}@example.com",
+                    "token_key": secrets.token_urlsafe(12),
+                    "created_at": now,
+                }
+                for n in range(first, last)
+            ],
+        )
+        ids = db.session.scalars(
+            select(Subscriber.id).where(Subscriber.id > first).order_by(Subscriber.id)
+        ).all()[: last - first]
+        db.session.execute(
+            insert(Subscription),
+            [
+                {
+                    "subscriber_id": i,
+                    "newsletter_id": newsletter_id,
+                    "status": "confirmed",
+                    "nonce": "bench",
+                    "subscribed_at": now,
+                    "confirmed_at": now,
+                }
+                for i in ids
+            ],
+        )
+        db.session.commit()
+
+
+def grow(env: dict[str, str], readers: int) -> None:
+    """Add readers up to `readers`."""
+    from newsletter.extensions import db
+    from newsletter.models import Subscription
+
+    app = app_for(env)
+    with app.app_context():
+        have = db.session.scalar(select(func.count(Subscription.id))) or 0
+        add_readers(db, 1, have, readers)
+        db.engine.dispose()
+
+
+def start_digest(env: dict[str, str]) -> tuple[int, int, float]:
+    """Compose and start a digest; returns its id, its readers and the snapshot's seconds."""
+    from newsletter import digests
+    from newsletter.extensions import db
+    from newsletter.models import Item, Newsletter
+
+    app = app_for(env)
+    with app.app_context():
+        newsletter = db.session.scalar(select(Newsletter))
+        items = list(db.session.scalars(select(Item).order_by(Item.published_at.desc())))
+        digest = digests.compose(db.session, newsletter, items=items)
+        began = time.perf_counter()
+        readers = digests.start(db.session, digest)
+        took = time.perf_counter() - began
+        digest_id = digest.id
+        db.engine.dispose()
+    return digest_id, readers, took
+
+
+def sample_message(env: dict[str, str]) -> bytes:
+    """One reader's mail exactly as the workers build it."""
+    from newsletter.extensions import db
+    from newsletter.mail.digest_mail import Content, PreparedDigest
+    from newsletter.models import Item, Newsletter
+
+    app = app_for(env)
+    with app.app_context(), app.test_request_context():
+        newsletter = db.session.scalar(select(Newsletter))
+        items = list(db.session.scalars(select(Item).order_by(Item.published_at.desc())))
+        prepared = PreparedDigest(Content(newsletter, "Daily Briefing", "", items), "sample")
+        data = prepared.message(1, "reader0@example.com", 1, "key")
+        db.engine.dispose()
+    return data
+
+
+def check_sent(env: dict[str, str], digest_id: int, readers: int) -> None:
+    from newsletter.extensions import db
+    from newsletter.models import Digest
+
+    app = app_for(env)
+    with app.app_context():
+        digest = db.session.get(Digest, digest_id)
+        assert digest is not None
+        if digest.status != "sent" or digest.sent_count != readers:
+            raise SystemExit(
+                f"digest {digest_id}: {digest.status}, {digest.sent_count} of {readers} sent"
+            )
+        db.engine.dispose()
+
+
+def run_workers(env: dict[str, str], count: int, extra: dict[str, str] | None = None) -> float:
+    """Start `count` workers with --drain and wait for all; returns the seconds."""
+    began = time.perf_counter()
+    processes = [
+        subprocess.Popen(
+            [str(NEWSLETTER), "worker", "--drain"],
+            env={**env, **(extra or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(count)
+    ]
+    for process in processes:
+        _, err = process.communicate()
+        if process.returncode != 0:
+            raise SystemExit(f"worker failed: {err.decode()[-2000:]}")
+    return time.perf_counter() - began
+
+
+def ours(env: dict[str, str], workers: int, extra: dict[str, str] | None = None) -> float:
+    digest_id, readers, _ = start_digest(env)
+    seconds = run_workers(env, workers, extra)
+    check_sent(env, digest_id, readers)
+    return readers / seconds
+
+
+def _smtplib_share(port: int, data: bytes, first: int, count: int) -> None:
+    head, _, rest = data.partition(b"\r\n")  # the first line is To:
+    assert head.startswith(b"To: ")
+    smtp = smtplib.SMTP("127.0.0.1", port)
+    smtp.ehlo()
+    for n in range(first, first + count):
+        to = f"reader{n}@example.com"
+        smtp.sendmail(SENDER, [to], b"To: " + to.encode() + b"\r\n" + rest)
+    smtp.quit()
+
+
+def plain_smtplib(port: int, data: bytes, messages: int, connections: int) -> float:
+    share = messages // connections
+    context = multiprocessing.get_context("fork")
+    processes = [
+        context.Process(target=_smtplib_share, args=(port, data, n * share, share))
+        for n in range(connections)
+    ]
+    began = time.perf_counter()
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join()
+        assert process.exitcode == 0
+    return share * connections / (time.perf_counter() - began)
+
+
+def smtp_source(port: int, size: int, messages: int, connections: int) -> float:
+    began = time.perf_counter()
+    subprocess.run(
+        [
+            "smtp-source",
+            "-d",  # keep each connection for the next message, as we do
+            "-s",
+            str(connections),
+            "-m",
+            str(messages),
+            "-l",
+            str(size),
+            "-f",
+            SENDER,
+            "-t",
+            "reader@example.com",
+            f"127.0.0.1:{port}",
+        ],
+        check=True,
+    )
+    return messages / (time.perf_counter() - began)
+
+
+def peak_rss_mb(env: dict[str, str]) -> float:
+    """Peak RSS of one worker sending a whole digest."""
+    digest_id, readers, _ = start_digest(env)
+    probe = (
+        "import resource, subprocess, sys;"
+        "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL);"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, str(NEWSLETTER), "worker", "--drain"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    check_sent(env, digest_id, readers)
+    return int(out.split()[-1]) / 1024
+
+
+def dkim_env(workdir: Path) -> dict[str, str]:
+    from newsletter.mail import dkim
+
+    pem, _, _ = dkim.generate("bench", "news.example.org", "rsa")
+    key = workdir / "dkim.pem"
+    key.write_bytes(pem)
+    return {
+        "NEWSLETTER_DKIM_PRIVATE_KEY": str(key),
+        "NEWSLETTER_DKIM_SELECTOR": "bench",
+        "NEWSLETTER_DKIM_DOMAIN": "news.example.org",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--readers", type=int, default=20_000)
+    parser.add_argument("--big", type=int, default=200_000, help="readers for the RSS check")
+    parser.add_argument("--postgres", help="a PostgreSQL server URL instead of SQLite")
+    parser.add_argument("--no-rss", action="store_true", help="skip the --big RSS check")
+    args = parser.parse_args()
+    if not shutil.which("smtp-sink") or not shutil.which("smtp-source"):
+        raise SystemExit("smtp-sink and smtp-source are needed: apt-get install postfix")
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-digest-"))
+    (workdir / "instance").mkdir()
+    if args.postgres:
+        base = args.postgres.rstrip("/")
+        admin = create_engine(f"{base}/postgres", isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text("DROP DATABASE IF EXISTS bench_digest"))
+            conn.execute(text("CREATE DATABASE bench_digest"))
+        admin.dispose()
+        database_url = f"{base}/bench_digest"
+    else:
+        database_url = f"sqlite:///{workdir / 'bench.db'}"
+    port = free_port()
+    sink = subprocess.Popen(["smtp-sink", "-u", "nobody", f"127.0.0.1:{port}", "1000"])
+    time.sleep(0.5)
+    try:
+        env = environment(workdir, database_url, port)
+        print(f"database: {database_url.split('://')[0]}; readers: {args.readers:,}")
+        began = time.perf_counter()
+        populate(env, args.readers)
+        print(f"populated in {time.perf_counter() - began:.1f} s")
+        data = sample_message(env)
+        size = len(data)
+        print(f"one digest mail: {size:,} bytes, multipart/alternative, quoted-printable")
+        _, _, snapshot = start_digest(env)
+        print(f"snapshot of {args.readers:,} readers into the ledger: {snapshot * 1000:.0f} ms")
+        # That digest is sent as a warm-up (page cache, first connections).
+        run_workers(env, 1)
+
+        signing = dkim_env(workdir)
+        results = {}
+        for workers in (1, 2):
+            base_smtplib = plain_smtplib(port, data, args.readers, workers)
+            base_source = smtp_source(port, size, args.readers, workers)
+            rate = ours(env, workers)
+            signed = ours(env, workers, signing)
+            results[workers] = rate
+            print(f"\n{workers} worker(s) / connection(s):")
+            print(f"  smtp-source        {base_source:8,.0f} msg/s")
+            print(f"  smtplib pre-built  {base_smtplib:8,.0f} msg/s")
+            print(f"  ours               {rate:8,.0f} msg/s")
+            print(f"  ours, DKIM RSA-2048 {signed:7,.0f} msg/s")
+            print(f"  ours / smtplib     {rate / base_smtplib:8.2f}   (target >= {TARGET_RATIO})")
+            print(f"  ours / smtp-source {rate / base_source:8.2f}")
+            print(f"  DKIM on / off      {signed / rate:8.2f}   (target >= {TARGET_DKIM})")
+        print(f"\n2 workers / 1 worker: {results[2] / results[1]:.2f} (target > 1)")
+
+        if not args.no_rss:
+            small = peak_rss_mb(env)
+            grow(env, args.big)
+            big = peak_rss_mb(env)
+            print(
+                f"\npeak RSS of one worker: {small:.0f} MB for {args.readers:,} readers, "
+                f"{big:.0f} MB for {args.big:,}: {big / small:.2f}x "
+                f"(target <= {TARGET_RSS_GROWTH}x)"
+            )
+    finally:
+        sink.terminate()
+        sink.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

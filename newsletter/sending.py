@@ -13,12 +13,14 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from flask import current_app
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Row, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -128,6 +130,9 @@ class DigestSender:
         self.signer = signer
         self.throttle = Throttle(self.settings.rate)
         self._prepared: dict[int, PreparedDigest] = {}
+        # With DKIM, the next messages are built and signed in threads while this one is on
+        # the wire: OpenSSL's RSA lets go of the GIL, and a signature costs as much as a send.
+        self._pool = ThreadPoolExecutor(max_workers=2) if signer is not None else None
 
     def prepared(self, digest: Digest) -> PreparedDigest:
         """The digest rendered once for this worker; it does not change while it is sent."""
@@ -213,13 +218,14 @@ class DigestSender:
             self._settle(session, gone, token, DS.SKIPPED, "reader erased")
         # Marks go through a connection of their own: a Session's bookkeeping would cost more
         # than the write itself, once per message.
+        ahead = _Ahead(recipients, prepared, self._pool)
         with session.get_bind().connect() as marks:
             for position, (
                 row_id,
                 status,
                 subscriber_id,
                 address,
-                token_key,
+                _token_key,
                 attempts,
             ) in enumerate(recipients):
                 now_mono = time.monotonic()
@@ -244,7 +250,7 @@ class DigestSender:
                     continue
                 self.throttle.wait(stop)
                 try:
-                    data = prepared.message(row_id, address, subscriber_id, token_key)
+                    data = ahead.get(position)
                 except Exception as exc:
                     # One reader's bad data (an address that cannot be a header) fails alone.
                     log.warning(
@@ -353,6 +359,37 @@ class DigestSender:
             .execution_options(synchronize_session=False)
         )
         session.commit()
+
+
+class _Ahead:
+    """Each reader's message of a batch, built (and signed) a few readers ahead in a pool."""
+
+    window = 4
+
+    def __init__(
+        self,
+        recipients: Sequence[Row[Any]],
+        prepared: PreparedDigest,
+        pool: ThreadPoolExecutor | None,
+    ) -> None:
+        self.recipients = recipients
+        self.prepared = prepared
+        self.pool = pool
+        self.futures: dict[int, Future[bytes]] = {}
+
+    def _build(self, position: int) -> bytes:
+        row_id, _, subscriber_id, address, token_key, _ = self.recipients[position]
+        return self.prepared.message(row_id, address, subscriber_id, token_key)
+
+    def get(self, position: int) -> bytes:
+        """The message for the reader at `position`; raises what building it raised."""
+        if self.pool is None:
+            return self._build(position)
+        for upcoming in range(position, min(position + self.window, len(self.recipients))):
+            confirmed = self.recipients[upcoming][1] == SubscriptionStatus.CONFIRMED
+            if upcoming not in self.futures and confirmed:
+                self.futures[upcoming] = self.pool.submit(self._build, upcoming)
+        return self.futures.pop(position).result()
 
 
 def suppress_bounced(session: Session, subscriber_id: int, address: str) -> None:

@@ -1,6 +1,6 @@
 """DKIM signatures (RFC 6376) for outgoing mail: RSA-SHA256, or Ed25519-SHA256 (RFC 8463).
 
-dkimpy's parsing and canonicalisation decide which bytes are signed, so a signature here covers
+dkimpy's canonicalisation decides which bytes are signed, so a signature here covers
 exactly what dkimpy (and the receivers that agree with it) verify. The signing itself is done by
 OpenSSL through `cryptography`: dkimpy signs RSA in pure Python, over ten times slower.
 """
@@ -15,7 +15,6 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-import dkim
 import idna
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
@@ -40,6 +39,13 @@ SIGNED_HEADERS = (
     "mime-version",
     "content-type",
 )
+
+_SIGNED = tuple(name.encode("ascii") for name in SIGNED_HEADERS)
+# Stand-ins of the same length as the values, for the signature header's template.
+_T_MARK = "9" * 10
+_BH_MARK = "B" * 44
+# Where one header field ends: a line break not followed by folding white space.
+_FIELD_END = re.compile(rb"\r\n(?![ \t])")
 
 MIN_RSA_BITS = 1024  # RFC 8301: signers MUST NOT use smaller keys
 MAX_RSA_BITS = 4096  # the largest verifiers are required to accept (RFC 8301)
@@ -88,6 +94,8 @@ class Signer:
                 f"a {type(private_key).__name__} cannot sign DKIM; use RSA (2048 bits) or Ed25519"
             )
         self._key = private_key
+        self._canonical_fields: dict[bytes, tuple[bytes, bytes]] = {}
+        self._templates: dict[tuple[bytes, ...], str] = {}
         self._fixed_tags = (
             "v=1",
             f"a={self.algorithm}",
@@ -155,34 +163,41 @@ class Signer:
         For a mail whose body is the same for every recipient (per-reader links only in the
         headers, List-Unsubscribe among them), hash the body once and sign each header block.
         `headers` may end with or without the blank line that ends it.
+
+        Mails of one digest share most header fields: each field's canonical form (dkimpy's
+        relaxed canonicalisation) is kept, and so is the signature header's text around t=
+        and bh=, so only what differs per reader is worked out again.
         """
-        try:
-            parsed, _ = dkim.rfc822_parse(headers.rstrip(b"\r\n") + b"\r\n\r\n")
-        except dkim.MessageFormatError as exc:
-            raise SigningError(str(exc)) from exc
-        canonical = _RELAXED.canonicalize_headers(parsed)
-        counts: dict[str, int] = {}
+        canonical = [self._canonical(field) for field in _fields(headers)]
+        counts: dict[bytes, int] = {}
         for name, _value in canonical:
-            text = name.decode("ascii", "replace")
-            counts[text] = counts.get(text, 0) + 1
-        if "from" not in counts:
+            counts[name] = counts.get(name, 0) + 1
+        if b"from" not in counts:
             raise SigningError("a message without a From header cannot be DKIM-signed")
         # Each field is listed once more than it occurs ("oversigning", RFC 6376 §8.15): a
         # second Subject or List-Unsubscribe added on the way then breaks the signature.
-        signed: list[str] = []
-        for name in SIGNED_HEADERS:
+        signed: list[bytes] = []
+        for name in _SIGNED:
             if name in counts:
                 signed += [name] * (counts[name] + 1)
-        tags = self._tags(signed, base64.b64encode(body_hash).decode("ascii"))
+        tags = self._tags_for(tuple(signed), base64.b64encode(body_hash).decode("ascii"))
         digest = hashlib.sha256()
-        dkim.hash_headers(
-            digest,
-            _RELAXED,
-            canonical,
-            [name.encode("ascii") for name in signed],
-            (b"DKIM-Signature", tags.encode("ascii")),
-            {},
+        # RFC 6376 §5.4.2: each name in h= takes the next occurrence from the bottom up;
+        # a name listed more often than it occurs adds nothing.
+        below: dict[bytes, int] = {}
+        for name in signed:
+            position = below.get(name, len(canonical))
+            while position > 0:
+                position -= 1
+                if canonical[position][0] == name:
+                    digest.update(name + b":" + canonical[position][1])
+                    break
+            below[name] = position
+        [(sig_name, sig_value)] = _RELAXED.canonicalize_headers(
+            [(b"DKIM-Signature", tags.encode("ascii"))]
         )
+        # The signature header is hashed without its final CRLF, its b= empty.
+        digest.update(sig_name + b":" + sig_value.rstrip())
         if isinstance(self._key, rsa.RSAPrivateKey):
             signature = self._key.sign(
                 digest.digest(), padding.PKCS1v15(), Prehashed(hashes.SHA256())
@@ -192,10 +207,37 @@ class Signer:
             signature = self._key.sign(digest.digest())
         return b"DKIM-Signature:" + tags.encode("ascii") + _fold_b(signature) + b"\r\n"
 
+    def _canonical(self, field: bytes) -> tuple[bytes, bytes]:
+        """A header field's relaxed canonical (name, value), remembered for the next mail."""
+        found = self._canonical_fields.get(field)
+        if found is None:
+            name, colon, value = field.partition(b":")
+            if not colon or not name or name != name.strip() or b" " in name:
+                raise SigningError(f"not a header field: {field[:60]!r}")
+            [found] = _RELAXED.canonicalize_headers([(name, value)])
+            if len(self._canonical_fields) > 10_000:
+                self._canonical_fields.clear()  # per-reader fields would pile up
+            self._canonical_fields[field] = found
+        return found
+
+    def _tags_for(self, signed: tuple[bytes, ...], body_hash: str) -> str:
+        """The signature header up to b=, from a folded template per list of signed names.
+
+        t= always has ten digits and bh= 44 characters, so the folding of one template fits
+        every time and every body.
+        """
+        template = self._templates.get(signed)
+        if template is None:
+            template = self._tags([n.decode("ascii") for n in signed], _BH_MARK)
+            self._templates[signed] = template
+        return template.replace(f"t={_T_MARK};", f"t={int(time.time())};", 1).replace(
+            f"bh={_BH_MARK};", f"bh={body_hash};", 1
+        )
+
     def _tags(self, signed: list[str], body_hash: str) -> str:
         """The header's value up to an empty b=, folded: what the signature covers."""
         pieces = [(" ", f"{tag};") for tag in self._fixed_tags]
-        pieces.append((" ", f"t={int(time.time())};"))
+        pieces.append((" ", f"t={_T_MARK};"))
         # Folding white space may go around the colons of h=, so a long list folds there.
         for position, name in enumerate(signed):
             separator, prefix = (" ", "h=") if position == 0 else ("", "")
@@ -216,6 +258,14 @@ class Signer:
         # b= starts a line of its own, so the signature folds the same way whatever precedes it.
         out.append("\r\n b=")
         return "".join(out)
+
+
+def _fields(headers: bytes) -> list[bytes]:
+    """A header block's fields, each with its folded lines."""
+    block = headers.rstrip(b"\r\n")
+    if not block:
+        raise SigningError("a message without headers cannot be DKIM-signed")
+    return _FIELD_END.split(block)
 
 
 def relaxed_body(body: bytes) -> bytes:

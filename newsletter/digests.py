@@ -177,6 +177,12 @@ def audience(newsletter_id: int) -> object:
     )
 
 
+def audience_size(session: Session, newsletter: Newsletter) -> int:
+    """How many readers a digest of the newsletter would go to if it started now."""
+    query = select(func.count()).select_from(Subscription).where(audience(newsletter.id))
+    return session.scalar(query) or 0
+
+
 def start(session: Session, digest: Digest) -> int:
     """Snapshot the audience into the ledger and start sending; returns the readers; commits.
 

@@ -456,3 +456,20 @@ def test_digest_mail_is_dkim_signed_and_verifies(db, daily, dkim_key):
         unsubscribe = re.search(rb"List-Unsubscribe: <([^>]+)>", data).group(1)
         other = data.replace(unsubscribe[-10:], b"0123456789")
         assert other != data and not dkimpy.verify(other, dnsfunc=dns)
+
+
+def test_mailto_unsubscribe_only_when_configured(app, db, daily):
+    from newsletter.mail.transport import MemoryTransport
+
+    add_item(db, daily, "Story")
+    add_reader(db, daily, "one@example.com")
+    app.config["UNSUBSCRIBE_MAILTO"] = "unsubscribe@news.example.org"
+    digests.start(db.session, digests.compose(db.session, daily))
+    transport = MemoryTransport()
+    send_all(db, transport)
+    value = transport.messages[0]["List-Unsubscribe"]
+    assert re.fullmatch(
+        r"<https://news\.example\.org/unsubscribe/[^>]+>, "
+        r"<mailto:unsubscribe@news\.example\.org\?subject=unsubscribe>",
+        value,
+    )

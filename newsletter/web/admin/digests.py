@@ -8,7 +8,6 @@ from zoneinfo import ZoneInfo
 
 from flask import current_app, flash, jsonify, redirect, render_template, request, url_for
 from flask_login import current_user
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Response
@@ -18,7 +17,7 @@ from newsletter import items as news_items
 from newsletter import newsletters as lists
 from newsletter.extensions import db
 from newsletter.mail import digest_mail
-from newsletter.models import Digest, Item, Newsletter, Subscription, utcnow
+from newsletter.models import Digest, Item, Newsletter, utcnow
 from newsletter.web.admin.core import bp
 from newsletter.web.admin.forms import DigestForm, ScheduleForm
 
@@ -96,7 +95,7 @@ def _edit_page(
         schedule_form=schedule_form,
         entries=chosen,
         addable=_addable(digest, chosen),
-        readers=_readers(digest.newsletter),
+        readers=digests.audience_size(db.session, digest.newsletter),
         scheduled_local=digest.scheduled_at.astimezone(zone) if digest.scheduled_at else None,
     )
     return page, 422 if form.errors or schedule_form.errors else 200
@@ -131,12 +130,6 @@ def _chosen_items(
     ranked.sort(key=lambda pair: pair[0])
     wanted = set(form.getlist("add", type=int))
     return [item for _, item in ranked] + [item for item in addable if item.id in wanted]
-
-
-def _readers(newsletter: Newsletter) -> int:
-    """How many readers a digest of the newsletter would go to if it started now."""
-    query = select(func.count()).select_from(Subscription).where(digests.audience(newsletter.id))
-    return db.session.scalar(query) or 0
 
 
 def _zone(newsletter: Newsletter) -> tzinfo:

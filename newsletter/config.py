@@ -8,7 +8,7 @@ from pathlib import Path
 
 from flask import Flask
 
-from newsletter.mail.dkim import DKIMConfigError, Signer
+from newsletter.mail.dkim import DKIMConfigError, Signer, aligned
 
 ENV_PREFIX = "NEWSLETTER_"
 ENVIRONMENTS = ("development", "testing", "production")
@@ -129,9 +129,16 @@ def finish(app: Flask) -> None:
         cfg["MAX_CONTENT_LENGTH"] = 256 * 1024
     # A key that cannot be used must stop the start, not let mail leave unsigned.
     try:
-        Signer.from_config(cfg)
+        signer = Signer.from_config(cfg)
     except DKIMConfigError as exc:
         raise ConfigError(str(exc)) from exc
+    if signer is not None and not aligned(str(cfg["DEFAULT_FROM_ADDRESS"]), signer.domain):
+        app.logger.warning(
+            "NEWSLETTER_DEFAULT_FROM_ADDRESS %s is not at the DKIM domain %s: mail from it "
+            "fails DMARC alignment at large mailbox providers",
+            cfg["DEFAULT_FROM_ADDRESS"],
+            signer.domain,
+        )
 
 
 def _engine_options(url: str) -> dict[str, object]:

@@ -286,3 +286,32 @@ def test_editors_see_the_dashboard(client, editor, newsletters):
     sign_in(client, "writer@news.example.org")
     page = client.get("/admin/")
     assert page.status_code == 200 and "Daily Briefing" in page.get_data(as_text=True)
+
+
+def test_from_address_must_align_with_the_dkim_domain(app, client, db, admin, tmp_path):
+    from newsletter.mail.dkim import generate
+
+    pem, _, _ = generate("sel", "news.example.org")
+    (tmp_path / "dkim.pem").write_bytes(pem)
+    app.config.update(
+        DKIM_PRIVATE_KEY=str(tmp_path / "dkim.pem"),
+        DKIM_SELECTOR="sel",
+        DKIM_DOMAIN="news.example.org",
+    )
+    sign_in(client)
+    form = {
+        "csrf_token": csrf_token(client, "/admin/newsletters/new"),
+        "name": "Weekly",
+        "slug": "weekly",
+        "cadence": "weekly",
+        "prompt_text": "p",
+        "button_text": "b",
+        "thanks_text": "t",
+        "from_address": "weekly@elsewhere.example.com",
+    }
+    refused = client.post("/admin/newsletters/new", data=form)
+    assert refused.status_code == 422
+    assert "DKIM-signed as news.example.org" in refused.get_data(as_text=True)
+    assert db.session.scalars(select(Newsletter)).all() == []
+    form["from_address"] = "weekly@news.example.org"
+    assert client.post("/admin/newsletters/new", data=form).status_code == 302

@@ -479,3 +479,20 @@ def test_welcome_mail_is_signed_over_its_list_headers(
     assert smtp.received[-1].message["Subject"] == "Welcome to Daily Briefing"
     assert verify(welcome, key)
     assert {b"list-unsubscribe", b"list-unsubscribe-post"} <= set(signed_names(welcome))
+
+
+@pytest.mark.parametrize(
+    ("address", "domain", "expected"),
+    [
+        ("news@example.org", "example.org", True),
+        ("news@mail.example.org", "example.org", True),
+        ("news@example.org", "mail.example.org", True),
+        ("news@EXAMPLE.org", "example.org.", True),
+        ("news@example.com", "example.org", False),
+        ("news@badexample.org", "example.org", False),
+    ],
+)
+def test_dmarc_alignment_of_from_and_signing_domain(address, domain, expected):
+    from newsletter.mail.dkim import aligned
+
+    assert aligned(address, domain) is expected

@@ -260,6 +260,15 @@ class Signer:
         return "".join(out)
 
 
+def aligned(address: str, signing_domain: str) -> bool:
+    """Whether mail From this address, signed with d=signing_domain, passes DMARC's relaxed
+    alignment: one domain is the other or a subdomain of it (a stricter test than sharing an
+    organisational domain, which needs the public suffix list; it errs towards warning)."""
+    domain = address.rpartition("@")[2].lower().rstrip(".")
+    signing = signing_domain.lower().rstrip(".")
+    return domain == signing or domain.endswith("." + signing) or signing.endswith("." + domain)
+
+
 def _fields(headers: bytes) -> list[bytes]:
     """A header block's fields, each with its folded lines."""
     block = headers.rstrip(b"\r\n")

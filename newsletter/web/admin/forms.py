@@ -6,6 +6,7 @@ from functools import cache
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, available_timezones
 
+from flask import current_app
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField, FileRequired
 from wtforms import (
@@ -32,6 +33,7 @@ from wtforms.validators import (
 from wtforms.widgets import CheckboxInput, ListWidget
 
 from newsletter import items
+from newsletter.mail.dkim import aligned as dkim_aligned
 from newsletter.models import (
     DEFAULT_BUTTON,
     DEFAULT_PROMPT,
@@ -79,6 +81,19 @@ class LoginForm(FlaskForm):
     password = PasswordField("Password", validators=[DataRequired(), Length(max=500)])
 
 
+def _dkim_aligned(form: FlaskForm, field: EmailField) -> None:
+    """With DKIM on, the From domain must align with the signing domain (DMARC), or the
+    signature does not count and large mailbox providers file the mail as spam."""
+    signing = current_app.config.get("DKIM_DOMAIN")
+    if not signing or not current_app.config.get("DKIM_PRIVATE_KEY") or not field.data:
+        return
+    if not dkim_aligned(field.data, str(signing)):
+        raise ValidationError(
+            f"Mail from this address is DKIM-signed as {signing}, which does not match its "
+            f"domain: use an address at {signing} (or a subdomain of it)."
+        )
+
+
 class NewsletterForm(FlaskForm):
     name = StringField("Name", validators=[DataRequired(), Length(max=200), _one_line])
     slug = StringField(
@@ -99,7 +114,10 @@ class NewsletterForm(FlaskForm):
         ],
     )
     from_name = StringField("From name", validators=[Optional(), Length(max=200), _one_line])
-    from_address = EmailField("From address", validators=[Optional(), Email(), Length(max=254)])
+    from_address = EmailField(
+        "From address",
+        validators=[Optional(), Email(), Length(max=254), _dkim_aligned],
+    )
     reply_to = EmailField("Reply-To", validators=[Optional(), Email(), Length(max=254)])
     prompt_text = StringField(
         "Box prompt",

@@ -8,8 +8,6 @@ from pathlib import Path
 
 from flask import Flask
 
-from newsletter.mail.dkim import DKIMConfigError, Signer, aligned
-
 ENV_PREFIX = "NEWSLETTER_"
 ENVIRONMENTS = ("development", "testing", "production")
 
@@ -128,6 +126,10 @@ def finish(app: Flask) -> None:
     if cfg.get("MAX_CONTENT_LENGTH") is None:
         cfg["MAX_CONTENT_LENGTH"] = 256 * 1024
     # A key that cannot be used must stop the start, not let mail leave unsigned.
+    # Imported here: the import's row-checking helper process loads this module and has no
+    # use for OpenSSL and dkimpy.
+    from newsletter.mail.dkim import DKIMConfigError, Signer, aligned
+
     try:
         signer = Signer.from_config(cfg)
     except DKIMConfigError as exc:

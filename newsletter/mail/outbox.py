@@ -16,7 +16,6 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from newsletter.mail import compose as mails
-from newsletter.mail.digest_mail import Content, PreparedDigest
 from newsletter.mail.transport import ConnectionFailure, DeliveryError, Transport
 from newsletter.models import (
     Digest,
@@ -162,6 +161,10 @@ def compose(session: Session, row: OutboxMessage) -> EmailMessage | None:
 
 def _digest_test(session: Session, row: OutboxMessage) -> EmailMessage | None:
     """An editor's test copy of a digest, as a reader would get it, marked as a test."""
+    # Imported here: most processes that queue mail (the import's checker among them) never
+    # build a digest, and the inliner is a large library.
+    from newsletter.mail.digest_mail import Content, PreparedDigest
+
     digest = session.get(Digest, row.payload.get("digest"))
     if digest is None:
         return None

@@ -12,11 +12,14 @@ from email import message_from_bytes
 from email.message import EmailMessage, Message
 from email.utils import getaddresses
 from pathlib import Path
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from newsletter.mail.compose import POLICY, wire_address
-from newsletter.mail.dkim import Signer, SigningError
+
+if TYPE_CHECKING:
+    # Not at run time: processes that never sign (the import's checker) skip dkimpy.
+    from newsletter.mail.dkim import Signer
 
 
 class DeliveryError(Exception):
@@ -92,6 +95,8 @@ class _Sender:
         sender, recipients = envelope(message)
         data = serialise(message)
         if self.signer is not None:
+            from newsletter.mail.dkim import SigningError
+
             try:
                 data = self.signer.sign(data) + data
             except SigningError as exc:

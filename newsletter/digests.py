@@ -6,11 +6,12 @@ The ledger (`Delivery`) holds one row per reader; `newsletter/sending.py` works 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, exists, func, insert, literal, or_, select, update
+from sqlalchemy import and_, exists, func, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from newsletter.mail import outbox
@@ -34,6 +35,8 @@ D = DigestStatus
 # How many new items a digest offers at most; an editor can add older ones by hand.
 MAX_ITEMS = 30
 EDITABLE = (D.DRAFT, D.SCHEDULED)
+# Control characters but tab, line feed and carriage return (folded to spaces instead).
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 class DigestError(Exception):
@@ -109,7 +112,8 @@ def compose(
 
 
 def _subject(subject: str) -> str:
-    subject = " ".join(subject.split())
+    # A control character would stop the mail at its header; whitespace is folded to spaces.
+    subject = " ".join(_CONTROL.sub("", subject).split())
     if not subject:
         raise DigestError("A digest needs a subject.")
     if len(subject) > 300:
@@ -249,15 +253,15 @@ def cancel(session: Session, digest: Digest) -> Digest:
         D.CANCELLED,
         "This digest has already been sent or cancelled.",
     )
-    # Rows a live worker holds are skipped by that worker when it sees the cancel; rows of
-    # a worker that died (lease run out) are skipped here.
-    waiting = or_(
-        Delivery.status == DeliveryStatus.QUEUED,
-        and_(Delivery.status == DeliveryStatus.SENDING, Delivery.next_attempt_at <= utcnow()),
-    )
+    # Held rows too: a worker that dies holding them would leave them `sending` for good. Their
+    # claim stays, so a message a live worker is sending right now is still marked sent, and
+    # that worker brings the figures up to date when it sees the cancel (`recount`).
     session.execute(
         update(Delivery)
-        .where(Delivery.digest_id == digest.id, waiting)
+        .where(
+            Delivery.digest_id == digest.id,
+            Delivery.status.in_((DeliveryStatus.QUEUED, DeliveryStatus.SENDING)),
+        )
         .values(status=DeliveryStatus.SKIPPED, last_error="cancelled")
         .execution_options(synchronize_session=False)
     )
@@ -316,6 +320,12 @@ def _record_figures(session: Session, digest_id: int, *, finished: bool) -> None
         .values(**values)
         .execution_options(synchronize_session=False)
     )
+
+
+def recount(session: Session, digest_id: int) -> None:
+    """Bring a cancelled digest's figures up to date with what workers sent since; commits."""
+    _record_figures(session, digest_id, finished=False)
+    session.commit()
 
 
 def finish_if_done(session: Session, digest_id: int) -> bool:

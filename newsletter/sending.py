@@ -237,14 +237,16 @@ class DigestSender:
                     current = session.scalar(select(Digest.status).where(Digest.id == digest_id))
                     session.commit()
                     if current != DigestStatus.SENDING:
-                        if current == DigestStatus.CANCELLED:
-                            self._settle(session, left[position:], token, DS.SKIPPED, "cancelled")
-                        else:
-                            self._release(session, left[position:], token)
-                        return len(ids)
+                        # Paused: the rows go back. Cancelled: the cancel has skipped them.
+                        self._release(session, left[position:], token)
+                        break
                 if now_mono - claimed_at >= renew_after:
                     claimed_at = now_mono
-                    self._renew(session, left[position:], token)
+                    if not self._renew(session, left[position:], token):
+                        # Stalled past the lease, or cancelled: rows this worker no longer
+                        # holds may be on their way from another worker, so stop here.
+                        self._release(session, left[position:], token)
+                        break
                 if status != SubscriptionStatus.CONFIRMED:
                     self._settle(session, [row_id], token, DS.SKIPPED, f"reader {status}")
                     continue
@@ -272,13 +274,18 @@ class DigestSender:
                         delay=self.settings.first_retry,
                         error=str(exc),
                     )
-                    return len(ids)
+                    break
                 except DeliveryError as exc:
                     self._failed(session, row_id, token, attempts, subscriber_id, address, exc)
                     continue
                 # Recorded at once: a crash after this line does not send it again.
                 marks.execute(_MARK_SENT, {"row": row_id, "token": token, "now": utcnow()})
                 marks.commit()
+        # Cancelled while this batch went: the figures the cancel kept miss what was sent since.
+        current = session.scalar(select(Digest.status).where(Digest.id == digest_id))
+        if current == DigestStatus.CANCELLED:
+            digests.recount(session, digest_id)
+        session.commit()
         return len(ids)
 
     def _failed(
@@ -345,20 +352,23 @@ class DigestSender:
             values["last_error"] = error[:2000]
         session.execute(
             update(Delivery)
-            .where(Delivery.id.in_(rows), Delivery.claim == token)
+            # Rows a cancel skipped stay skipped.
+            .where(Delivery.id.in_(rows), Delivery.claim == token, Delivery.status == DS.SENDING)
             .values(**values)
             .execution_options(synchronize_session=False)
         )
         session.commit()
 
-    def _renew(self, session: Session, rows: list[int], token: str) -> None:
-        session.execute(
+    def _renew(self, session: Session, rows: list[int], token: str) -> bool:
+        """Extend the lease of rows not yet sent; False when this worker no longer holds all."""
+        renewed = session.execute(
             update(Delivery)
-            .where(Delivery.id.in_(rows), Delivery.claim == token)
+            .where(Delivery.id.in_(rows), Delivery.claim == token, Delivery.status == DS.SENDING)
             .values(next_attempt_at=utcnow() + self.settings.lease)
             .execution_options(synchronize_session=False)
         )
         session.commit()
+        return renewed.rowcount == len(rows)
 
 
 class _Ahead:

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import re
+import threading
+from collections import Counter
 from datetime import timedelta
+from email import policy
+from email.header import decode_header, make_header
+from email.parser import BytesParser
 
 import pytest
+from itsdangerous import TimestampSigner
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from newsletter import digests
-from newsletter.mail.transport import SMTPTransport
+from newsletter.mail import digest_mail
+from newsletter.mail.transport import MemoryTransport, SMTPTransport
 from newsletter.models import (
     Delivery,
     Digest,
@@ -209,6 +216,17 @@ def test_only_web_links_are_linked(db, daily, smtp):
     send_all(db, SMTPTransport("127.0.0.1", smtp.port))
     mail = smtp.received[0].message
     assert "javascript:" not in html_part(mail) and "javascript:" not in text_part(mail)
+
+
+def test_control_characters_in_a_subject_are_dropped(db, daily):
+    add_item(db, daily, "Story")
+    add_reader(db, daily, "one@example.com")
+    digest = digests.compose(db.session, daily, subject="Morning\x00 news\x07")
+    assert digest.subject == "Morning news"
+    digests.start(db.session, digest)
+    transport = MemoryTransport()
+    send_all(db, transport)
+    assert [m["Subject"] for m in transport.messages] == ["Morning news"]
 
 
 def test_subject_with_a_line_break_is_refused(db, daily):
@@ -473,3 +491,166 @@ def test_mailto_unsubscribe_only_when_configured(app, db, daily):
         r"<mailto:unsubscribe@news\.example\.org\?subject=unsubscribe>",
         value,
     )
+
+
+class _During(MemoryTransport):
+    """Keeps what it is given, and does `action` once, right after the `at`-th message."""
+
+    def __init__(self, at, action):  # type: ignore[no-untyped-def]
+        super().__init__()
+        self.at, self.action = at, action
+
+    def send_raw(self, sender, recipients, data):  # type: ignore[no-untyped-def]
+        super().send_raw(sender, recipients, data)
+        if len(self.raw) == self.at:
+            self.action()
+
+
+def _cancel(db, digest_id):  # type: ignore[no-untyped-def]
+    """An editor's cancel, from another session (the admin's)."""
+    with Session(db.engine) as session:
+        digests.cancel(session, session.get(Digest, digest_id))
+
+
+@pytest.mark.parametrize(
+    ("status_every", "sent"), [(0, 1), (3600, 4)], ids=["seen-at-once", "seen-after-the-batch"]
+)
+def test_cancel_while_a_worker_sends_keeps_true_figures(db, daily, status_every, sent):
+    add_item(db, daily, "Story")
+    for n in range(4):
+        add_reader(db, daily, f"r{n}@example.com")
+    digest = digests.compose(db.session, daily)
+    digests.start(db.session, digest)
+    transport = _During(1, lambda: _cancel(db, digest.id))
+
+    send_all(db, transport, SendSettings(status_every=status_every))
+
+    assert len(transport.raw) == sent
+    expected = {"sent": sent, "skipped": 4 - sent} if sent < 4 else {"sent": 4}
+    assert ledger(db, digest) == expected
+    state = digests.progress(db.session, digest)
+    assert (state.status, state.sent, state.skipped, state.queued) == (
+        DigestStatus.CANCELLED,
+        sent,
+        4 - sent,
+        0,
+    )
+
+
+def test_cancel_then_a_stopped_worker_leaves_nothing_waiting(db, daily):
+    add_item(db, daily, "Story")
+    for n in range(4):
+        add_reader(db, daily, f"r{n}@example.com")
+    digest = digests.compose(db.session, daily)
+    digests.start(db.session, digest)
+    stop = threading.Event()
+
+    def cancel_then_ctrl_c() -> None:
+        _cancel(db, digest.id)
+        stop.set()
+
+    sender = DigestSender(_During(1, cancel_then_ctrl_c), SendSettings())
+    with Session(db.engine) as session:
+        sender.step(session, stop)
+
+    # Put back by the stopping worker, the rows would wait in a cancelled digest for ever.
+    assert ledger(db, digest) == {"sent": 1, "skipped": 3}
+    state = digests.progress(db.session, digest)
+    assert (state.sent, state.skipped) == (1, 3)
+
+
+def test_cancel_skips_the_rows_of_a_worker_that_died_holding_them(db, daily):
+    add_item(db, daily, "Story")
+    for n in range(3):
+        add_reader(db, daily, f"r{n}@example.com")
+    digest = digests.compose(db.session, daily)
+    digests.start(db.session, digest)
+    with Session(db.engine) as session:
+        assert len(DigestSender(MemoryTransport()).claim(session, digest.id, "dead-worker")) == 3
+
+    digests.cancel(db.session, digest)
+
+    # Nobody works a cancelled digest: rows left `sending` would stay so.
+    assert ledger(db, digest) == {"skipped": 3}
+    assert digests.progress(db.session, digest).skipped == 3
+
+
+def test_a_worker_that_lost_its_lease_stops_sending(db, daily):
+    add_item(db, daily, "Story")
+    for n in range(4):
+        add_reader(db, daily, f"r{n}@example.com")
+    digest = digests.compose(db.session, daily)
+    digests.start(db.session, digest)
+    other = MemoryTransport()
+
+    def another_worker_takes_over() -> None:
+        with Session(db.engine) as session:
+            DigestSender(other, SendSettings()).step(session)
+
+    # A lease of nothing: as if this worker had stalled past its lease after its first message.
+    stalled = _During(1, another_worker_takes_over)
+    with Session(db.engine) as session:
+        DigestSender(stalled, SendSettings(lease=timedelta(0))).send_batch(session, digest.id)
+
+    copies = Counter(recipients[0] for _, recipients in stalled.envelopes + other.envelopes)
+    assert set(copies) == {f"r{n}@example.com" for n in range(4)}
+    # Only the message in flight when the lease ran out went twice.
+    assert sorted(copies.values()) == [1, 1, 1, 2]
+    assert ledger(db, digest) == {"sent": 4}
+
+
+def test_digest_mail_in_ukrainian_decodes_to_what_was_rendered(db, monkeypatch):
+    # The links are signed with the time: held still, the mail's links are the rendered ones.
+    monkeypatch.setattr(TimestampSigner, "get_timestamp", lambda self: 1_800_000_000)
+    newsletter = make_newsletter(
+        "explaining-ukraine",
+        "Пояснюємо Україну з Катериною Цуркан 🇺🇦",
+        from_name="Редакція «Київ Індепендент» 📰",
+        from_address="desk@news.example.org",
+    )
+    add_item(
+        db,
+        newsletter,
+        "Дрони збито над Києвом — " + "повний огляд подій " * 8,
+        summary="ППО перехопила 59 зі 116 дронів 😀 " * 15,
+        url="https://news.example.org/статті/1?a=1&b=ü",
+    )
+    add_item(db, newsletter, "Run-off", url="https://news.example.org/" + "x" * 200, hours_ago=2)
+    reader = add_reader(db, newsletter, "reader@example.com")
+    subject = "Дайджест: " + "новини дня 🎉 " * 14 + "кінець"
+    digest = digests.compose(
+        db.session, newsletter, subject=subject, intro="Доброго ранку.\n\nДругий абзац — ось."
+    )
+    content = digest_mail.Content(newsletter, digest.subject, digest.intro, digest.items)
+    prepared = digest_mail.PreparedDigest(content, digest.message_key)
+    unsubscribe, preferences = prepared.links.urls(reader.id, reader.token_key)
+    text, html = digest_mail.render(content, unsubscribe, preferences)
+
+    data = prepared.message(1, reader.email, reader.id, reader.token_key)
+
+    head, body = data.split(b"\r\n\r\n", 1)
+    assert max(len(line) for line in body.split(b"\r\n")) <= 76
+    encoded_words = re.findall(rb"=\?[^?]+\?[bq]\?[^?]*\?=", head, re.IGNORECASE)
+    assert encoded_words and max(len(word) for word in encoded_words) <= 75
+    for reading in (policy.default, policy.strict, policy.compat32):
+        mail = BytesParser(policy=reading).parsebytes(data)
+        plain, rich = (part for part in mail.walk() if not part.is_multipart())
+        assert plain.get_payload(decode=True).decode().replace("\r\n", "\n") == text
+        assert rich.get_payload(decode=True).decode().replace("\r\n", "\n") == html
+    assert BytesParser(policy=policy.default).parsebytes(data)["Subject"] == subject
+    # Names read as RFC 2047 says (the email package's default policy puts a space between
+    # two encoded words of a display name where the RFC and mail programs put none).
+    mail = BytesParser(policy=policy.compat32).parsebytes(data)
+    decoded = {name: str(make_header(decode_header(mail[name]))) for name in mail.keys()}
+    assert decoded["Subject"] == subject
+    assert decoded["From"] == "Редакція «Київ Індепендент» 📰 <desk@news.example.org>"
+    assert decoded["List-Id"] == (
+        "Пояснюємо Україну з Катериною Цуркан 🇺🇦 <explaining-ukraine.news.example.org>"
+    )
+
+
+def test_test_copy_of_a_digest_with_the_longest_subject_goes(db, daily, mailbox):
+    add_item(db, daily, "Story")
+    digest = digests.compose(db.session, daily, subject="Ї" * 300)
+    digests.send_test(db.session, digest, "editor@news.example.org")
+    assert [m["Subject"] for m in mailbox.deliver()] == ["[Test] " + "Ї" * 300]

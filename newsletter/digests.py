@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, exists, func, insert, literal, select, update
+from sqlalchemy import and_, exists, func, insert, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from newsletter.mail import outbox
@@ -71,9 +71,13 @@ def new_items(session: Session, newsletter: Newsletter, limit: int = MAX_ITEMS) 
     )
     previous = last_sent(session, newsletter)
     if previous is not None:
-        # Since the last digest was composed: what came in while it waited to go is new too.
+        # Since the last digest was composed: what came in while it waited to go is new too,
+        # and so is a story that reached us late with an earlier publication time.
         sent_items = select(DigestItem.item_id).where(DigestItem.digest_id == previous.id)
-        query = query.where(Item.published_at > previous.created_at, ~Item.id.in_(sent_items))
+        since = previous.created_at
+        query = query.where(
+            or_(Item.published_at > since, Item.created_at > since), ~Item.id.in_(sent_items)
+        )
     return list(session.scalars(query))
 
 

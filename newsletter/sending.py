@@ -276,6 +276,22 @@ class DigestSender:
                     )
                     break
                 except DeliveryError as exc:
+                    if exc.sender_refused or exc.code == 421:
+                        # The relay refuses our sender, or is shutting down: a problem of the
+                        # server or its settings, not of this reader. The batch waits for it.
+                        log.warning(
+                            "digest %s: mail server refuses mail for now, batch put back: %s",
+                            digest_id,
+                            exc,
+                        )
+                        self._release(
+                            session,
+                            left[position:],
+                            token,
+                            delay=self.settings.first_retry,
+                            error=str(exc),
+                        )
+                        break
                     self._failed(session, row_id, token, attempts, subscriber_id, address, exc)
                     continue
                 # Recorded at once: a crash after this line does not send it again.

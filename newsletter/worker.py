@@ -57,6 +57,11 @@ class OtherWork:
         session = self.session_factory()
         try:
             found = self.sender.step(session, self.stop) > 0 or found
+        except Exception:
+            # A database hiccup (a lock held too long, a restarted server) must not end the
+            # worker and its confirmation mails: the batch's rows come back with their lease.
+            log.exception("digest sending failed; trying again")
+            session.rollback()
         finally:
             session.close()
         if self.stop.is_set():

@@ -654,3 +654,56 @@ def test_test_copy_of_a_digest_with_the_longest_subject_goes(db, daily, mailbox)
     digest = digests.compose(db.session, daily, subject="Ї" * 300)
     digests.send_test(db.session, digest, "editor@news.example.org")
     assert [m["Subject"] for m in mailbox.deliver()] == ["[Test] " + "Ї" * 300]
+
+
+@pytest.mark.parametrize(
+    ("command", "reply"),
+    [("MAIL", "550 5.7.1 Sender not allowed to relay"), ("RCPT", "421 4.3.2 Shutting down")],
+    ids=["sender-refused", "server-closing"],
+)
+def test_server_refusing_us_delays_the_batch_and_blames_no_reader(db, daily, smtp, command, reply):
+    add_item(db, daily, "Story")
+    for n in range(3):
+        add_reader(db, daily, f"r{n}@example.com")
+    digest = digests.compose(db.session, daily)
+    digests.start(db.session, digest)
+    smtp.handler.refuse(command, reply)
+    send_all(db, SMTPTransport("127.0.0.1", smtp.port))
+    assert smtp.received == []
+    assert ledger(db, digest) == {"queued": 3}
+    rows = db.session.scalars(select(Delivery)).all()
+    assert {r.attempts for r in rows} == {0}
+    assert all(r.next_attempt_at > utcnow() for r in rows)
+    assert {s.status for s in db.session.scalars(select(Subscription))} == {S.CONFIRMED}
+    db.session.execute(update(Delivery).values(next_attempt_at=utcnow()))
+    db.session.commit()
+    send_all(db, SMTPTransport("127.0.0.1", smtp.port))
+    assert ledger(db, digest) == {"sent": 3}
+
+
+def test_a_story_that_arrives_late_is_in_the_next_digest(db, daily):
+    add_item(db, daily, "First")
+    add_reader(db, daily, "r@example.com")
+    first = digests.compose(db.session, daily)
+    digests.start(db.session, first)
+    # Published two hours ago, but it reached the service only now, after that digest.
+    late = add_item(db, daily, "Late", hours_ago=2)
+    assert late.created_at > first.created_at
+    assert [i.title for i in digests.new_items(db.session, daily)] == ["Late"]
+
+
+def test_worker_survives_a_failing_digest_step(app, db, daily, caplog, monkeypatch):
+    import threading
+
+    from newsletter.mail.transport import MemoryTransport
+    from newsletter.worker import OtherWork
+
+    sender = DigestSender(MemoryTransport())
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("database is locked")
+
+    monkeypatch.setattr(sender, "step", broken)
+    work = OtherWork(lambda: db.session, sender, app.instance_path, threading.Event())
+    assert work() is False
+    assert "digest sending failed" in caplog.text

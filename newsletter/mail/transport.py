@@ -27,6 +27,7 @@ class DeliveryError(Exception):
 
     permanent = False
     recipient_refused = False
+    sender_refused = False
 
     def __init__(self, message: str, code: int | None = None) -> None:
         super().__init__(message)
@@ -261,7 +262,13 @@ class SMTPTransport(_Sender):
         except smtplib.SMTPRecipientsRefused as exc:
             self._reset()
             raise _refused(exc.recipients) from exc
-        except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:
+        except smtplib.SMTPSenderRefused as exc:
+            self._reset()
+            failure = _failure(exc.smtp_code, _text(exc.smtp_error))
+            # The server will not take mail from us at all: not this reader's doing.
+            failure.sender_refused = True
+            raise failure from exc
+        except smtplib.SMTPDataError as exc:
             self._reset()
             raise _failure(exc.smtp_code, _text(exc.smtp_error)) from exc
         except smtplib.SMTPResponseException as exc:

@@ -93,7 +93,7 @@ def load(session: Session) -> tuple[int, int]:
         if data["guid"] in known:
             continue
         fields = {k: v for k, v in data.items() if k != "lists"}
-        session.add(Item(**fields, newsletters=[existing[s] for s in data["lists"]]))
+        session.add(Item(**fields, source="demo", newsletters=[existing[s] for s in data["lists"]]))
         added_items += 1
     session.commit()
     return added_lists, added_items

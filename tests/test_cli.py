@@ -98,3 +98,8 @@ def test_neutralise_leaves_ordinary_cells_alone():
     assert neutralise(None) == ""
     assert neutralise("\tTAB") == "'\tTAB"
     assert neutralise("-") == "'-"
+
+
+def test_demo_items_say_where_they_came_from(invoke, db):
+    assert invoke("seed-demo").exit_code == 0
+    assert set(db.session.scalars(select(Item.source))) == {"demo"}

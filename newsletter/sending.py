@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from newsletter import digests
 from newsletter.mail.digest_mail import Content, PreparedDigest, Signer
+from newsletter.mail.outbox import retry_delay
 from newsletter.mail.transport import ConnectionFailure, DeliveryError, Transport
 from newsletter.models import (
     Delivery,
@@ -59,16 +60,6 @@ class SendSettings:
     rate: float | None = None
     # How often a worker in the middle of a batch looks for a pause or a cancel.
     status_every: float = 1.0
-
-
-def retry_delay(attempts: int, settings: SendSettings) -> timedelta:
-    """Back-off after a temporary failure: the first delay, doubled per attempt, capped."""
-    delay = settings.first_retry
-    for _ in range(attempts - 1):
-        if delay >= settings.max_retry:
-            break
-        delay *= 2
-    return min(delay, settings.max_retry)
 
 
 # The statement a worker runs per message, built once; Core, not ORM: the ORM's UPDATE
@@ -262,28 +253,12 @@ class DigestSender:
                     continue
                 try:
                     self.transport.send_raw(prepared.sender, [prepared.recipient(address)], data)
-                except ConnectionFailure as exc:
-                    # The server is away: the rest of the batch waits, nothing is lost or counted.
-                    log.warning(
-                        "digest %s: mail server unavailable, batch put back: %s", digest_id, exc
-                    )
-                    self._release(
-                        session,
-                        left[position:],
-                        token,
-                        delay=self.settings.first_retry,
-                        error=str(exc),
-                    )
-                    break
                 except DeliveryError as exc:
-                    if exc.sender_refused or exc.code == 421:
-                        # The relay refuses our sender, or is shutting down: a problem of the
-                        # server or its settings, not of this reader. The batch waits for it.
-                        log.warning(
-                            "digest %s: mail server refuses mail for now, batch put back: %s",
-                            digest_id,
-                            exc,
-                        )
+                    # The server is away, refuses our sender, or is shutting down (421): not
+                    # this reader's doing. The rest of the batch waits; nothing is counted.
+                    server_side = isinstance(exc, ConnectionFailure) or exc.sender_refused
+                    if server_side or exc.code == 421:
+                        log.warning("digest %s: batch put back, mail server: %s", digest_id, exc)
                         self._release(
                             session,
                             left[position:],

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from email import message_from_bytes
 from email.message import EmailMessage
+from typing import Protocol
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
@@ -65,7 +66,12 @@ def enqueue(
     )
 
 
-def retry_delay(attempts: int, settings: WorkerSettings) -> timedelta:
+class Backoff(Protocol):
+    first_retry: timedelta
+    max_retry: timedelta
+
+
+def retry_delay(attempts: int, settings: Backoff) -> timedelta:
     """Exponential back-off: 30 s, 1 min, 2 min, … capped at two hours."""
     delay = settings.first_retry
     # Doubling stops at the cap: 2 ** attempts would overflow timedelta from attempt 43 on.

@@ -62,3 +62,34 @@ def test_a_newsletter_name_with_a_line_break_fails_that_mail_only(client, db, ma
     assert all("victim" not in str(m) for m in sent)
     statuses = {r.to_address: r.status for r in db.session.scalars(db.select(OutboxMessage))}
     assert statuses == {"one@example.com": "failed", "two@example.com": "sent"}
+
+
+def test_non_ascii_subject_and_sender_are_short_encoded_words(client, db, mailbox):
+    import re
+    from email.header import decode_header, make_header
+
+    from conftest import make_newsletter
+
+    make_newsletter(
+        "kyiv",
+        "Щоденний брифінг Київ Індепендент: головне за день 🇺🇦",
+        from_name="Редакція новин «Київ Індепендент»",
+        from_address="news@news.example.org",
+    )
+    signup(client, "reader@example.com", "kyiv")
+    (mail,) = mailbox.deliver()
+    head = mailbox.transport.raw[-1].split(b"\r\n\r\n", 1)[0].decode("ascii")
+    words = re.findall(r"=\?[^?]+\?[bBqQ]\?[^?]*\?=", head)
+    assert words and max(len(w) for w in words) <= 75
+    long_lines = [line for line in head.split("\r\n") if len(line) > 78]
+    assert not [line for line in long_lines if "=?" in line]
+
+    def decoded(name: str) -> str:
+        value = re.search(rf"^{name}: (.*?)\r\n(?! )", head, re.M | re.S).group(1)
+        return str(make_header(decode_header(value.replace("\r\n", ""))))
+
+    assert decoded("Subject") == (
+        "Please confirm your subscription to Щоденний брифінг Київ Індепендент: головне за день 🇺🇦"
+    )
+    assert decoded("From") == "Редакція новин «Київ Індепендент» <news@news.example.org>"
+    assert mailbox.transport.envelopes[-1][0] == "news@news.example.org"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from email import policy
+from email.header import Header
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr
@@ -19,6 +21,10 @@ from newsletter.tokens import reader_payload
 # Lines may be as long as RFC 5322 allows: folded at 78, a long unsubscribe URL would be
 # RFC 2047-encoded, and mail clients read List-Unsubscribe raw.
 POLICY = policy.SMTP.clone(max_line_length=998)
+
+
+# A line break that does not start a folded continuation line.
+_BARE_BREAK = re.compile(r"\r(?!\n[ \t])|(?<!\r)\n")
 
 
 class UnsafeHeader(ValueError):
@@ -75,18 +81,38 @@ def mail_domain() -> str:
     return current_app.config["LIST_ID_DOMAIN"] or urlsplit(current_app.config["BASE_URL"]).hostname
 
 
+def encoded_words(name: str, text: str) -> str:
+    """Header text: as it is when ASCII, else RFC 2047 encoded words of at most 75 characters.
+
+    Not the email package's policies: folded at 998 they write a long subject as one encoded
+    word (strict readers then show it raw), folded narrower they drop the spaces between words.
+    The result may be folded over lines; set it with `EmailMessage.set_raw`.
+    """
+    if text.isascii() and "=?" not in text:
+        return text
+    return Header(text, "utf-8", header_name=name).encode(linesep="\r\n", maxlinelen=75)
+
+
+def mailbox(name: str, display: str, address: str) -> str:
+    """A display name and an address, for From and List-Id; may be folded (`set_raw`)."""
+    display = header_value(display, 200)
+    if display.isascii():
+        return formataddr((display, address))
+    return f"{encoded_words(name, display)}\r\n <{address}>"
+
+
 def sender(newsletter: Newsletter | None) -> str:
     """The From header of a newsletter, falling back to the service's default."""
     cfg = current_app.config
     name = (newsletter and newsletter.from_name) or cfg["DEFAULT_FROM_NAME"]
     address = (newsletter and newsletter.from_address) or cfg["DEFAULT_FROM_ADDRESS"]
-    return formataddr((header_value(name, 200), header_value(address, 254)))
+    return mailbox("From", name, header_value(address, 254))
 
 
 def list_headers_static(newsletter: Newsletter) -> dict[str, str]:
     """The list headers that are the same for every reader of a list (RFC 2919, 8058)."""
     return {
-        "List-Id": f"{_phrase(newsletter.name)} <{newsletter.slug}.{mail_domain()}>",
+        "List-Id": mailbox("List-Id", newsletter.name, f"{newsletter.slug}.{mail_domain()}"),
         "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
     }
 
@@ -105,9 +131,11 @@ def list_headers(subscription: Subscription) -> dict[str, str]:
     }
 
 
-def _phrase(text: str) -> str:
-    """A display name quoted as RFC 5322 wants it."""
-    return formataddr((header_value(text, 200), "x@x")).rsplit(" <", 1)[0]
+def _folded(value: str) -> str:
+    """A header value we built, possibly folded: every line break must start a continuation."""
+    if "\0" in value or _BARE_BREAK.search(value):
+        raise UnsafeHeader("line break in a header value")
+    return value
 
 
 def build(
@@ -123,15 +151,16 @@ def build(
 ) -> EmailMessage:
     """A multipart/alternative message with the headers every mail of ours has."""
     message = EmailMessage(policy=POLICY)
-    message["Subject"] = header_value(subject, 300)
-    message["From"] = from_
+    # Raw: the policy would refold encoded words into one long one (see encoded_words).
+    message.set_raw("Subject", encoded_words("Subject", header_value(subject, 300)))
+    message.set_raw("From", _folded(from_))
     message["To"] = Address(addr_spec=header_value(wire_address(to), 254))
     if reply_to:
         message["Reply-To"] = header_value(reply_to, 254)
     message["Date"] = format_datetime(utcnow())
     message["Message-ID"] = f"<{message_key}@{mail_domain()}>"
     for name, value in (headers or {}).items():
-        message[name] = header_value(value)
+        message.set_raw(name, _folded(header_value(value) if "\r\n " not in value else value))
     message.set_content(text)
     message.add_alternative(html, subtype="html")
     return message

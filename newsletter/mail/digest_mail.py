@@ -17,8 +17,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from email.header import Header
-from email.utils import format_datetime, formataddr
+from email.utils import format_datetime
 from typing import Protocol
 from urllib.parse import quote, urlsplit
 
@@ -75,25 +74,6 @@ def render(content: Content, unsubscribe_url: str, preferences_url: str) -> tupl
     # Blank lines left by template tags say nothing and cost bytes a million times over.
     text = re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
     return text, html
-
-
-def _text(name: str, text: str) -> str:
-    """Header text: as it is when ASCII, else RFC 2047 encoded words of at most 75 characters.
-
-    Not the email package's policies: folded at 998 they write a long subject as one encoded
-    word (strict readers then show it raw), folded narrower they drop the spaces between words.
-    """
-    if text.isascii() and "=?" not in text:
-        return text
-    return Header(text, "utf-8", header_name=name).encode(linesep="\r\n", maxlinelen=75)
-
-
-def _mailbox(name: str, display: str, address: str) -> str:
-    """A display name and an address, for From and List-Id."""
-    display = compose.header_value(display, 200)
-    if display.isascii():
-        return formataddr((display, address))
-    return f"{_text(name, display)}\r\n <{address}>"
 
 
 def _qp(text: str) -> bytes:
@@ -184,16 +164,15 @@ class PreparedDigest:
         self.text, self.html = text, html
 
         boundary = f"=_{secrets.token_hex(12)}"
-        from_name = newsletter.from_name or cfg["DEFAULT_FROM_NAME"]
-        from_address = newsletter.from_address or cfg["DEFAULT_FROM_ADDRESS"]
-        lines = [f"From: {_mailbox('From', from_name, compose.header_value(from_address, 254))}"]
+        lines = [f"From: {compose.sender(newsletter)}"]
         if newsletter.reply_to:
             lines.append(f"Reply-To: {compose.header_value(newsletter.reply_to, 254)}")
         # No length limit of its own: the digest's subject has one, and a test copy adds "[Test]".
-        lines.append(f"Subject: {_text('Subject', compose.header_value(content.subject))}")
-        list_id = f"{newsletter.slug}.{self.domain}"
-        lines.append(f"List-Id: {_mailbox('List-Id', newsletter.name, list_id)}")
-        lines.append("List-Unsubscribe-Post: List-Unsubscribe=One-Click")
+        subject = compose.encoded_words("Subject", compose.header_value(content.subject))
+        lines.append(f"Subject: {subject}")
+        lines += [
+            f"{name}: {value}" for name, value in compose.list_headers_static(newsletter).items()
+        ]
         lines.append("MIME-Version: 1.0")
         static_headers = "".join(line + "\r\n" for line in lines).encode("ascii")
         self.static_headers = (

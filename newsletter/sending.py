@@ -219,6 +219,10 @@ class DigestSender:
                 _token_key,
                 attempts,
             ) in enumerate(recipients):
+                if status == SubscriptionStatus.CONFIRMED:
+                    # Wait for the throttle first: what is checked next (a pause, the lease)
+                    # must hold when the message goes, however long the wait was.
+                    self.throttle.wait(stop)
                 now_mono = time.monotonic()
                 if stop is not None and stop.is_set():
                     self._release(session, left[position:], token)
@@ -241,7 +245,6 @@ class DigestSender:
                 if status != SubscriptionStatus.CONFIRMED:
                     self._settle(session, [row_id], token, DS.SKIPPED, f"reader {status}")
                     continue
-                self.throttle.wait(stop)
                 try:
                     data = ahead.get(position)
                 except Exception as exc:

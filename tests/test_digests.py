@@ -707,3 +707,37 @@ def test_worker_survives_a_failing_digest_step(app, db, daily, caplog, monkeypat
     work = OtherWork(lambda: db.session, sender, app.instance_path, threading.Event())
     assert work() is False
     assert "digest sending failed" in caplog.text
+
+
+def test_a_throttled_row_is_still_leased_when_it_goes(db, daily, monkeypatch):
+    from newsletter.mail.transport import MemoryTransport
+
+    add_item(db, daily, "Story")
+    add_reader(db, daily, "one@example.com")
+    add_reader(db, daily, "two@example.com")
+    digests.start(db.session, digests.compose(db.session, daily))
+    # The worker's clocks, moved on only by its throttle's waits.
+    wall, mono = [utcnow()], [1000.0]
+
+    def sleep(seconds: float) -> None:
+        mono[0] += seconds
+        wall[0] += timedelta(seconds=seconds)
+
+    monkeypatch.setattr("newsletter.sending.utcnow", lambda: wall[0])
+    monkeypatch.setattr("newsletter.sending.time.monotonic", lambda: mono[0])
+    monkeypatch.setattr("newsletter.sending.time.sleep", sleep)
+
+    class Checking(MemoryTransport):
+        def send_raw(self, sender, recipients, data):  # type: ignore[no-untyped-def]
+            with db.engine.connect() as conn:
+                leases = conn.scalars(
+                    select(Delivery.next_attempt_at).where(Delivery.status == "sending")
+                ).all()
+            # Another worker could take a row whose lease has run out: it must not go here.
+            assert leases and all(lease > wall[0] for lease in leases)
+            super().send_raw(sender, recipients, data)
+
+    transport = Checking()
+    # One message every 100 s, a lease of 60 s: each row waits longer than its lease.
+    send_all(db, transport, SendSettings(rate=0.01, lease=timedelta(seconds=60)))
+    assert len(transport.raw) == 2

@@ -13,14 +13,15 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import Row, bindparam, select, update
+from sqlalchemy import Connection, Row, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -207,10 +208,8 @@ class DigestSender:
         gone = sorted(set(ids) - set(left))
         if gone:
             self._settle(session, gone, token, DS.SKIPPED, "reader erased")
-        # Marks go through a connection of their own: a Session's bookkeeping would cost more
-        # than the write itself, once per message.
         ahead = _Ahead(recipients, prepared, self._pool)
-        with session.get_bind().connect() as marks:
+        with _marks_connection(session) as marks:
             for position, (
                 row_id,
                 status,
@@ -274,7 +273,6 @@ class DigestSender:
                     continue
                 # Recorded at once: a crash after this line does not send it again.
                 marks.execute(_MARK_SENT, {"row": row_id, "token": token, "now": utcnow()})
-                marks.commit()
         # Cancelled while this batch went: the figures the cancel kept miss what was sent since.
         current = session.scalar(select(Digest.status).where(Digest.id == digest_id))
         if current == DigestStatus.CANCELLED:
@@ -363,6 +361,28 @@ class DigestSender:
         )
         session.commit()
         return renewed.rowcount == len(rows)
+
+
+@contextmanager
+def _marks_connection(session: Session) -> Iterator[Connection]:
+    """The connection that marks rows sent: one statement, one transaction, per message.
+
+    Of its own, because a Session's bookkeeping costs more than the write itself. In
+    autocommit, so a mark is one round trip. On PostgreSQL without waiting for the WAL to
+    reach the disk (synchronous_commit off, as SQLite's synchronous=NORMAL in WAL mode): a
+    worker that dies loses no mark; only a crash of the database machine itself can forget
+    the last fraction of a second of them, and those readers get a second copy.
+    """
+    with session.get_bind().connect() as conn:
+        marks = conn.execution_options(isolation_level="AUTOCOMMIT")
+        postgres = conn.dialect.name == "postgresql"
+        if postgres:
+            marks.exec_driver_sql("SET synchronous_commit TO off")
+        try:
+            yield marks
+        finally:
+            if postgres and not conn.invalidated:
+                marks.exec_driver_sql("RESET synchronous_commit")
 
 
 class _Ahead:

@@ -741,3 +741,18 @@ def test_a_throttled_row_is_still_leased_when_it_goes(db, daily, monkeypatch):
     # One message every 100 s, a lease of 60 s: each row waits longer than its lease.
     send_all(db, transport, SendSettings(rate=0.01, lease=timedelta(seconds=60)))
     assert len(transport.raw) == 2
+
+
+def test_marks_leave_pooled_connections_as_they_found_them(db, daily, smtp):
+    from sqlalchemy import text
+
+    from newsletter.sending import _marks_connection
+
+    with Session(db.engine) as session, _marks_connection(session) as marks:
+        if marks.dialect.name == "postgresql":
+            assert marks.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
+    with db.engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            # Web requests and the outbox, on the same pool, keep waiting for the disk.
+            assert conn.execute(text("SHOW synchronous_commit")).scalar() == "on"
+        assert conn.get_isolation_level() != "AUTOCOMMIT"

@@ -27,8 +27,8 @@ from sqlalchemy.orm import Session
 
 from newsletter import digests
 from newsletter.mail.digest_mail import Content, PreparedDigest, Signer
-from newsletter.mail.outbox import retry_delay
-from newsletter.mail.transport import ConnectionFailure, DeliveryError, Transport
+from newsletter.mail.outbox import retry_delay, server_side
+from newsletter.mail.transport import DeliveryError, Transport
 from newsletter.models import (
     Delivery,
     DeliveryStatus,
@@ -258,8 +258,7 @@ class DigestSender:
                 except DeliveryError as exc:
                     # The server is away, refuses our sender, or is shutting down (421): not
                     # this reader's doing. The rest of the batch waits; nothing is counted.
-                    server_side = isinstance(exc, ConnectionFailure) or exc.sender_refused
-                    if server_side or exc.code == 421:
+                    if server_side(exc):
                         log.warning("digest %s: batch put back, mail server: %s", digest_id, exc)
                         self._release(
                             session,

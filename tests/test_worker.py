@@ -433,3 +433,25 @@ def test_stop_finishes_the_message_in_hand_and_gives_the_rest_back(
     assert all(r.next_attempt_at <= utcnow() for r in rows[1:])
     assert work(db, transport) == 2
     assert len(smtp.received) == 3
+
+
+@pytest.mark.parametrize(
+    ("command", "reply"),
+    [("MAIL", "550 5.7.1 Sender address rejected: not owned by user"), ("RCPT", "421 4.3.2 Bye")],
+    ids=["sender-refused", "server-closing"],
+)
+def test_a_relay_refusing_us_delays_the_mail_without_using_up_its_tries(
+    client, db, newsletters, smtp, transport, command, reply
+):
+    smtp.handler.refuse(command, reply)
+    signup(client, "reader@example.com", "daily")
+
+    assert work(db, transport) == 1
+    row = only_row(db)
+    assert (row.status, row.attempts) == ("queued", 0)
+    assert row.next_attempt_at > utcnow()
+    assert row.last_error.startswith(reply[:3])
+    make_due(db)
+    assert work(db, transport) == 1
+    assert only_row(db).status == "sent"
+    assert len(smtp.received) == 1

@@ -217,10 +217,14 @@ def deliver_batch(
             continue
         try:
             transport.send(message)
-        except ConnectionFailure as exc:
-            # The server is down or will not let us in: not this message's fault, and the rest
-            # of the batch would fail the same way. Try again soon; an outage loses nothing.
-            log.warning("mail server unavailable, batch put back: %s", exc)
+        except DeliveryError as exc:
+            if not server_side(exc):
+                _failed(session, row, exc, settings)
+                continue
+            # The server is down, will not let us in, refuses our sender or is closing (421):
+            # not this message's fault, and the rest of the batch would fail the same way.
+            # Try again soon; an outage loses nothing.
+            log.warning("mail server refuses mail for now, batch put back: %s", exc)
             _release(session, ids[position:], token)
             session.execute(
                 update(OutboxMessage)
@@ -230,19 +234,28 @@ def deliver_batch(
             )
             session.commit()
             break
-        except DeliveryError as exc:
-            log.warning("mail %s to %s not sent: %s", row.id, row.to_address, exc)
-            if exc.permanent or row.attempts >= settings.max_attempts:
-                _finish(session, row, OutboxStatus.FAILED, str(exc))
-            else:
-                row.next_attempt_at = utcnow() + retry_delay(row.attempts, settings)
-                row.last_error = str(exc)[:2000]
-                row.claim = None
-                session.commit()
         else:
             # Recorded right away: a crash after this line cannot send it again.
             _finish(session, row, OutboxStatus.SENT, None)
     return len(ids)
+
+
+def server_side(exc: DeliveryError) -> bool:
+    """Whether a refusal is the mail server's (or its settings'), not the message's."""
+    return isinstance(exc, ConnectionFailure) or exc.sender_refused or exc.code == 421
+
+
+def _failed(
+    session: Session, row: OutboxMessage, exc: DeliveryError, settings: WorkerSettings
+) -> None:
+    log.warning("mail %s to %s not sent: %s", row.id, row.to_address, exc)
+    if exc.permanent or row.attempts >= settings.max_attempts:
+        _finish(session, row, OutboxStatus.FAILED, str(exc))
+    else:
+        row.next_attempt_at = utcnow() + retry_delay(row.attempts, settings)
+        row.last_error = str(exc)[:2000]
+        row.claim = None
+        session.commit()
 
 
 def _finish(session: Session, row: OutboxMessage, status: OutboxStatus, error: str | None) -> None:

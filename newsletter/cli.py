@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -105,8 +106,15 @@ def digest_group() -> None:
 @click.option("--subject", help="The subject line (default: the list's name and top story).")
 @click.option("--intro", default="", help="A few words above the items.")
 @click.option("--wait", is_flag=True, help="Send from here with a progress bar until done.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    help="With --wait: give up watching after this many seconds (the workers go on).",
+)
 @with_appcontext
-def digest_send(slug: str, subject: str | None, intro: str, wait: bool) -> None:
+def digest_send(
+    slug: str, subject: str | None, intro: str, wait: bool, timeout: float | None
+) -> None:
     """Compose a digest of the newsletter's new items and send it to every confirmed reader.
 
     Without --wait the workers send it. With --wait this command sends too (workers that run
@@ -123,16 +131,18 @@ def digest_send(slug: str, subject: str | None, intro: str, wait: bool) -> None:
         raise click.ClickException(exc.message) from exc
     click.echo(f"Digest {digest.id} ({digest.subject!r}): {readers:,} readers.")
     if wait:
-        _send_and_watch(digest)
+        _send_and_watch(digest, timeout)
 
 
-def _send_and_watch(digest: Digest) -> None:
+def _send_and_watch(digest: Digest, timeout: float | None = None) -> None:
     cfg = current_app.config
     signer = dkim.Signer.from_config(cfg)
     mailer = transport.from_config(cfg["SMTP_URL"], cfg["OUTBOX_DIR"], signer=signer)
     sender = DigestSender(mailer, signer=signer)
     stop = threading.Event()
     outbox.stop_on_signals(stop)
+    deadline = time.monotonic() + timeout if timeout is not None else None
+    timed_out = False
     with click.progressbar(length=max(digest.recipients, 1), label="Sending") as bar:
         try:
             while not stop.is_set():
@@ -142,16 +152,25 @@ def _send_and_watch(digest: Digest) -> None:
                     if state.finished or state.status == DigestStatus.PAUSED:
                         bar.update(state.done - bar.pos)
                         break
-                    stop.wait(0.5)  # rows waiting for a retry, or held by another worker
+                    # Rows waiting for a retry, or held by another worker: say why it waits.
+                    reason = digests.waiting_reason(db.session, digest.id)
+                    bar.label = f"Waiting ({reason[:60]})" if reason else "Sending"
+                    if deadline is not None and time.monotonic() >= deadline:
+                        timed_out = True
+                        break
+                    stop.wait(0.5)
                 state = digests.progress(db.session, digest)
                 bar.update(state.done - bar.pos)
         finally:
             mailer.close()
     state = digests.progress(db.session, digest)
     summary = f"{state.sent:,} sent, {state.failed:,} failed, {state.skipped:,} skipped"
-    if stop.is_set() and not state.finished:
+    if (stop.is_set() or timed_out) and not state.finished:
+        reason = digests.waiting_reason(db.session, digest.id)
+        why = f"; last refusal: {reason}" if reason else ""
         raise click.ClickException(
-            f"Stopped watching digest {digest.id} ({summary}); the workers go on sending it."
+            f"Stopped watching digest {digest.id} ({summary}, {state.queued:,} waiting{why}); "
+            "the workers go on sending it."
         )
     if state.status != DigestStatus.SENT:
         raise click.ClickException(f"Digest {digest.id} is {state.status}: {summary}.")

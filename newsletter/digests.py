@@ -448,6 +448,19 @@ def progress(session: Session, digest: Digest) -> Progress:
     )
 
 
+def waiting_reason(session: Session, digest_id: int) -> str | None:
+    """Why rows of a digest wait: the last refusal of one put back for a retry, if any."""
+    return session.scalar(
+        select(Delivery.last_error)
+        .where(
+            Delivery.digest_id == digest_id,
+            Delivery.status == DeliveryStatus.QUEUED,
+            Delivery.last_error.is_not(None),
+        )
+        .limit(1)
+    )
+
+
 def start_due(session: Session, now: datetime | None = None) -> list[int]:
     """Start every scheduled digest whose time has come; returns their ids; commits."""
     now = now or utcnow()

@@ -109,3 +109,21 @@ def test_pause_resume_cancel_from_the_command_line(db, daily, smtp, invoke):
     assert invoke("digest", "pause", "999").exit_code == 2
     listing = invoke("digest", "list")
     assert "cancelled" in listing.output and "daily" in listing.output
+
+
+def test_send_wait_with_the_server_down_says_why_and_gives_up_at_the_timeout(
+    app, db, daily, invoke
+):
+    from smtp_server import free_port
+
+    app.config["SMTP_URL"] = f"smtp://127.0.0.1:{free_port()}"
+    add_item(db, daily, "Story")
+    add_reader(db, daily, "a@example.com")
+    result = invoke("digest", "send", "daily", "--wait", "--timeout", "0")
+    assert result.exit_code == 1
+    assert "0 sent, 0 failed, 0 skipped, 1 waiting" in result.output
+    assert "last refusal: ConnectionRefusedError" in result.output
+    assert "the workers go on sending it" in result.output
+    digest = db.session.scalar(select(Digest))
+    db.session.refresh(digest)
+    assert digest.status == DigestStatus.SENDING

@@ -9,6 +9,7 @@ from datetime import timedelta
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from newsletter.errors import UserError
 from newsletter.models import ApiToken, utcnow
 
 # Recognisable in logs and secret scanners; the random part carries 256 bits.
@@ -18,14 +19,10 @@ PREFIX_LENGTH = 12
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
-class TokenError(Exception):
+class TokenError(UserError):
     """A token request the rules refuse; the message is fit to show an admin."""
 
     message = "Something is wrong with this token."
-
-    def __init__(self, message: str | None = None) -> None:
-        super().__init__(message or self.message)
-        self.message = message or self.message
 
 
 def hash_token(token: str) -> str:

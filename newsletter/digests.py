@@ -14,6 +14,8 @@ from datetime import datetime
 from sqlalchemy import and_, exists, func, insert, literal, or_, select, update
 from sqlalchemy.orm import Session
 
+from newsletter.errors import UserError
+from newsletter.items import items_query
 from newsletter.mail import outbox
 from newsletter.models import (
     Delivery,
@@ -26,7 +28,6 @@ from newsletter.models import (
     Newsletter,
     Subscription,
     SubscriptionStatus,
-    item_newsletter,
     utcnow,
 )
 
@@ -39,12 +40,8 @@ EDITABLE = (D.DRAFT, D.SCHEDULED)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
-class DigestError(Exception):
+class DigestError(UserError):
     """A digest action the rules refuse; the message is fit to show an editor."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 def last_sent(session: Session, newsletter: Newsletter) -> Digest | None:
@@ -62,13 +59,7 @@ def last_sent(session: Session, newsletter: Newsletter) -> Digest | None:
 
 def new_items(session: Session, newsletter: Newsletter, limit: int = MAX_ITEMS) -> list[Item]:
     """Items of the newsletter published since its last digest went out, newest first."""
-    query = (
-        select(Item)
-        .join(item_newsletter, item_newsletter.c.item_id == Item.id)
-        .where(item_newsletter.c.newsletter_id == newsletter.id)
-        .order_by(Item.published_at.desc(), Item.id.desc())
-        .limit(limit)
-    )
+    query = items_query(newsletter.id).limit(limit)
     previous = last_sent(session, newsletter)
     if previous is not None:
         # Since the last digest was composed: what came in while it waited to go is new too,

@@ -17,6 +17,7 @@ import feedparser
 from sqlalchemy.orm import Session
 
 from newsletter import items
+from newsletter.errors import UserError
 from newsletter.models import Newsletter, utcnow
 
 log = logging.getLogger(__name__)
@@ -29,14 +30,10 @@ _ACCEPT = (
 )
 
 
-class FeedError(Exception):
+class FeedError(UserError):
     """A feed that cannot be read; the message says why, fit to show an editor."""
 
     message = "The feed could not be read."
-
-    def __init__(self, message: str | None = None) -> None:
-        super().__init__(message or self.message)
-        self.message = message or self.message
 
 
 class _WebRedirects(urllib.request.HTTPRedirectHandler):

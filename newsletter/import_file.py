@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Protocol, TextIO
 
 from newsletter import subscriptions
+from newsletter.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +46,10 @@ NAME_CONTROL = re.compile(f"[{_CONTROLS}]")
 NAME_SPACES = re.compile(rf"\A[^\S{_CONTROLS}]+|[^\S{_CONTROLS}]+\Z")
 
 
-class ImportProblem(Exception):
+class ImportProblem(UserError):
     """An import that cannot run as asked; the message is fit to show whoever started it."""
 
     message = "This import cannot run."
-
-    def __init__(self, message: str | None = None) -> None:
-        super().__init__(message or self.message)
-        self.message = message or self.message
 
 
 class MissingEmailColumn(ImportProblem):

@@ -12,6 +12,7 @@ from sqlalchemy import Select, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from newsletter.errors import UserError
 from newsletter.models import Item, Newsletter, item_newsletter, utcnow
 
 MAX_TITLE = 500
@@ -23,14 +24,13 @@ SOURCES = ("api", "feed", "admin", "demo")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
-class ItemError(Exception):
+class ItemError(UserError):
     """Item input the rules refuse; the message is fit to show whoever sent it."""
 
     message = "Something is wrong with this item."
 
     def __init__(self, message: str | None = None, field: str | None = None) -> None:
-        super().__init__(message or self.message)
-        self.message = message or self.message
+        super().__init__(message)
         self.field = field
 
 

@@ -14,6 +14,7 @@ from sqlalchemy import Row, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from newsletter.errors import UserError
 from newsletter.mail import outbox
 from newsletter.models import (
     ConsentAction,
@@ -37,14 +38,8 @@ PREFERENCES_TEXT = "ticked on the preferences page [Save my choices]"
 SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 
-class SubscriptionError(Exception):
+class SubscriptionError(UserError):
     """A request the subscription rules refuse; the message is fit to show a reader."""
-
-    message = "Something is wrong with this request."
-
-    def __init__(self, message: str | None = None) -> None:
-        super().__init__(message or self.message)
-        self.message = message or self.message
 
 
 class InvalidEmail(SubscriptionError):

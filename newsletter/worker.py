@@ -16,7 +16,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from newsletter import imports, schedule
-from newsletter.sending import DigestSender
+from newsletter.sending import DigestSender, run_digests
 
 log = logging.getLogger(__name__)
 
@@ -54,16 +54,12 @@ class OtherWork:
                 session.rollback()
             finally:
                 session.close()
-        session = self.session_factory()
         try:
-            found = self.sender.step(session, self.stop) > 0 or found
+            found = run_digests(self.session_factory, self.sender, self.stop) or found
         except Exception:
             # A database hiccup (a lock held too long, a restarted server) must not end the
             # worker and its confirmation mails: the batch's rows come back with their lease.
             log.exception("digest sending failed; trying again")
-            session.rollback()
-        finally:
-            session.close()
         if self.stop.is_set():
             return found
         return imports.run_next_job(self.session_factory, self.instance_path, self.stop) or found

@@ -22,6 +22,7 @@ from typing import Protocol
 from urllib.parse import quote, urlsplit
 
 import css_inline
+from dkim import canonicalization
 from flask import current_app, render_template
 from itsdangerous import URLSafeTimedSerializer
 
@@ -97,10 +98,10 @@ def _qp_link(url: str) -> bytes:
 
 
 def _relaxed_body_lines(block: bytes) -> bytes:
-    """RFC 6376 relaxed canonicalisation of whole lines: runs of blanks to one, none at ends."""
-    lines = block.split(b"\r\n")
-    assert lines[-1] == b"", "a block ends with a line break"
-    return b"".join(re.sub(rb"[ \t]+", b" ", line).rstrip(b" \t") + b"\r\n" for line in lines[:-1])
+    """dkimpy's relaxed canonicalisation of whole lines, without what it does at the body's end
+    (dropping empty lines): a block is one piece of a body, and ends with a line break."""
+    assert block.endswith(b"\r\n"), "a block ends with a line break"
+    return canonicalization.compress_whitespace(canonicalization.strip_trailing_whitespace(block))
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,6 @@ class PreparedDigest:
         marker = secrets.token_hex(8)
         holes = {UNSUBSCRIBE: f"U{marker}U", PREFERENCES: f"P{marker}P"}
         text, html = render(content, holes[UNSUBSCRIBE], holes[PREFERENCES])
-        self.text, self.html = text, html
 
         boundary = f"=_{secrets.token_hex(12)}"
         lines = [f"From: {compose.sender(newsletter)}"]

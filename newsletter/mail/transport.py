@@ -6,6 +6,7 @@ import re
 import smtplib
 import ssl
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from email import message_from_bytes
@@ -87,7 +88,7 @@ def envelope(message: Message) -> tuple[str, list[str]]:
     return wire_address(senders[0]), recipients
 
 
-class _Sender:
+class _Sender(ABC):
     """`send` for every transport: serialise, sign when there is a signer, then `send_raw`."""
 
     signer: Signer | None = None
@@ -104,8 +105,9 @@ class _Sender:
                 raise PermanentFailure(f"cannot DKIM-sign: {exc}") from exc
         self.send_raw(sender, recipients, data)
 
+    @abstractmethod
     def send_raw(self, sender: str, recipients: Sequence[str], data: bytes) -> None:
-        raise NotImplementedError
+        """Send finished bytes (CRLF line ends) with this envelope."""
 
 
 class MemoryTransport(_Sender):

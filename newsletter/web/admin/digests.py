@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import UTC, tzinfo
-from zoneinfo import ZoneInfo
 
 from flask import current_app, flash, jsonify, redirect, render_template, request, url_for
 from flask_login import current_user
@@ -12,7 +11,7 @@ from sqlalchemy.orm import Session
 from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Response
 
-from newsletter import digests
+from newsletter import digests, schedule
 from newsletter import items as news_items
 from newsletter import newsletters as lists
 from newsletter.extensions import db
@@ -135,8 +134,8 @@ def _chosen_items(
 def _zone(newsletter: Newsletter) -> tzinfo:
     """The newsletter's time zone; UTC if its name is not one this machine knows."""
     try:
-        return ZoneInfo(newsletter.timezone or "UTC")
-    except (ValueError, KeyError, OSError):
+        return schedule.zone(newsletter.timezone or "UTC")
+    except schedule.ScheduleError:
         return UTC
 
 

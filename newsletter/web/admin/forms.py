@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import cache
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, available_timezones
+from zoneinfo import available_timezones
 
 from flask import current_app
 from flask_wtf import FlaskForm
@@ -32,7 +32,7 @@ from wtforms.validators import (
 )
 from wtforms.widgets import CheckboxInput, ListWidget
 
-from newsletter import items
+from newsletter import items, schedule
 from newsletter.mail.dkim import aligned as dkim_aligned
 from newsletter.models import (
     DEFAULT_BUTTON,
@@ -70,8 +70,8 @@ def _time_zone(form: FlaskForm, field: StringField) -> None:
     """A zone the IANA database knows, such as Europe/Kyiv."""
     name = (field.data or "").strip()
     try:
-        ZoneInfo(name)
-    except (ValueError, KeyError, OSError) as exc:
+        schedule.zone(name)
+    except schedule.ScheduleError as exc:
         raise ValidationError("Use a time zone name such as Europe/Kyiv or UTC.") from exc
     field.data = name
 

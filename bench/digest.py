@@ -172,7 +172,7 @@ def grow(env: dict[str, str], readers: int) -> None:
 
 def start_digest(env: dict[str, str]) -> tuple[int, int, float]:
     """Compose and start a digest; returns its id, its readers and the snapshot's seconds."""
-    from newsletter import digests
+    from newsletter.digests import states
     from newsletter.extensions import db
     from newsletter.models import Item, Newsletter
 
@@ -180,9 +180,9 @@ def start_digest(env: dict[str, str]) -> tuple[int, int, float]:
     with app.app_context():
         newsletter = db.session.scalar(select(Newsletter))
         items = list(db.session.scalars(select(Item).order_by(Item.published_at.desc())))
-        digest = digests.compose(db.session, newsletter, items=items)
+        digest = states.compose(db.session, newsletter, items=items)
         began = time.perf_counter()
-        readers = digests.start(db.session, digest)
+        readers = states.start(db.session, digest)
         took = time.perf_counter() - began
         digest_id = digest.id
         db.engine.dispose()
@@ -191,16 +191,18 @@ def start_digest(env: dict[str, str]) -> tuple[int, int, float]:
 
 def sample_message(env: dict[str, str]) -> bytes:
     """One reader's mail exactly as the workers build it."""
+    from newsletter.digests.compose import Content, PreparedDigest
     from newsletter.extensions import db
-    from newsletter.mail.digest_mail import Content, PreparedDigest
+    from newsletter.links import Links, Reader
     from newsletter.models import Item, Newsletter
 
     app = app_for(env)
-    with app.app_context(), app.test_request_context():
+    with app.app_context():
         newsletter = db.session.scalar(select(Newsletter))
         items = list(db.session.scalars(select(Item).order_by(Item.published_at.desc())))
-        prepared = PreparedDigest(Content(newsletter, "Daily Briefing", "", items), "sample")
-        data = prepared.message(1, "reader0@example.com", 1, "key")
+        content = Content(newsletter, "Daily Briefing", "", items)
+        prepared = PreparedDigest(content, "sample", Links.from_config(app.config))
+        data = prepared.message(1, "reader0@example.com", Reader(1, "key"))
         db.engine.dispose()
     return data
 

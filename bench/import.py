@@ -7,7 +7,8 @@ Run from the project root:
 It writes a CSV of generated rows (mostly valid, some invalid, some repeated) to a temporary
 folder, times `email_validator.validate_email(address, check_deliverability=False)` over every
 address of the file, then imports the file into a fresh SQLite database in a child process
-(`newsletter.imports.run`, as `newsletter subscribers import` runs it) and compares the rates.
+(`newsletter.imports.importer.run`, as `newsletter subscribers import` runs it) and compares
+the rates.
 The child's peak memory is read from the kernel while it runs (the child and the helper
 process it starts, added up) and after it ends (getrusage). The rows written are checked.
 """
@@ -175,8 +176,9 @@ def run_child(
 def child(workdir: Path, csv_path: Path, mode: str, inline: bool) -> None:
     """In the child: a fresh database, one newsletter, then the import as the command runs it."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from newsletter import create_app, imports
+    from newsletter import create_app
     from newsletter.extensions import db
+    from newsletter.imports import csvfile, importer, jobs
     from newsletter.models import ImportMode, Newsletter
 
     app = create_app(
@@ -192,15 +194,15 @@ def child(workdir: Path, csv_path: Path, mode: str, inline: bool) -> None:
         db.session.add(Newsletter(slug=SLUG, name="Bench"))
         db.session.commit()
         note = "bench: consented elsewhere" if mode == "consented" else None
-        job = imports.create_job(db.session, SLUG, csv_path.name, ImportMode(mode), note)
-        report = imports.report_path(app.instance_path, job.id)
-        with imports.open_source(csv_path) as source, imports.open_report(report) as out:
-            imports.run(
+        job = jobs.create_job(db.session, SLUG, csv_path.name, ImportMode(mode), note)
+        report = jobs.report_path(app.instance_path, job.id)
+        with jobs.open_source(csv_path) as source, jobs.open_report(report) as out:
+            importer.run(
                 db.session,
                 job,
                 source,
                 out,
-                parallel_after=None if inline else imports.PARALLEL_AFTER,
+                parallel_after=None if inline else csvfile.PARALLEL_AFTER,
             )
         counts = {
             "status": str(job.status),

@@ -7,15 +7,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from newsletter.addresses import InvalidEmail, normalize_email
+from newsletter.errors import UserError
 from newsletter.models import AdminUser, Role, utcnow
-from newsletter.subscriptions import InvalidEmail, normalize_email
 
 MIN_PASSWORD_LENGTH = 10
 # Checked when no account matches, so a wrong address takes as long as a wrong password.
 _NO_ACCOUNT = generate_password_hash("no account has this password")
 
 
-class AccountError(Exception):
+class AccountError(UserError):
     """An account cannot be made as asked; the message says why."""
 
 

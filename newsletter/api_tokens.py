@@ -19,7 +19,7 @@ PREFIX_LENGTH = 12
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
-class TokenError(UserError):
+class ApiTokenError(UserError):
     """A token request the rules refuse; the message is fit to show an admin."""
 
     message = "Something is wrong with this token."
@@ -34,9 +34,9 @@ def create_token(session: Session, name: str, admin_user_id: int | None) -> tupl
     """Make a token; commits. Returns the row and the token itself, which is not kept."""
     name = " ".join((name or "").split())
     if not name:
-        raise TokenError("Give the token a name, such as the site or script that uses it.")
+        raise ApiTokenError("Give the token a name, such as the site or script that uses it.")
     if len(name) > 100:
-        raise TokenError("The name is longer than 100 characters.")
+        raise ApiTokenError("The name is longer than 100 characters.")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     row = ApiToken(
         name=name,

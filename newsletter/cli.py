@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,9 +17,12 @@ from flask.cli import FlaskGroup, with_appcontext
 from flask_migrate import upgrade
 from sqlalchemy.orm import Session
 
-from newsletter import accounts, create_app, demo, digests, exports, feeds, imports
+from newsletter import accounts, create_app, demo, exports, feeds, newsletters
+from newsletter.digests import progress, states
+from newsletter.digests.sender import DigestSender
 from newsletter.extensions import db
-from newsletter.mail import dkim, outbox, transport
+from newsletter.imports import importer, jobs
+from newsletter.mail import dkim, outbox
 from newsletter.models import (
     Digest,
     DigestStatus,
@@ -30,9 +33,8 @@ from newsletter.models import (
     SubscriptionStatus,
     utcnow,
 )
-from newsletter.sending import DigestSender
 from newsletter.subscribers import Filter
-from newsletter.worker import OtherWork
+from newsletter.worker import Settings, build, stop_on_signals
 
 
 @click.group(cls=FlaskGroup, create_app=create_app, add_default_commands=True)
@@ -65,21 +67,17 @@ def worker(drain: bool, batch_size: int, poll: float) -> None:
     """Send mail and digests, run imports and cadences until stopped (Ctrl-C, SIGTERM: clean)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg = current_app.config
-    signer = dkim.Signer.from_config(cfg)
-    mailer = transport.from_config(cfg["SMTP_URL"], cfg["OUTBOX_DIR"], signer=signer)
-    settings = outbox.WorkerSettings(batch_size=batch_size, poll_interval=poll)
-    stop = threading.Event()
-    outbox.stop_on_signals(stop)
+    settings = Settings(
+        poll_interval=poll, outbox=dataclasses.replace(outbox.POLICY, batch_size=batch_size)
+    )
+    process = build(cfg, lambda: db.session, settings)
+    stop_on_signals(process.stop)
     where = "SMTP" if cfg["SMTP_URL"] else cfg["OUTBOX_DIR"]
     if not drain:
         click.echo(f"Worker sending to {where}; Ctrl-C to stop.")
-    sender = DigestSender(mailer, signer=signer)
-    other = OtherWork(lambda: db.session, sender, current_app.instance_path, stop)
-    handled = outbox.run(
-        lambda: db.session, mailer, settings, drain=drain, stop=stop, between_batches=other
-    )
+    handled = process.run(drain=drain)
     waiting = outbox.pending_count(db.session)
-    click.echo(f"Messages handled: {handled}; waiting for a retry: {waiting}.")
+    click.echo(f"Messages handled: {handled['outbox']}; waiting for a retry: {waiting}.")
 
 
 def _digest(digest_id: int) -> Digest:
@@ -89,11 +87,11 @@ def _digest(digest_id: int) -> Digest:
     return digest
 
 
-def _newsletter(slug: str) -> Newsletter:
-    newsletter = db.session.scalar(db.select(Newsletter).where(Newsletter.slug == slug))
-    if newsletter is None:
-        raise click.BadParameter(f"no newsletter with slug {slug!r}", param_hint="SLUG")
-    return newsletter
+def _newsletter(slug: str, param_hint: str = "SLUG", *, open_only: bool = False) -> Newsletter:
+    try:
+        return newsletters.by_slug(db.session, slug, open_only=open_only)
+    except newsletters.UnknownNewsletter as exc:
+        raise click.BadParameter(exc.message, param_hint=param_hint) from exc
 
 
 @cli.group("digest")
@@ -122,12 +120,10 @@ def digest_send(
     with the reason when mail failed, or the digest was paused or cancelled.
     """
     newsletter = _newsletter(slug)
-    if not digests.new_items(db.session, newsletter):
-        raise click.ClickException(f"{newsletter.name} has no new items since its last digest.")
     try:
-        digest = digests.compose(db.session, newsletter, subject=subject, intro=intro)
-        readers = digests.start(db.session, digest)
-    except digests.DigestError as exc:
+        digest = states.compose(db.session, newsletter, subject=subject, intro=intro)
+        readers = states.start(db.session, digest)
+    except states.DigestError as exc:
         raise click.ClickException(exc.message) from exc
     click.echo(f"Digest {digest.id} ({digest.subject!r}): {readers:,} readers.")
     if wait:
@@ -135,12 +131,10 @@ def digest_send(
 
 
 def _send_and_watch(digest: Digest, timeout: float | None = None) -> None:
-    cfg = current_app.config
-    signer = dkim.Signer.from_config(cfg)
-    mailer = transport.from_config(cfg["SMTP_URL"], cfg["OUTBOX_DIR"], signer=signer)
-    sender = DigestSender(mailer, signer=signer)
-    stop = threading.Event()
-    outbox.stop_on_signals(stop)
+    process = build(current_app.config, lambda: db.session)
+    sender: DigestSender = process.runner("digest sending")
+    stop = process.stop
+    stop_on_signals(stop)
     deadline = time.monotonic() + timeout if timeout is not None else None
     timed_out = False
     redraw_at = 0.0
@@ -148,13 +142,13 @@ def _send_and_watch(digest: Digest, timeout: float | None = None) -> None:
         try:
             while not stop.is_set():
                 if not sender.step(db.session, stop, only=digest.id):
-                    digests.finish_if_done(db.session, digest.id)
-                    state = digests.progress(db.session, digest)
+                    states.finish_if_done(db.session, digest.id)
+                    state = progress.progress(db.session, digest)
                     if state.finished or state.status == DigestStatus.PAUSED:
                         bar.update(state.done - bar.pos)
                         break
                     # Rows waiting for a retry, or held by another worker: say why it waits.
-                    reason = digests.waiting_reason(db.session, digest.id)
+                    reason = progress.waiting_reason(db.session, digest.id)
                     bar.label = f"Waiting ({reason[:60]})" if reason else "Sending"
                     if deadline is not None and time.monotonic() >= deadline:
                         timed_out = True
@@ -164,14 +158,14 @@ def _send_and_watch(digest: Digest, timeout: float | None = None) -> None:
                 # enough for a bar, once a batch would slow a big digest down.
                 if time.monotonic() >= redraw_at:
                     redraw_at = time.monotonic() + 0.5
-                    state = digests.progress(db.session, digest)
+                    state = progress.progress(db.session, digest)
                     bar.update(state.done - bar.pos)
         finally:
-            mailer.close()
-    state = digests.progress(db.session, digest)
+            process.transport.close()
+    state = progress.progress(db.session, digest)
     summary = f"{state.sent:,} sent, {state.failed:,} failed, {state.skipped:,} skipped"
     if (stop.is_set() or timed_out) and not state.finished:
-        reason = digests.waiting_reason(db.session, digest.id)
+        reason = progress.waiting_reason(db.session, digest.id)
         why = f"; last refusal: {reason}" if reason else ""
         raise click.ClickException(
             f"Stopped watching digest {digest.id} ({summary}, {state.queued:,} waiting{why}); "
@@ -190,8 +184,8 @@ def _send_and_watch(digest: Digest, timeout: float | None = None) -> None:
 def digest_list(slug: str | None) -> None:
     """The latest digests, newest first."""
     newsletter = _newsletter(slug) if slug else None
-    for digest in digests.recent(db.session, newsletter, limit=30):
-        state = digests.progress(db.session, digest)
+    for digest in states.recent(db.session, newsletter, limit=30):
+        state = progress.progress(db.session, digest)
         click.echo(
             f"{digest.id:>6}  {digest.newsletter.slug:<20} {state.status:<10} "
             f"{state.sent:>9,} sent {state.failed:>7,} failed  {digest.subject}"
@@ -204,7 +198,7 @@ def digest_list(slug: str | None) -> None:
 def digest_status(digest_id: int) -> None:
     """Where a digest stands."""
     digest = _digest(digest_id)
-    state = digests.progress(db.session, digest).as_json(utcnow())
+    state = progress.progress(db.session, digest).as_json(utcnow())
     click.echo(f"Digest {digest.id} of {digest.newsletter.slug}: {digest.subject}")
     for key, value in state.items():
         click.echo(f"  {key.replace('_', ' ')}: {value if value is not None else '-'}")
@@ -220,16 +214,16 @@ def _digest_action(
         digest = _digest(digest_id)
         try:
             action(db.session, digest)
-        except digests.DigestError as exc:
+        except states.DigestError as exc:
             raise click.ClickException(exc.message) from exc
         click.echo(f"Digest {digest.id} {done}.")
 
 
-_digest_action("pause", digests.pause, "paused: workers put back what they hold", "Pause a digest.")
-_digest_action("resume", digests.resume, "resumed", "Go on sending a paused digest.")
+_digest_action("pause", states.pause, "paused: workers put back what they hold", "Pause a digest.")
+_digest_action("resume", states.resume, "resumed", "Go on sending a paused digest.")
 _digest_action(
     "cancel",
-    digests.cancel,
+    states.cancel,
     "cancelled: nothing more of it is sent",
     "Send nothing more of a digest.",
 )
@@ -255,7 +249,7 @@ def create_admin(email: str, password: str | None, role: str) -> None:
     try:
         user = accounts.create_admin(db.session, email, password, Role(role))
     except accounts.AccountError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(exc.message) from exc
     click.echo(f"Account {user.email} created ({user.role}).")
 
 
@@ -273,11 +267,7 @@ def import_items(source: str, slug: str) -> None:
 
     Items already there (same guid or link) are not added again.
     """
-    newsletter = db.session.scalar(db.select(Newsletter).where(Newsletter.slug == slug))
-    if newsletter is None or newsletter.archived:
-        raise click.BadParameter(
-            f"no open newsletter with slug {slug!r}", param_hint="--newsletter"
-        )
+    newsletter = _newsletter(slug, "--newsletter", open_only=True)
     try:
         added, already = feeds.import_feed(db.session, source, newsletter)
     except feeds.FeedError as exc:
@@ -299,11 +289,11 @@ def subscribers() -> None:
 )
 @with_appcontext
 def export(slug: str | None, status: str | None) -> None:
-    """Write subscriptions as CSV to standard output."""
-    if slug and db.session.scalar(db.select(Newsletter.id).where(Newsletter.slug == slug)) is None:
-        raise click.BadParameter(f"no newsletter with slug {slug!r}", param_hint="--newsletter")
-    query = exports.subscriptions_query(Filter(newsletter=slug or "", status=status or ""))
-    exports.write_csv(exports.subscription_rows(db.session, query), sys.stdout)
+    """Write subscriptions as CSV to standard output; the export is recorded in the audit trail."""
+    if slug:
+        _newsletter(slug, "--newsletter")
+    where = Filter(newsletter=slug or "", status=status or "")
+    exports.write_csv(exports.audited_rows(db.session, where, None), sys.stdout)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -328,15 +318,15 @@ def import_subscribers(file: Path, slug: str, confirmed: bool, consent_note: str
     """
     mode = ImportMode.CONSENTED if confirmed else ImportMode.CONFIRM
     try:
-        job = imports.create_job(db.session, slug, file.name, mode, consent_note)
-    except imports.UnknownNewsletter as exc:
+        job = jobs.create_job(db.session, slug, file.name, mode, consent_note)
+    except newsletters.UnknownNewsletter as exc:
         raise click.BadParameter(exc.message, param_hint="--newsletter") from exc
-    except imports.ConsentNoteRequired as exc:
+    except jobs.ConsentNoteRequired as exc:
         raise click.UsageError(f"{exc.message} (--consent-note)") from exc
-    report = imports.report_path(current_app.instance_path, job.id)
+    report = jobs.report_path(current_app.instance_path, job.id)
     with (
-        imports.open_source(file) as source,
-        imports.open_report(report) as out,
+        jobs.open_source(file) as source,
+        jobs.open_report(report) as out,
         click.progressbar(
             length=max(file.stat().st_size, 1),
             label=f"Importing {file.name}",
@@ -344,14 +334,14 @@ def import_subscribers(file: Path, slug: str, confirmed: bool, consent_note: str
         ) as bar,
     ):
 
-        def progress(rows: int) -> None:
+        def advance(rows: int) -> None:
             # Bytes handed to the text decoder so far: the bar moves with the file.
             bar.update(source.buffer.tell() - bar.pos, rows)
 
         # A `kill` ends the import as Ctrl-C does: the job is marked as stopped, not left running.
         previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
-            imports.run(db.session, job, source, out, progress)
+            importer.run(db.session, job, source, out, advance)
         finally:
             signal.signal(signal.SIGTERM, previous)
         if job.status == JobStatus.DONE:

@@ -108,6 +108,7 @@ def finish(app: Flask) -> None:
             raise ConfigError("NEWSLETTER_BASE_URL must be set in production")
         cfg["BASE_URL"] = "http://127.0.0.1:5000"
     cfg["BASE_URL"] = str(cfg["BASE_URL"]).rstrip("/")
+    cfg["INSTANCE_PATH"] = str(instance)
     cfg.setdefault("OUTBOX_DIR", str(instance / "outbox"))
     cfg["SQLALCHEMY_DATABASE_URI"] = (
         cfg["DATABASE_URL"] or f"sqlite:///{instance / 'newsletter.db'}"

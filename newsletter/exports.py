@@ -12,7 +12,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from newsletter.models import Newsletter, Subscriber, Subscription
-from newsletter.subscribers import Filter, apply
+from newsletter.subscribers import Filter, apply, record
 
 COLUMNS = (
     "email",
@@ -62,6 +62,18 @@ def subscription_rows(session: Session, query: Select) -> Iterator[tuple[object,
     """Stream the rows of a query, a thousand at a time."""
     for row in session.execute(query.execution_options(yield_per=1000)):
         yield tuple(row)
+
+
+def audited_rows(
+    session: Session, where: Filter, admin_user_id: int | None
+) -> Iterator[tuple[object, ...]]:
+    """The rows of an export of subscriptions; the export is recorded first (commits).
+
+    From the command line there is no account: the record names none.
+    """
+    record(session, admin_user_id, "export", filter=where.as_dict())
+    session.commit()
+    return subscription_rows(session, subscriptions_query(where))
 
 
 def write_csv(rows: Iterable[tuple[object, ...]], out: TextIO) -> int:

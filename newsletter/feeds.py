@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import feedparser
 from sqlalchemy.orm import Session
 
-from newsletter import items
+from newsletter.digests import items
 from newsletter.errors import UserError
 from newsletter.models import Newsletter, utcnow
 

@@ -376,8 +376,13 @@ class ImportJob(db.Model):
     rejected: Mapped[int] = mapped_column(default=0)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    # Moved on by the running worker after each batch: a job whose worker died stops
-    # moving it, and another worker takes the job over.
+    # Claimed with a lease (newsletter/leases.py), renewed after each batch: a job whose
+    # worker died stops being renewed, and another worker takes the job over.
+    claim: Mapped[str | None] = mapped_column(String(32))
+    attempts: Mapped[int] = mapped_column(default=0)
+    # When a queued job is due; for a running one, when its lease runs out.
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # When its worker last moved it on, for the admin's page.
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 

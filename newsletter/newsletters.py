@@ -1,4 +1,4 @@
-"""Newsletters as the editor manages them: create, change, archive."""
+"""Newsletters: finding them by slug, the open ones, and the editor's create, change, archive."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from newsletter import schedule
+from newsletter.digests import cadence
+from newsletter.errors import UserError
 from newsletter.models import Newsletter
 
 # What an editor may set; everything else about a newsletter is the service's business.
@@ -35,8 +36,35 @@ FIELDS = (
 SCHEDULE_FIELDS = ("cadence", "send_time", "timezone", "send_weekday", "auto_digest")
 
 
-class SlugTaken(Exception):
-    """Another newsletter has this slug."""
+class UnknownNewsletter(UserError):
+    message = "We have no newsletter by that name."
+
+
+class SlugTaken(UserError):
+    message = "Another newsletter has this slug."
+
+
+def by_slug(session: Session, slug: str, *, open_only: bool = False) -> Newsletter:
+    """The newsletter with this slug (only an open one, if asked); else UnknownNewsletter."""
+    query = select(Newsletter).where(Newsletter.slug == slug)
+    if open_only:
+        query = query.where(Newsletter.archived.is_(False))
+    newsletter = session.scalar(query)
+    if newsletter is None:
+        kind = "open newsletter" if open_only else "newsletter"
+        raise UnknownNewsletter(f"There is no {kind} with slug {slug[:64]!r}.")
+    return newsletter
+
+
+def open_newsletters(session: Session) -> list[Newsletter]:
+    """The lists a reader can join, in the site's order."""
+    return list(
+        session.scalars(
+            select(Newsletter)
+            .where(Newsletter.archived.is_(False))
+            .order_by(Newsletter.position, Newsletter.id)
+        )
+    )
 
 
 def all_newsletters(session: Session) -> list[Newsletter]:
@@ -66,11 +94,11 @@ def save(
         session.flush()
         if rescheduled:
             # Set when the next automatic digest is due, committed with the settings.
-            schedule.plan(newsletter)
+            cadence.plan(newsletter)
         session.commit()
     except IntegrityError as exc:
         session.rollback()
-        raise SlugTaken(str(values.get("slug"))) from exc
+        raise SlugTaken() from exc
     return newsletter
 
 
@@ -78,5 +106,5 @@ def set_archived(session: Session, newsletter: Newsletter, archived: bool) -> No
     """Close a newsletter to signups (its subscribers and history stay), or open it again."""
     newsletter.archived = archived
     # An archived list sends no automatic digests; reopened, it picks its cadence up again.
-    schedule.plan(newsletter)
+    cadence.plan(newsletter)
     session.commit()

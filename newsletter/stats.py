@@ -17,10 +17,9 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from newsletter.models import Newsletter, Subscription, SubscriptionStatus, UTCDateTime
 
-S = SubscriptionStatus
 # Subscriptions that may count as confirmed: a new signup makes one pending again and
 # clears its times.
-NOT_PENDING = tuple(status for status in S if status != S.PENDING)
+NOT_PENDING = tuple(status for status in SubscriptionStatus if status != SubscriptionStatus.PENDING)
 # The activity windows, shortest first.
 WINDOWS = (timedelta(hours=24), timedelta(days=7), timedelta(days=30))
 DAY = timedelta(days=1)
@@ -71,7 +70,10 @@ def _per_open_newsletter(*counts: ColumnElement[Any]) -> Select[Any]:
 # One row per open newsletter: its subscriptions in each status.
 # Index: ix_subscription_newsletter_status (newsletter_id, status).
 STATUS_COUNTS = _per_open_newsletter(
-    *(_count(_OF_THE_ROW, Subscription.status == status).label(status) for status in S)
+    *(
+        _count(_OF_THE_ROW, Subscription.status == status).label(status)
+        for status in SubscriptionStatus
+    )
 )
 
 
@@ -154,7 +156,7 @@ def changes_per_day(first: date, days: int, newsletter_id: int | None = None) ->
 def status_counts(session: Session) -> dict[int, dict[str, int]]:
     """Per open newsletter, in the site's order, its subscriptions in each status."""
     return {
-        row.id: {status.value: row._mapping[status] for status in S}
+        row.id: {status.value: row._mapping[status] for status in SubscriptionStatus}
         for row in session.execute(STATUS_COUNTS)
     }
 

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import Select, delete, select
 from sqlalchemy.orm import Session
 
+from newsletter import suppression
 from newsletter.models import (
     AuditEvent,
     ConsentEvent,
@@ -15,10 +16,8 @@ from newsletter.models import (
     OutboxMessage,
     Subscriber,
     Subscription,
-    Suppression,
     SuppressionReason,
 )
-from newsletter.subscriptions import address_hash
 
 PAGE_SIZE = 50
 
@@ -157,11 +156,10 @@ def erase(session: Session, subscriber: Subscriber, admin_user_id: int | None) -
 
     Commits. Their consent trail goes with them: the erasure itself is what the audit keeps.
     """
-    digest = address_hash(subscriber.email_key)
-    subscriber_id = subscriber.id
+    subscriber_id, email_key = subscriber.id, subscriber.email_key
     session.execute(delete(OutboxMessage).where(OutboxMessage.subscriber_id == subscriber_id))
     session.delete(subscriber)  # subscriptions and consent events cascade
-    if session.scalar(select(Suppression.id).where(Suppression.email_hash == digest)) is None:
-        session.add(Suppression(email_hash=digest, reason=SuppressionReason.ERASED))
+    session.flush()
+    suppression.suppress(session, email_key, SuppressionReason.ERASED)
     record(session, admin_user_id, "erase", subscriber_id=subscriber_id)
     session.commit()

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import Row, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from newsletter.addresses import normalize_email
 from newsletter.errors import UserError
+from newsletter.links import ConfirmLink, LinkNoLongerValid, Reader, UnsubscribeLink
 from newsletter.mail import outbox
 from newsletter.models import (
     ConsentAction,
@@ -25,12 +25,27 @@ from newsletter.models import (
     Subscriber,
     Subscription,
     SubscriptionStatus,
-    Suppression,
     new_nonce,
     utcnow,
 )
+from newsletter.newsletters import UnknownNewsletter
 
-S = SubscriptionStatus
+PENDING = SubscriptionStatus.PENDING
+CONFIRMED = SubscriptionStatus.CONFIRMED
+UNSUBSCRIBED = SubscriptionStatus.UNSUBSCRIBED
+# States in which the address gets mail from this list, or will once confirmed.
+LIVE = (PENDING, CONFIRMED)
+# States of an address that may never be mailed again: the reader cannot change them.
+STOPPED = (SubscriptionStatus.BOUNCED, SubscriptionStatus.COMPLAINED)
+# How each state reads to the reader, on the preferences page.
+READER_LABELS = {
+    CONFIRMED: "subscribed",
+    PENDING: "waiting for confirmation",
+    UNSUBSCRIBED: "unsubscribed",
+    SubscriptionStatus.BOUNCED: "paused: mail to this address bounced",
+    SubscriptionStatus.COMPLAINED: "unsubscribed (marked as spam)",
+}
+NOT_SUBSCRIBED = "not subscribed"
 # The words on the buttons that record consent, kept in the trail with each event.
 CONFIRM_TEXT = "Confirm subscription"
 PREFERENCES_TEXT = "ticked on the preferences page [Save my choices]"
@@ -42,20 +57,8 @@ class SubscriptionError(UserError):
     """A request the subscription rules refuse; the message is fit to show a reader."""
 
 
-class InvalidEmail(SubscriptionError):
-    message = "Please, enter correct email address"
-
-
 class NoNewsletterChosen(SubscriptionError):
     message = "Please, choose at least one newsletter."
-
-
-class UnknownNewsletter(SubscriptionError):
-    message = "We have no newsletter by that name."
-
-
-class LinkNoLongerValid(SubscriptionError):
-    message = "This link is no longer valid."
 
 
 class NothingToConfirm(SubscriptionError):
@@ -98,32 +101,25 @@ class ConfirmResult:
     already: list[Subscription] = field(default_factory=list)
 
 
-def normalize_email(raw: str, *, check_deliverability: bool = False) -> tuple[str, str]:
-    """Validate an address; return it normalised and its case-folded lookup key."""
-    raw = (raw or "").strip()
-    if not raw or len(raw) > 254 or any(c in raw for c in "\r\n\0"):
-        raise InvalidEmail()
-    try:
-        # SMTPUTF8 addresses (non-ASCII before the @) cannot be delivered by most servers.
-        result = validate_email(
-            raw, check_deliverability=check_deliverability, allow_smtputf8=False
-        )
-    except EmailNotValidError as exc:
-        raise InvalidEmail() from exc
-    return result.normalized, result.normalized.lower()
+def still_confirms(subscription: Subscription, nonce: str) -> bool:
+    """Whether a confirmation link's (subscription, nonce) would still confirm it.
+
+    Only while it is pending with the nonce the link was made with: every change of state
+    makes a new nonce, so an old link cannot confirm again after an unsubscribe.
+    """
+    return subscription.status == PENDING and subscription.nonce == nonce
 
 
-def address_hash(email_key: str) -> str:
-    """How a suppressed address is kept: SHA-256 of its lowercased form."""
-    return hashlib.sha256(email_key.encode("utf-8")).hexdigest()
-
-
-def suppressed(session: Session, email_key: str) -> bool:
-    """Whether this address may never be mailed or imported again."""
-    digest = address_hash(email_key)
-    return (
-        session.scalar(select(Suppression.id).where(Suppression.email_hash == digest)) is not None
-    )
+def still_confirmable(
+    subscriber: Subscriber, pairs: Iterable[tuple[int, str]]
+) -> list[tuple[Subscription, str]]:
+    """The subscriptions of these (id, nonce) pairs that a link made for them still confirms."""
+    by_id = {s.id: s for s in subscriber.subscriptions}
+    return [
+        (by_id[sid], nonce)
+        for sid, nonce in pairs
+        if sid in by_id and still_confirms(by_id[sid], nonce)
+    ]
 
 
 def box_text(newsletter: Newsletter | Row[Any]) -> str:
@@ -160,7 +156,7 @@ REOPEN_SUBSCRIPTION = (
     update(Subscription.__table__)
     .where(Subscription.__table__.c.id == bindparam("subscription_id"))
     .values(
-        status=S.PENDING,
+        status=PENDING,
         nonce=bindparam("nonce"),
         source=bindparam("source"),
         subscribed_at=bindparam("now"),
@@ -308,13 +304,13 @@ def _subscribe(
                 {
                     "subscriber_id": subscriber_id,
                     "newsletter_id": newsletter.id,
-                    "status": S.PENDING,
+                    "status": PENDING,
                     "nonce": nonce,
                     "source": origin.source,
                     "subscribed_at": now,
                 },
             ).scalar_one()
-        elif current.status == S.UNSUBSCRIBED:
+        elif current.status == UNSUBSCRIBED:
             subscription_id, nonce = current.id, new_nonce()
             conn.execute(
                 REOPEN_SUBSCRIPTION,
@@ -325,7 +321,7 @@ def _subscribe(
                     "now": now,
                 },
             )
-        elif current.status == S.PENDING:
+        elif current.status == PENDING:
             # The earlier mail's link stays good; the new mail's link matches it.
             subscription_id, nonce = current.id, current.nonce
         else:
@@ -355,38 +351,23 @@ def _subscribe(
     )
 
 
-def _reader(session: Session, payload: object) -> tuple[Subscriber, dict[str, Any]]:
-    if not isinstance(payload, dict):
-        raise LinkNoLongerValid()
-    subscriber = session.get(Subscriber, payload.get("s"))
-    if subscriber is None or subscriber.token_key != payload.get("k"):
-        raise LinkNoLongerValid()
-    return subscriber, payload
-
-
-def reader_from_payload(session: Session, payload: object) -> Subscriber:
+def reader(session: Session, who: Reader) -> Subscriber:
     """The subscriber a signed link was made for, or LinkNoLongerValid if they are gone."""
-    return _reader(session, payload)[0]
-
-
-def _linked_subscriptions(
-    subscriber: Subscriber, payload: dict[str, object]
-) -> list[tuple[Subscription, str]]:
-    by_id = {s.id: s for s in subscriber.subscriptions}
-    pairs = payload.get("n")
-    if not isinstance(pairs, list):
+    subscriber = session.get(Subscriber, who.subscriber_id)
+    if subscriber is None or subscriber.token_key != who.key:
         raise LinkNoLongerValid()
-    found = []
-    for pair in pairs:
-        if isinstance(pair, list) and len(pair) == 2 and pair[0] in by_id:
-            found.append((by_id[pair[0]], str(pair[1])))
-    return found
+    return subscriber
+
+
+def _linked(subscriber: Subscriber, link: ConfirmLink) -> list[tuple[Subscription, str]]:
+    by_id = {s.id: s for s in subscriber.subscriptions}
+    return [(by_id[sid], nonce) for sid, nonce in link.pairs if sid in by_id]
 
 
 def _mark_confirmed(
     session: Session, subscription: Subscription, origin: Origin, text: str
 ) -> None:
-    subscription.status = S.CONFIRMED
+    subscription.status = CONFIRMED
     subscription.confirmed_at = utcnow()
     subscription.unsubscribed_at = None
     subscription.nonce = new_nonce()
@@ -402,18 +383,29 @@ def _mark_confirmed(
         )
 
 
-def confirm(session: Session, payload: object, origin: Origin) -> ConfirmResult:
-    """Confirm every list a confirmation link was sent for; commits."""
-    subscriber, link = _reader(session, payload)
+def confirmation_preview(session: Session, link: ConfirmLink) -> ConfirmResult:
+    """What pressing the confirm button would do, changing nothing.
+
+    `confirmed` lists what the button would confirm, `already` what is confirmed already;
+    LinkNoLongerValid when the link can do nothing.
+    """
+    subscriber = reader(session, link.reader)
     result = ConfirmResult(subscriber)
-    for subscription, nonce in _linked_subscriptions(subscriber, link):
-        if subscription.status == S.PENDING and subscription.nonce == nonce:
-            _mark_confirmed(session, subscription, origin, CONFIRM_TEXT)
+    for subscription, nonce in _linked(subscriber, link):
+        if still_confirms(subscription, nonce):
             result.confirmed.append(subscription)
-        elif subscription.status == S.CONFIRMED:
+        elif subscription.status == CONFIRMED:
             result.already.append(subscription)
     if not result.confirmed and not result.already:
         raise LinkNoLongerValid()
+    return result
+
+
+def confirm(session: Session, link: ConfirmLink, origin: Origin) -> ConfirmResult:
+    """Confirm every list a confirmation link was sent for; commits."""
+    result = confirmation_preview(session, link)
+    for subscription in result.confirmed:
+        _mark_confirmed(session, subscription, origin, CONFIRM_TEXT)
     session.commit()
     return result
 
@@ -426,7 +418,7 @@ def send_confirmation(
     limit: ConfirmationLimit = ConfirmationLimit(),
 ) -> list[Subscription]:
     """Queue one fresh confirmation for those of these subscriptions still pending; commits."""
-    pending = [s for s in subscriptions if s.status == S.PENDING]
+    pending = [s for s in subscriptions if s.status == PENDING]
     if not pending:
         raise NothingToConfirm()
     pairs = [(s.id, s.nonce) for s in pending]
@@ -440,13 +432,13 @@ def send_confirmation(
 
 def resend_confirmation(
     session: Session,
-    payload: object,
+    link: ConfirmLink,
     origin: Origin,
     limit: ConfirmationLimit = ConfirmationLimit(),
 ) -> list[Subscription]:
     """Send a fresh confirmation for the lists of an expired link still pending; commits."""
-    subscriber, link = _reader(session, payload)
-    linked = [s for s, _ in _linked_subscriptions(subscriber, link)]
+    subscriber = reader(session, link.reader)
+    linked = [s for s, _ in _linked(subscriber, link)]
     try:
         return send_confirmation(session, subscriber, linked, origin, limit)
     except NothingToConfirm as exc:
@@ -454,42 +446,56 @@ def resend_confirmation(
 
 
 def _mark_unsubscribed(session: Session, subscription: Subscription, origin: Origin) -> None:
-    subscription.status = S.UNSUBSCRIBED
+    subscription.status = UNSUBSCRIBED
     subscription.unsubscribed_at = utcnow()
     subscription.nonce = new_nonce()
     _event(session, subscription, ConsentAction.UNSUBSCRIBED, origin)
 
 
-def list_subscription(session: Session, payload: object) -> Subscription:
+def list_subscription(session: Session, link: UnsubscribeLink) -> Subscription:
     """The subscription an unsubscribe link was made for."""
-    subscriber, link = _reader(session, payload)
+    subscriber = reader(session, link.reader)
     for subscription in subscriber.subscriptions:
-        if subscription.newsletter_id == link.get("l"):
+        if subscription.newsletter_id == link.newsletter_id:
             return subscription
     raise LinkNoLongerValid()
 
 
-def confirmation_preview(session: Session, payload: object) -> ConfirmResult:
-    """What pressing the confirm button would do, changing nothing.
+def can_unsubscribe(subscription: Subscription) -> bool:
+    """Whether leaving the list would change anything: it is pending or confirmed."""
+    return subscription.status in LIVE
 
-    `confirmed` lists what the button would confirm, `already` what is confirmed already;
-    LinkNoLongerValid when the link can do nothing.
-    """
-    subscriber, link = _reader(session, payload)
-    result = ConfirmResult(subscriber)
-    for subscription, nonce in _linked_subscriptions(subscriber, link):
-        if subscription.status == S.PENDING and subscription.nonce == nonce:
-            result.confirmed.append(subscription)
-        elif subscription.status == S.CONFIRMED:
-            result.already.append(subscription)
-    if not result.confirmed and not result.already:
-        raise LinkNoLongerValid()
-    return result
+
+def can_resend_confirmation(subscriber: Subscriber) -> bool:
+    """Whether any of the person's subscriptions waits for confirmation."""
+    return any(s.status == PENDING for s in subscriber.subscriptions)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One list on a reader's preferences page."""
+
+    newsletter: Newsletter
+    subscribed: bool  # ticked
+    open: bool  # the reader may change it
+    label: str
+
+
+def choices(subscriber: Subscriber, newsletters: Iterable[Newsletter]) -> list[Choice]:
+    """The lists a reader's preferences page offers, with their state as the reader reads it."""
+    current = {s.newsletter_id: s for s in subscriber.subscriptions}
+    found = []
+    for newsletter in newsletters:
+        subscription = current.get(newsletter.id)
+        status = subscription.status if subscription is not None else None
+        label = READER_LABELS[status] if status is not None else NOT_SUBSCRIBED
+        found.append(Choice(newsletter, status == CONFIRMED, status not in STOPPED, label))
+    return found
 
 
 def unsubscribe(session: Session, subscription: Subscription, origin: Origin) -> Subscription:
     """Leave one list; repeating it changes nothing; commits."""
-    if subscription.status in (S.PENDING, S.CONFIRMED):
+    if can_unsubscribe(subscription):
         _mark_unsubscribed(session, subscription, origin)
         session.commit()
     return subscription
@@ -517,9 +523,9 @@ def update_preferences(
     for newsletter in newsletters:
         subscription = current.get(newsletter.id)
         status = subscription.status if subscription is not None else None
-        if status in (S.BOUNCED, S.COMPLAINED):
+        if status in STOPPED:
             continue
-        if newsletter.id in wanted and status != S.CONFIRMED:
+        if newsletter.id in wanted and status != CONFIRMED:
             if subscription is None:
                 subscription = Subscription(subscriber=subscriber, newsletter=newsletter)
                 session.add(subscription)
@@ -530,7 +536,7 @@ def update_preferences(
             _mark_confirmed(session, subscription, origin, text)
             joined.append(subscription)
         elif newsletter.id not in wanted and (
-            status == S.CONFIRMED or (leave_all and status == S.PENDING)
+            status == CONFIRMED or (leave_all and status == PENDING)
         ):
             assert subscription is not None
             _mark_unsubscribed(session, subscription, origin)

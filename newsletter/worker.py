@@ -1,65 +1,151 @@
-"""What `newsletter worker` does between two looks at the outbox.
+"""The worker process: `newsletter worker` runs the runners until it is stopped.
 
-Transactional mail comes first: after every outbox batch the worker sends one batch of a
-digest, so a confirmation never waits behind a million-reader digest. Then it runs a
-queued import, and now and then composes the digests whose cadence is due.
+Each kind of work is a runner with one `step(session, stop) -> int` that does one batch of
+it and says how much it found: the outbox (transactional mail), the automatic digests'
+cadence, the digests' ledger, the import jobs. The worker steps them in that order, over
+and over; transactional mail comes first and a digest goes one batch at a time, so a
+confirmation never waits behind a million-reader digest. When a round finds nothing, the
+worker idles for a moment, or with `drain` returns. SIGTERM and SIGINT stop it after the
+batch in hand, whose unsent rows go back to their queue.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import signal
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
-from newsletter import imports, schedule
-from newsletter.sending import DigestSender, run_digests
+from newsletter.digests import ledger
+from newsletter.digests.cadence import CadenceRunner
+from newsletter.digests.sender import DigestSender
+from newsletter.imports.jobs import ImportRunner
+from newsletter.leases import Policy
+from newsletter.links import Links
+from newsletter.mail import dkim, outbox, transactional, transport
+from newsletter.mail.outbox import OutboxRunner
 
 log = logging.getLogger(__name__)
 
 
-class OtherWork:
-    """The worker's work besides the outbox, as `outbox.run` calls it between batches."""
+class Runner(Protocol):
+    def step(self, session: Session, stop: threading.Event) -> int:
+        """Do one batch of this kind of work; return how much it found (0: nothing to do)."""
+        ...
 
-    def __init__(
-        self,
-        session_factory: Callable[[], Session],
-        sender: DigestSender,
-        instance_path: str | Path,
-        stop: threading.Event,
-        *,
-        cadence_every: float = 15.0,
-    ) -> None:
-        self.session_factory = session_factory
-        self.sender = sender
-        self.instance_path = instance_path
-        self.stop = stop
-        self.cadence_every = cadence_every
-        self._cadence_at = 0.0
 
-    def __call__(self) -> bool:
-        """One round; True when it found work, so the worker does not idle."""
-        found = False
-        if time.monotonic() >= self._cadence_at:
-            self._cadence_at = time.monotonic() + self.cadence_every
-            session = self.session_factory()
-            try:
-                found = bool(schedule.run_due(session))
-            except Exception:
-                # A broken cadence or feed must not stop the mail.
-                log.exception("automatic digests failed")
-                session.rollback()
-            finally:
-                session.close()
+@dataclass(frozen=True)
+class Settings:
+    """How a worker paces itself."""
+
+    poll_interval: float = 1.0  # seconds between rounds when one found nothing
+    outbox: Policy = outbox.POLICY
+    ledger: Policy = ledger.POLICY
+    cadence_every: float = 15.0  # seconds between looks for due automatic digests
+
+
+@dataclass
+class Worker:
+    """The runners of one process, stepped in turn until stopped."""
+
+    session_factory: Callable[[], Session]
+    runners: Sequence[tuple[str, Runner]]
+    transport: transport.Transport
+    settings: Settings = field(default_factory=Settings)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def runner(self, name: str) -> Any:
+        """The runner of that name."""
+        return dict(self.runners)[name]
+
+    def run(self, *, drain: bool = False) -> dict[str, int]:
+        """Step the runners until stopped (with `drain`: until a round finds nothing).
+
+        Returns how much each runner handled.
+        """
+        handled = {name: 0 for name, _ in self.runners}
         try:
-            found = run_digests(self.session_factory, self.sender, self.stop) or found
+            while not self.stop.is_set():
+                found = 0
+                for name, runner in self.runners:
+                    if self.stop.is_set():
+                        break
+                    count = self._step(name, runner)
+                    handled[name] += count
+                    found += count
+                if found or self.stop.is_set():
+                    continue
+                if drain:
+                    break
+                # Idle: close the connection ourselves rather than have the server time it out.
+                self.transport.close()
+                self.stop.wait(self.settings.poll_interval)
+        finally:
+            self.transport.close()
+        return handled
+
+    def _step(self, name: str, runner: Runner) -> int:
+        session = self.session_factory()
+        try:
+            return runner.step(session, self.stop)
         except Exception:
-            # A database hiccup (a lock held too long, a restarted server) must not end the
-            # worker and its confirmation mails: the batch's rows come back with their lease.
-            log.exception("digest sending failed; trying again")
-        if self.stop.is_set():
-            return found
-        return imports.run_next_job(self.session_factory, self.instance_path, self.stop) or found
+            # A database hiccup (a lock held too long, a restarted server) or one broken
+            # feed must not end the worker: a batch's rows come back with their lease.
+            log.exception("%s failed; trying again", name)
+            session.rollback()
+            return 0
+        finally:
+            session.close()
+
+
+def build(
+    config: Mapping[str, Any],
+    session_factory: Callable[[], Session],
+    settings: Settings | None = None,
+    *,
+    mail: transport.Transport | None = None,
+    kinds: Sequence[str] | None = None,
+) -> Worker:
+    """A worker wired from the configuration: its transport, DKIM signer, links and runners.
+
+    `newsletter worker`, `newsletter worker --drain` and `newsletter digest send --wait`
+    alike; `mail` replaces the configured transport, `kinds` names the runners to keep
+    (all of them by default: outbox, automatic digests, digest sending, imports).
+    """
+    settings = settings or Settings()
+    signer = dkim.Signer.from_config(config)
+    if mail is None:
+        mail = transport.from_config(config["SMTP_URL"], config["OUTBOX_DIR"], signer=signer)
+    links = Links.from_config(config)
+    build_mail = functools.partial(transactional.build, links=links)
+    runners: list[tuple[str, Runner]] = [
+        ("outbox", OutboxRunner(mail, build_mail, settings.outbox)),
+        ("automatic digests", CadenceRunner(settings.cadence_every)),
+        (
+            "digest sending",
+            DigestSender(
+                mail, links, policy=settings.ledger, rate=config.get("SEND_RATE"), signer=signer
+            ),
+        ),
+        ("imports", ImportRunner(Path(config["INSTANCE_PATH"]))),
+    ]
+    if kinds is not None:
+        runners = [(name, runner) for name, runner in runners if name in kinds]
+    return Worker(session_factory, runners, mail, settings)
+
+
+def stop_on_signals(stop: threading.Event) -> None:
+    """Finish the message in hand, then exit, on SIGTERM or SIGINT."""
+
+    def _handler(signum: int, _frame: object) -> None:
+        log.info("signal %s: stopping after the current message", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _handler)
+    signal.signal(signal.SIGINT, _handler)

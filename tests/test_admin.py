@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from conftest import PASSWORD, csrf_token, sign_in
 from sqlalchemy import select
 
 from newsletter.models import AdminUser, Newsletter
+
+from factories import PASSWORD, csrf_token, sign_in
 
 
 def login(client, email: str, password: str):  # type: ignore[no-untyped-def]
@@ -265,7 +266,7 @@ def test_create_admin_command(app, db):
 
 
 def test_dashboard_shows_counts_activity_and_growth(client, db, mailbox, admin, newsletters):
-    from conftest import links, signup
+    from factories import links, signup
 
     for n in range(3):
         signup(client, f"reader{n}@example.com", "daily")

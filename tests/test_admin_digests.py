@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from newsletter import digests
+from newsletter.digests import states
 from newsletter.mail.transport import MemoryTransport
 from newsletter.models import (
     Delivery,
@@ -20,9 +20,8 @@ from newsletter.models import (
     SubscriptionStatus,
     utcnow,
 )
-from newsletter.sending import SendSettings
-from tests.conftest import csrf_token, make_newsletter, sign_in
-from tests.test_digests import add_item, add_reader, send_all
+
+from factories import add_item, add_reader, csrf_token, make_newsletter, send_all, sign_in
 
 EDITOR = "writer@news.example.org"
 
@@ -48,7 +47,7 @@ def draft(db, newsletter, *titles):  # type: ignore[no-untyped-def]
     """A draft of items with these titles, the first one newest."""
     for hours, title in enumerate(titles, start=1):
         add_item(db, newsletter, title, hours_ago=hours)
-    return digests.compose(db.session, newsletter)
+    return states.compose(db.session, newsletter)
 
 
 def reread(db, digest):  # type: ignore[no-untyped-def]
@@ -211,7 +210,7 @@ def test_invalid_edit_shows_the_message_and_keeps_the_digest(
 
 def test_a_digest_on_its_way_cannot_be_edited(signed_in, db, daily):
     digest = draft(db, daily, "Story")
-    digests.start(db.session, digest)
+    states.start(db.session, digest)
     response = post(signed_in, f"/admin/digests/{digest.id}", {"subject": "Changed"})
     assert response.status_code == 302
     assert "can no longer be changed" in page_text(signed_in.get(response.headers["Location"]))
@@ -225,7 +224,7 @@ def test_preview_shows_the_html_in_a_sandboxed_frame_and_the_text(signed_in, db,
         "<script>alert(1)</script> & more",
         summary='"><img src=x onerror=alert(2)>',
     )
-    digest = digests.compose(db.session, daily, intro="Hello, readers.")
+    digest = states.compose(db.session, daily, intro="Hello, readers.")
     response = signed_in.get(f"/admin/digests/{digest.id}/preview")
     assert response.status_code == 200
     raw = response.get_data(as_text=True)
@@ -265,7 +264,8 @@ def test_send_a_test_queues_one_mail_to_the_signed_in_editor(signed_in, db, dail
 
 
 def test_send_a_test_of_an_empty_digest_says_why_not(signed_in, db, daily):
-    digest = digests.compose(db.session, daily)
+    # Every item removed by the editor.
+    digest = states.compose(db.session, daily, items=[])
     response = post(signed_in, f"/admin/digests/{digest.id}/test")
     assert response.status_code == 302
     assert "has no items" in page_text(signed_in.get(response.headers["Location"]))
@@ -300,7 +300,8 @@ def test_send_now_names_the_readers_and_fills_the_ledger(signed_in, db, daily):
 
 
 def test_send_now_without_items_says_why_not(signed_in, db, daily):
-    digest = digests.compose(db.session, daily)
+    # Every item removed by the editor.
+    digest = states.compose(db.session, daily, items=[])
     add_reader(db, daily, "one@example.com")
     response = post(signed_in, f"/admin/digests/{digest.id}/start")
     assert "has no items" in page_text(signed_in.get(response.headers["Location"]))
@@ -326,7 +327,8 @@ def test_schedule_without_a_valid_time_is_refused(signed_in, db, daily, when):
 
 
 def test_schedule_without_items_shows_why(signed_in, db, daily):
-    digest = digests.compose(db.session, daily)
+    # Every item removed by the editor.
+    digest = states.compose(db.session, daily, items=[])
     response = post(signed_in, f"/admin/digests/{digest.id}/schedule", {"when": "2030-07-01T09:30"})
     assert response.status_code == 422
     assert "This digest has no items" in page_text(response)
@@ -354,7 +356,7 @@ def test_schedule_reads_the_time_in_the_newsletters_zone(signed_in, db, daily):
 def test_pause_resume_and_cancel(signed_in, db, daily):
     digest = draft(db, daily, "Story")
     add_reader(db, daily, "one@example.com")
-    digests.start(db.session, digest)
+    states.start(db.session, digest)
     url = f"/admin/digests/{digest.id}"
 
     resume_early = post(signed_in, f"{url}/resume")
@@ -397,7 +399,7 @@ def test_progress_json_follows_the_ledger(signed_in, db, daily):
     assert before.json["queued"] == 3 and before.json["sent"] == 0
     assert before.json["finished"] is False and before.json["status"] == "sending"
 
-    send_all(db, MemoryTransport(), SendSettings(batch_size=2), rounds=1)
+    send_all(db, MemoryTransport(), rounds=1, batch_size=2)
     halfway = signed_in.get(f"/admin/digests/{digest.id}/progress").json
     assert (halfway["sent"], halfway["queued"], halfway["finished"]) == (2, 1, False)
 
@@ -414,8 +416,8 @@ def test_a_digest_being_sent_renders_its_figures_without_javascript(signed_in, d
     digest = draft(db, daily, "Story")
     for n in range(4):
         add_reader(db, daily, f"r{n}@example.com")
-    digests.start(db.session, digest)
-    send_all(db, MemoryTransport(), SendSettings(batch_size=1), rounds=1)
+    states.start(db.session, digest)
+    send_all(db, MemoryTransport(), rounds=1, batch_size=1)
     page = page_text(signed_in.get(f"/admin/digests/{digest.id}"))
     assert 'aria-valuenow="25"' in page
     assert '<dd data-figure="sent">1</dd>' in page
@@ -426,7 +428,7 @@ def test_a_digest_being_sent_renders_its_figures_without_javascript(signed_in, d
 def test_a_finished_digest_shows_its_kept_figures(signed_in, db, daily):
     digest = draft(db, daily, "Story")
     readers = [add_reader(db, daily, f"r{n}@example.com") for n in range(3)]
-    digests.start(db.session, digest)
+    states.start(db.session, digest)
     send_all(db, MemoryTransport())
     readers[0].subscriptions[0].status = SubscriptionStatus.UNSUBSCRIBED
     readers[0].subscriptions[0].unsubscribed_at = utcnow() + timedelta(seconds=1)

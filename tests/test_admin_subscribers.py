@@ -7,9 +7,9 @@ import io
 import json
 
 import pytest
-from conftest import csrf_token, links, make_admin, sign_in, signup, statuses
 from sqlalchemy import func, select
 
+from newsletter.addresses import address_hash
 from newsletter.models import (
     AuditEvent,
     ConsentEvent,
@@ -18,7 +18,8 @@ from newsletter.models import (
     Subscription,
     Suppression,
 )
-from newsletter.subscriptions import address_hash
+
+from factories import csrf_token, links, make_admin, sign_in, signup, statuses
 
 
 @pytest.fixture

@@ -6,11 +6,12 @@ import csv
 import io
 
 import pytest
-from conftest import signup
 from sqlalchemy import func, select
 
 from newsletter.cli import cli
 from newsletter.models import Item, Newsletter, Subscription, SubscriptionStatus
+
+from factories import signup
 
 
 @pytest.fixture

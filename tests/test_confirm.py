@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from conftest import links, signup, statuses, text_part
 from sqlalchemy import select
 
 from newsletter.models import ConsentEvent, Subscription, SubscriptionStatus
+
+from factories import links, signup, statuses, text_part
 
 
 @pytest.fixture

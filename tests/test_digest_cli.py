@@ -8,10 +8,11 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import select
 
-from newsletter import digests
 from newsletter.cli import cli
+from newsletter.digests import states
 from newsletter.models import Digest, DigestStatus
-from tests.test_digests import add_item, add_reader, ledger
+
+from factories import add_item, add_reader, ledger
 
 
 @pytest.fixture
@@ -30,7 +31,7 @@ def invoke(app) -> Iterator:  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def daily(app):  # type: ignore[no-untyped-def]
-    from tests.conftest import make_newsletter
+    from factories import make_newsletter
 
     return make_newsletter("daily", "Daily Briefing", from_address="daily@news.example.org")
 
@@ -90,8 +91,8 @@ def test_send_without_wait_leaves_it_to_the_worker(db, daily, smtp, invoke):
 def test_pause_resume_cancel_from_the_command_line(db, daily, smtp, invoke):
     add_item(db, daily, "Story")
     add_reader(db, daily, "a@example.com")
-    digest = digests.compose(db.session, daily)
-    digests.start(db.session, digest)
+    digest = states.compose(db.session, daily)
+    states.start(db.session, digest)
     # The worker closes the session it shares with the test: keep the id, not the object.
     digest_id = digest.id
     assert invoke("digest", "pause", str(digest_id)).output.startswith(f"Digest {digest_id} paused")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, insert, select, update
 
-from newsletter import digests
+from newsletter.digests import states
 from newsletter.models import (
     Delivery,
     DeliveryStatus,
@@ -25,8 +25,8 @@ from newsletter.models import (
     SubscriptionStatus,
     utcnow,
 )
-from tests.conftest import make_newsletter
-from tests.test_digests import add_item
+
+from factories import add_item, make_newsletter
 
 
 def add_readers(db, newsletter, count: int) -> list[str]:  # type: ignore[no-untyped-def]
@@ -83,8 +83,8 @@ def started_digest(db, readers: int):  # type: ignore[no-untyped-def]
     newsletter = make_newsletter("daily", "Daily Briefing", from_address="daily@news.example.org")
     add_item(db, newsletter, "Drones shot down")
     addresses = add_readers(db, newsletter, readers)
-    digest = digests.compose(db.session, newsletter)
-    digests.start(db.session, digest)
+    digest = states.compose(db.session, newsletter)
+    states.start(db.session, digest)
     return digest.id, addresses
 
 

@@ -15,87 +15,43 @@ from itsdangerous import TimestampSigner
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from newsletter import digests
-from newsletter.mail import digest_mail
+from newsletter.digests import compose as digest_mail
+from newsletter.digests import progress, states
+from newsletter.digests.sender import Throttle
+from newsletter.links import Reader
 from newsletter.mail.transport import MemoryTransport, SMTPTransport
 from newsletter.models import (
     Delivery,
     Digest,
     DigestStatus,
     Item,
-    Subscriber,
     Subscription,
     SubscriptionStatus,
     Suppression,
     utcnow,
 )
-from newsletter.sending import DigestSender, SendSettings, Throttle
-from tests.conftest import BASE_URL, html_part, make_newsletter, text_part
 
-S = SubscriptionStatus
-
-
-def add_reader(db, newsletter, email, status=S.CONFIRMED):  # type: ignore[no-untyped-def]
-    subscriber = Subscriber(email=email, email_key=email.lower())
-    db.session.add(subscriber)
-    db.session.flush()
-    db.session.add(Subscription(subscriber=subscriber, newsletter=newsletter, status=status))
-    db.session.commit()
-    return subscriber
-
-
-def add_item(db, newsletter, title, hours_ago=1, **fields):  # type: ignore[no-untyped-def]
-    item = Item(
-        guid=f"guid-{title}",
-        title=title,
-        url=fields.pop("url", f"https://news.example.org/{title.lower().replace(' ', '-')}"),
-        summary=fields.pop("summary", f"What happened: {title}."),
-        published_at=utcnow() - timedelta(hours=hours_ago),
-        newsletters=[newsletter],
-        **fields,
-    )
-    db.session.add(item)
-    db.session.commit()
-    return item
-
-
-@pytest.fixture
-def daily(app):  # type: ignore[no-untyped-def]
-    return make_newsletter(
-        "daily",
-        "Daily Briefing",
-        from_name="Daily Desk",
-        from_address="daily@news.example.org",
-        reply_to="desk@news.example.org",
-    )
-
-
-def send_all(db, transport, settings=None, rounds=50):  # type: ignore[no-untyped-def]
-    """Work the ledger as a worker does until nothing is due."""
-    sender = DigestSender(transport, settings or SendSettings())
-    with Session(db.engine) as session:
-        for _ in range(rounds):
-            if not sender.step(session):
-                break
-    transport.close()
-
-
-def ledger(db, digest):  # type: ignore[no-untyped-def]
-    db.session.expire_all()
-    rows = db.session.execute(
-        select(Delivery.status, func.count())
-        .where(Delivery.digest_id == digest.id)
-        .group_by(Delivery.status)
-    )
-    return {status: count for status, count in rows}
+from factories import (
+    BASE_URL,
+    FakeClock,
+    add_item,
+    add_reader,
+    app_links,
+    html_part,
+    ledger,
+    make_newsletter,
+    send_all,
+    sender,
+    text_part,
+)
 
 
 def test_new_digest_offers_items_since_the_last_one_newest_first(db, daily):
     old = add_item(db, daily, "Old story", hours_ago=30)
-    first = digests.compose(db.session, daily)
+    first = states.compose(db.session, daily)
     assert [i.title for i in first.items] == ["Old story"]
     add_reader(db, daily, "reader@example.com")
-    digests.start(db.session, first)
+    states.start(db.session, first)
     newer = add_item(db, daily, "Newer story", hours_ago=0)
     db.session.execute(
         update(Item).where(Item.id == newer.id).values(published_at=utcnow() + timedelta(seconds=1))
@@ -107,7 +63,7 @@ def test_new_digest_offers_items_since_the_last_one_newest_first(db, daily):
         .values(published_at=utcnow() + timedelta(seconds=2))
     )
     db.session.commit()
-    second = digests.compose(db.session, daily)
+    second = states.compose(db.session, daily)
     assert [i.title for i in second.items] == ["Newest story", "Newer story"]
     assert old not in second.items
     assert second.subject == "Daily Briefing: Newest story"
@@ -115,38 +71,39 @@ def test_new_digest_offers_items_since_the_last_one_newest_first(db, daily):
 
 def test_editor_reorders_and_removes_items(db, daily):
     a, b, c = (add_item(db, daily, t, hours_ago=h) for t, h in (("A", 3), ("B", 2), ("C", 1)))
-    digest = digests.compose(db.session, daily)
-    digests.edit(db.session, digest, subject="  Our   week ", intro="Hello.", item_ids=[a.id, c.id])
+    digest = states.compose(db.session, daily)
+    states.edit(db.session, digest, subject="  Our   week ", intro="Hello.", item_ids=[a.id, c.id])
     assert digest.subject == "Our week"
     assert [i.title for i in digest.items] == ["A", "C"]
-    with pytest.raises(digests.DigestError, match="subject"):
-        digests.edit(db.session, digest, subject=" ", intro="", item_ids=[a.id])
+    with pytest.raises(states.DigestError, match="subject"):
+        states.edit(db.session, digest, subject=" ", intro="", item_ids=[a.id])
 
 
 def test_snapshot_takes_confirmed_readers_only(db, daily):
     add_item(db, daily, "Story")
     add_reader(db, daily, "one@example.com")
     add_reader(db, daily, "two@example.com")
-    add_reader(db, daily, "pending@example.com", S.PENDING)
-    add_reader(db, daily, "gone@example.com", S.UNSUBSCRIBED)
-    add_reader(db, daily, "bounced@example.com", S.BOUNCED)
+    add_reader(db, daily, "pending@example.com", SubscriptionStatus.PENDING)
+    add_reader(db, daily, "gone@example.com", SubscriptionStatus.UNSUBSCRIBED)
+    add_reader(db, daily, "bounced@example.com", SubscriptionStatus.BOUNCED)
     other = make_newsletter("culture")
     add_reader(db, other, "elsewhere@example.com")
-    digest = digests.compose(db.session, daily)
-    assert digests.start(db.session, digest) == 2
+    digest = states.compose(db.session, daily)
+    assert states.start(db.session, digest) == 2
     assert digest.status == DigestStatus.SENDING
     assert digest.recipients == 2
     assert ledger(db, digest) == {"queued": 2}
-    with pytest.raises(digests.DigestError):
-        digests.start(db.session, digest)
+    with pytest.raises(states.DigestError):
+        states.start(db.session, digest)
     assert ledger(db, digest) == {"queued": 2}
 
 
 def test_a_digest_without_items_is_not_sent(db, daily):
     add_reader(db, daily, "one@example.com")
-    digest = digests.compose(db.session, daily)
-    with pytest.raises(digests.DigestError, match="no items"):
-        digests.start(db.session, digest)
+    # Every item removed by the editor.
+    digest = states.compose(db.session, daily, items=[])
+    with pytest.raises(states.DigestError, match="no items"):
+        states.start(db.session, digest)
     assert digest.status == DigestStatus.DRAFT
 
 
@@ -154,8 +111,8 @@ def test_every_reader_gets_one_mail_with_their_own_links(db, client, daily, smtp
     add_item(db, daily, "Drones shot down", summary="Air defence units intercepted two drones.")
     add_item(db, daily, "Run-off in Moldova", hours_ago=2)
     readers = [add_reader(db, daily, f"reader{n}@example.com") for n in range(5)]
-    digest = digests.compose(db.session, daily, intro="Good morning.")
-    digests.start(db.session, digest)
+    digest = states.compose(db.session, daily, intro="Good morning.")
+    states.start(db.session, digest)
 
     send_all(db, SMTPTransport("127.0.0.1", smtp.port))
 
@@ -185,7 +142,9 @@ def test_every_reader_gets_one_mail_with_their_own_links(db, client, daily, smtp
         assert response.status_code == 200
     assert len(ids) == 5
     db.session.expire_all()
-    assert {s.status for s in db.session.scalars(select(Subscription))} == {S.UNSUBSCRIBED}
+    assert {s.status for s in db.session.scalars(select(Subscription))} == {
+        SubscriptionStatus.UNSUBSCRIBED
+    }
     db.session.refresh(digest)
     assert digest.status == DigestStatus.SENT
     assert (digest.sent_count, digest.failed_count) == (5, 0)
@@ -201,7 +160,7 @@ def test_escapes_what_items_say(db, daily, smtp):
         url='https://news.example.org/a"><script>alert(2)</script>',
     )
     add_reader(db, daily, "one@example.com")
-    digests.start(db.session, digests.compose(db.session, daily, subject="Today"))
+    states.start(db.session, states.compose(db.session, daily, subject="Today"))
     send_all(db, SMTPTransport("127.0.0.1", smtp.port))
     html = html_part(smtp.received[0].message)
     assert "<script>" not in html and "<img" not in html
@@ -212,7 +171,7 @@ def test_escapes_what_items_say(db, daily, smtp):
 def test_only_web_links_are_linked(db, daily, smtp):
     add_item(db, daily, "Trap", url="javascript:alert(1)")
     add_reader(db, daily, "one@example.com")
-    digests.start(db.session, digests.compose(db.session, daily, subject="Today"))
+    states.start(db.session, states.compose(db.session, daily, subject="Today"))
     send_all(db, SMTPTransport("127.0.0.1", smtp.port))
     mail = smtp.received[0].message
     assert "javascript:" not in html_part(mail) and "javascript:" not in text_part(mail)
@@ -221,9 +180,9 @@ def test_only_web_links_are_linked(db, daily, smtp):
 def test_control_characters_in_a_subject_are_dropped(db, daily):
     add_item(db, daily, "Story")
     add_reader(db, daily, "one@example.com")
-    digest = digests.compose(db.session, daily, subject="Morning\x00 news\x07")
+    digest = states.compose(db.session, daily, subject="Morning\x00 news\x07")
     assert digest.subject == "Morning news"
-    digests.start(db.session, digest)
+    states.start(db.session, digest)
     transport = MemoryTransport()
     send_all(db, transport)
     assert [m["Subject"] for m in transport.messages] == ["Morning news"]
@@ -231,9 +190,9 @@ def test_control_characters_in_a_subject_are_dropped(db, daily):
 
 def test_subject_with_a_line_break_is_refused(db, daily):
     add_item(db, daily, "Story")
-    digest = digests.compose(db.session, daily)
+    digest = states.compose(db.session, daily)
     # Whitespace, line breaks included, is folded to single spaces: no header injection.
-    digests.edit(
+    states.edit(
         db.session,
         digest,
         subject="Hi\r\nBcc: x@evil.example",
@@ -247,8 +206,8 @@ def test_temporary_refusal_is_retried_later(db, daily, smtp):
     add_item(db, daily, "Story")
     add_reader(db, daily, "one@example.com")
     add_reader(db, daily, "two@example.com")
-    digest = digests.compose(db.session, daily)
-    digests.start(db.session, digest)
+    digest = states.compose(db.session, daily)
+    states.start(db.session, digest)
     smtp.handler.refuse("RCPT", "451 4.7.1 Try again later")
 
     send_all(db, SMTPTransport("127.0.0.1", smtp.port))
@@ -276,16 +235,22 @@ def test_hard_bounce_fails_the_row_and_suppresses_the_address(db, daily, smtp):
     add_item(db, daily, "Story")
     bouncing = add_reader(db, daily, "nobody@example.com")
     other_list = make_newsletter("culture")
-    db.session.add(Subscription(subscriber=bouncing, newsletter=other_list, status=S.CONFIRMED))
+    db.session.add(
+        Subscription(
+            subscriber=bouncing, newsletter=other_list, status=SubscriptionStatus.CONFIRMED
+        )
+    )
     db.session.commit()
-    digest = digests.compose(db.session, daily)
-    digests.start(db.session, digest)
+    digest = states.compose(db.session, daily)
+    states.start(db.session, digest)
     smtp.handler.refuse("RCPT", "550 5.1.1 No such user")
 
     send_all(db, SMTPTransport("127.0.0.1", smtp.port))
     assert smtp.received == []
     assert ledger(db, digest) == {"failed": 1}
-    assert {s.status for s in db.session.scalars(select(Subscription))} == {S.BOUNCED}
+    assert {s.status for s in db.session.scalars(select(Subscription))} == {
+        SubscriptionStatus.BOUNCED
+    }
     assert db.session.scalar(select(func.count(Suppression.id))) == 1
     db.session.refresh(digest)
     assert (digest.status, digest.failed_count) == (DigestStatus.SENT, 1)
@@ -294,12 +259,14 @@ def test_hard_bounce_fails_the_row_and_suppresses_the_address(db, daily, smtp):
 def test_rejected_content_fails_the_row_without_suppressing(db, daily, smtp):
     add_item(db, daily, "Story")
     add_reader(db, daily, "one@example.com")
-    digest = digests.compose(db.session, daily)
-    digests.start(db.session, digest)
+    digest = states.compose(db.session, daily)
+    states.start(db.session, digest)
     smtp.handler.refuse("DATA", "554 5.7.1 Message rejected")
     send_all(db, SMTPTransport("127.0.0.1", smtp.port))
     assert ledger(db, digest) == {"failed": 1}
-    assert {s.status for s in db.session.scalars(select(Subscription))} == {S.CONFIRMED}
+    assert {s.status for s in db.session.scalars(select(Subscription))} == {
+        SubscriptionStatus.CONFIRMED
+    }
     assert db.session.scalar(select(func.count(Suppression.id))) == 0
 
 
@@ -307,8 +274,8 @@ def test_mail_server_down_delays_without_losing(db, daily, smtp):
     add_item(db, daily, "Story")
     for n in range(3):
         add_reader(db, daily, f"r{n}@example.com")
-    digest = digests.compose(db.session, daily)
-    digests.start(db.session, digest)
+    digest = states.compose(db.session, daily)
+    states.start(db.session, digest)
     down = SMTPTransport("127.0.0.1", 1)  # nothing listens there
     send_all(db, down)
     assert ledger(db, digest) == {"queued": 3}
@@ -323,17 +290,17 @@ def test_pause_resume_and_cancel(db, daily, smtp):
     add_item(db, daily, "Story")
     for n in range(4):
         add_reader(db, daily, f"r{n}@example.com")
-    digest = digests.compose(db.session, daily)
-    digests.start(db.session, digest)
-    digests.pause(db.session, digest)
+    digest = states.compose(db.session, daily)
+    states.start(db.session, digest)
+    states.pause(db.session, digest)
     send_all(db, SMTPTransport("127.0.0.1", smtp.port))
     assert smtp.received == []
-    with pytest.raises(digests.DigestError):
-        digests.pause(db.session, digest)
-    digests.resume(db.session, digest)
-    send_all(db, SMTPTransport("127.0.0.1", smtp.port), SendSettings(batch_size=2), rounds=1)
+    with pytest.raises(states.DigestError):
+        states.pause(db.session, digest)
+    states.resume(db.session, digest)
+    send_all(db, SMTPTransport("127.0.0.1", smtp.port), rounds=1, batch_size=2)
     assert len(smtp.received) == 2
-    digests.cancel(db.session, digest)
+    states.cancel(db.session, digest)
     send_all(db, SMTPTransport("127.0.0.1", smtp.port))
     assert len(smtp.received) == 2
     assert ledger(db, digest) == {"sent": 2, "skipped": 2}
@@ -348,9 +315,9 @@ def test_reader_who_left_after_the_snapshot_is_skipped(db, daily, smtp):
     add_item(db, daily, "Story")
     add_reader(db, daily, "stays@example.com")
     leaving = add_reader(db, daily, "leaves@example.com")
-    digest = digests.compose(db.session, daily)
-    digests.start(db.session, digest)
-    leaving.subscriptions[0].status = S.UNSUBSCRIBED
+    digest = states.compose(db.session, daily)
+    states.start(db.session, digest)
+    leaving.subscriptions[0].status = SubscriptionStatus.UNSUBSCRIBED
     db.session.commit()
     send_all(db, SMTPTransport("127.0.0.1", smtp.port))
     assert [r.rcpt_tos for r in smtp.received] == [["stays@example.com"]]
@@ -361,9 +328,9 @@ def test_rows_of_a_dead_worker_are_sent_when_the_lease_runs_out(db, daily, smtp)
     add_item(db, daily, "Story")
     for n in range(3):
         add_reader(db, daily, f"r{n}@example.com")
-    digest = digests.compose(db.session, daily)
-    digests.start(db.session, digest)
-    dead = DigestSender(SMTPTransport("127.0.0.1", smtp.port))
+    digest = states.compose(db.session, daily)
+    states.start(db.session, digest)
+    dead = sender(SMTPTransport("127.0.0.1", smtp.port))
     with Session(db.engine) as session:
         claimed = dead.claim(session, digest.id, "dead-worker")
     assert len(claimed) == 3
@@ -380,8 +347,8 @@ def test_rows_of_a_dead_worker_are_sent_when_the_lease_runs_out(db, daily, smtp)
 def test_scheduled_digest_starts_when_its_time_comes(db, daily, smtp):
     add_item(db, daily, "Story")
     add_reader(db, daily, "one@example.com")
-    digest = digests.compose(db.session, daily)
-    digests.schedule(db.session, digest, utcnow() + timedelta(hours=1))
+    digest = states.compose(db.session, daily)
+    states.schedule(db.session, digest, utcnow() + timedelta(hours=1))
     send_all(db, SMTPTransport("127.0.0.1", smtp.port))
     assert smtp.received == []
     db.session.execute(update(Digest).values(scheduled_at=utcnow() - timedelta(seconds=1)))
@@ -396,36 +363,28 @@ def test_progress_counts(db, daily, smtp):
     add_item(db, daily, "Story")
     for n in range(3):
         add_reader(db, daily, f"r{n}@example.com")
-    digest = digests.compose(db.session, daily)
-    digests.start(db.session, digest)
-    before = digests.progress(db.session, digest)
+    digest = states.compose(db.session, daily)
+    states.start(db.session, digest)
+    before = progress.progress(db.session, digest)
     assert (before.queued, before.sent, before.finished) == (3, 0, False)
     send_all(db, SMTPTransport("127.0.0.1", smtp.port))
-    after = digests.progress(db.session, digest).as_json(utcnow())
+    after = progress.progress(db.session, digest).as_json(utcnow())
     assert after["sent"] == 3 and after["queued"] == 0 and after["finished"] is True
 
 
-def test_throttle_spaces_messages(monkeypatch):
-    clock = [100.0]
-    slept: list[float] = []
-    monkeypatch.setattr("newsletter.sending.time.monotonic", lambda: clock[0])
-
-    def sleep(seconds: float) -> None:
-        slept.append(round(seconds, 6))
-        clock[0] += seconds
-
-    monkeypatch.setattr("newsletter.sending.time.sleep", sleep)
-    throttle = Throttle(4)
+def test_throttle_spaces_messages():
+    clock = FakeClock()
+    throttle = Throttle(4, clock)
     for _ in range(5):
         throttle.wait(None)
-    assert slept == [0.25, 0.25, 0.25, 0.25]
+    assert clock.slept == [0.25, 0.25, 0.25, 0.25]
 
 
 def test_test_copy_goes_to_the_editor_only(db, daily, mailbox):
     add_item(db, daily, "Story")
     add_reader(db, daily, "reader@example.com")
-    digest = digests.compose(db.session, daily)
-    digests.send_test(db.session, digest, "editor@news.example.org")
+    digest = states.compose(db.session, daily)
+    states.send_test(db.session, digest, "editor@news.example.org")
     sent = mailbox.deliver()
     assert [m["To"] for m in sent] == ["editor@news.example.org"]
     assert sent[0]["Subject"] == "[Test] Daily Briefing: Story"
@@ -451,12 +410,12 @@ def test_digest_mail_is_dkim_signed_and_verifies(db, daily, dkim_key):
     add_item(db, daily, "Drones shot down", summary="Air  defence units\tintercepted two drones.  ")
     add_reader(db, daily, "one@example.com")
     add_reader(db, daily, "two@example.com")
-    digest = digests.compose(db.session, daily, intro="Good   morning.  \n\nTwo   spaces.")
-    digests.start(db.session, digest)
+    digest = states.compose(db.session, daily, intro="Good   morning.  \n\nTwo   spaces.")
+    states.start(db.session, digest)
     transport = MemoryTransport()
-    sender = DigestSender(transport, SendSettings(), signer=signer)
+    digest_sender = sender(transport, signer=signer)
     with Session(db.engine) as session:
-        while sender.step(session):
+        while digest_sender.step(session):
             pass
     assert len(transport.raw) == 2
 
@@ -485,7 +444,7 @@ def test_mailto_unsubscribe_only_when_configured(app, db, daily):
     add_item(db, daily, "Story")
     add_reader(db, daily, "one@example.com")
     app.config["UNSUBSCRIBE_MAILTO"] = "unsubscribe@news.example.org"
-    digests.start(db.session, digests.compose(db.session, daily))
+    states.start(db.session, states.compose(db.session, daily))
     transport = MemoryTransport()
     send_all(db, transport)
     value = transport.messages[0]["List-Unsubscribe"]
@@ -512,7 +471,7 @@ class _During(MemoryTransport):
 def _cancel(db, digest_id):  # type: ignore[no-untyped-def]
     """An editor's cancel, from another session (the admin's)."""
     with Session(db.engine) as session:
-        digests.cancel(session, session.get(Digest, digest_id))
+        states.cancel(session, session.get(Digest, digest_id))
 
 
 @pytest.mark.parametrize(
@@ -522,16 +481,16 @@ def test_cancel_while_a_worker_sends_keeps_true_figures(db, daily, status_every,
     add_item(db, daily, "Story")
     for n in range(4):
         add_reader(db, daily, f"r{n}@example.com")
-    digest = digests.compose(db.session, daily)
-    digests.start(db.session, digest)
+    digest = states.compose(db.session, daily)
+    states.start(db.session, digest)
     transport = _During(1, lambda: _cancel(db, digest.id))
 
-    send_all(db, transport, SendSettings(status_every=status_every))
+    send_all(db, transport, status_every=status_every)
 
     assert len(transport.raw) == sent
     expected = {"sent": sent, "skipped": 4 - sent} if sent < 4 else {"sent": 4}
     assert ledger(db, digest) == expected
-    state = digests.progress(db.session, digest)
+    state = progress.progress(db.session, digest)
     assert (state.status, state.sent, state.skipped, state.queued) == (
         DigestStatus.CANCELLED,
         sent,
@@ -544,21 +503,20 @@ def test_cancel_then_a_stopped_worker_leaves_nothing_waiting(db, daily):
     add_item(db, daily, "Story")
     for n in range(4):
         add_reader(db, daily, f"r{n}@example.com")
-    digest = digests.compose(db.session, daily)
-    digests.start(db.session, digest)
+    digest = states.compose(db.session, daily)
+    states.start(db.session, digest)
     stop = threading.Event()
 
     def cancel_then_ctrl_c() -> None:
         _cancel(db, digest.id)
         stop.set()
 
-    sender = DigestSender(_During(1, cancel_then_ctrl_c), SendSettings())
     with Session(db.engine) as session:
-        sender.step(session, stop)
+        sender(_During(1, cancel_then_ctrl_c)).step(session, stop)
 
     # Put back by the stopping worker, the rows would wait in a cancelled digest for ever.
     assert ledger(db, digest) == {"sent": 1, "skipped": 3}
-    state = digests.progress(db.session, digest)
+    state = progress.progress(db.session, digest)
     assert (state.sent, state.skipped) == (1, 3)
 
 
@@ -566,34 +524,34 @@ def test_cancel_skips_the_rows_of_a_worker_that_died_holding_them(db, daily):
     add_item(db, daily, "Story")
     for n in range(3):
         add_reader(db, daily, f"r{n}@example.com")
-    digest = digests.compose(db.session, daily)
-    digests.start(db.session, digest)
+    digest = states.compose(db.session, daily)
+    states.start(db.session, digest)
     with Session(db.engine) as session:
-        assert len(DigestSender(MemoryTransport()).claim(session, digest.id, "dead-worker")) == 3
+        assert len(sender(MemoryTransport()).claim(session, digest.id, "dead-worker")) == 3
 
-    digests.cancel(db.session, digest)
+    states.cancel(db.session, digest)
 
     # Nobody works a cancelled digest: rows left `sending` would stay so.
     assert ledger(db, digest) == {"skipped": 3}
-    assert digests.progress(db.session, digest).skipped == 3
+    assert progress.progress(db.session, digest).skipped == 3
 
 
 def test_a_worker_that_lost_its_lease_stops_sending(db, daily):
     add_item(db, daily, "Story")
     for n in range(4):
         add_reader(db, daily, f"r{n}@example.com")
-    digest = digests.compose(db.session, daily)
-    digests.start(db.session, digest)
+    digest = states.compose(db.session, daily)
+    states.start(db.session, digest)
     other = MemoryTransport()
 
     def another_worker_takes_over() -> None:
         with Session(db.engine) as session:
-            DigestSender(other, SendSettings()).step(session)
+            sender(other).step(session)
 
     # A lease of nothing: as if this worker had stalled past its lease after its first message.
     stalled = _During(1, another_worker_takes_over)
     with Session(db.engine) as session:
-        DigestSender(stalled, SendSettings(lease=timedelta(0))).send_batch(session, digest.id)
+        sender(stalled, lease=timedelta(0)).send_batch(session, digest.id)
 
     copies = Counter(recipients[0] for _, recipients in stalled.envelopes + other.envelopes)
     assert set(copies) == {f"r{n}@example.com" for n in range(4)}
@@ -621,15 +579,15 @@ def test_digest_mail_in_ukrainian_decodes_to_what_was_rendered(db, monkeypatch):
     add_item(db, newsletter, "Run-off", url="https://news.example.org/" + "x" * 200, hours_ago=2)
     reader = add_reader(db, newsletter, "reader@example.com")
     subject = "Дайджест: " + "новини дня 🎉 " * 14 + "кінець"
-    digest = digests.compose(
+    digest = states.compose(
         db.session, newsletter, subject=subject, intro="Доброго ранку.\n\nДругий абзац — ось."
     )
     content = digest_mail.Content(newsletter, digest.subject, digest.intro, digest.items)
-    prepared = digest_mail.PreparedDigest(content, digest.message_key)
-    unsubscribe, preferences = prepared.links.urls(reader.id, reader.token_key)
+    prepared = digest_mail.PreparedDigest(content, digest.message_key, app_links())
+    unsubscribe, preferences = prepared.links.urls(Reader(reader.id, reader.token_key))
     text, html = digest_mail.render(content, unsubscribe, preferences)
 
-    data = prepared.message(1, reader.email, reader.id, reader.token_key)
+    data = prepared.message(1, reader.email, Reader(reader.id, reader.token_key))
 
     head, body = data.split(b"\r\n\r\n", 1)
     assert max(len(line) for line in body.split(b"\r\n")) <= 76
@@ -654,8 +612,8 @@ def test_digest_mail_in_ukrainian_decodes_to_what_was_rendered(db, monkeypatch):
 
 def test_test_copy_of_a_digest_with_the_longest_subject_goes(db, daily, mailbox):
     add_item(db, daily, "Story")
-    digest = digests.compose(db.session, daily, subject="Ї" * 300)
-    digests.send_test(db.session, digest, "editor@news.example.org")
+    digest = states.compose(db.session, daily, subject="Ї" * 300)
+    states.send_test(db.session, digest, "editor@news.example.org")
     assert [m["Subject"] for m in mailbox.deliver()] == ["[Test] " + "Ї" * 300]
 
 
@@ -668,8 +626,8 @@ def test_server_refusing_us_delays_the_batch_and_blames_no_reader(db, daily, smt
     add_item(db, daily, "Story")
     for n in range(3):
         add_reader(db, daily, f"r{n}@example.com")
-    digest = digests.compose(db.session, daily)
-    digests.start(db.session, digest)
+    digest = states.compose(db.session, daily)
+    states.start(db.session, digest)
     smtp.handler.refuse(command, reply)
     send_all(db, SMTPTransport("127.0.0.1", smtp.port))
     assert smtp.received == []
@@ -677,7 +635,9 @@ def test_server_refusing_us_delays_the_batch_and_blames_no_reader(db, daily, smt
     rows = db.session.scalars(select(Delivery)).all()
     assert {r.attempts for r in rows} == {0}
     assert all(r.next_attempt_at > utcnow() for r in rows)
-    assert {s.status for s in db.session.scalars(select(Subscription))} == {S.CONFIRMED}
+    assert {s.status for s in db.session.scalars(select(Subscription))} == {
+        SubscriptionStatus.CONFIRMED
+    }
     db.session.execute(update(Delivery).values(next_attempt_at=utcnow()))
     db.session.commit()
     send_all(db, SMTPTransport("127.0.0.1", smtp.port))
@@ -687,48 +647,36 @@ def test_server_refusing_us_delays_the_batch_and_blames_no_reader(db, daily, smt
 def test_a_story_that_arrives_late_is_in_the_next_digest(db, daily):
     add_item(db, daily, "First")
     add_reader(db, daily, "r@example.com")
-    first = digests.compose(db.session, daily)
-    digests.start(db.session, first)
+    first = states.compose(db.session, daily)
+    states.start(db.session, first)
     # Published two hours ago, but it reached the service only now, after that digest.
     late = add_item(db, daily, "Late", hours_ago=2)
     assert late.created_at > first.created_at
-    assert [i.title for i in digests.new_items(db.session, daily)] == ["Late"]
+    assert [i.title for i in states.new_items(db.session, daily)] == ["Late"]
 
 
-def test_worker_survives_a_failing_digest_step(app, db, daily, caplog, monkeypatch):
-    import threading
+def test_worker_survives_a_failing_digest_step(app, db, daily, caplog, mailbox):
+    from newsletter import worker
 
-    from newsletter.mail.transport import MemoryTransport
-    from newsletter.worker import OtherWork
+    class Broken:
+        def step(self, session, stop):  # type: ignore[no-untyped-def]
+            raise RuntimeError("database is locked")
 
-    sender = DigestSender(MemoryTransport())
-
-    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
-        raise RuntimeError("database is locked")
-
-    monkeypatch.setattr(sender, "step", broken)
-    work = OtherWork(lambda: db.session, sender, app.instance_path, threading.Event())
-    assert work() is False
+    runners = [("digest sending", Broken()), ("outbox", mailbox.runner())]
+    process = worker.Worker(lambda: db.session, runners, mailbox.transport)
+    assert process.run(drain=True) == {"digest sending": 0, "outbox": 0}
     assert "digest sending failed" in caplog.text
 
 
-def test_a_throttled_row_is_still_leased_when_it_goes(db, daily, monkeypatch):
+def test_a_throttled_row_is_still_leased_when_it_goes(db, daily):
     from newsletter.mail.transport import MemoryTransport
 
     add_item(db, daily, "Story")
     add_reader(db, daily, "one@example.com")
     add_reader(db, daily, "two@example.com")
-    digests.start(db.session, digests.compose(db.session, daily))
+    states.start(db.session, states.compose(db.session, daily))
     # The worker's clocks, moved on only by its throttle's waits.
-    wall, mono = [utcnow()], [1000.0]
-
-    def sleep(seconds: float) -> None:
-        mono[0] += seconds
-        wall[0] += timedelta(seconds=seconds)
-
-    monkeypatch.setattr("newsletter.sending.utcnow", lambda: wall[0])
-    monkeypatch.setattr("newsletter.sending.time.monotonic", lambda: mono[0])
-    monkeypatch.setattr("newsletter.sending.time.sleep", sleep)
+    clock = FakeClock()
 
     class Checking(MemoryTransport):
         def send_raw(self, sender, recipients, data):  # type: ignore[no-untyped-def]
@@ -737,25 +685,31 @@ def test_a_throttled_row_is_still_leased_when_it_goes(db, daily, monkeypatch):
                     select(Delivery.next_attempt_at).where(Delivery.status == "sending")
                 ).all()
             # Another worker could take a row whose lease has run out: it must not go here.
-            assert leases and all(lease > wall[0] for lease in leases)
+            assert leases and all(lease > clock.now() for lease in leases)
             super().send_raw(sender, recipients, data)
 
     transport = Checking()
     # One message every 100 s, a lease of 60 s: each row waits longer than its lease.
-    send_all(db, transport, SendSettings(rate=0.01, lease=timedelta(seconds=60)))
+    send_all(db, transport, rate=0.01, lease=timedelta(seconds=60), clock=clock)
     assert len(transport.raw) == 2
 
 
-def test_marks_leave_pooled_connections_as_they_found_them(db, daily, smtp):
-    from sqlalchemy import text
-
-    from newsletter.sending import _marks_connection
+def test_marks_leave_pooled_connections_as_they_found_them(db, daily):
+    from newsletter.digests.sender import _marks_connection
 
     with Session(db.engine) as session, _marks_connection(session) as marks:
-        if marks.dialect.name == "postgresql":
-            assert marks.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
+        assert marks.get_execution_options()["isolation_level"] == "AUTOCOMMIT"
     with db.engine.connect() as conn:
-        if conn.dialect.name == "postgresql":
-            # Web requests and the outbox, on the same pool, keep waiting for the disk.
-            assert conn.execute(text("SHOW synchronous_commit")).scalar() == "on"
         assert conn.get_isolation_level() != "AUTOCOMMIT"
+
+
+def test_marks_skip_the_wal_flush_on_their_own_connection_only(db, daily, postgresql_only):
+    from sqlalchemy import text
+
+    from newsletter.digests.sender import _marks_connection
+
+    with Session(db.engine) as session, _marks_connection(session) as marks:
+        assert marks.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
+    with db.engine.connect() as conn:
+        # Web requests and the outbox, on the same pool, keep waiting for the disk.
+        assert conn.execute(text("SHOW synchronous_commit")).scalar() == "on"

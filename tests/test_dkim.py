@@ -14,17 +14,15 @@ from pathlib import Path
 import dkim as dkimpy
 import pytest
 from click.testing import Result
-from conftest import links, make_config, signup
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from dkim.canonicalization import Relaxed
 from dkim.util import parse_tag_value
-from smtp_server import SMTPServer
 
 from newsletter import create_app
 from newsletter.cli import dkim_group, worker
 from newsletter.config import ConfigError
-from newsletter.mail import compose, outbox, transport
+from newsletter.mail import compose, transport
 from newsletter.mail.dkim import (
     DKIMConfigError,
     Signer,
@@ -34,6 +32,10 @@ from newsletter.mail.dkim import (
     txt_strings,
 )
 from newsletter.mail.transport import FileTransport, MemoryTransport
+from newsletter.worker import build as build_worker
+
+from factories import links, make_config, signup
+from smtp_server import SMTPServer
 
 DOMAIN = "news.example.org"
 
@@ -469,11 +471,11 @@ def test_welcome_mail_is_signed_over_its_list_headers(
         cfg["SMTP_URL"], cfg["OUTBOX_DIR"], signer=Signer.from_config(cfg)
     )
     signup(client, "reader@example.com", "daily")
-    outbox.run(lambda: db.session, mailer, drain=True)
+    build_worker(cfg, lambda: db.session, mail=mailer, kinds=["outbox"]).run(drain=True)
     [confirm] = links(smtp.received[0].message, "/confirm/")
     client.post(confirm)
 
-    outbox.run(lambda: db.session, mailer, drain=True)
+    build_worker(cfg, lambda: db.session, mail=mailer, kinds=["outbox"]).run(drain=True)
 
     welcome = kept[-1]
     assert smtp.received[-1].message["Subject"] == "Welcome to Daily Briefing"

@@ -211,7 +211,7 @@ def test_an_unreachable_or_huge_feed_is_recorded(app, db, newsletters, feed_serv
 def test_admin_pulls_the_feed_from_the_newsletter_page(
     app, client, db, editor, newsletters, feed_server
 ):
-    from conftest import csrf_token, sign_in
+    from factories import csrf_token, sign_in
 
     daily = newsletters[0]
     daily.feed_url = feed_server.serve("/feed.rss", RSS.read_bytes())

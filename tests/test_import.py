@@ -19,14 +19,15 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
-from conftest import csrf_token, links, sign_in, signup
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 from werkzeug.datastructures import FileStorage
 from werkzeug.test import encode_multipart
 
-from newsletter import import_file, imports, subscriptions
+from newsletter import addresses
 from newsletter.cli import cli
+from newsletter.imports import csvfile, importer
+from newsletter.imports import jobs as import_jobs
 from newsletter.models import (
     AuditEvent,
     ConsentEvent,
@@ -38,6 +39,9 @@ from newsletter.models import (
     Suppression,
     utcnow,
 )
+from newsletter.newsletters import UnknownNewsletter
+
+from factories import csrf_token, links, sign_in, signup
 
 NOTE = "Signed the paper list at the Kyiv book fair, 2024-05-18"
 
@@ -51,9 +55,9 @@ def do_import(
     **options: object,
 ) -> tuple[ImportJob, list[dict[str, str]]]:
     """Run an import of this CSV text; return the job and the report's rows."""
-    job = imports.create_job(db.session, slug, "people.csv", mode, note)
+    job = import_jobs.create_job(db.session, slug, "people.csv", mode, note)
     report = io.StringIO()
-    imports.run(db.session, job, io.StringIO(text, newline=""), report, **options)
+    importer.run(db.session, job, io.StringIO(text, newline=""), report, **options)
     report.seek(0)
     return job, list(csv.DictReader(report))
 
@@ -140,10 +144,10 @@ def test_consented_rows_are_confirmed_with_the_note_in_their_trail(db, mailbox, 
 
 
 def test_consented_mode_needs_a_note(db, newsletters):
-    with pytest.raises(imports.ConsentNoteRequired):
-        imports.create_job(db.session, "daily", "people.csv", ImportMode.CONSENTED, "  ")
-    with pytest.raises(imports.UnknownNewsletter):
-        imports.create_job(db.session, "nope", "people.csv", ImportMode.CONFIRM)
+    with pytest.raises(import_jobs.ConsentNoteRequired):
+        import_jobs.create_job(db.session, "daily", "people.csv", ImportMode.CONSENTED, "  ")
+    with pytest.raises(UnknownNewsletter):
+        import_jobs.create_job(db.session, "nope", "people.csv", ImportMode.CONFIRM)
     assert count(db, ImportJob) == 0
 
 
@@ -291,7 +295,7 @@ def test_the_admin_sees_exports_and_erases_the_name(client, db, admin, newslette
 @pytest.mark.parametrize("reason", ["erased", "bounced", "complained"])
 def test_suppressed_addresses_do_not_come_back(db, newsletters, reason):
     key = "gone@example.com"
-    db.session.add(Suppression(email_hash=subscriptions.address_hash(key), reason=reason))
+    db.session.add(Suppression(email_hash=addresses.address_hash(key), reason=reason))
     db.session.commit()
     job, report = do_import(db, "email\nGone@Example.com\nstays@example.com\n")
     assert (job.added, job.unchanged, job.rejected) == (1, 0, 1)
@@ -379,7 +383,7 @@ def test_the_report_neutralises_formulas(db, newsletters, start):
 def test_a_file_without_an_email_column_touches_nothing(db, newsletters):
     job, report = do_import(db, "name,address\nReader,reader@example.com\n")
     assert job.status == "failed"
-    assert job.error == import_file.MissingEmailColumn.message
+    assert job.error == csvfile.MissingEmailColumn.message
     assert (job.rows_read, job.added) == (0, 0)
     assert report == [] and count(db, Subscriber) == 0
 
@@ -430,11 +434,11 @@ def test_a_stop_puts_the_job_back_in_the_queue(db, newsletters):
 def test_a_file_that_is_not_utf8_fails_with_a_clear_message(db, newsletters, tmp_path):
     path = tmp_path / "people.csv"
     path.write_bytes("email\nolena@example.com\nsl\xe4vik@example.com\n".encode("latin-1"))
-    job = imports.create_job(db.session, "daily", path.name, ImportMode.CONFIRM)
-    with imports.open_source(path) as source:
-        imports.run(db.session, job, source, io.StringIO())
+    job = import_jobs.create_job(db.session, "daily", path.name, ImportMode.CONFIRM)
+    with import_jobs.open_source(path) as source:
+        importer.run(db.session, job, source, io.StringIO())
     assert job.status == "failed"
-    assert job.error == import_file.NotUTF8.message
+    assert job.error == csvfile.NotUTF8.message
 
 
 def test_a_file_that_is_not_csv_fails_saying_where(db, newsletters):
@@ -450,7 +454,7 @@ def test_a_file_that_is_not_csv_fails_saying_where(db, newsletters):
 
 def test_a_file_without_line_breaks_is_not_read_whole(db, newsletters):
     job, report = do_import(db, "email," + "x" * 10_000_000)
-    assert (job.status, job.error) == ("failed", import_file.HeaderTooLong.message)
+    assert (job.status, job.error) == ("failed", csvfile.HeaderTooLong.message)
     assert count(db, Subscriber) == 0
 
 
@@ -535,7 +539,7 @@ def test_command_imports_consented_people(db, invoke, newsletters, people):
     ("args", "code", "message"),
     [
         (["missing.csv", "--newsletter", "daily"], 2, "does not exist"),
-        (["{people}", "--newsletter", "nope"], 2, "no newsletter with the slug 'nope'"),
+        (["{people}", "--newsletter", "nope"], 2, "no newsletter with slug 'nope'"),
         (["{people}", "--newsletter", "daily", "--confirmed"], 2, "needs a consent note"),
         (["{people}"], 2, "Missing option '--newsletter'"),
         (["{headless}", "--newsletter", "daily"], 1, "Import 1 failed: The file has no email"),
@@ -561,7 +565,7 @@ def queue_upload(  # type: ignore[no-untyped-def]
     app, db, text: str, slug: str = "daily", mode: ImportMode = ImportMode.CONFIRM
 ) -> ImportJob:
     """Queue a job as the admin upload does."""
-    return imports.queue_upload(
+    return import_jobs.queue_upload(
         db.session,
         lambda path: Path(path).write_text(text),
         app.instance_path,
@@ -575,7 +579,8 @@ def queue_upload(  # type: ignore[no-untyped-def]
 
 def work(app, db) -> bool:  # type: ignore[no-untyped-def]
     """Run the next import job as the worker does, in a session of its own."""
-    found = imports.run_next_job(db.session.session_factory, app.instance_path)
+    with db.session.session_factory() as session:
+        found = import_jobs.ImportRunner(app.instance_path).step(session) > 0
     db.session.expire_all()
     return found
 
@@ -583,7 +588,7 @@ def work(app, db) -> bool:  # type: ignore[no-untyped-def]
 def test_the_worker_runs_queued_jobs_one_at_a_time(app, db, newsletters):
     first = queue_upload(app, db, "email\nreader@example.com\n")
     second = queue_upload(app, db, "email\nother@example.com\n", "culture")
-    upload = imports.upload_path(app.instance_path, first.id)
+    upload = import_jobs.upload_path(app.instance_path, first.id)
     assert upload.exists()
 
     assert work(app, db) is True
@@ -591,7 +596,7 @@ def test_the_worker_runs_queued_jobs_one_at_a_time(app, db, newsletters):
     assert second.status == "queued"
     # The upload holds readers' data: gone once imported; the report stays.
     assert not upload.exists()
-    assert imports.report_path(app.instance_path, first.id).exists()
+    assert import_jobs.report_path(app.instance_path, first.id).exists()
 
     assert work(app, db) is True
     assert work(app, db) is False
@@ -600,23 +605,31 @@ def test_the_worker_runs_queued_jobs_one_at_a_time(app, db, newsletters):
 
 def test_the_worker_fails_a_job_whose_file_is_gone(app, db, newsletters):
     job = queue_upload(app, db, "email\nreader@example.com\n")
-    imports.upload_path(app.instance_path, job.id).unlink()
+    import_jobs.upload_path(app.instance_path, job.id).unlink()
     assert work(app, db) is True
     assert job.status == "failed" and "cannot be read" in job.error
 
 
 def set_heartbeat(db, job: ImportJob, ago: timedelta, **values: object) -> None:  # type: ignore[no-untyped-def]
-    """Move a job's heartbeat into the past, as time passing without a word from its worker."""
+    """Move a job's last renewal into the past, as time passing without a word from its worker.
+
+    Its lease runs out STALE_AFTER after that. A queued job made running this way is one a
+    worker claimed.
+    """
+    db.session.refresh(job)
+    if values.get("status") == "running" and job.claim is None:
+        values.update(claim="dead-worker", attempts=job.attempts + 1)
+    beat = utcnow() - ago
     db.session.execute(
         update(ImportJob)
         .where(ImportJob.id == job.id)
-        .values(heartbeat_at=utcnow() - ago, **values)
+        .values(heartbeat_at=beat, next_attempt_at=beat + import_jobs.STALE_AFTER, **values)
     )
     db.session.commit()
 
 
 def report_lines(app, job: ImportJob) -> list[str]:
-    path = imports.report_path(app.instance_path, job.id)
+    path = import_jobs.report_path(app.instance_path, job.id)
     return path.read_text(encoding="utf-8-sig").splitlines()
 
 
@@ -625,7 +638,7 @@ def test_a_job_whose_worker_died_is_taken_over_and_finished(app, db, newsletters
     job = queue_upload(app, db, "email\n" + "\n".join(rows) + "\n")
     # A worker claimed it, wrote the first four rows and died: its job says running.
     do_import(db, "email\n" + "\n".join(rows[:4]) + "\n")
-    set_heartbeat(db, job, imports.STALE_AFTER + timedelta(seconds=1), status="running",
+    set_heartbeat(db, job, import_jobs.STALE_AFTER + timedelta(seconds=1), status="running",
                   rows_read=4, added=4)  # fmt: skip
 
     assert work(app, db) is True
@@ -641,58 +654,56 @@ def test_a_job_whose_worker_died_is_taken_over_and_finished(app, db, newsletters
           for n in range(2, 6)),
         "12,broken,invalid,An email address must have an @-sign.",
     ]  # fmt: skip
-    assert not imports.upload_path(app.instance_path, job.id).exists()
+    assert not import_jobs.upload_path(app.instance_path, job.id).exists()
     assert work(app, db) is False
 
 
 def test_a_running_job_whose_worker_is_alive_is_left_alone(app, db, newsletters):
     job = queue_upload(app, db, "email\nreader@example.com\n")
-    set_heartbeat(db, job, imports.STALE_AFTER - timedelta(seconds=10), status="running")
+    set_heartbeat(db, job, import_jobs.STALE_AFTER - timedelta(seconds=10), status="running")
 
     assert work(app, db) is False
     assert (job.status, job.rows_read) == ("running", 0)
     assert count(db, Subscriber) == 0
-    # The limit is the caller's to set: with a shorter one, the same job is stale.
-    assert imports.run_next_job(
-        db.session.session_factory, app.instance_path, stale_after=timedelta(seconds=5)
-    )
-    db.session.expire_all()
+    # Ten seconds on, its lease has run out: the next worker takes it over.
+    set_heartbeat(db, job, import_jobs.STALE_AFTER + timedelta(seconds=1))
+    assert work(app, db) is True
     assert (job.status, job.added) == ("done", 1)
 
 
 def test_a_stale_job_of_the_command_line_fails_asking_to_run_it_again(app, db, newsletters):
-    job = imports.create_job(db.session, "daily", "people.csv", ImportMode.CONFIRM)
+    job = import_jobs.create_job(db.session, "daily", "people.csv", ImportMode.CONFIRM)
     # The command line runs its job at once: no worker takes it from the queue meanwhile.
     assert (job.status, work(app, db)) == ("running", False)
 
     set_heartbeat(db, job, timedelta(hours=1))
     assert work(app, db) is False
     assert job.status == "failed" and job.finished_at is not None
-    assert job.error == imports.ABANDONED
+    assert job.error == import_jobs.ABANDONED
     assert "Run the import again" in job.error
 
 
 @pytest.mark.parametrize("state", ["queued", "stale"])
-def test_of_two_workers_that_read_the_same_job_one_takes_it(
+def test_of_two_workers_that_claim_the_same_job_at_once_one_takes_it(
     app, db, newsletters, state, monkeypatch
 ):
     job = queue_upload(app, db, "email\nreader@example.com\n")
     if state == "stale":
         set_heartbeat(db, job, timedelta(hours=1), status="running")
-    both_read = threading.Barrier(2, timeout=10)
-    take = imports.take
+    both_ready = threading.Barrier(2, timeout=10)
+    claim = import_jobs.LEASES.claim
 
-    def take_once_both_have_read(*args):  # type: ignore[no-untyped-def]
-        both_read.wait()
-        return take(*args)
+    def claim_when_both_are_ready(*args, **kwargs):  # type: ignore[no-untyped-def]
+        both_ready.wait()
+        return claim(*args, **kwargs)
 
-    monkeypatch.setattr(imports, "take", take_once_both_have_read)
+    monkeypatch.setattr(import_jobs.LEASES, "claim", claim_when_both_are_ready)
     claimed: list[int | None] = []
     engine = db.engine
 
     def claimer() -> None:
         with Session(engine) as session:
-            found = imports.claim_next(session, app.instance_path)
+            found = import_jobs.claim_next(session, app.instance_path)
             claimed.append(found.id if found else None)
 
     threads = [threading.Thread(target=claimer) for _ in range(2)]
@@ -716,7 +727,7 @@ def test_concurrent_workers_claim_each_job_once(app, db, newsletters):
     def claimer() -> None:
         with Session(engine) as session:
             start.wait()
-            while found := imports.claim_next(session, app.instance_path):
+            while found := import_jobs.claim_next(session, app.instance_path):
                 claimed.append(found.id)
 
     threads = [threading.Thread(target=claimer) for _ in range(4)]
@@ -730,20 +741,20 @@ def test_concurrent_workers_claim_each_job_once(app, db, newsletters):
 def test_a_run_whose_job_was_taken_over_leaves_it_to_the_other(app, db, newsletters):
     text = "email\n" + "".join(f"reader{n}@example.com\n" for n in range(6))
     queue_upload(app, db, text)
-    slow = imports.claim_next(db.session, app.instance_path)
+    slow = import_jobs.claim_next(db.session, app.instance_path)
     taken: list[ImportJob] = []
 
     def stall(rows: int) -> None:
         # The slow worker hangs after its first batch; another one takes the job over.
         if not taken:
-            set_heartbeat(db, slow, imports.STALE_AFTER + timedelta(seconds=1))
+            set_heartbeat(db, slow, import_jobs.STALE_AFTER + timedelta(seconds=1))
             with Session(db.engine, expire_on_commit=False) as other:
-                taken.append(imports.claim_next(other, app.instance_path))
+                taken.append(import_jobs.claim_next(other, app.instance_path))
 
     report = io.StringIO()
-    source = imports.open_source(imports.upload_path(app.instance_path, slow.id))
+    source = import_jobs.open_source(import_jobs.upload_path(app.instance_path, slow.id))
     with source:
-        imports.run(db.session, slow, source, report, batch_size=2, progress=stall)
+        importer.run(db.session, slow, source, report, batch_size=2, progress=stall)
     assert taken[0].id == slow.id
     # The slow run's second batch found the job no longer its own: it rolled back, went no
     # further, and left the job's counters and state to the other worker.
@@ -752,7 +763,7 @@ def test_a_run_whose_job_was_taken_over_leaves_it_to_the_other(app, db, newslett
     assert count(db, Subscriber) == 2
 
     assert work(app, db) is False  # the other worker holds it, alive
-    set_heartbeat(db, slow, imports.STALE_AFTER + timedelta(seconds=1))
+    set_heartbeat(db, slow, import_jobs.STALE_AFTER + timedelta(seconds=1))
     assert work(app, db) is True
     assert (slow.status, slow.rows_read, slow.added, slow.unchanged) == ("done", 6, 4, 2)
 
@@ -765,11 +776,11 @@ def test_a_job_whose_report_cannot_be_written_fails_instead_of_running_on(
     def disk_full(path):  # type: ignore[no-untyped-def]
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(imports, "open_report", disk_full)
+    monkeypatch.setattr(import_jobs, "open_report", disk_full)
     assert work(app, db) is True
     assert job.status == "failed"
     assert job.error == "The import could not start: [Errno 28] No space left on device"
-    assert imports.upload_path(app.instance_path, job.id).exists()
+    assert import_jobs.upload_path(app.instance_path, job.id).exists()
     assert list(Path(app.instance_path, "imports").glob("*.part")) == []
 
 
@@ -835,7 +846,7 @@ def test_a_killed_worker_s_import_is_finished_by_the_next_worker(app, db, newsle
                 select(ImportJob.status, ImportJob.rows_read).where(ImportJob.id == job.id)
             ).one()
             db.session.rollback()
-            if state.status != "queued" and state.rows_read >= 5 * imports.BATCH_SIZE:
+            if state.status != "queued" and state.rows_read >= 5 * importer.BATCH_SIZE:
                 break
             time.sleep(0.01)
         worker.send_signal(signal.SIGKILL)
@@ -849,7 +860,7 @@ def test_a_killed_worker_s_import_is_finished_by_the_next_worker(app, db, newsle
     assert count(db, Subscriber) == added_before
 
     # The stale limit passes without a word from the dead worker; the next worker takes over.
-    set_heartbeat(db, job, imports.STALE_AFTER + timedelta(seconds=1))
+    set_heartbeat(db, job, import_jobs.STALE_AFTER + timedelta(seconds=1))
     job_id = job.id
     result = run_worker("--drain")
     assert result.exit_code == 0, result.output
@@ -921,7 +932,7 @@ def test_import_pages_send_strangers_to_sign_in(client, admin, path):
 def test_editors_may_not_import(client, db, editor, newsletters):
     sign_in(client, "writer@news.example.org")
     assert client.get("/admin/imports").status_code == 403
-    job = imports.create_job(db.session, "daily", "people.csv", ImportMode.CONFIRM)
+    job = import_jobs.create_job(db.session, "daily", "people.csv", ImportMode.CONFIRM)
     for path in (f"/admin/imports/{job.id}", f"/admin/imports/{job.id}/report"):
         assert client.get(path).status_code == 403
     token = csrf_token(client, "/admin/")
@@ -945,7 +956,7 @@ def test_admin_uploads_watches_and_downloads_the_report(app, client, db, admin, 
     job = db.session.scalars(select(ImportJob)).one()
     assert response.headers["Location"] == f"/admin/imports/{job.id}"
     assert (job.status, job.filename, job.admin_user_id) == ("queued", "people.csv", admin.id)
-    assert imports.upload_path(app.instance_path, job.id).exists()
+    assert import_jobs.upload_path(app.instance_path, job.id).exists()
     audit = db.session.scalars(select(AuditEvent)).one()
     assert (audit.action, audit.admin_user_id, audit.detail["job"]) == ("import", admin.id, job.id)
 
@@ -1057,7 +1068,7 @@ def test_a_failed_upload_can_run_again(app, client, db, admin, newsletters):
     page = client.get(f"/admin/imports/{job.id}").get_data(as_text=True)
     assert "The file has no email column" in page and "Run it again" in page
 
-    imports.upload_path(app.instance_path, job.id).write_text("email\nreader@example.com\n")
+    import_jobs.upload_path(app.instance_path, job.id).write_text("email\nreader@example.com\n")
     token = csrf_token(client, f"/admin/imports/{job.id}")
     response = client.post(f"/admin/imports/{job.id}/retry", data={"csrf_token": token})
     assert response.status_code == 302

@@ -7,11 +7,13 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import csrf_token, make_newsletter, sign_in
 from sqlalchemy import func, select
 
-from newsletter import api_tokens, items
+from newsletter import api_tokens
+from newsletter.digests import items
 from newsletter.models import ApiToken, Item, Newsletter
+
+from factories import csrf_token, make_newsletter, sign_in
 
 ITEM = {
     "title": "Moldova's Sandu advances to presidential run-off",

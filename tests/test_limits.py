@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from conftest import signup
 from sqlalchemy import func, select
 
 from newsletter.models import OutboxMessage
+
+from factories import signup
 
 
 @pytest.fixture

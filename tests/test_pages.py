@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from conftest import make_config, signup
 
 from newsletter import create_app
 from newsletter.demo import load
-from newsletter.mail import outbox
-from newsletter.mail.transport import FileTransport
+from newsletter.worker import build as build_worker
+
+from factories import make_config, signup
 
 
 def test_home_page_shows_the_article_feed_and_one_box_per_newsletter(client, db):
@@ -27,7 +27,7 @@ def test_home_page_shows_the_article_feed_and_one_box_per_newsletter(client, db)
 
 
 def test_newsletter_names_are_escaped(client, db):
-    from conftest import make_newsletter
+    from factories import make_newsletter
 
     make_newsletter("xss", "<script>alert(1)</script>")
     page = client.get("/").get_data(as_text=True)
@@ -173,7 +173,7 @@ def test_development_mailbox_lists_and_shows_mails(dev_app):
     client = dev_app.test_client()
     assert "No mail yet" in client.get("/_mailbox/").get_data(as_text=True)
     signup(client, "reader@example.com", "daily")
-    outbox.run(lambda: db.session, FileTransport(dev_app.config["OUTBOX_DIR"]), drain=True)
+    build_worker(dev_app.config, lambda: db.session, kinds=["outbox"]).run(drain=True)
     index = client.get("/_mailbox/").get_data(as_text=True)
     assert "Please confirm your subscription to Daily Briefing" in index
     name = index.split('href="/_mailbox/')[1].split('"')[0]

@@ -10,7 +10,6 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from conftest import make_newsletter
 from jinja2 import Environment
 from markupsafe import Markup
 from sqlalchemy import event, text
@@ -19,6 +18,8 @@ from newsletter.charts import growth_svg
 from newsletter.extensions import db as _db
 from newsletter.models import Newsletter, Subscriber, Subscription
 from newsletter.stats import Activity, activity, growth, status_counts
+
+from factories import make_newsletter
 
 NOW = datetime(2025, 3, 15, 12, 0, tzinfo=UTC)
 TODAY = NOW.date()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from conftest import links, signup, text_part
 from sqlalchemy import func, select
 
 from newsletter.models import (
@@ -13,6 +12,8 @@ from newsletter.models import (
     Subscription,
     SubscriptionStatus,
 )
+
+from factories import links, signup, text_part
 
 THANKS = "Thank you for signing up for this newsletter. We\u2019ve sent you a confirmation email."
 

@@ -9,17 +9,7 @@ from collections.abc import Callable, Iterator
 from email.message import EmailMessage
 
 import pytest
-from conftest import make_config
 from flask import Flask
-from smtp_server import (
-    CREDENTIALS,
-    DROP,
-    HOST,
-    USERNAME,
-    SMTPServer,
-    free_port,
-    running_smtp,
-)
 
 from newsletter import create_app
 from newsletter.extensions import db
@@ -34,6 +24,17 @@ from newsletter.mail.transport import (
     TemporaryFailure,
     envelope,
     serialise,
+)
+
+from factories import make_config
+from smtp_server import (
+    CREDENTIALS,
+    DROP,
+    HOST,
+    USERNAME,
+    SMTPServer,
+    free_port,
+    running_smtp,
 )
 
 MakeMail = Callable[..., EmailMessage]

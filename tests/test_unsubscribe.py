@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from conftest import links, signup, statuses
 from sqlalchemy import select
 
 from newsletter.models import ConsentEvent
+
+from factories import links, signup, statuses
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
@@ -11,15 +12,17 @@ from typing import Any
 
 import pytest
 from click.testing import Result
-from conftest import links, signup
-from smtp_server import CREDENTIALS, HOST, USERNAME, SMTPServer, free_port, running_smtp
 from sqlalchemy import select
 
 from newsletter.cli import worker
+from newsletter.leases import Policy
 from newsletter.mail import outbox
-from newsletter.mail.outbox import WorkerSettings, retry_delay
 from newsletter.mail.transport import SMTPTransport
 from newsletter.models import OutboxMessage, Subscription, SubscriptionStatus, utcnow
+from newsletter.worker import Worker
+
+from factories import Mailbox, links, signup
+from smtp_server import CREDENTIALS, HOST, USERNAME, SMTPServer, free_port, running_smtp
 
 
 @pytest.fixture
@@ -40,9 +43,16 @@ def transport(smtp: SMTPServer) -> Iterator[SMTPTransport]:
     opened.close()
 
 
-def work(db, transport: SMTPTransport, **settings: Any) -> int:  # type: ignore[no-untyped-def]
+def outbox_worker(db, transport: Any, stop: Any = None, **policy: Any) -> Worker:  # type: ignore[no-untyped-def]
+    """A worker with the outbox's runner only, sending with this transport."""
+    runner = Mailbox(transport).runner(policy=replace(outbox.POLICY, **policy))
+    options = {"stop": stop} if stop is not None else {}
+    return Worker(lambda: db.session, [("outbox", runner)], transport, **options)
+
+
+def work(db, transport: Any, **policy: Any) -> int:  # type: ignore[no-untyped-def]
     """One `newsletter worker --drain`: send everything due, return how many rows it handled."""
-    return outbox.run(lambda: db.session, transport, WorkerSettings(**settings), drain=True)
+    return outbox_worker(db, transport, **policy).run(drain=True)["outbox"]
 
 
 def only_row(db) -> OutboxMessage:  # type: ignore[no-untyped-def]
@@ -103,12 +113,12 @@ def test_smtp_outage_delays_mail_and_loses_none(client, db, newsletters):
     # The server never saw the message: the outage does not use up its attempts.
     assert row.attempts == 0
     assert "ConnectionRefusedError" in row.last_error
-    assert row.next_attempt_at >= before + WorkerSettings().first_retry
+    assert row.next_attempt_at >= before + outbox.POLICY.first_retry
     # Not due yet: the next pass leaves it alone.
     assert work(db, SMTPTransport(HOST, port, timeout=5)) == 0
 
     # An outage longer than every retry the message has: still queued, nothing lost.
-    for _ in range(WorkerSettings().max_attempts + 3):
+    for _ in range(outbox.POLICY.max_attempts + 3):
         make_due(db)
         assert work(db, SMTPTransport(HOST, port, timeout=5)) == 1
     assert only_row(db).status == "queued"
@@ -154,11 +164,11 @@ def test_temporary_refusals_back_off_longer_each_time(client, db, newsletters, s
         row = only_row(db)
         assert row.status == "queued" and row.attempts == attempt
         assert row.last_error.startswith("451")
-        delay = retry_delay(attempt, WorkerSettings())
+        delay = outbox.POLICY.retry_delay(attempt)
         assert before + delay <= row.next_attempt_at <= after + delay
         waits.append(delay)
         make_due(db)
-    first = WorkerSettings().first_retry
+    first = outbox.POLICY.first_retry
     assert waits == [first, 2 * first]  # the back-off doubles
 
     assert work(db, transport) == 1
@@ -167,24 +177,24 @@ def test_temporary_refusals_back_off_longer_each_time(client, db, newsletters, s
 
 
 def test_retry_delay_doubles_up_to_its_cap():
-    settings = WorkerSettings()
+    settings = outbox.POLICY
     first = settings.first_retry
-    assert [retry_delay(n, settings) for n in range(1, 6)] == [
+    assert [settings.retry_delay(n) for n in range(1, 6)] == [
         first,
         2 * first,
         4 * first,
         8 * first,
         16 * first,
     ]
-    assert retry_delay(9, settings) == timedelta(hours=2)
-    assert retry_delay(12, settings) == timedelta(hours=2)
+    assert settings.retry_delay(9) == timedelta(hours=2)
+    assert settings.retry_delay(12) == timedelta(hours=2)
 
 
 def test_retry_delay_stays_capped_for_mta_like_retry_windows():
     # Five days of retries, as mail servers do, takes some 60 attempts at the two-hour cap.
-    settings = WorkerSettings(max_attempts=80)
-    assert retry_delay(60, settings) == timedelta(hours=2)
-    assert retry_delay(1000, settings) == timedelta(hours=2)
+    settings = Policy(max_attempts=80)
+    assert settings.retry_delay(60) == timedelta(hours=2)
+    assert settings.retry_delay(1000) == timedelta(hours=2)
 
 
 def test_temporary_failures_give_up_after_max_attempts(client, db, newsletters, smtp, transport):
@@ -205,11 +215,11 @@ def test_mail_held_by_a_crashed_worker_is_sent_once_its_lease_expires(
 ):
     signup(client, "reader@example.com", "daily")
     row_id = only_row(db).id
-    settings = WorkerSettings()
+    settings = outbox.POLICY
 
     # A worker claims the row, then dies before sending it.
     before = utcnow()
-    assert outbox.claim(db.session, settings, "dead-worker") == [row_id]
+    assert outbox.LEASES.claim(db.session, "dead-worker", settings) == [row_id]
     row = only_row(db)
     assert row.status == "queued" and row.attempts == 1
     assert row.next_attempt_at >= before + settings.lease
@@ -395,7 +405,7 @@ def test_concurrent_claims_never_share_a_row(app, db):
         mine: list[int] = []
         with Session(engine) as session:
             start.wait()
-            while ids := outbox.claim(session, WorkerSettings(batch_size=7), "w"):
+            while ids := outbox.LEASES.claim(session, "w", replace(outbox.POLICY, batch_size=7)):
                 mine.extend(ids)
         claimed.append(mine)
 
@@ -425,7 +435,7 @@ def test_stop_finishes_the_message_in_hand_and_gives_the_rest_back(
         def close(self) -> None:
             transport.close()
 
-    outbox.run(lambda: db.session, StopAfterOne(), WorkerSettings(), stop=stop)
+    outbox_worker(db, StopAfterOne(), stop=stop).run()
     assert len(smtp.received) == 1
     rows = db.session.scalars(select(OutboxMessage).order_by(OutboxMessage.id)).all()
     assert [r.status for r in rows] == ["sent", "queued", "queued"]

@@ -14,9 +14,8 @@ from urllib.parse import urlsplit
 import idna
 from flask import current_app, render_template
 
-from newsletter import tokens
+from newsletter.links import Links, reader_of
 from newsletter.models import Newsletter, Subscriber, Subscription, utcnow
-from newsletter.tokens import reader_payload
 
 # Lines may be as long as RFC 5322 allows: folded at 78, a long unsubscribe URL would be
 # RFC 2047-encoded, and mail clients read List-Unsubscribe raw.
@@ -47,33 +46,6 @@ def wire_address(address: str) -> str:
     if domain.isascii():
         return address
     return f"{local}@{idna.encode(domain).decode('ascii')}"
-
-
-def external_url(endpoint: str, **values: object) -> str:
-    """An absolute URL under NEWSLETTER_BASE_URL, built without a request."""
-    base = urlsplit(current_app.config["BASE_URL"])
-    adapter = current_app.url_map.bind(
-        base.netloc, script_name=base.path or "/", url_scheme=base.scheme
-    )
-    return adapter.build(endpoint, values, force_external=True)
-
-
-def confirm_url(subscriber: Subscriber, subscriptions: Sequence[tuple[int, str]]) -> str:
-    """The link that confirms these (subscription id, nonce) pairs."""
-    payload = reader_payload(subscriber, n=[list(pair) for pair in subscriptions])
-    return external_url("public.confirm", token=tokens.dumps(tokens.CONFIRM, payload))
-
-
-def unsubscribe_url(subscription: Subscription) -> str:
-    """The one-click unsubscribe link for one list; it never expires."""
-    payload = reader_payload(subscription.subscriber, l=subscription.newsletter_id)
-    return external_url("public.unsubscribe", token=tokens.dumps(tokens.UNSUBSCRIBE, payload))
-
-
-def preferences_url(subscriber: Subscriber) -> str:
-    """The link to the reader's page of all lists."""
-    payload = reader_payload(subscriber)
-    return external_url("public.preferences", token=tokens.dumps(tokens.PREFERENCES, payload))
 
 
 def mail_domain() -> str:
@@ -117,9 +89,12 @@ def list_headers_static(newsletter: Newsletter) -> dict[str, str]:
     }
 
 
-def list_headers(subscription: Subscription) -> dict[str, str]:
+def list_headers(links: Links, subscription: Subscription) -> dict[str, str]:
     """The RFC 2369 / 2919 / 8058 headers every mail about a list carries."""
-    targets = [f"<{unsubscribe_url(subscription)}>"]
+    unsubscribe = links.unsubscribe_url(
+        reader_of(subscription.subscriber), subscription.newsletter_id
+    )
+    targets = [f"<{unsubscribe}>"]
     mailto = current_app.config["UNSUBSCRIBE_MAILTO"]
     if mailto:
         targets.append(f"<mailto:{mailto}?subject=unsubscribe>")
@@ -174,7 +149,10 @@ def _render(name: str, **context: object) -> tuple[str, str]:
 
 
 def confirmation(
-    subscriber: Subscriber, pending: Sequence[tuple[Subscription, str]], message_key: str
+    links: Links,
+    subscriber: Subscriber,
+    pending: Sequence[tuple[Subscription, str]],
+    message_key: str,
 ) -> EmailMessage:
     """The one double opt-in mail for every list of a signup."""
     newsletters = [s.newsletter for s, _ in pending]
@@ -186,7 +164,7 @@ def confirmation(
         subject = f"Please confirm your subscription to {first.name}"
     else:
         subject = "Please confirm your newsletter subscriptions"
-    url = confirm_url(subscriber, [(s.id, nonce) for s, nonce in pending])
+    url = links.confirm_url(reader_of(subscriber), [(s.id, nonce) for s, nonce in pending])
     text, html = _render("confirmation", newsletters=newsletters, confirm_url=url)
     return build(
         to=subscriber.email,
@@ -199,14 +177,15 @@ def confirmation(
     )
 
 
-def welcome(subscription: Subscription, message_key: str) -> EmailMessage:
+def welcome(links: Links, subscription: Subscription, message_key: str) -> EmailMessage:
     """The short note a list sends once a reader has confirmed."""
     newsletter = subscription.newsletter
-    links = {
-        "unsubscribe_url": unsubscribe_url(subscription),
-        "preferences_url": preferences_url(subscription.subscriber),
+    reader = reader_of(subscription.subscriber)
+    urls = {
+        "unsubscribe_url": links.unsubscribe_url(reader, subscription.newsletter_id),
+        "preferences_url": links.preferences_url(reader),
     }
-    text, html = _render("welcome", newsletter=newsletter, **links)
+    text, html = _render("welcome", newsletter=newsletter, **urls)
     return build(
         to=subscription.subscriber.email,
         from_=sender(newsletter),
@@ -215,5 +194,5 @@ def welcome(subscription: Subscription, message_key: str) -> EmailMessage:
         html=html,
         message_key=message_key,
         reply_to=newsletter.reply_to,
-        headers=list_headers(subscription),
+        headers=list_headers(links, subscription),
     )

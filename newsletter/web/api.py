@@ -8,10 +8,10 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from newsletter import api_tokens, items
+from newsletter import api_tokens, newsletters
+from newsletter.digests import items
 from newsletter.extensions import csrf, db
-from newsletter.models import Newsletter
-from newsletter.web import public, signup
+from newsletter.web import signup
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 # No cookies authorise anything here: signups are open, items need a bearer token.
@@ -22,7 +22,7 @@ bp.after_request(signup.add_cors_headers)
 
 
 @bp.get("/newsletters")
-def newsletters() -> Response:
+def newsletter_list() -> Response:
     """The lists a reader can join."""
     return jsonify(
         {
@@ -33,7 +33,7 @@ def newsletters() -> Response:
                     "description": n.description,
                     "cadence": n.cadence,
                 }
-                for n in public.active_newsletters()
+                for n in newsletters.open_newsletters(db.session)
             ]
         }
     )
@@ -117,8 +117,9 @@ def items_list() -> tuple[Response, int]:
     slug = request.args.get("newsletter", "").strip()
     newsletter_id = None
     if slug:
-        newsletter_id = db.session.scalar(db.select(Newsletter.id).where(Newsletter.slug == slug))
-        if newsletter_id is None:
-            return _invalid(f"There is no newsletter {slug[:64]!r}.", "newsletter")
+        try:
+            newsletter_id = newsletters.by_slug(db.session, slug).id
+        except newsletters.UnknownNewsletter as exc:
+            return _invalid(exc.message, "newsletter")
     found = db.session.scalars(items.items_query(newsletter_id).limit(limit))
     return jsonify({"ok": True, "items": [items.as_json(item) for item in found]}), 200

@@ -7,16 +7,12 @@ import re
 from flask import Blueprint, Response, current_app, jsonify, render_template, request
 from sqlalchemy import select
 
+from newsletter import links
 from newsletter import subscriptions as subs
-from newsletter import tokens
 from newsletter.extensions import csrf, db
-from newsletter.models import (
-    Item,
-    Newsletter,
-    Subscriber,
-    Subscription,
-    SubscriptionStatus,
-)
+from newsletter.links import PATHS, Links
+from newsletter.models import Item, Subscriber, Subscription, SubscriptionStatus
+from newsletter.newsletters import open_newsletters
 from newsletter.web import signup
 from newsletter.web.errors import wants_json
 
@@ -27,22 +23,17 @@ _ID = re.compile(r"[0-9]{1,9}")
 csrf.exempt(bp)
 
 
-def active_newsletters() -> list[Newsletter]:
-    """The lists a reader can join, in the site's order."""
-    return list(
-        db.session.scalars(
-            select(Newsletter)
-            .where(Newsletter.archived.is_(False))
-            .order_by(Newsletter.position, Newsletter.id)
-        )
-    )
+def _links() -> Links:
+    return Links.from_config(current_app.config)
 
 
 @bp.get("/")
 def home() -> str:
     """The demo article page with one signup box per newsletter."""
     items = db.session.scalars(select(Item).order_by(Item.published_at.desc()).limit(10)).all()
-    return render_template("public/home.html", newsletters=active_newsletters(), items=items)
+    return render_template(
+        "public/home.html", newsletters=open_newsletters(db.session), items=items
+    )
 
 
 @bp.after_request
@@ -68,7 +59,7 @@ def subscribe() -> Response | tuple[str, int]:
         return response
     if reply.ok:
         return render_template("public/thanks.html", reply=reply), reply.status
-    newsletters = active_newsletters()
+    newsletters = open_newsletters(db.session)
     return (
         render_template(
             "public/signup.html",
@@ -81,29 +72,26 @@ def subscribe() -> Response | tuple[str, int]:
     )
 
 
-def _token_error(exc: Exception) -> tuple[str, int]:
+def _link_error(exc: links.LinkError) -> tuple[str, int]:
     """The page for a link that cannot be used."""
-    if isinstance(exc, tokens.ExpiredToken):
+    if isinstance(exc, links.ExpiredLink):
         return render_template("public/link_expired.html", token=request.view_args["token"]), 410
-    if isinstance(exc, subs.LinkNoLongerValid):
-        return (
-            render_template("public/link_error.html", reason="used"),
-            410,
-        )
+    if isinstance(exc, links.LinkNoLongerValid):
+        return render_template("public/link_error.html", reason="used"), 410
     return render_template("public/link_error.html", reason="broken"), 400
 
 
-def _confirm_payload(token: str) -> object:
-    return tokens.loads(tokens.CONFIRM, token, max_age=int(current_app.config["CONFIRM_MAX_AGE"]))
+def _confirm_link(token: str) -> links.ConfirmLink:
+    return _links().read_confirm(token, max_age=int(current_app.config["CONFIRM_MAX_AGE"]))
 
 
-@bp.get("/confirm/<token>")
+@bp.get(PATHS[links.CONFIRM] + "<token>")
 def confirm(token: str) -> str | tuple[str, int]:
     """Show what the link confirms, with a button: fetching a link confirms nothing."""
     try:
-        preview = subs.confirmation_preview(db.session, _confirm_payload(token))
-    except (tokens.TokenError, subs.LinkNoLongerValid) as exc:
-        return _token_error(exc)
+        preview = subs.confirmation_preview(db.session, _confirm_link(token))
+    except links.LinkError as exc:
+        return _link_error(exc)
     if not preview.confirmed:
         # Used already: say so rather than offer a button that does nothing.
         return _confirmed_page(preview)
@@ -112,13 +100,13 @@ def confirm(token: str) -> str | tuple[str, int]:
     )
 
 
-@bp.post("/confirm/<token>")
+@bp.post(PATHS[links.CONFIRM] + "<token>")
 def confirm_post(token: str) -> str | tuple[str, int]:
     """Confirm every list of the signup."""
     try:
-        result = subs.confirm(db.session, _confirm_payload(token), signup.consent_origin("confirm"))
-    except (tokens.TokenError, subs.LinkNoLongerValid) as exc:
-        return _token_error(exc)
+        result = subs.confirm(db.session, _confirm_link(token), signup.consent_origin("confirm"))
+    except links.LinkError as exc:
+        return _link_error(exc)
     return _confirmed_page(result)
 
 
@@ -131,29 +119,29 @@ def _confirmed_page(result: subs.ConfirmResult) -> str:
 
 
 def _preferences_token(subscriber: Subscriber) -> str:
-    return tokens.dumps(tokens.PREFERENCES, tokens.reader_payload(subscriber))
+    return _links().preferences_token(links.reader_of(subscriber))
 
 
-@bp.post("/confirm/<token>/resend")
+@bp.post(PATHS[links.CONFIRM] + "<token>/resend")
 def confirm_resend(token: str) -> str | tuple[str, int]:
     """Send a fresh confirmation link in place of an expired one."""
     try:
-        payload = _confirm_payload(token)
-    except tokens.ExpiredToken as exc:
-        payload = exc.payload
-    except tokens.TokenError as exc:
-        return _token_error(exc)
+        link = _confirm_link(token)
+    except links.ExpiredLink as exc:
+        link = exc.link  # type: ignore[assignment]
+    except links.LinkError as exc:
+        return _link_error(exc)
     try:
         pending = subs.resend_confirmation(
             db.session,
-            payload,
+            link,
             signup.consent_origin("confirm-resend"),
             signup.confirmation_limit(),
         )
     except subs.TooManyConfirmations as exc:
         return render_template("public/message.html", title="Please wait", text=exc.message), 429
-    except subs.LinkNoLongerValid as exc:
-        return _token_error(exc)
+    except links.LinkError as exc:
+        return _link_error(exc)
     return render_template("public/resent.html", subscriptions=pending)
 
 
@@ -166,38 +154,39 @@ def _unsubscribe_page(subscription: Subscription, done: bool) -> str:
     )
 
 
-@bp.get("/unsubscribe/<token>")
+def _list_subscription(token: str) -> Subscription:
+    return subs.list_subscription(db.session, _links().read_unsubscribe(token))
+
+
+@bp.get(PATHS[links.UNSUBSCRIBE] + "<token>")
 def unsubscribe(token: str) -> str | tuple[str, int]:
     """Ask before leaving: a GET (a link scanner, a prefetch) changes nothing."""
     try:
-        payload = tokens.loads(tokens.UNSUBSCRIBE, token)
-        subscription = subs.list_subscription(db.session, payload)
-    except (tokens.TokenError, subs.LinkNoLongerValid) as exc:
-        return _token_error(exc)
+        subscription = _list_subscription(token)
+    except links.LinkError as exc:
+        return _link_error(exc)
     return _unsubscribe_page(subscription, subscription.status == SubscriptionStatus.UNSUBSCRIBED)
 
 
-@bp.post("/unsubscribe/<token>")
+@bp.post(PATHS[links.UNSUBSCRIBE] + "<token>")
 def unsubscribe_post(token: str) -> str | tuple[str, int]:
     """Leave at once: the RFC 8058 one-click POST from a mail client, or the page's button."""
     try:
-        payload = tokens.loads(tokens.UNSUBSCRIBE, token)
-        subscription = subs.list_subscription(db.session, payload)
-    except (tokens.TokenError, subs.LinkNoLongerValid) as exc:
-        return _token_error(exc)
+        subscription = _list_subscription(token)
+    except links.LinkError as exc:
+        return _link_error(exc)
     source = "one-click" if "List-Unsubscribe" in request.form else "unsubscribe-page"
     subs.unsubscribe(db.session, subscription, signup.consent_origin(source))
     return _unsubscribe_page(subscription, True)
 
 
-@bp.route("/preferences/<token>", methods=["GET", "POST"])
+@bp.route(PATHS[links.PREFERENCES] + "<token>", methods=["GET", "POST"])
 def preferences(token: str) -> str | tuple[str, int]:
     """Every list with the reader's state; change them, or leave all."""
     try:
-        payload = tokens.loads(tokens.PREFERENCES, token)
-        subscriber = subs.reader_from_payload(db.session, payload)
-    except (tokens.TokenError, subs.LinkNoLongerValid) as exc:
-        return _token_error(exc)
+        subscriber = subs.reader(db.session, _links().read_preferences(token))
+    except links.LinkError as exc:
+        return _link_error(exc)
     saved = None
     if request.method == "POST":
         wanted = {int(v) for v in request.form.getlist("newsletter") if _ID.fullmatch(v)}
@@ -207,11 +196,9 @@ def preferences(token: str) -> str | tuple[str, int]:
             db.session, subscriber, wanted, origin, leave_all=leave_all
         )
         saved = {"joined": joined, "left": left}
-    states = {s.newsletter_id: s for s in subscriber.subscriptions}
     return render_template(
         "public/preferences.html",
         subscriber=subscriber,
-        newsletters=active_newsletters(),
-        states=states,
+        choices=subs.choices(subscriber, open_newsletters(db.session)),
         saved=saved,
     )

@@ -12,8 +12,10 @@ from flask import Response, current_app, request
 from werkzeug.datastructures import MultiDict
 
 from newsletter import subscriptions as subs
+from newsletter.addresses import InvalidEmail
 from newsletter.extensions import db, limiter
 from newsletter.models import DEFAULT_THANKS
+from newsletter.newsletters import UnknownNewsletter
 
 HONEYPOT = "leave_blank"
 SUCCESS_TITLE = "Successfully subscribed"
@@ -128,9 +130,9 @@ def signup(given: SignupFields) -> SignupReply:
             limit=confirmation_limit(),
             check_deliverability=bool(current_app.config["CHECK_DELIVERABILITY"]),
         )
-    except subs.InvalidEmail as exc:
+    except InvalidEmail as exc:
         return SignupReply(422, exc.message, "email")
-    except (subs.NoNewsletterChosen, subs.UnknownNewsletter) as exc:
+    except (subs.NoNewsletterChosen, UnknownNewsletter) as exc:
         return SignupReply(422, exc.message, "newsletter")
     return SignupReply(200, result.thanks_text)
 

@@ -14,10 +14,8 @@ from flask import Flask
 from playwright.sync_api import Browser, Page, sync_playwright
 from werkzeug.serving import make_server
 
-from newsletter import create_app, demo
+from newsletter import create_app, demo, worker
 from newsletter.extensions import db, limiter
-from newsletter.mail import outbox
-from newsletter.mail.transport import FileTransport
 
 HOST = "127.0.0.1"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -46,14 +44,15 @@ def _serving(app: Flask, listener: socket.socket) -> Iterator[None]:
 
 @contextmanager
 def _sending(app: Flask) -> Iterator[None]:
-    """Run the outbox worker, writing .eml files where /_mailbox reads them."""
-    stop = threading.Event()
-    transport = FileTransport(app.config["OUTBOX_DIR"])
-    settings = outbox.WorkerSettings(poll_interval=0.2)
+    """Run the worker's outbox, writing .eml files where /_mailbox reads them."""
+    settings = worker.Settings(poll_interval=0.2)
+    with app.app_context():
+        process = worker.build(app.config, lambda: db.session, settings, kinds=["outbox"])
+    stop = process.stop
 
     def work() -> None:
         with app.app_context():
-            outbox.run(lambda: db.session, transport, settings, stop=stop)
+            process.run()
 
     thread = threading.Thread(target=work, name="e2e-worker")
     thread.start()

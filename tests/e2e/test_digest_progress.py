@@ -13,6 +13,7 @@ from playwright.sync_api import Page, expect
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from newsletter import worker
 from newsletter.extensions import db
 from newsletter.mail.transport import MemoryTransport
 from newsletter.models import (
@@ -23,8 +24,8 @@ from newsletter.models import (
     Subscription,
     SubscriptionStatus,
 )
-from newsletter.sending import DigestSender, SendSettings, run_digests
-from tests.conftest import PASSWORD, make_admin
+
+from factories import PASSWORD, make_admin, sender
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
 READERS = 40
@@ -40,14 +41,19 @@ def screenshot(page: Page, name: str) -> None:
 @contextmanager
 def _sending_digests(app: Flask, transport: MemoryTransport) -> Iterator[None]:
     """Run a digest worker, throttled, as `newsletter worker` does."""
-    stop = threading.Event()
+    with app.app_context():
+        digests = sender(transport, rate=RATE, batch_size=5)
+    process = worker.Worker(
+        lambda: Session(db.engine),
+        [("digest sending", digests)],
+        transport,
+        worker.Settings(poll_interval=0.1),
+    )
+    stop = process.stop
 
     def work() -> None:
         with app.app_context():
-            sender = DigestSender(transport, SendSettings(rate=RATE, batch_size=5))
-            while not stop.is_set():
-                if not run_digests(lambda: Session(db.engine), sender, stop):
-                    stop.wait(0.1)
+            process.run()
 
     thread = threading.Thread(target=work, name="e2e-digests")
     thread.start()

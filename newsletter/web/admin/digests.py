@@ -11,11 +11,12 @@ from sqlalchemy.orm import Session
 from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Response
 
-from newsletter import digests, schedule
-from newsletter import items as news_items
 from newsletter import newsletters as lists
+from newsletter.digests import cadence, progress, states
+from newsletter.digests import compose as digest_mail
+from newsletter.digests import items as news_items
 from newsletter.extensions import db
-from newsletter.mail import digest_mail
+from newsletter.links import PREFERENCES, UNSUBSCRIBE, Links
 from newsletter.models import Digest, Item, Newsletter, utcnow
 from newsletter.web.admin.core import bp
 from newsletter.web.admin.forms import DigestForm, ScheduleForm
@@ -32,7 +33,7 @@ def digests_list() -> str:
     chosen = next((n for n in every if n.slug == slug), None)
     return render_template(
         "admin/digests.html",
-        digests=digests.recent(db.session, chosen),
+        digests=states.recent(db.session, chosen),
         newsletters=every,
         chosen=chosen,
     )
@@ -43,12 +44,10 @@ def digest_new() -> Response:
     """Compose a draft of the newsletter's new items, newest first, and open it."""
     newsletter = db.get_or_404(Newsletter, request.form.get("newsletter", type=int) or 0)
     try:
-        digest = digests.compose(db.session, newsletter, created_by=current_user.id)
-    except digests.DigestError as exc:
+        digest = states.compose(db.session, newsletter, created_by=current_user.id)
+    except states.DigestError as exc:
         flash(exc.message)
         return redirect(url_for("admin.digests_list", newsletter=newsletter.slug))
-    if not digest.entries:
-        flash("No new items since the last digest: add some below.")
     return redirect(url_for("admin.digest", digest_id=digest.id))
 
 
@@ -56,7 +55,7 @@ def digest_new() -> Response:
 def digest(digest_id: int) -> str | Response | tuple[str, int]:
     """A draft or scheduled digest to edit and send; any other, its progress and figures."""
     digest = db.get_or_404(Digest, digest_id)
-    if digest.status not in digests.EDITABLE:
+    if not states.editable(digest):
         if request.method == "POST":
             flash("This digest is on its way and can no longer be changed.")
             return redirect(url_for("admin.digest", digest_id=digest.id))
@@ -67,14 +66,14 @@ def digest(digest_id: int) -> str | Response | tuple[str, int]:
         chosen = _chosen_items(request.form, chosen, _addable(digest, chosen))
     if form.validate_on_submit():
         try:
-            digests.edit(
+            states.edit(
                 db.session,
                 digest,
                 subject=form.subject.data,
                 intro=form.intro.data or "",
                 item_ids=[item.id for item in chosen],
             )
-        except digests.DigestError as exc:
+        except states.DigestError as exc:
             db.session.rollback()
             form.subject.errors = [*form.subject.errors, exc.message]
         else:
@@ -90,11 +89,12 @@ def _edit_page(
     page = render_template(
         "admin/digest_edit.html",
         digest=digest,
+        actions=states.actions(digest),
         form=form,
         schedule_form=schedule_form,
         entries=chosen,
         addable=_addable(digest, chosen),
-        readers=digests.audience_size(db.session, digest.newsletter),
+        readers=states.audience_size(db.session, digest.newsletter),
         scheduled_local=digest.scheduled_at.astimezone(zone) if digest.scheduled_at else None,
     )
     return page, 422 if form.errors or schedule_form.errors else 200
@@ -134,8 +134,8 @@ def _chosen_items(
 def _zone(newsletter: Newsletter) -> tzinfo:
     """The newsletter's time zone; UTC if its name is not one this machine knows."""
     try:
-        return schedule.zone(newsletter.timezone or "UTC")
-    except schedule.ScheduleError:
+        return cadence.zone(newsletter.timezone or "UTC")
+    except cadence.CadenceError:
         return UTC
 
 
@@ -143,10 +143,10 @@ def _zone(newsletter: Newsletter) -> tzinfo:
 def digest_preview(digest_id: int) -> str:
     """The digest as a reader gets it: the HTML part in a sandboxed frame, and the text part."""
     digest = db.get_or_404(Digest, digest_id)
-    base = current_app.config["BASE_URL"].rstrip("/")
+    links = Links.from_config(current_app.config)
     content = digest_mail.Content(digest.newsletter, digest.subject, digest.intro, digest.items)
     text, html = digest_mail.render(
-        content, f"{base}/unsubscribe/preview", f"{base}/preferences/preview"
+        content, links.prefix(UNSUBSCRIBE) + "preview", links.prefix(PREFERENCES) + "preview"
     )
     return render_template("admin/digest_preview.html", digest=digest, text=text, html=html)
 
@@ -156,8 +156,8 @@ def digest_test(digest_id: int) -> Response:
     """Queue a test copy of the digest to the signed-in account's address."""
     digest = db.get_or_404(Digest, digest_id)
     try:
-        digests.send_test(db.session, digest, current_user.email)
-    except digests.DigestError as exc:
+        states.send_test(db.session, digest, current_user.email)
+    except states.DigestError as exc:
         flash(exc.message)
     else:
         flash(f"A test copy is queued for {current_user.email}; the worker sends it shortly.")
@@ -169,8 +169,8 @@ def digest_start(digest_id: int) -> Response:
     """Snapshot the confirmed readers and start sending."""
     digest = db.get_or_404(Digest, digest_id)
     try:
-        readers = digests.start(db.session, digest)
-    except digests.DigestError as exc:
+        readers = states.start(db.session, digest)
+    except states.DigestError as exc:
         flash(exc.message)
     else:
         flash(f"Sending to {readers:,} reader{'' if readers == 1 else 's'}.")
@@ -181,24 +181,21 @@ def digest_start(digest_id: int) -> Response:
 def digest_schedule(digest_id: int) -> Response | tuple[str, int]:
     """Schedule the digest at a time in the newsletter's time zone."""
     digest = db.get_or_404(Digest, digest_id)
-    if digest.status not in digests.EDITABLE:
+    if not states.editable(digest):
         flash("Only a draft can be scheduled.")
         return redirect(url_for("admin.digest", digest_id=digest.id))
     form = ScheduleForm()
     if form.validate_on_submit():
         zone = _zone(digest.newsletter)
         when = form.when.data.replace(tzinfo=zone).astimezone(UTC)
-        if when <= utcnow():
-            form.when.errors.append("This time has passed: choose one in the future.")
+        try:
+            states.schedule(db.session, digest, when)
+        except states.DigestError as exc:
+            form.when.errors.append(exc.message)
         else:
-            try:
-                digests.schedule(db.session, digest, when)
-            except digests.DigestError as exc:
-                form.when.errors.append(exc.message)
-            else:
-                local = when.astimezone(zone)
-                flash(f"Scheduled for {local:%-d %B %Y, %H:%M} ({digest.newsletter.timezone}).")
-                return redirect(url_for("admin.digest", digest_id=digest.id))
+            local = when.astimezone(zone)
+            flash(f"Scheduled for {local:%-d %B %Y, %H:%M} ({digest.newsletter.timezone}).")
+            return redirect(url_for("admin.digest", digest_id=digest.id))
     # The other form shows the saved digest, not this request's fields.
     return _edit_page(digest, DigestForm(formdata=None, obj=digest), form, digest.items)
 
@@ -206,32 +203,32 @@ def digest_schedule(digest_id: int) -> Response | tuple[str, int]:
 @bp.post("/digests/<int:digest_id>/unschedule")
 def digest_unschedule(digest_id: int) -> Response:
     """Back to a draft."""
-    return _action(digest_id, digests.unschedule, "Back to draft: it will not go by itself.")
+    return _action(digest_id, states.unschedule, "Back to draft: it will not go by itself.")
 
 
 @bp.post("/digests/<int:digest_id>/pause")
 def digest_pause(digest_id: int) -> Response:
     """Stop handing out mail until resumed."""
-    return _action(digest_id, digests.pause, "Paused. Mail already sent stays sent.")
+    return _action(digest_id, states.pause, "Paused. Mail already sent stays sent.")
 
 
 @bp.post("/digests/<int:digest_id>/resume")
 def digest_resume(digest_id: int) -> Response:
     """Go on from where it paused."""
-    return _action(digest_id, digests.resume, "Sending again.")
+    return _action(digest_id, states.resume, "Sending again.")
 
 
 @bp.post("/digests/<int:digest_id>/cancel")
 def digest_cancel(digest_id: int) -> Response:
     """Send nothing more of this digest."""
-    return _action(digest_id, digests.cancel, "Cancelled. Nothing more of it is sent.")
+    return _action(digest_id, states.cancel, "Cancelled. Nothing more of it is sent.")
 
 
 def _action(digest_id: int, change: Callable[[Session, Digest], object], done: str) -> Response:
     digest = db.get_or_404(Digest, digest_id)
     try:
         change(db.session, digest)
-    except digests.DigestError as exc:
+    except states.DigestError as exc:
         flash(exc.message)
     else:
         flash(done)
@@ -242,44 +239,28 @@ def _action(digest_id: int, change: Callable[[Session, Digest], object], done: s
 def digest_progress(digest_id: int) -> Response:
     """Where the digest stands, as JSON for the progress bar."""
     digest = db.get_or_404(Digest, digest_id)
-    response = jsonify(digests.progress(db.session, digest).as_json(utcnow()))
+    response = jsonify(progress.progress(db.session, digest).as_json(utcnow()))
     response.headers["Cache-Control"] = "no-store"
     return response
 
 
 def _progress_page(digest: Digest) -> str:
     now = utcnow()
-    state = digests.progress(db.session, digest)
+    state = progress.progress(db.session, digest)
     figures = state.as_json(now)
     left = figures["seconds_left"]
     duration = None
     if state.started_at is not None and state.finished_at is not None:
-        duration = _span((state.finished_at - state.started_at).total_seconds())
+        duration = progress.seconds_span((state.finished_at - state.started_at).total_seconds())
     return render_template(
         "admin/digest.html",
         digest=digest,
+        label=states.LABELS[digest.status],
+        actions=states.actions(digest),
         figures=figures,
         done=state.done,
-        percent=_percent(state.done, state.recipients, state.finished),
-        left=_span(left) if isinstance(left, int) else None,
+        percent=progress.percent(state.done, state.recipients, state.finished),
+        left=progress.seconds_span(left) if isinstance(left, int) else None,
         duration=duration,
         average=state.rate(now),
     )
-
-
-def _percent(done: int, total: int, finished: bool) -> int:
-    """How far along, 0 to 100; a digest with nobody to mail is done once it is finished."""
-    if total <= 0:
-        return 100 if finished else 0
-    return min(100, done * 100 // total)
-
-
-def _span(seconds: float) -> str:
-    """A number of seconds as a person reads it: 45 s, 12 min, 3 h 5 min."""
-    total = round(seconds)
-    if total < 90:
-        return f"{total} s"
-    minutes = round(total / 60)
-    if minutes < 90:
-        return f"{minutes} min"
-    return f"{minutes // 60} h {minutes % 60} min"

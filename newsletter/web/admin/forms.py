@@ -32,7 +32,7 @@ from wtforms.validators import (
 )
 from wtforms.widgets import CheckboxInput, ListWidget
 
-from newsletter import items, schedule
+from newsletter.digests import cadence, items
 from newsletter.mail.dkim import aligned as dkim_aligned
 from newsletter.models import (
     DEFAULT_BUTTON,
@@ -70,8 +70,8 @@ def _time_zone(form: FlaskForm, field: StringField) -> None:
     """A zone the IANA database knows, such as Europe/Kyiv."""
     name = (field.data or "").strip()
     try:
-        schedule.zone(name)
-    except schedule.ScheduleError as exc:
+        cadence.zone(name)
+    except cadence.CadenceError as exc:
         raise ValidationError("Use a time zone name such as Europe/Kyiv or UTC.") from exc
     field.data = name
 

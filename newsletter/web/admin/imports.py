@@ -17,10 +17,11 @@ from flask import (
 from flask_login import current_user
 from werkzeug.wrappers import Response
 
-from newsletter import import_file
-from newsletter import imports as import_jobs
 from newsletter import newsletters as lists
+from newsletter.errors import UserError
 from newsletter.extensions import csrf, db
+from newsletter.imports import csvfile
+from newsletter.imports import jobs as import_jobs
 from newsletter.models import ImportJob, ImportMode, JobStatus, utcnow
 from newsletter.web.admin.core import admin_only, bp
 from newsletter.web.admin.forms import ImportForm
@@ -50,7 +51,7 @@ def imports() -> str | Response | tuple[str, int]:
                 form.consent_note.data,
                 current_user.id,
             )
-        except import_jobs.ImportProblem as exc:
+        except UserError as exc:
             form.newsletter.errors.append(exc.message)
         else:
             flash(f"{job.filename} is queued; the worker imports it.")
@@ -69,7 +70,7 @@ def import_job(job_id: int) -> str:
     instance = current_app.instance_path
     working = job.status in (JobStatus.QUEUED, JobStatus.RUNNING)
     upload = import_jobs.upload_path(instance, job.id)
-    total = import_file.estimated_rows(upload) if working else None
+    total = csvfile.estimated_rows(upload) if working else None
     since = None
     if job.status == JobStatus.RUNNING and job.heartbeat_at is not None:
         since = max(utcnow() - job.heartbeat_at, timedelta(0))

@@ -5,8 +5,8 @@ from __future__ import annotations
 from flask import flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
-from newsletter import items
 from newsletter import newsletters as lists
+from newsletter.digests import items
 from newsletter.extensions import db
 from newsletter.models import Item
 from newsletter.web.admin.core import bp

@@ -41,8 +41,8 @@ def _edit(newsletter: Newsletter | None, form: NewsletterForm) -> str | Response
         values["feed_url"] = (values["feed_url"] or "").strip() or None
         try:
             saved = lists.save(db.session, newsletter, values)
-        except lists.SlugTaken:
-            form.slug.errors.append("Another newsletter has this slug.")
+        except lists.SlugTaken as exc:
+            form.slug.errors.append(exc.message)
         else:
             flash(f"Saved {saved.name}.")
             return redirect(url_for("admin.newsletter", newsletter_id=saved.id))

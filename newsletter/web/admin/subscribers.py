@@ -21,9 +21,9 @@ from newsletter import subscribers as people
 from newsletter import subscriptions as subs
 from newsletter.extensions import db
 from newsletter.models import Subscriber, Subscription, SubscriptionStatus
+from newsletter.newsletters import open_newsletters
 from newsletter.web import signup
 from newsletter.web.admin.core import admin_only, bp
-from newsletter.web.public import active_newsletters
 
 
 def _filter() -> people.Filter:
@@ -50,7 +50,7 @@ def subscribers() -> str:
         rows=rows,
         where=where,
         next_before=rows[-1].id if more else None,
-        newsletters=active_newsletters(),
+        newsletters=open_newsletters(db.session),
         statuses=[s.value for s in SubscriptionStatus],
     )
 
@@ -59,10 +59,7 @@ def subscribers() -> str:
 @admin_only
 def subscribers_export() -> Response:
     """The filtered list as CSV, streamed; the export itself is recorded."""
-    where = _filter()
-    people.record(db.session, current_user.id, "export", filter=where.as_dict())
-    db.session.commit()
-    rows = exports.subscription_rows(db.session, exports.subscriptions_query(where))
+    rows = exports.audited_rows(db.session, _filter(), current_user.id)
     return Response(
         stream_with_context(exports.csv_chunks(rows)),
         mimetype="text/csv",
@@ -78,6 +75,8 @@ def subscriber(subscriber_id: int) -> str:
     return render_template(
         "admin/subscriber.html",
         person=person,
+        can_unsubscribe=subs.can_unsubscribe,
+        can_resend=subs.can_resend_confirmation(person),
         trail=db.session.execute(people.consent_trail(person.id)).all(),
         mails=db.session.scalars(people.mails(person.id)).all(),
     )

@@ -22,7 +22,7 @@ def tokens() -> Response:
     if form.validate_on_submit():
         try:
             created, secret = api_tokens.create_token(db.session, form.name.data, current_user.id)
-        except api_tokens.TokenError as exc:
+        except api_tokens.ApiTokenError as exc:
             form.name.errors.append(exc.message)
         else:
             form = TokenForm(formdata=None)

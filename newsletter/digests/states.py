@@ -1,24 +1,23 @@
-"""Digests: composed from news items, snapshotted into the delivery ledger, sent by workers.
+"""A digest's life: composed from news items, scheduled, started, paused, sent or cancelled.
 
-draft → scheduled → sending ⇄ paused → sent, or cancelled from any state before sent.
-The ledger (`Delivery`) holds one row per reader; `newsletter/sending.py` works it off.
+draft → scheduled → sending ⇄ paused → sent, or cancelled from any state before sent. Starting
+snapshots the audience into the ledger (`ledger.py`); the workers' sender works it off.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, exists, func, insert, literal, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from newsletter.digests import ledger
+from newsletter.digests.items import items_query
 from newsletter.errors import UserError
-from newsletter.items import items_query
 from newsletter.mail import outbox
 from newsletter.models import (
-    Delivery,
     DeliveryStatus,
     Digest,
     DigestItem,
@@ -26,22 +25,64 @@ from newsletter.models import (
     Item,
     MailKind,
     Newsletter,
-    Subscription,
-    SubscriptionStatus,
     utcnow,
 )
 
-D = DigestStatus
-
 # How many new items a digest offers at most; an editor can add older ones by hand.
 MAX_ITEMS = 30
-EDITABLE = (D.DRAFT, D.SCHEDULED)
+EDITABLE = (DigestStatus.DRAFT, DigestStatus.SCHEDULED)
+# Figures and ledger rows of a digest that went out, or is going out.
+UNDER_WAY = (DigestStatus.SENDING, DigestStatus.PAUSED, DigestStatus.SENT)
 # Control characters but tab, line feed and carriage return (folded to spaces instead).
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
+# The states an editor's action moves a digest from.
+PAUSABLE = (DigestStatus.SENDING,)
+RESUMABLE = (DigestStatus.PAUSED,)
+CANCELLABLE = (
+    DigestStatus.DRAFT,
+    DigestStatus.SCHEDULED,
+    DigestStatus.SENDING,
+    DigestStatus.PAUSED,
+)
+# How a digest's state reads on its page.
+LABELS = {
+    DigestStatus.DRAFT: "Draft",
+    DigestStatus.SCHEDULED: "Scheduled",
+    DigestStatus.SENDING: "Sending",
+    DigestStatus.PAUSED: "Paused",
+    DigestStatus.SENT: "Sent",
+    DigestStatus.CANCELLED: "Cancelled",
+}
+
+
 class DigestError(UserError):
     """A digest action the rules refuse; the message is fit to show an editor."""
+
+
+class NoNewItems(DigestError):
+    """Nothing new to send since the newsletter's last digest."""
+
+    def __init__(self, newsletter: Newsletter) -> None:
+        super().__init__(f"{newsletter.name} has no new items since its last digest.")
+
+
+def editable(digest: Digest) -> bool:
+    """Whether the digest can still be changed, scheduled or started: not on its way yet."""
+    return digest.status in EDITABLE
+
+
+def actions(digest: Digest) -> frozenset[str]:
+    """What an editor may do to the digest now: edit, unschedule, pause, resume, cancel."""
+    allowed = {
+        "edit": editable(digest),
+        "unschedule": digest.status == DigestStatus.SCHEDULED,
+        "pause": digest.status in PAUSABLE,
+        "resume": digest.status in RESUMABLE,
+        "cancel": digest.status in CANCELLABLE,
+    }
+    return frozenset(name for name, ok in allowed.items() if ok)
 
 
 def last_sent(session: Session, newsletter: Newsletter) -> Digest | None:
@@ -50,7 +91,7 @@ def last_sent(session: Session, newsletter: Newsletter) -> Digest | None:
         select(Digest)
         .where(
             Digest.newsletter_id == newsletter.id,
-            Digest.status.in_((D.SENDING, D.PAUSED, D.SENT)),
+            Digest.status.in_(UNDER_WAY),
         )
         .order_by(Digest.started_at.desc(), Digest.id.desc())
         .limit(1)
@@ -89,10 +130,15 @@ def compose(
     automatic: bool = False,
     items: Sequence[Item] | None = None,
 ) -> Digest:
-    """A draft digest of the newsletter's new items, newest first; commits."""
+    """A draft digest of these items, or else of the newsletter's new ones, newest first.
+
+    Commits. NoNewItems when there is nothing new since the last digest.
+    """
     if newsletter.archived:
         raise DigestError(f"{newsletter.name} is archived: it sends no digests.")
     chosen = list(items) if items is not None else new_items(session, newsletter)
+    if items is None and not chosen:
+        raise NoNewItems(newsletter)
     digest = Digest(
         newsletter=newsletter,
         subject=_subject(subject or default_subject(newsletter, chosen, utcnow())),
@@ -125,7 +171,7 @@ def edit(
     item_ids: Sequence[int],
 ) -> Digest:
     """Change a digest not yet sending: subject, intro, and its items in this order; commits."""
-    if digest.status not in EDITABLE:
+    if not editable(digest):
         raise DigestError("This digest is on its way and can no longer be changed.")
     if len(intro) > 10_000:
         raise DigestError("The introduction is longer than 10,000 characters.")
@@ -138,14 +184,18 @@ def edit(
     return digest
 
 
-def schedule(session: Session, digest: Digest, when: datetime) -> Digest:
-    """Send the digest at `when` (a worker starts it then); commits."""
-    if digest.status not in EDITABLE:
+def schedule(
+    session: Session, digest: Digest, when: datetime, now: datetime | None = None
+) -> Digest:
+    """Send the digest at `when`, in the future (a worker starts it then); commits."""
+    if not editable(digest):
         raise DigestError("Only a draft can be scheduled.")
     if when.tzinfo is None:
         raise DigestError("The time to send needs a time zone.")
+    if when <= (now or utcnow()):
+        raise DigestError("This time has passed: choose one in the future.")
     _sendable(digest)
-    digest.status = D.SCHEDULED
+    digest.status = DigestStatus.SCHEDULED
     digest.scheduled_at = when
     session.commit()
     return digest
@@ -153,9 +203,9 @@ def schedule(session: Session, digest: Digest, when: datetime) -> Digest:
 
 def unschedule(session: Session, digest: Digest) -> Digest:
     """Back to a draft; commits."""
-    if digest.status != D.SCHEDULED:
+    if digest.status != DigestStatus.SCHEDULED:
         raise DigestError("This digest is not scheduled.")
-    digest.status = D.DRAFT
+    digest.status = DigestStatus.DRAFT
     digest.scheduled_at = None
     session.commit()
     return digest
@@ -168,18 +218,9 @@ def _sendable(digest: Digest) -> None:
         raise DigestError(f"{digest.newsletter.name} is archived: it sends no digests.")
 
 
-def audience(newsletter_id: int) -> object:
-    """The newsletter's confirmed readers: everyone bounced, complained or left is not."""
-    return and_(
-        Subscription.newsletter_id == newsletter_id,
-        Subscription.status == SubscriptionStatus.CONFIRMED,
-    )
-
-
 def audience_size(session: Session, newsletter: Newsletter) -> int:
     """How many readers a digest of the newsletter would go to if it started now."""
-    query = select(func.count()).select_from(Subscription).where(audience(newsletter.id))
-    return session.scalar(query) or 0
+    return session.scalar(ledger.audience_size(newsletter.id)) or 0
 
 
 def start(session: Session, digest: Digest) -> int:
@@ -188,30 +229,21 @@ def start(session: Session, digest: Digest) -> int:
     One INSERT … SELECT, in the same transaction as the change of state, guarded by it:
     two callers (an editor's click and a worker's schedule) cannot both snapshot.
     """
-    if digest.status not in EDITABLE:
+    if not editable(digest):
         raise DigestError("This digest has already been sent or cancelled.")
     _sendable(digest)
     now = utcnow()
     taken = session.execute(
         update(Digest)
         .where(Digest.id == digest.id, Digest.status.in_(EDITABLE))
-        .values(status=D.SENDING, started_at=now)
+        .values(status=DigestStatus.SENDING, started_at=now)
         .execution_options(synchronize_session=False)
     )
     if taken.rowcount != 1:
         session.rollback()
         raise DigestError("This digest has already been started.")
     added = session.execute(
-        insert(Delivery).from_select(
-            ["digest_id", "subscription_id", "status", "attempts", "next_attempt_at"],
-            select(
-                literal(digest.id),
-                Subscription.id,
-                literal(DeliveryStatus.QUEUED.value),
-                literal(0),
-                literal(now, Delivery.next_attempt_at.type),
-            ).where(audience(digest.newsletter_id)),
-        ),
+        ledger.snapshot(digest.id, digest.newsletter_id, now),
         # An INSERT's row count is kept only when asked for (psycopg would say -1).
         execution_options={"preserve_rowcount": True},
     ).rowcount
@@ -231,12 +263,24 @@ def start(session: Session, digest: Digest) -> int:
 
 def pause(session: Session, digest: Digest) -> Digest:
     """Stop handing out mail; workers put back what they hold within a second; commits."""
-    return _move(session, digest, (D.SENDING,), D.PAUSED, "Only a digest being sent can pause.")
+    return _move(
+        session,
+        digest,
+        PAUSABLE,
+        DigestStatus.PAUSED,
+        "Only a digest being sent can pause.",
+    )
 
 
 def resume(session: Session, digest: Digest) -> Digest:
     """Go on from where the digest paused; commits."""
-    return _move(session, digest, (D.PAUSED,), D.SENDING, "Only a paused digest can resume.")
+    return _move(
+        session,
+        digest,
+        RESUMABLE,
+        DigestStatus.SENDING,
+        "Only a paused digest can resume.",
+    )
 
 
 def cancel(session: Session, digest: Digest) -> Digest:
@@ -244,22 +288,12 @@ def cancel(session: Session, digest: Digest) -> Digest:
     _move(
         session,
         digest,
-        (D.DRAFT, D.SCHEDULED, D.SENDING, D.PAUSED),
-        D.CANCELLED,
+        CANCELLABLE,
+        DigestStatus.CANCELLED,
         "This digest has already been sent or cancelled.",
     )
-    # Held rows too: a worker that dies holding them would leave them `sending` for good. Their
-    # claim stays, so a message a live worker is sending right now is still marked sent, and
-    # that worker brings the figures up to date when it sees the cancel (`recount`).
-    session.execute(
-        update(Delivery)
-        .where(
-            Delivery.digest_id == digest.id,
-            Delivery.status.in_((DeliveryStatus.QUEUED, DeliveryStatus.SENDING)),
-        )
-        .values(status=DeliveryStatus.SKIPPED, last_error="cancelled")
-        .execution_options(synchronize_session=False)
-    )
+    # A live worker that sees the cancel brings the figures up to date (`recount`).
+    session.execute(ledger.skip_unsent(digest.id, "cancelled"))
     _record_figures(session, digest.id, finished=True)
     session.commit()
     session.refresh(digest)
@@ -288,20 +322,8 @@ def _move(
     return digest
 
 
-def _counts(session: Session, digest_id: int) -> dict[DeliveryStatus, int]:
-    rows = session.execute(
-        select(Delivery.status, func.count())
-        .where(Delivery.digest_id == digest_id)
-        .group_by(Delivery.status)
-    )
-    counts = {status: 0 for status in DeliveryStatus}
-    for status, count in rows:
-        counts[DeliveryStatus(status)] = count
-    return counts
-
-
 def _record_figures(session: Session, digest_id: int, *, finished: bool) -> None:
-    counts = _counts(session, digest_id)
+    counts = ledger.counts(session, digest_id)
     values: dict[str, object] = {
         "sent_count": counts[DeliveryStatus.SENT],
         "failed_count": counts[DeliveryStatus.FAILED],
@@ -325,14 +347,14 @@ def recount(session: Session, digest_id: int) -> None:
 
 def finish_if_done(session: Session, digest_id: int) -> bool:
     """Mark a sending digest sent once no row waits or is held; True when it did; commits."""
-    waiting = exists().where(
-        Delivery.digest_id == digest_id,
-        Delivery.status.in_((DeliveryStatus.QUEUED, DeliveryStatus.SENDING)),
-    )
     done = session.execute(
         update(Digest)
-        .where(Digest.id == digest_id, Digest.status == D.SENDING, ~waiting)
-        .values(status=D.SENT)
+        .where(
+            Digest.id == digest_id,
+            Digest.status == DigestStatus.SENDING,
+            ~ledger.unsent(digest_id),
+        )
+        .values(status=DigestStatus.SENT)
         .execution_options(synchronize_session=False)
     )
     if done.rowcount == 1:
@@ -341,123 +363,12 @@ def finish_if_done(session: Session, digest_id: int) -> bool:
     return done.rowcount == 1
 
 
-@dataclass(frozen=True)
-class Progress:
-    """Where a digest stands, for the progress bar and the command line."""
-
-    status: DigestStatus
-    recipients: int
-    queued: int  # waiting, held by a worker, or waiting for a retry
-    sent: int
-    failed: int
-    skipped: int
-    retrying: int  # of `queued`: put back after a temporary failure
-    started_at: datetime | None
-    finished_at: datetime | None
-    unsubscribed_since: int
-
-    @property
-    def done(self) -> int:
-        return self.sent + self.failed + self.skipped
-
-    @property
-    def finished(self) -> bool:
-        return self.status in (D.SENT, D.CANCELLED)
-
-    def rate(self, now: datetime) -> float | None:
-        """Messages a second since the digest started (until it finished)."""
-        if self.started_at is None or not self.sent:
-            return None
-        seconds = ((self.finished_at or now) - self.started_at).total_seconds()
-        return self.sent / seconds if seconds > 0 else None
-
-    def as_json(self, now: datetime) -> dict[str, object]:
-        rate = self.rate(now)
-        left = self.queued / rate if rate and self.status == D.SENDING else None
-        return {
-            "status": str(self.status),
-            "recipients": self.recipients,
-            "queued": self.queued,
-            "sent": self.sent,
-            "failed": self.failed,
-            "skipped": self.skipped,
-            "retrying": self.retrying,
-            "rate": round(rate, 1) if rate else None,
-            "seconds_left": round(left) if left is not None else None,
-            "unsubscribed_since": self.unsubscribed_since,
-            "finished": self.finished,
-        }
-
-
-def progress(session: Session, digest: Digest) -> Progress:
-    """Counts from the ledger while it is worked on, the kept figures once it is done."""
-    session.refresh(digest)
-    if digest.finished_at is not None:
-        sent, failed, skipped = digest.sent_count, digest.failed_count, digest.skipped_count
-        queued = retrying = 0
-    else:
-        counts = _counts(session, digest.id)
-        sent, failed = counts[DeliveryStatus.SENT], counts[DeliveryStatus.FAILED]
-        skipped = counts[DeliveryStatus.SKIPPED]
-        queued = counts[DeliveryStatus.QUEUED] + counts[DeliveryStatus.SENDING]
-        retrying = (
-            session.scalar(
-                select(func.count())
-                .select_from(Delivery)
-                .where(
-                    Delivery.digest_id == digest.id,
-                    Delivery.status == DeliveryStatus.QUEUED,
-                    Delivery.attempts > 0,
-                )
-            )
-            or 0
-        )
-    unsubscribed = 0
-    if digest.started_at is not None:
-        unsubscribed = (
-            session.scalar(
-                select(func.count())
-                .select_from(Subscription)
-                .where(
-                    Subscription.newsletter_id == digest.newsletter_id,
-                    Subscription.unsubscribed_at >= digest.started_at,
-                )
-            )
-            or 0
-        )
-    return Progress(
-        status=DigestStatus(digest.status),
-        recipients=digest.recipients,
-        queued=queued,
-        sent=sent,
-        failed=failed,
-        skipped=skipped,
-        retrying=retrying,
-        started_at=digest.started_at,
-        finished_at=digest.finished_at,
-        unsubscribed_since=unsubscribed,
-    )
-
-
-def waiting_reason(session: Session, digest_id: int) -> str | None:
-    """Why rows of a digest wait: the last refusal of one put back for a retry, if any."""
-    return session.scalar(
-        select(Delivery.last_error)
-        .where(
-            Delivery.digest_id == digest_id,
-            Delivery.status == DeliveryStatus.QUEUED,
-            Delivery.last_error.is_not(None),
-        )
-        .limit(1)
-    )
-
-
 def start_due(session: Session, now: datetime | None = None) -> list[int]:
     """Start every scheduled digest whose time has come; returns their ids; commits."""
     now = now or utcnow()
     due = session.scalars(
         select(Digest)
-        .where(Digest.status == D.SCHEDULED, Digest.scheduled_at <= now)
+        .where(Digest.status == DigestStatus.SCHEDULED, Digest.scheduled_at <= now)
         .order_by(Digest.scheduled_at)
     ).all()
     started = []
@@ -467,8 +378,8 @@ def start_due(session: Session, now: datetime | None = None) -> list[int]:
         except DigestError as exc:
             # Another worker was first, or the digest lost its items: note it on the digest.
             session.rollback()
-            if digest.status == D.SCHEDULED:
-                digest.status = D.DRAFT
+            if digest.status == DigestStatus.SCHEDULED:
+                digest.status = DigestStatus.DRAFT
                 digest.error = f"Not sent at the scheduled time: {exc.message}"
                 session.commit()
             continue

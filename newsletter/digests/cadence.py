@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from datetime import date, datetime, time, timedelta
+from threading import Event
+from time import monotonic
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from newsletter import digests, feeds
+from newsletter import feeds
+from newsletter.digests import states
+from newsletter.errors import UserError
 from newsletter.models import AutoDigest, Digest, Newsletter, utcnow
 
 log = logging.getLogger(__name__)
@@ -28,7 +33,7 @@ WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", 
 _HH_MM = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
 
 
-class ScheduleError(ValueError):
+class CadenceError(UserError):
     """A cadence that cannot be computed; the message is fit to show an editor."""
 
 
@@ -37,14 +42,14 @@ def zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ScheduleError(f"{name!r} is not a time zone such as Europe/Kyiv or UTC.") from exc
+        raise CadenceError(f"{name!r} is not a time zone such as Europe/Kyiv or UTC.") from exc
 
 
 def clock(text: str) -> time:
     """HH:MM, 24-hour."""
     match = _HH_MM.fullmatch(text.strip())
     if match is None:
-        raise ScheduleError(f"{text!r} is not a time of day such as 07:30.")
+        raise CadenceError(f"{text!r} is not a time of day such as 07:30.")
     return time(int(match.group(1)), int(match.group(2)))
 
 
@@ -57,7 +62,7 @@ def _candidate_days(cadence: str, weekday: int, start: date) -> list[date]:
         return [d for d in days if d.weekday() == weekday]
     if cadence == "monthly":
         return [d for d in days if d.day == 1]
-    raise ScheduleError(f"{cadence!r} is not a cadence: daily, weekly or monthly.")
+    raise CadenceError(f"{cadence!r} is not a cadence: daily, weekly or monthly.")
 
 
 def next_run(
@@ -72,7 +77,7 @@ def next_run(
         moment = datetime.combine(day, at, tzinfo=tz).astimezone(ZoneInfo("UTC"))
         if moment > after:
             return moment
-    raise ScheduleError("No moment of this cadence in the next 40 days.")  # pragma: no cover
+    raise CadenceError("No moment of this cadence in the next 40 days.")  # pragma: no cover
 
 
 def plan(newsletter: Newsletter, now: datetime | None = None) -> None:
@@ -113,7 +118,7 @@ def run_due(session: Session, now: datetime | None = None) -> list[Digest]:
                 newsletter.send_weekday,
                 now,
             )
-        except ScheduleError as exc:
+        except CadenceError as exc:
             log.warning("newsletter %s: automatic digests stopped: %s", newsletter.slug, exc)
             following = None
         taken = session.execute(
@@ -135,16 +140,32 @@ def run_due(session: Session, now: datetime | None = None) -> list[Digest]:
 def _compose(session: Session, newsletter: Newsletter) -> Digest | None:
     if newsletter.feed_url:
         feeds.pull(session, newsletter)
-    items = digests.new_items(session, newsletter)
-    if not items:
+    try:
+        digest = states.compose(session, newsletter, automatic=True)
+    except states.NoNewItems:
         log.info("newsletter %s: no new items, no digest this time", newsletter.slug)
         return None
-    digest = digests.compose(session, newsletter, automatic=True, items=items)
     if newsletter.auto_digest == AutoDigest.SEND:
         try:
-            readers = digests.start(session, digest)
-        except digests.DigestError as exc:
+            readers = states.start(session, digest)
+        except states.DigestError as exc:
             log.warning("newsletter %s: digest %s not sent: %s", newsletter.slug, digest.id, exc)
         else:
             log.info("newsletter %s: digest %s to %d readers", newsletter.slug, digest.id, readers)
     return digest
+
+
+class CadenceRunner:
+    """The worker's runner for automatic digests: looks for due ones every `every` seconds."""
+
+    def __init__(self, every: float = 15.0, timer: Callable[[], float] = monotonic) -> None:
+        self.every = every
+        self.timer = timer
+        self._next = 0.0
+
+    def step(self, session: Session, stop: Event) -> int:
+        """Compose the digests that are due, if it is time to look; how many it composed."""
+        if self.timer() < self._next:
+            return 0
+        self._next = self.timer() + self.every
+        return len(run_due(session))

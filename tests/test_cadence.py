@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from newsletter import schedule
+from newsletter.digests import cadence
 from newsletter.models import AutoDigest, Delivery, Digest, DigestStatus, utcnow
-from tests.conftest import make_newsletter
-from tests.test_digests import add_item, add_reader
+
+from factories import add_item, add_reader, make_newsletter
 
 
 def at(text: str) -> datetime:
@@ -18,7 +18,7 @@ def at(text: str) -> datetime:
 
 
 @pytest.mark.parametrize(
-    ("cadence", "time", "zone", "weekday", "after", "expected"),
+    ("kind", "time", "zone", "weekday", "after", "expected"),
     [
         # Daily at 07:30 in Kyiv (UTC+2 in winter): 05:30 UTC, today if not yet past.
         ("daily", "07:30", "Europe/Kyiv", 0, "2026-11-25T04:00", "2026-11-25T05:30"),
@@ -34,8 +34,8 @@ def at(text: str) -> datetime:
         ("daily", "07:30", "Europe/Kyiv", 0, "2026-10-23T05:00", "2026-10-24T04:30"),
     ],
 )
-def test_next_run(cadence, time, zone, weekday, after, expected):  # type: ignore[no-untyped-def]
-    assert schedule.next_run(cadence, time, zone, weekday, at(after)) == at(expected)
+def test_next_run(kind, time, zone, weekday, after, expected):  # type: ignore[no-untyped-def]
+    assert cadence.next_run(kind, time, zone, weekday, at(after)) == at(expected)
 
 
 @pytest.mark.parametrize(
@@ -47,16 +47,16 @@ def test_next_run(cadence, time, zone, weekday, after, expected):  # type: ignor
     ],
 )
 def test_bad_settings_are_explained(time, zone, message):  # type: ignore[no-untyped-def]
-    with pytest.raises(schedule.ScheduleError, match=message):
-        schedule.next_run("daily", time, zone, 0, utcnow())
+    with pytest.raises(cadence.CadenceError, match=message):
+        cadence.next_run("daily", time, zone, 0, utcnow())
 
 
 def test_plan_sets_and_clears_the_next_moment(app):  # type: ignore[no-untyped-def]
     newsletter = make_newsletter("daily", cadence="daily", send_time="08:00", timezone="UTC")
-    schedule.plan(newsletter, at("2026-11-25T09:00"))
+    cadence.plan(newsletter, at("2026-11-25T09:00"))
     assert newsletter.next_digest_at is None
     newsletter.auto_digest = AutoDigest.DRAFT
-    schedule.plan(newsletter, at("2026-11-25T09:00"))
+    cadence.plan(newsletter, at("2026-11-25T09:00"))
     assert newsletter.next_digest_at == at("2026-11-26T08:00")
 
 
@@ -71,13 +71,13 @@ def test_due_cadence_makes_a_draft_of_new_items(db):  # type: ignore[no-untyped-
     newsletter = _due(db, AutoDigest.DRAFT)
     add_item(db, newsletter, "Story")
     add_reader(db, newsletter, "r@example.com")
-    [digest] = schedule.run_due(db.session)
+    [digest] = cadence.run_due(db.session)
     assert digest.status == DigestStatus.DRAFT and digest.automatic
     assert [i.title for i in digest.items] == ["Story"]
     db.session.refresh(newsletter)
     assert newsletter.next_digest_at > utcnow()
     # The run is taken: a second worker finds nothing due.
-    assert schedule.run_due(db.session) == []
+    assert cadence.run_due(db.session) == []
     assert db.session.scalar(select(func.count(Digest.id))) == 1
 
 
@@ -85,7 +85,7 @@ def test_due_cadence_sends_when_set_to(db):  # type: ignore[no-untyped-def]
     newsletter = _due(db, AutoDigest.SEND)
     add_item(db, newsletter, "Story")
     add_reader(db, newsletter, "r@example.com")
-    [digest] = schedule.run_due(db.session)
+    [digest] = cadence.run_due(db.session)
     assert digest.status == DigestStatus.SENDING
     assert db.session.scalar(select(func.count(Delivery.id))) == 1
 
@@ -93,7 +93,7 @@ def test_due_cadence_sends_when_set_to(db):  # type: ignore[no-untyped-def]
 def test_no_new_items_no_digest(db):  # type: ignore[no-untyped-def]
     newsletter = _due(db, AutoDigest.SEND)
     add_reader(db, newsletter, "r@example.com")
-    assert schedule.run_due(db.session) == []
+    assert cadence.run_due(db.session) == []
     db.session.refresh(newsletter)
     assert newsletter.next_digest_at > utcnow()
 
@@ -110,7 +110,7 @@ def test_saving_settings_plans_the_next_digest_and_archiving_stops_it(db):  # ty
     )
     planned = newsletter.next_digest_at
     assert planned is not None and planned > utcnow()
-    assert planned.astimezone(schedule.zone("Europe/Kyiv")).strftime("%H:%M") == "06:15"
+    assert planned.astimezone(cadence.zone("Europe/Kyiv")).strftime("%H:%M") == "06:15"
     newsletters.set_archived(db.session, newsletter, True)
     assert newsletter.next_digest_at is None
     newsletters.set_archived(db.session, newsletter, False)

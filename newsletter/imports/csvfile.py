@@ -1,7 +1,7 @@
 """A subscriber CSV: its columns by name, its rows in chunks, each row checked.
 
 Checking is most of an import's work; for a big file a helper process started from this
-module (`python -m newsletter.import_file`) checks the next chunk while the import writes.
+module (`python -m newsletter.imports.csvfile`) checks the next chunk while the import writes.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol, TextIO
 
-from newsletter import subscriptions
+from newsletter.addresses import InvalidEmail, address_hash, normalize_email
 from newsletter.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ def parse_moment(text: str) -> datetime:
     return moment.astimezone(UTC)
 
 
-def _invalid_reason(raw: str, exc: subscriptions.InvalidEmail) -> str:
+def _invalid_reason(raw: str, exc: InvalidEmail) -> str:
     if not raw.strip():
         return "no email address"
     cause = exc.__cause__
@@ -183,8 +183,8 @@ def check_name(cell: str) -> str | None:
 
 def check_rows(rows: list[Cells], now: datetime) -> list[Checked]:
     """Check rows as a signup would check them: the address first, then locale and date."""
-    normalize = subscriptions.normalize_email
-    invalid = subscriptions.InvalidEmail
+    normalize = normalize_email
+    invalid = InvalidEmail
     checked: list[Checked] = []
     for email, locale_cell, since_cell, name_cell in rows:
         try:
@@ -212,7 +212,7 @@ def check_rows(rows: list[Cells], now: datetime) -> list[Checked]:
         except ValueError as exc:
             checked.append(str(exc))
             continue
-        checked.append((address, key, locale, since, subscriptions.address_hash(key), name))
+        checked.append((address, key, locale, since, address_hash(key), name))
     return checked
 
 
@@ -246,7 +246,7 @@ class Checker:
     """Checks the rows of each chunk: here, or for a big file in a helper process.
 
     Checking addresses is most of an import's work and runs in Python, while the database
-    writes run mostly in C. For a big file a helper process (`python -m newsletter.import_file`)
+    writes run mostly in C. For a big file a helper process (`python -m newsletter.imports.csvfile`)
     checks the next chunk while this one writes the last; one chunk at a time, so neither
     side can block the other on a full pipe. If the helper cannot start or dies, checking
     goes on here.

@@ -24,9 +24,8 @@ from urllib.parse import quote, urlsplit
 import css_inline
 from dkim import canonicalization
 from flask import current_app, render_template
-from itsdangerous import URLSafeTimedSerializer
 
-from newsletter import tokens
+from newsletter.links import PREFERENCES, UNSUBSCRIBE, Links, Reader
 from newsletter.mail import compose
 from newsletter.models import Item, Newsletter, utcnow
 
@@ -34,10 +33,10 @@ from newsletter.models import Item, Newsletter, utcnow
 # which is what mail clients that drop <style> (some webmail) still show.
 _INLINER = css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=False)
 
-UNSUBSCRIBE, PREFERENCES = "unsubscribe", "preferences"
 
+class BodySigner(Protocol):
+    """Signs a header block with a body hash computed apart (mail/dkim.py's Signer)."""
 
-class Signer(Protocol):
     def sign_with_body_hash(self, headers: bytes, body_hash: bytes) -> bytes: ...
 
 
@@ -104,35 +103,20 @@ def _relaxed_body_lines(block: bytes) -> bytes:
     return canonicalization.compress_whitespace(canonicalization.strip_trailing_whitespace(block))
 
 
-@dataclass(frozen=True)
-class Links:
-    """Signers of the per-reader links, made once per digest."""
+class ReaderLinks:
+    """The per-reader links of one list's digest: the prefixes and signers made once."""
 
-    unsubscribe_prefix: str
-    preferences_prefix: str
-    unsubscribe: URLSafeTimedSerializer
-    preferences: URLSafeTimedSerializer
-    newsletter_id: int
+    def __init__(self, links: Links, newsletter_id: int) -> None:
+        self.links = links
+        self.newsletter_id = newsletter_id
+        self.unsubscribe_prefix = links.prefix(UNSUBSCRIBE)
+        self.preferences_prefix = links.prefix(PREFERENCES)
 
-    @classmethod
-    def for_newsletter(cls, newsletter_id: int) -> Links:
-        marker = "TOKEN"
-        unsubscribe = compose.external_url("public.unsubscribe", token=marker)
-        preferences = compose.external_url("public.preferences", token=marker)
-        return cls(
-            unsubscribe_prefix=unsubscribe.removesuffix(marker),
-            preferences_prefix=preferences.removesuffix(marker),
-            unsubscribe=tokens.serializer(tokens.UNSUBSCRIBE),
-            preferences=tokens.serializer(tokens.PREFERENCES),
-            newsletter_id=newsletter_id,
-        )
-
-    def urls(self, subscriber_id: int, token_key: str) -> tuple[str, str]:
+    def urls(self, reader: Reader) -> tuple[str, str]:
         """The reader's one-click unsubscribe link for this list, and their preferences link."""
-        reader = {"s": subscriber_id, "k": token_key}
         return (
-            self.unsubscribe_prefix + self.unsubscribe.dumps({**reader, "l": self.newsletter_id}),
-            self.preferences_prefix + self.preferences.dumps(reader),
+            self.unsubscribe_prefix + self.links.unsubscribe_token(reader, self.newsletter_id),
+            self.preferences_prefix + self.links.preferences_token(reader),
         )
 
 
@@ -143,15 +127,16 @@ class PreparedDigest:
         self,
         content: Content,
         message_key: str,
+        links: Links,
         *,
-        signer: Signer | None = None,
+        signer: BodySigner | None = None,
     ) -> None:
         newsletter = content.newsletter
         cfg = current_app.config
         self.domain = compose.mail_domain()
         self.message_key = message_key
         self.signer = signer
-        self.links = Links.for_newsletter(newsletter.id)
+        self.links = ReaderLinks(links, newsletter.id)
         self.sender = compose.wire_address(newsletter.from_address or cfg["DEFAULT_FROM_ADDRESS"])
         mailto = cfg["UNSUBSCRIBE_MAILTO"]
         self.mailto = (
@@ -220,15 +205,10 @@ class PreparedDigest:
         return compose.wire_address(address)
 
     def message(
-        self,
-        delivery_id: int,
-        to: str,
-        subscriber_id: int,
-        token_key: str,
-        now: datetime | None = None,
+        self, delivery_id: int, to: str, reader: Reader, now: datetime | None = None
     ) -> bytes:
         """The whole mail for one reader, ready for SMTP (and signed, with a signer)."""
-        unsubscribe, preferences = self.links.urls(subscriber_id, token_key)
+        unsubscribe, preferences = self.links.urls(reader)
         filled = {UNSUBSCRIBE: _qp_link(unsubscribe), PREFERENCES: _qp_link(preferences)}
         body = b"".join(block if block is not None else filled[hole] for block, hole in self.pieces)
         headers = (

@@ -1,0 +1,355 @@
+"""The digest sender: the worker's runner that works off the ledger of every digest sending.
+
+A worker claims a batch of a digest's due rows with a lease (`ledger.claim`), builds each
+reader's message from the digest rendered once (`compose.PreparedDigest`), sends it over
+its kept-open SMTP connection, and marks the row sent in its own short transaction as soon
+as the server has accepted it: a killed worker leaves at most the message in flight
+unrecorded, and its other rows come back when the lease runs out.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, select
+from sqlalchemy.orm import Session
+
+from newsletter import suppression
+from newsletter.digests import ledger, states
+from newsletter.digests.compose import BodySigner, Content, PreparedDigest
+from newsletter.digests.ledger import Recipient
+from newsletter.leases import Policy, new_claim
+from newsletter.links import Links, Reader
+from newsletter.mail.outbox import server_side
+from newsletter.mail.transport import DeliveryError, Transport
+from newsletter.models import (
+    DeliveryStatus,
+    Digest,
+    DigestStatus,
+    SubscriptionStatus,
+    SuppressionReason,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Clock:
+    """The sender's time: the wall clock for leases, a monotonic one for pacing."""
+
+    def now(self) -> datetime:
+        return utcnow()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float, stop: threading.Event | None) -> None:
+        if stop is not None:
+            stop.wait(seconds)
+        else:
+            time.sleep(seconds)
+
+
+class Throttle:
+    """Spaces messages to at most `rate` a second (no bursts beyond one message)."""
+
+    def __init__(self, rate: float | None, clock: Clock | None = None) -> None:
+        self.interval = 1.0 / rate if rate else 0.0
+        self.clock = clock or Clock()
+        self.next = 0.0
+
+    def wait(self, stop: threading.Event | None) -> None:
+        if not self.interval:
+            return
+        now = self.clock.monotonic()
+        if self.next > now:
+            self.clock.sleep(self.next - now, stop)
+            now = self.clock.monotonic()
+        self.next = max(self.next, now) + self.interval
+
+
+@dataclass
+class _Claimed:
+    """One claimed batch of a digest's ledger, while a worker sends it."""
+
+    digest_id: int
+    token: str
+    recipients: list[Recipient]
+    claimed_at: float  # monotonic: when the lease was last taken or renewed
+    checked_at: float  # monotonic: when the digest's status was last read
+
+    def rest(self, position: int) -> list[int]:
+        """The rows of the batch from `position` on."""
+        return [r.delivery_id for r in self.recipients[position:]]
+
+
+class DigestSender:
+    """Works off the ledger of every digest being sent; one per worker process."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        links: Links,
+        *,
+        policy: Policy = ledger.POLICY,
+        rate: float | None = None,
+        status_every: float = 1.0,
+        signer: BodySigner | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.transport = transport
+        self.links = links
+        self.policy = policy
+        # How often a worker in the middle of a batch looks for a pause or a cancel.
+        self.status_every = status_every
+        self.signer = signer
+        self.clock = clock or Clock()
+        self.throttle = Throttle(rate, self.clock)
+        self.batch_size = policy.batch_size
+        if rate:
+            # A throttled batch must be sent well within its lease.
+            lease_seconds = policy.lease.total_seconds()
+            self.batch_size = max(1, min(policy.batch_size, int(rate * lease_seconds / 2)))
+        self._prepared: dict[int, PreparedDigest] = {}
+        # With DKIM, the next messages are built and signed in threads while this one is on
+        # the wire: OpenSSL's RSA lets go of the GIL, and a signature costs as much as a send.
+        self._pool = ThreadPoolExecutor(max_workers=2) if signer is not None else None
+
+    def prepared(self, digest: Digest) -> PreparedDigest:
+        """The digest rendered once for this worker; it does not change while it is sent."""
+        found = self._prepared.get(digest.id)
+        if found is None:
+            content = Content(digest.newsletter, digest.subject, digest.intro, digest.items)
+            found = PreparedDigest(content, digest.message_key, self.links, signer=self.signer)
+            # Finished digests are not needed again; keep the memory of a few.
+            if len(self._prepared) > 8:
+                self._prepared.clear()
+            self._prepared[digest.id] = found
+        return found
+
+    def step(
+        self, session: Session, stop: threading.Event | None = None, only: int | None = None
+    ) -> int:
+        """Start due scheduled digests, then claim and send one batch; rows handled."""
+        states.start_due(session)
+        query = select(Digest.id).where(Digest.status == DigestStatus.SENDING).order_by(Digest.id)
+        if only is not None:
+            query = query.where(Digest.id == only)
+        for digest_id in session.scalars(query).all():
+            handled = self.send_batch(session, digest_id, stop)
+            if handled:
+                return handled
+            states.finish_if_done(session, digest_id)
+        return 0
+
+    def claim(self, session: Session, digest_id: int, token: str) -> list[int]:
+        """Take up to a batch of the digest's due rows for one claim, with a lease."""
+        return ledger.LEASES.claim(
+            session,
+            token,
+            self.policy,
+            ledger.Delivery.digest_id == digest_id,
+            limit=self.batch_size,
+            now=self.clock.now(),
+        )
+
+    def send_batch(
+        self, session: Session, digest_id: int, stop: threading.Event | None = None
+    ) -> int:
+        """Claim one batch of a digest and send it; returns how many rows it claimed."""
+        token = new_claim()
+        ids = self.claim(session, digest_id, token)
+        if not ids:
+            return 0
+        digest = session.get(Digest, digest_id, populate_existing=True)
+        assert digest is not None
+        prepared = self.prepared(digest)
+        recipients = ledger.recipients(session, ids)
+        session.commit()
+        # Rows whose subscription went (erased) between the claim and now: nothing to send.
+        gone = sorted(set(ids) - {r.delivery_id for r in recipients})
+        ledger.LEASES.settle(session, gone, token, DeliveryStatus.SKIPPED, "reader erased")
+        started = self.clock.monotonic()
+        batch = _Claimed(digest_id, token, recipients, claimed_at=started, checked_at=started)
+        ahead = _Ahead(recipients, prepared, self._pool)
+        with _marks_connection(session) as marks:
+            for position, recipient in enumerate(recipients):
+                confirmed = recipient.status == SubscriptionStatus.CONFIRMED
+                if confirmed:
+                    # Wait for the throttle first: what is checked next (a pause, the lease)
+                    # must hold when the message goes, however long the wait was.
+                    self.throttle.wait(stop)
+                if not self._still_ours(session, batch, position, stop):
+                    break
+                if not confirmed:
+                    why = f"reader {recipient.status}"
+                    ledger.LEASES.settle(
+                        session, [recipient.delivery_id], token, DeliveryStatus.SKIPPED, why
+                    )
+                    continue
+                if not self._send(session, marks, batch, position, prepared, ahead):
+                    break
+        # Cancelled while this batch went: the figures the cancel kept miss what was sent since.
+        if (
+            session.scalar(select(Digest.status).where(Digest.id == digest_id))
+            == DigestStatus.CANCELLED
+        ):
+            states.recount(session, digest_id)
+        session.commit()
+        return len(ids)
+
+    def _still_ours(
+        self, session: Session, batch: _Claimed, position: int, stop: threading.Event | None
+    ) -> bool:
+        """Whether to go on with the batch at `position`; if not, its rest is put back.
+
+        Not when the worker is stopping, the digest was paused or cancelled (looked at every
+        `status_every` seconds), or the lease could not be renewed (renewed halfway through).
+        """
+        now = self.clock.monotonic()
+        rest = batch.rest(position)
+        go_on = stop is None or not stop.is_set()
+        if go_on and now - batch.checked_at >= self.status_every:
+            batch.checked_at = now
+            status = session.scalar(select(Digest.status).where(Digest.id == batch.digest_id))
+            session.commit()
+            # Paused: the rows go back. Cancelled: the cancel has skipped them.
+            go_on = status == DigestStatus.SENDING
+        if go_on and now - batch.claimed_at >= self.policy.lease.total_seconds() / 2:
+            batch.claimed_at = now
+            # Stalled past the lease, or cancelled: rows this worker no longer holds may be
+            # on their way from another worker, so stop here.
+            go_on = ledger.LEASES.renew(
+                session, rest, batch.token, self.policy, now=self.clock.now()
+            )
+        if not go_on:
+            ledger.LEASES.release(session, rest, batch.token, now=self.clock.now())
+        return go_on
+
+    def _send(
+        self,
+        session: Session,
+        marks: Connection,
+        batch: _Claimed,
+        position: int,
+        prepared: PreparedDigest,
+        ahead: _Ahead,
+    ) -> bool:
+        """Send one reader's message and record it; False when the rest of the batch must wait."""
+        recipient = batch.recipients[position]
+        row = recipient.delivery_id
+        try:
+            data = ahead.get(position)
+        except Exception as exc:
+            # One reader's bad data (an address that cannot be a header) fails alone.
+            log.warning(
+                "digest %s: mail to delivery %s cannot be built: %s", batch.digest_id, row, exc
+            )
+            ledger.LEASES.settle(
+                session, [row], batch.token, DeliveryStatus.FAILED, f"cannot build: {exc}"
+            )
+            return True
+        try:
+            self.transport.send_raw(prepared.sender, [prepared.recipient(recipient.address)], data)
+        except DeliveryError as exc:
+            if server_side(exc):
+                # The server is away, refuses our sender, or is shutting down (421): not this
+                # reader's doing. The rest of the batch waits; nothing is counted.
+                log.warning("digest %s: batch put back, mail server: %s", batch.digest_id, exc)
+                ledger.LEASES.release(
+                    session,
+                    batch.rest(position),
+                    batch.token,
+                    delay=self.policy.first_retry,
+                    error=str(exc),
+                    now=self.clock.now(),
+                )
+                return False
+            self._failed(session, batch.token, recipient, exc)
+            return True
+        # Recorded at once: a crash after this line does not send it again.
+        marks.execute(ledger.MARK_SENT, {"row": row, "token": batch.token, "now": self.clock.now()})
+        return True
+
+    def _failed(
+        self, session: Session, token: str, recipient: Recipient, exc: DeliveryError
+    ) -> None:
+        row = recipient.delivery_id
+        log.warning("digest delivery %s not sent: %s", row, exc)
+        if exc.permanent:
+            ledger.LEASES.settle(session, [row], token, DeliveryStatus.FAILED, str(exc))
+            if exc.recipient_refused:
+                # A hard bounce: never mail this address again, from any list.
+                suppression.suppress(session, recipient.address, SuppressionReason.BOUNCED)
+                session.commit()
+            return
+        ledger.LEASES.retry_or_fail(
+            session,
+            row,
+            token,
+            self.policy,
+            recipient.attempts,
+            str(exc),
+            DeliveryStatus.FAILED,
+            gave_up=f"gave up: {exc}",
+        )
+
+
+@contextmanager
+def _marks_connection(session: Session) -> Iterator[Connection]:
+    """The connection that marks rows sent: one statement, one transaction, per message.
+
+    Of its own, because a Session's bookkeeping costs more than the write itself. In
+    autocommit, so a mark is one round trip. On PostgreSQL without waiting for the WAL to
+    reach the disk (synchronous_commit off, as SQLite's synchronous=NORMAL in WAL mode): a
+    worker that dies loses no mark; only a crash of the database machine itself can forget
+    the last fraction of a second of them, and those readers get a second copy.
+    """
+    with session.get_bind().connect() as conn:
+        marks = conn.execution_options(isolation_level="AUTOCOMMIT")
+        postgres = conn.dialect.name == "postgresql"
+        if postgres:
+            marks.exec_driver_sql("SET synchronous_commit TO off")
+        try:
+            yield marks
+        finally:
+            if postgres and not conn.invalidated:
+                marks.exec_driver_sql("RESET synchronous_commit")
+
+
+class _Ahead:
+    """Each reader's message of a batch, built (and signed) a few readers ahead in a pool."""
+
+    window = 4
+
+    def __init__(
+        self,
+        recipients: Sequence[Recipient],
+        prepared: PreparedDigest,
+        pool: ThreadPoolExecutor | None,
+    ) -> None:
+        self.recipients = recipients
+        self.prepared = prepared
+        self.pool = pool
+        self.futures: dict[int, Future[bytes]] = {}
+
+    def _build(self, position: int) -> bytes:
+        r = self.recipients[position]
+        return self.prepared.message(r.delivery_id, r.address, Reader(r.subscriber_id, r.token_key))
+
+    def get(self, position: int) -> bytes:
+        """The message for the reader at `position`; raises what building it raised."""
+        if self.pool is None:
+            return self._build(position)
+        for upcoming in range(position, min(position + self.window, len(self.recipients))):
+            confirmed = self.recipients[upcoming].status == SubscriptionStatus.CONFIRMED
+            if upcoming not in self.futures and confirmed:
+                self.futures[upcoming] = self.pool.submit(self._build, upcoming)
+        return self.futures.pop(position).result()

@@ -1,0 +1,195 @@
+"""Signed links in mails and pages: one salt per purpose, the formats, and the link builder.
+
+Every link a reader gets names them by their id and their per-person key (so a reused row
+id cannot inherit old links), plus what the link is for. The payloads are written and read
+here only; the web app routes the paths below, and mail builds its links with `Links`
+from the base URL and the keys, without a request or the app's URL map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+
+from newsletter.errors import UserError
+
+CONFIRM = "confirm"
+UNSUBSCRIBE = "unsubscribe"
+PREFERENCES = "preferences"
+# Where each kind of link points, under the base URL; web/public.py routes these paths.
+PATHS = {
+    CONFIRM: "/confirm/",
+    UNSUBSCRIBE: "/unsubscribe/",
+    PREFERENCES: "/preferences/",
+}
+
+
+class LinkError(UserError):
+    """A link that cannot be used."""
+
+    message = "This link cannot be used."
+
+
+class TamperedLink(LinkError):
+    """The signature does not match: a mangled or forged link."""
+
+    message = "This link is broken."
+
+
+class ExpiredLink(LinkError):
+    """A genuine link past its age; what it names is kept so a fresh one can be offered."""
+
+    message = "This link has expired."
+
+    def __init__(self, link: object) -> None:
+        super().__init__()
+        self.link = link
+
+
+class LinkNoLongerValid(LinkError):
+    """A genuine link whose reader or subscriptions have moved on (used, left, erased)."""
+
+    message = "This link is no longer valid."
+
+
+@dataclass(frozen=True)
+class Reader:
+    """Whom a link was made for: a subscriber's id and their per-person key."""
+
+    subscriber_id: int
+    key: str
+
+
+@dataclass(frozen=True)
+class ConfirmLink:
+    """A confirmation link: the (subscription id, nonce) pairs it confirms."""
+
+    reader: Reader
+    pairs: tuple[tuple[int, str], ...]
+
+
+@dataclass(frozen=True)
+class UnsubscribeLink:
+    """A one-click unsubscribe link for one list."""
+
+    reader: Reader
+    newsletter_id: int
+
+
+def reader_of(subscriber: Any) -> Reader:
+    """The `Reader` of a subscriber row."""
+    return Reader(subscriber.id, subscriber.token_key)
+
+
+def _reader(payload: Any) -> Reader:
+    if not isinstance(payload, dict):
+        raise LinkNoLongerValid()
+    subscriber_id, key = payload.get("s"), payload.get("k")
+    if not isinstance(subscriber_id, int) or not isinstance(key, str):
+        raise LinkNoLongerValid()
+    return Reader(subscriber_id, key)
+
+
+def _confirm(payload: Any) -> ConfirmLink:
+    reader = _reader(payload)
+    pairs = payload.get("n")
+    if not isinstance(pairs, list):
+        raise LinkNoLongerValid()
+    return ConfirmLink(
+        reader,
+        tuple(
+            (pair[0], str(pair[1]))
+            for pair in pairs
+            if isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], int)
+        ),
+    )
+
+
+def _unsubscribe(payload: Any) -> UnsubscribeLink:
+    reader = _reader(payload)
+    newsletter_id = payload.get("l")
+    if not isinstance(newsletter_id, int):
+        raise LinkNoLongerValid()
+    return UnsubscribeLink(reader, newsletter_id)
+
+
+class Links:
+    """Makes and reads the signed links of one service: its base URL and its keys."""
+
+    def __init__(self, base_url: str, secret_key: str, fallbacks: Sequence[str] = ()) -> None:
+        self.base_url = base_url.rstrip("/")
+        # itsdangerous signs with the last key and accepts every key in the list.
+        keys = [*fallbacks, secret_key]
+        self._serializers = {
+            purpose: URLSafeTimedSerializer(keys, salt=f"newsletter.{purpose}") for purpose in PATHS
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Links:
+        """The links of NEWSLETTER_BASE_URL, NEWSLETTER_SECRET_KEY and its fallbacks."""
+        return cls(
+            str(config["BASE_URL"]),
+            str(config["SECRET_KEY"]),
+            [str(key) for key in config.get("SECRET_KEY_FALLBACKS") or ()],
+        )
+
+    def prefix(self, purpose: str) -> str:
+        """A link of this purpose up to its token."""
+        return self.base_url + PATHS[purpose]
+
+    def token(self, purpose: str, payload: object) -> str:
+        """Sign a payload for one purpose."""
+        return self._serializers[purpose].dumps(payload)
+
+    def confirm_url(self, reader: Reader, pairs: Sequence[tuple[int, str]]) -> str:
+        """The link that confirms these (subscription id, nonce) pairs."""
+        payload = self._payload(reader, n=[list(pair) for pair in pairs])
+        return self.prefix(CONFIRM) + self.token(CONFIRM, payload)
+
+    def unsubscribe_url(self, reader: Reader, newsletter_id: int) -> str:
+        """The one-click unsubscribe link for one list; it never expires."""
+        return self.prefix(UNSUBSCRIBE) + self.unsubscribe_token(reader, newsletter_id)
+
+    def unsubscribe_token(self, reader: Reader, newsletter_id: int) -> str:
+        """The token of `unsubscribe_url`."""
+        return self.token(UNSUBSCRIBE, self._payload(reader, l=newsletter_id))
+
+    def preferences_url(self, reader: Reader) -> str:
+        """The link to the reader's page of all lists."""
+        return self.prefix(PREFERENCES) + self.preferences_token(reader)
+
+    def preferences_token(self, reader: Reader) -> str:
+        """The token of `preferences_url`."""
+        return self.token(PREFERENCES, self._payload(reader))
+
+    @staticmethod
+    def _payload(reader: Reader, **extra: object) -> dict[str, object]:
+        return {"s": reader.subscriber_id, "k": reader.key, **extra}
+
+    def read_confirm(self, token: str, max_age: int | None) -> ConfirmLink:
+        """A confirmation link's contents; TamperedLink, ExpiredLink (with the contents)."""
+        return _confirm(self._loads(CONFIRM, token, max_age, _confirm))
+
+    def read_unsubscribe(self, token: str) -> UnsubscribeLink:
+        """An unsubscribe link's contents; they never expire."""
+        return _unsubscribe(self._loads(UNSUBSCRIBE, token))
+
+    def read_preferences(self, token: str) -> Reader:
+        """Whom a preferences link was made for; it never expires."""
+        return _reader(self._loads(PREFERENCES, token))
+
+    def _loads(self, purpose: str, token: str, max_age: int | None = None, read: Any = None) -> Any:
+        serializer = self._serializers[purpose]
+        try:
+            return serializer.loads(token, max_age=max_age)
+        except SignatureExpired as exc:
+            try:
+                payload = serializer.loads(token)
+            except BadSignature:
+                raise TamperedLink() from exc
+            raise ExpiredLink(read(payload) if read else payload) from exc
+        except BadSignature as exc:
+            raise TamperedLink() from exc

@@ -1,0 +1,64 @@
+"""What each outbox row becomes when it is sent: a confirmation, a welcome, a test copy.
+
+Built at the last moment from the rows as they are then: a reader who confirmed, left or
+was erased since the row was queued gets nothing that no longer applies.
+"""
+
+from __future__ import annotations
+
+from email import message_from_bytes
+from email.message import EmailMessage
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from newsletter import subscriptions
+from newsletter.digests.compose import Content, PreparedDigest
+from newsletter.links import Links, Reader
+from newsletter.mail import compose
+from newsletter.models import (
+    Digest,
+    MailKind,
+    OutboxMessage,
+    Subscriber,
+    Subscription,
+    SubscriptionStatus,
+)
+
+
+def build(session: Session, row: OutboxMessage, links: Links) -> EmailMessage | None:
+    """The mail a row stands for, or None when the reason for it has gone."""
+    if row.kind == MailKind.DIGEST_TEST:
+        return _digest_test(session, row, links)
+    subscriber = session.get(Subscriber, row.subscriber_id) if row.subscriber_id else None
+    if subscriber is None:
+        return None
+    if row.kind == MailKind.CONFIRMATION:
+        pairs = [(sid, str(nonce)) for sid, nonce in row.payload.get("subscriptions", [])]  # type: ignore[union-attr]
+        pending = subscriptions.still_confirmable(subscriber, pairs)
+        return (
+            compose.confirmation(links, subscriber, pending, row.message_key) if pending else None
+        )
+    if row.kind == MailKind.WELCOME:
+        subscription = session.get(Subscription, row.payload.get("subscription"))
+        if subscription is None or subscription.status != SubscriptionStatus.CONFIRMED:
+            return None
+        return compose.welcome(links, subscription, row.message_key)
+    raise ValueError(f"unknown mail kind {row.kind!r}")
+
+
+def _digest_test(session: Session, row: OutboxMessage, links: Links) -> EmailMessage | None:
+    """An editor's test copy of a digest, as a reader would get it, marked as a test."""
+    digest = session.get(Digest, row.payload.get("digest"))
+    if digest is None:
+        return None
+    content = Content(digest.newsletter, f"[Test] {digest.subject}", digest.intro, digest.items)
+    reader = session.scalar(
+        select(Subscriber).where(Subscriber.email_key == row.to_address.lower())
+    )
+    # The tester's own links when they read the list; otherwise links that lead nowhere.
+    who = Reader(reader.id, reader.token_key) if reader else Reader(0, "test")
+    data = PreparedDigest(content, row.message_key, links).message(0, row.to_address, who)
+    message = message_from_bytes(data, policy=compose.POLICY)
+    assert isinstance(message, EmailMessage)
+    return message

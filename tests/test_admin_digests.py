@@ -263,6 +263,14 @@ def test_send_a_test_queues_one_mail_to_the_signed_in_editor(signed_in, db, dail
     assert db.session.scalar(select(func.count(Delivery.id))) == 0
 
 
+def test_new_digest_without_new_items_is_refused_as_on_the_command_line(signed_in, db, daily):
+    response = post(signed_in, "/admin/digests/new", {"newsletter": str(daily.id)})
+    assert response.status_code == 302
+    page = page_text(signed_in.get(response.headers["Location"]))
+    assert "Daily Briefing has no new items since its last digest." in page
+    assert db.session.scalar(select(func.count(Digest.id))) == 0
+
+
 def test_send_a_test_of_an_empty_digest_says_why_not(signed_in, db, daily):
     # Every item removed by the editor.
     digest = states.compose(db.session, daily, items=[])

@@ -66,6 +66,16 @@ def test_export_filters_by_newsletter_and_status(invoke, client, db, newsletters
     assert [r["email"] for r in confirmed] == ["a@example.com"]
 
 
+def test_export_from_the_command_line_is_in_the_audit_trail(invoke, client, db, newsletters):
+    from newsletter.models import AuditEvent
+
+    signup(client, "a@example.com", "daily")
+    assert invoke("subscribers", "export", "--status", "pending").exit_code == 0
+    [audit] = db.session.scalars(select(AuditEvent).where(AuditEvent.action == "export")).all()
+    # No account ran it: the record names none.
+    assert audit.admin_user_id is None and audit.detail == {"filter": {"status": "pending"}}
+
+
 def test_export_rejects_unknown_filters(invoke, newsletters):
     unknown = invoke("subscribers", "export", "--newsletter", "nope")
     assert unknown.exit_code == 2

@@ -1,0 +1,90 @@
+"""Leases: one claim holds a row until it settles, releases or its lease runs out."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from newsletter.leases import Policy
+from newsletter.mail import outbox
+from newsletter.models import MailKind, OutboxMessage, Subscriber, utcnow
+
+POLICY = Policy(batch_size=2, lease=timedelta(minutes=5))
+
+
+def queue(db, count: int) -> list[int]:  # type: ignore[no-untyped-def]
+    subscriber = Subscriber(email="r@example.com", email_key="r@example.com")
+    db.session.add(subscriber)
+    rows = [
+        OutboxMessage(kind=MailKind.CONFIRMATION, subscriber=subscriber, to_address="r@example.com")
+        for _ in range(count)
+    ]
+    db.session.add_all(rows)
+    db.session.commit()
+    return [row.id for row in rows]
+
+
+def row(db, row_id: int) -> OutboxMessage:  # type: ignore[no-untyped-def]
+    db.session.expire_all()
+    found = db.session.get(OutboxMessage, row_id)
+    assert found is not None
+    return found
+
+
+def test_a_claim_takes_a_batch_and_counts_an_attempt(db, app):
+    ids = queue(db, 3)
+    assert outbox.LEASES.claim(db.session, "a", POLICY) == ids[:2]
+    assert outbox.LEASES.claim(db.session, "b", POLICY) == ids[2:]
+    assert outbox.LEASES.claim(db.session, "c", POLICY) == []
+    held = row(db, ids[0])
+    assert (held.claim, held.attempts) == ("a", 1)
+    assert held.next_attempt_at > utcnow() + timedelta(minutes=4)
+
+
+def test_only_the_holding_claim_renews_settles_or_releases(db, app):
+    [first] = queue(db, 1)
+    outbox.LEASES.claim(db.session, "a", POLICY)
+    assert outbox.LEASES.renew(db.session, [first], "b", POLICY) is False
+    assert outbox.LEASES.settle(db.session, [first], "b", "sent") == 0
+    assert outbox.LEASES.release(db.session, [first], "b") == 0
+    assert row(db, first).status == "queued" and row(db, first).claim == "a"
+    assert outbox.LEASES.renew(db.session, [first], "a", POLICY) is True
+    assert outbox.LEASES.settle(db.session, [first], "a", "sent") == 1
+    assert (row(db, first).status, row(db, first).claim) == ("sent", None)
+
+
+def test_a_release_gives_back_an_untried_row_without_counting_it(db, app):
+    [first] = queue(db, 1)
+    outbox.LEASES.claim(db.session, "a", POLICY)
+    outbox.LEASES.release(db.session, [first], "a", delay=timedelta(minutes=1), error="later")
+    released = row(db, first)
+    assert (released.claim, released.attempts, released.last_error) == (None, 0, "later")
+    assert outbox.LEASES.claim(db.session, "b", POLICY) == []  # not due for a minute
+
+
+def test_a_lease_that_ran_out_lets_another_claim_take_the_row(db, app):
+    [first] = queue(db, 1)
+    outbox.LEASES.claim(db.session, "dead", POLICY)
+    db.session.execute(
+        update(OutboxMessage).values(next_attempt_at=utcnow() - timedelta(seconds=1))
+    )
+    db.session.commit()
+    assert outbox.LEASES.claim(db.session, "alive", POLICY) == [first]
+    assert outbox.LEASES.settle(db.session, [first], "dead", "sent") == 0
+    assert row(db, first).claim == "alive" and row(db, first).attempts == 2
+
+
+def test_retry_backs_off_then_gives_up(db, app):
+    [first] = queue(db, 1)
+    policy = Policy(batch_size=1, max_attempts=2, first_retry=timedelta(seconds=30))
+    outbox.LEASES.claim(db.session, "a", policy)
+    assert outbox.LEASES.retry_or_fail(db.session, first, "a", policy, 1, "451 busy", "failed")
+    waiting = row(db, first)
+    assert waiting.status == "queued" and waiting.next_attempt_at > utcnow() + timedelta(seconds=25)
+    db.session.execute(update(OutboxMessage).values(next_attempt_at=utcnow()))
+    db.session.commit()
+    outbox.LEASES.claim(db.session, "b", policy)
+    gave_up = outbox.LEASES.retry_or_fail(db.session, first, "b", policy, 2, "451 busy", "failed")
+    assert gave_up is False
+    assert db.session.scalar(select(OutboxMessage.status)) == "failed"

@@ -17,8 +17,8 @@ from flask.cli import FlaskGroup, with_appcontext
 from flask_migrate import upgrade
 from sqlalchemy.orm import Session
 
-from newsletter import accounts, create_app, demo, exports, feeds, newsletters
-from newsletter.digests import progress, states
+from newsletter import accounts, create_app, demo, exports, newsletters
+from newsletter.digests import feeds, progress, states
 from newsletter.digests.sender import DigestSender
 from newsletter.extensions import db
 from newsletter.imports import importer, jobs

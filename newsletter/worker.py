@@ -22,13 +22,14 @@ from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
+from newsletter import transactional
 from newsletter.digests import ledger
 from newsletter.digests.cadence import CadenceRunner
 from newsletter.digests.sender import DigestSender
 from newsletter.imports.jobs import ImportRunner
 from newsletter.leases import Policy
 from newsletter.links import Links
-from newsletter.mail import dkim, outbox, transactional, transport
+from newsletter.mail import dkim, outbox, transport
 from newsletter.mail.outbox import OutboxRunner
 
 log = logging.getLogger(__name__)

@@ -17,11 +17,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from werkzeug.security import generate_password_hash
 
+from newsletter import transactional
 from newsletter.digests import ledger as digest_ledger
 from newsletter.digests.sender import Clock, DigestSender
 from newsletter.extensions import db as _db
 from newsletter.links import Links
-from newsletter.mail import transactional
 from newsletter.mail.outbox import OutboxRunner
 from newsletter.mail.transport import MemoryTransport, Transport
 from newsletter.models import (

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from newsletter import feeds
 from newsletter.cli import cli
+from newsletter.digests import feeds
 from newsletter.models import Item, utcnow
 
 DATA = Path(__file__).parent / "data"

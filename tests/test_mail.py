@@ -35,7 +35,7 @@ def test_one_mail_for_several_lists_with_different_senders(client, mailbox, news
 
 
 def test_retried_mail_keeps_its_message_id(app, client, db, mailbox, newsletters):
-    from newsletter.mail import transactional
+    from newsletter import transactional
     from newsletter.models import OutboxMessage
 
     from factories import app_links

@@ -21,8 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from newsletter import feeds
-from newsletter.digests import states
+from newsletter.digests import feeds, states
 from newsletter.errors import UserError
 from newsletter.models import AutoDigest, Digest, Newsletter, utcnow
 

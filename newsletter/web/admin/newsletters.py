@@ -5,8 +5,8 @@ from __future__ import annotations
 from flask import current_app, flash, redirect, render_template, url_for
 from werkzeug.wrappers import Response
 
-from newsletter import feeds
 from newsletter import newsletters as lists
+from newsletter.digests import feeds
 from newsletter.extensions import db
 from newsletter.models import Newsletter
 from newsletter.web.admin.core import admin_only, bp

@@ -101,7 +101,7 @@ def parse(
 
 def _parse(msg: Message, bounce_address: str | None, unsubscribe_address: str | None) -> Report:
     unsubscribe, unsubscribe_tag = _delivered_to(msg, unsubscribe_address)
-    subject = _one_line(_decoded(_header(msg, "Subject")))
+    subject = one_line(_decoded(_header(msg, "Subject")))
     if unsubscribe:
         return _personal(msg, Kind.UNSUBSCRIBE, subject, unsubscribe_tag)
     _, tag = _delivered_to(msg, bounce_address)
@@ -122,7 +122,7 @@ def _parse(msg: Message, bounce_address: str | None, unsubscribe_address: str | 
 
 def _personal(msg: Message, kind: Kind, subject: str, tag: str | None) -> Report:
     """A mail written by a person or for one: it is about its sender."""
-    sender = _address(_mailbox(_header(msg, "From")))
+    sender = clean_address(_mailbox(_header(msg, "From")))
     return Report(
         kind,
         recipients=(sender,) if sender else (),
@@ -166,22 +166,22 @@ def _delivery_status(
     original_id = None
     for block in blocks:
         original_id = original_id or _msg_id(_header(block, "X-Original-Message-ID"))
-        recipient = _address(
+        recipient = clean_address(
             _header(block, "Final-Recipient") or _header(block, "Original-Recipient")
         )
         if recipient is None:
             continue
         diagnostic = _header(block, "Diagnostic-Code")
         # The type before the semicolon ("smtp; 550 ...") says how to read the rest.
-        diagnostic = _one_line(diagnostic.partition(";")[2] if ";" in diagnostic else diagnostic)
-        status = _status(_header(block, "Status")) or _status(diagnostic)
+        diagnostic = one_line(diagnostic.partition(";")[2] if ";" in diagnostic else diagnostic)
+        status = status_code(_header(block, "Status")) or status_code(diagnostic)
         kind = _recipient_kind(_header(block, "Action").strip().lower(), status, diagnostic)
         if kind is not None:
             found[kind].append((recipient, status, diagnostic))
     kind = Kind.HARD if found[Kind.HARD] else Kind.SOFT
     if not found[kind]:
         # Delivered, relayed or expanded: a success notice is nothing to act on.
-        return _personal(msg, Kind.OTHER, _one_line(_decoded(_header(msg, "Subject"))), tag)
+        return _personal(msg, Kind.OTHER, one_line(_decoded(_header(msg, "Subject"))), tag)
     _, status, diagnostic = found[kind][0]
     return Report(
         kind,
@@ -213,16 +213,16 @@ def _feedback(
     msg: Message, fields: Message, original: _Original, tag: str | None, bounce_address: str | None
 ) -> Report:
     """RFC 5965: a reader marked our mail as spam (or the report says why it is something else)."""
-    feedback_type = _one_line(_header(fields, "Feedback-Type")).lower() or None
-    recipients = _unique(_address(value) for value in _all(fields, "Original-Rcpt-To"))
+    feedback_type = one_line(_header(fields, "Feedback-Type")).lower() or None
+    recipients = _unique(clean_address(value) for value in _all(fields, "Original-Rcpt-To"))
     if not recipients:
         recipients = original.recipients
-    agent = _one_line(_header(fields, "User-Agent"))
+    agent = one_line(_header(fields, "User-Agent"))
     kind = Kind.OTHER if feedback_type in _NOT_COMPLAINTS else Kind.COMPLAINT
     return Report(
         kind,
         recipients=recipients,
-        diagnostic=_one_line(f"{feedback_type or 'feedback'} report from {agent or 'unknown'}"),
+        diagnostic=one_line(f"{feedback_type or 'feedback'} report from {agent or 'unknown'}"),
         message_id=original.message_id or _replied_to(msg),
         list_id=original.list_id,
         # A feedback loop mails its reports to one address; our envelope sender is in the report.
@@ -243,7 +243,9 @@ def _nonstandard(msg: Message, tag: str | None, bounce_address: str | None) -> R
     failed = permanent or temporary
     if not failed:
         return None
-    recipients = _unique(_address(value.decode("ascii", "replace")) for value in sorted(failed))
+    recipients = _unique(
+        clean_address(value.decode("ascii", "replace")) for value in sorted(failed)
+    )
     if not recipients:
         return None
     original = _Original()
@@ -258,7 +260,7 @@ def _nonstandard(msg: Message, tag: str | None, bounce_address: str | None) -> R
     return Report(
         Kind.HARD if permanent else Kind.SOFT,
         recipients=recipients,
-        status=_status(diagnostic),
+        status=status_code(diagnostic),
         diagnostic=diagnostic,
         message_id=original.message_id or _replied_to(msg),
         list_id=original.list_id,
@@ -292,7 +294,7 @@ class _Original:
         if not self.recipients:
             # Microsoft's feedback loop hides To but names the recipient in a header of its own.
             named = _all(headers, "X-HmXmrOriginalRecipient") or _all(headers, "To")
-            self.recipients = _unique(_address(address) for _, address in getaddresses(named))
+            self.recipients = _unique(clean_address(address) for _, address in getaddresses(named))
 
     def read_text(self, text: str) -> None:
         """Take the first Message-ID, List-Id and Return-Path lines of quoted headers."""
@@ -479,22 +481,22 @@ def _paragraph(text: str, address: str) -> str:
         # The address stood alone; the reason is the paragraph after it.
         following = text.find("\n\n", end + 2)
         paragraph += " " + text[end : following if following >= 0 else len(text)]
-    return _one_line(paragraph)
+    return one_line(paragraph)
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     """One line of plain text: no control characters, spaces collapsed, not too long."""
     text = _SPACES.sub(" ", _CONTROL.sub(" ", text)).strip()
     return text[:DIAGNOSTIC_LENGTH].rstrip()
 
 
-def _status(text: str) -> str | None:
+def status_code(text: str) -> str | None:
     """The first enhanced status code (5.1.1) in a text."""
     found = _ENHANCED.search(text)
     return found.group(1) if found else None
 
 
-def _address(value: str | None) -> str | None:
+def clean_address(value: str | None) -> str | None:
     """An address as reports write it ("rfc822; Name@Example.NET"), with its domain lowercased."""
     if not value:
         return None

@@ -232,6 +232,12 @@ def test_report_for_another_bounce_address_has_no_tag(bounce_address: str | None
     assert report.tag is None
 
 
+def test_bounce_address_with_a_plus_of_its_own() -> None:
+    data = read("postfix-hard.eml").replace(b"bounces+", b"news+bounces+")
+    assert classify(data, bounce_address="news+bounces@news.example.org").tag == "m4xq7k2p9d3a"
+    assert classify(data, bounce_address="news@news.example.org").tag == "bounces+m4xq7k2p9d3a"
+
+
 def test_tag_from_a_later_header_when_the_first_has_none() -> None:
     """Delivered-To lost the tag to an alias; X-Original-To still has it."""
     data = read("qmail-hard.eml").replace(
@@ -403,6 +409,25 @@ def test_dmarc_failure_report_is_not_a_complaint() -> None:
     )
     report = classify(data)
     assert (report.kind, report.feedback_type) == (Kind.OTHER, "auth-failure")
+
+
+def test_feedback_report_with_only_the_headers_of_the_original() -> None:
+    """RFC 5965 allows text/rfc822-headers; the recipient is then the original's To."""
+    data = dsn(
+        "Feedback-Type: abuse\nUser-Agent: Example-FBL/1.0\nVersion: 1",
+        report_type="feedback-report",
+    )
+    data = data.replace(
+        b"Message-ID: <abc123.7", b"To: Reader <Reader@Example.NET>\nMessage-ID: <abc123.7"
+    )
+    report = classify(data)
+    assert (report.kind, report.recipients, report.message_id, report.list_id, report.tag) == (
+        Kind.COMPLAINT,
+        ("Reader@example.net",),
+        "abc123.7@news.example.org",
+        DAILY,
+        "t1",
+    )
 
 
 def test_nothing_from_a_reader_reaches_a_line_break() -> None:

@@ -69,7 +69,8 @@ _ANGLED = re.compile(r"<([^<>\s]+)>")
 _ADDRESS = re.compile(r"[^\s<>,;:\"()\[\]]+@[^\s<>,;:\"()\[\]]+")
 # Header lines of an original message quoted as text (text/rfc822-headers, or a plain bounce).
 _QUOTED = re.compile(
-    r"^(message-id|list-id|return-path)[ \t]*:[ \t]*(.*(?:\n[ \t]+.*)*)",
+    r"^(message-id|list-id|return-path|to|x-hmxmroriginalrecipient)[ \t]*:"
+    r"[ \t]*(.*(?:\n[ \t]+.*)*)",
     re.IGNORECASE | re.MULTILINE,
 )
 _DAEMONS = frozenset({"mailer-daemon", "mailerdaemon", "mail-daemon", "postmaster", "mdaemon"})
@@ -160,7 +161,7 @@ def _delivery_status(
     original: _Original,
     tag: str | None,
     bounce_address: str | None,
-) -> Report | None:
+) -> Report:
     """RFC 3464: each recipient block says what happened to one address."""
     found: dict[Kind, list[tuple[str, str | None, str]]] = {Kind.HARD: [], Kind.SOFT: []}
     original_id = None
@@ -216,7 +217,7 @@ def _feedback(
     feedback_type = one_line(_header(fields, "Feedback-Type")).lower() or None
     recipients = _unique(clean_address(value) for value in _all(fields, "Original-Rcpt-To"))
     if not recipients:
-        recipients = original.recipients
+        recipients = original.recipients()
     agent = one_line(_header(fields, "User-Agent"))
     kind = Kind.OTHER if feedback_type in _NOT_COMPLAINTS else Kind.COMPLAINT
     return Report(
@@ -275,7 +276,9 @@ class _Original:
         self.message_id: str | None = None
         self.list_id: str | None = None
         self.return_path: str | None = None
-        self.recipients: tuple[str, ...] = ()
+        # Where the original was addressed; read into addresses only for a feedback report.
+        self._named: list[str] = []
+        self._to: list[str] = []
 
     def read(self, part: Message) -> None:
         """Take what an attached message (message/rfc822) or header block says."""
@@ -291,21 +294,29 @@ class _Original:
         self.message_id = self.message_id or _msg_id(_header(headers, "Message-ID"))
         self.list_id = self.list_id or _list_id(_header(headers, "List-Id"))
         self.return_path = self.return_path or _header(headers, "Return-Path") or None
-        if not self.recipients:
-            # Microsoft's feedback loop hides To but names the recipient in a header of its own.
-            named = _all(headers, "X-HmXmrOriginalRecipient") or _all(headers, "To")
-            self.recipients = _unique(clean_address(address) for _, address in getaddresses(named))
+        self._named = self._named or _all(headers, "X-HmXmrOriginalRecipient")
+        self._to = self._to or _all(headers, "To")
 
     def read_text(self, text: str) -> None:
-        """Take the first Message-ID, List-Id and Return-Path lines of quoted headers."""
+        """Take the first of each header line we use from quoted headers."""
         for match in _QUOTED.finditer(text):
             name, value = match.group(1).lower(), match.group(2)
             if name == "message-id":
                 self.message_id = self.message_id or _msg_id(value)
             elif name == "list-id":
                 self.list_id = self.list_id or _list_id(value)
-            else:
+            elif name == "return-path":
                 self.return_path = self.return_path or value.strip() or None
+            elif name == "to":
+                self._to = self._to or [value]
+            else:
+                self._named = self._named or [value]
+
+    def recipients(self) -> tuple[str, ...]:
+        """Whom the original was sent to."""
+        # Microsoft's feedback loop hides To but names the recipient in a header of its own.
+        named = self._named or self._to
+        return _unique(clean_address(address) for _, address in getaddresses(named))
 
 
 def _parts(msg: Message, *, into_multiparts: bool = False) -> Iterator[Message]:
@@ -368,10 +379,12 @@ def _match(found: str, local: str, domain: str) -> tuple[bool, str | None]:
     found_local, at, found_domain = found.rpartition("@")
     if not at or found_domain.rstrip(".").lower() != domain:
         return False, None
-    base, plus, tag = found_local.partition("+")
-    if base.lower() != local:
-        return False, None
-    return True, tag or None
+    if found_local.lower() == local:
+        return True, None
+    # The configured local part may itself hold a "+" (news+bounces@): the tag follows it.
+    if found_local.lower().startswith(local + "+"):
+        return True, found_local[len(local) + 1 :] or None
+    return False, None
 
 
 def _from_daemon(msg: Message) -> bool:

@@ -239,8 +239,9 @@ def main() -> int:
                 f"ingest of {count:,} (read, parse, mark handled):"
                 f" {rate(count, float(run['seconds'])):,.0f} msg/s,"  # type: ignore[arg-type]
                 f" peak RSS {int(run['maxrss_kb']) / 1024:.0f} MB,"  # type: ignore[call-overload]
-                f" {run['wrong_count']} misread; kinds {run['kinds']}"
+                f" {run['wrong_count']} misread"
             )
+            print("  " + ", ".join(f"{kind} {n:,}" for kind, n in sorted(run["kinds"].items())))  # type: ignore[attr-defined]
             if count != expected or run["wrong_count"]:
                 print(f"  expected {expected:,} messages, all read as written: {run['wrong']}")
                 failed = True

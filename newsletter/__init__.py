@@ -50,11 +50,12 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     limiter.init_app(app)
     login.init_app(app)
 
-    from newsletter.web import admin, api, errors, mailbox, public
+    from newsletter.web import admin, api, errors, hooks, mailbox, public
 
     errors.register(app)
     app.register_blueprint(public.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(hooks.bp)
     app.register_blueprint(admin.bp)
     if app.config["ENV"] == "development":
         app.register_blueprint(mailbox.bp)

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import hashlib
 
+import idna
 from email_validator import EmailNotValidError, validate_email
 
 from newsletter.errors import UserError
 
 MAX_LENGTH = 254
+# Never in an address we send from: they would end or split a header, or quote themselves.
+_NOT_IN_SENDER = set(' \t\r\n\0<>,;:"()[]\\')
 
 
 class InvalidEmail(UserError):
@@ -34,6 +37,36 @@ def normalize_email(raw: str, *, check_deliverability: bool = False) -> tuple[st
     return result.normalized, result.normalized.lower()
 
 
+def mask(address: str) -> str:
+    """An address as a list shows it without giving it away: j***@example.org."""
+    local, _, domain = address.rpartition("@")
+    return f"{local[:1]}***@{domain}" if local else "***"
+
+
 def address_hash(email_key: str) -> str:
     """How a suppressed address is kept: SHA-256 of its lowercased form."""
     return hashlib.sha256(email_key.lower().encode("utf-8")).hexdigest()
+
+
+class InvalidSender(UserError):
+    message = "This is not an address mail can be sent from."
+
+
+def sender_address(raw: str) -> str:
+    """An address to send mail from, in the form every mail server takes: its domain in ASCII
+    (IDNA, xn--), lowercased. A non-ASCII part before the @ is refused: it needs SMTPUTF8,
+    which no server along the way can be assumed to offer."""
+    text = (raw or "").strip()
+    local, at, domain = text.rpartition("@")
+    if not at or not local or not domain or len(text) > MAX_LENGTH or _NOT_IN_SENDER & set(text):
+        raise InvalidSender(f"{text[:100]!r} is not an email address.")
+    if not local.isascii():
+        raise InvalidSender(
+            f"{text[:100]!r}: use an address whose part before the @ is plain ASCII; mail "
+            "servers cannot be assumed to take one with other letters (SMTPUTF8)."
+        )
+    try:
+        ascii_domain = idna.encode(domain.rstrip("."), uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError) as exc:
+        raise InvalidSender(f"{text[:100]!r}: the domain is not a valid name ({exc}).") from exc
+    return f"{local}@{ascii_domain.lower()}"

@@ -18,10 +18,14 @@ from flask_migrate import upgrade
 from sqlalchemy.orm import Session
 
 from newsletter import accounts, create_app, demo, exports, newsletters
+from newsletter import subscribers as people
+from newsletter.bounces import ingest, sources
 from newsletter.digests import feeds, progress, states
 from newsletter.digests.sender import DigestSender
+from newsletter.errors import UserError
 from newsletter.extensions import db
 from newsletter.imports import importer, jobs
+from newsletter.links import Links
 from newsletter.mail import dkim, outbox
 from newsletter.models import (
     Digest,
@@ -416,3 +420,56 @@ def _write_private(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@cli.group("bounces")
+def bounces_group() -> None:
+    """Returned mail and complaints: read them in, lift a suppression."""
+
+
+# sysexits.h: a pipe transport (Postfix's) keeps the message and tries again later.
+EX_TEMPFAIL = 75
+
+
+@bounces_group.command("ingest")
+@click.argument("location", default="-")
+@with_appcontext
+def bounces_ingest(location: str) -> None:
+    """Read returned mail: "-" (one message on standard input, as an MTA's pipe transport
+    hands it), an mbox file, a Maildir (handled messages move to cur/), or an IMAP URL.
+
+    Prints what each message was. Exits 75 (try again later) when a message from standard
+    input could not be recorded, so the mail server keeps it.
+    """
+    cfg = current_app.config
+    links = Links.from_config(cfg)
+    rules = ingest.Rules.from_config(cfg)
+    try:
+        source = sources.open_source(location)
+    except sources.SourceError as exc:
+        raise click.BadParameter(exc.message, param_hint="LOCATION") from exc
+    try:
+        with source:
+            counts = ingest.ingest_source(
+                db.session, source, links, rules, ingest.source_name(source)
+            )
+    except (sources.SourceError, OSError) as exc:
+        raise click.ClickException(str(getattr(exc, "message", exc))) from exc
+    if location == "-" and counts.get("error"):
+        click.echo("The message could not be recorded; the mail server keeps it.", err=True)
+        sys.exit(EX_TEMPFAIL)
+    summary = ", ".join(f"{count} {kind}" for kind, count in sorted(counts.items()))
+    click.echo(f"Returned mail read: {summary or 'none'}.")
+
+
+@bounces_group.command("lift")
+@click.argument("email")
+@click.option("--why", required=True, help="Why mail may go to it again (kept in the audit trail).")
+@with_appcontext
+def bounces_lift(email: str, why: str) -> None:
+    """Let a bounced or complained address be mailed again; its owner signs up anew."""
+    try:
+        reason = people.lift_suppression(db.session, email, None, why)
+    except UserError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(f"The suppression of {email} ({reason}) is lifted.")

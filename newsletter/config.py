@@ -8,6 +8,8 @@ from pathlib import Path
 
 from flask import Flask
 
+from newsletter.addresses import InvalidSender, sender_address
+
 ENV_PREFIX = "NEWSLETTER_"
 ENVIRONMENTS = ("development", "testing", "production")
 
@@ -27,6 +29,15 @@ DEFAULTS: dict[str, object] = {
     "LOGIN_RATE_LIMIT": "10 per minute;50 per day",
     "PROXY_COUNT": 0,
     "UNSUBSCRIBE_MAILTO": None,
+    # Returned mail: the envelope sender of every mail (VERP-tagged), and where it is read.
+    "BOUNCE_ADDRESS": None,
+    "BOUNCE_IMAP_URL": None,
+    "BOUNCE_POLL_SECONDS": 60,
+    "SOFT_BOUNCE_LIMIT": 3,
+    # Provider webhooks: a shared secret for Postmark (basic auth) and the generic JSON form
+    # (HMAC-SHA256); the SNS topics whose SES notifications are taken.
+    "BOUNCE_WEBHOOK_SECRET": None,
+    "SES_TOPIC_ARNS": [],
     "LIST_ID_DOMAIN": None,
     "DEFAULT_FROM_ADDRESS": "newsletter@localhost",
     "DEFAULT_FROM_NAME": "Newsletter",
@@ -46,9 +57,13 @@ _INTS = {
     "CONFIRMATION_WINDOW",
     "PROXY_COUNT",
     "MAX_IMPORT_BYTES",
+    "BOUNCE_POLL_SECONDS",
+    "SOFT_BOUNCE_LIMIT",
 }
 _BOOLS = {"CHECK_DELIVERABILITY"}
-_LISTS = {"SECRET_KEY_FALLBACKS", "ALLOWED_ORIGINS"}
+_LISTS = {"SECRET_KEY_FALLBACKS", "ALLOWED_ORIGINS", "SES_TOPIC_ARNS"}
+# Addresses mail goes out with or comes back to: checked, and kept in their ASCII form.
+_ADDRESSES = ("DEFAULT_FROM_ADDRESS", "BOUNCE_ADDRESS", "UNSUBSCRIBE_MAILTO")
 _FLOATS = {"SEND_RATE"}
 
 
@@ -108,6 +123,12 @@ def finish(app: Flask) -> None:
             raise ConfigError("NEWSLETTER_BASE_URL must be set in production")
         cfg["BASE_URL"] = "http://127.0.0.1:5000"
     cfg["BASE_URL"] = str(cfg["BASE_URL"]).rstrip("/")
+    for name in _ADDRESSES:
+        if cfg.get(name):
+            try:
+                cfg[name] = sender_address(str(cfg[name]))
+            except InvalidSender as exc:
+                raise ConfigError(f"NEWSLETTER_{name}: {exc.message}") from exc
     cfg["INSTANCE_PATH"] = str(instance)
     cfg.setdefault("OUTBOX_DIR", str(instance / "outbox"))
     cfg["SQLALCHEMY_DATABASE_URI"] = (

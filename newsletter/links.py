@@ -8,6 +8,10 @@ from the base URL and the keys, without a request or the app's URL map.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +29,16 @@ PATHS = {
     UNSUBSCRIBE: "/unsubscribe/",
     PREFERENCES: "/preferences/",
 }
+
+
+# What a VERP tag names: one digest delivery, or one outbox mail.
+DELIVERY = "d"
+OUTBOX = "o"
+# A tag in a returned mail's address: kind, row id, signature. Lowercase only, so a mail server
+# that lowercases the local part (many do) changes nothing.
+_TAG = re.compile(r"([do])([0-9]{1,12})-([a-z2-7]{16})")
+# A mailto unsubscribe tag: subscriber id, newsletter id, signature over the reader's key too.
+_UNSUBSCRIBE_TAG = re.compile(r"u([0-9]{1,12})x([0-9]{1,12})-([a-z2-7]{16})")
 
 
 class LinkError(UserError):
@@ -116,25 +130,101 @@ def _unsubscribe(payload: Any) -> UnsubscribeLink:
     return UnsubscribeLink(reader, newsletter_id)
 
 
-class Links:
-    """Makes and reads the signed links of one service: its base URL and its keys."""
+@dataclass(frozen=True)
+class Tag:
+    """What a verified VERP tag names: a digest delivery or an outbox mail, by row id."""
 
-    def __init__(self, base_url: str, secret_key: str, fallbacks: Sequence[str] = ()) -> None:
+    kind: str  # DELIVERY or OUTBOX
+    row_id: int
+
+
+class Links:
+    """Makes and reads the signed links of one service: its base URL and its keys.
+
+    Also the signed tags of addresses: the envelope sender of every mail when a bounce address
+    is set (VERP: bounces+TAG@domain names the delivery a returned mail is about, and nothing
+    of the reader's address), and the reader's own mailto unsubscribe address.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        secret_key: str,
+        fallbacks: Sequence[str] = (),
+        *,
+        bounce_address: str | None = None,
+        unsubscribe_mailto: str | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         # itsdangerous signs with the last key and accepts every key in the list.
         keys = [*fallbacks, secret_key]
         self._serializers = {
             purpose: URLSafeTimedSerializer(keys, salt=f"newsletter.{purpose}") for purpose in PATHS
         }
+        self._tag_keys = [
+            hashlib.sha256(f"newsletter.verp:{key}".encode()).digest() for key in reversed(keys)
+        ]
+        self.bounce_address = bounce_address
+        self.unsubscribe_mailto = unsubscribe_mailto
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Links:
-        """The links of NEWSLETTER_BASE_URL, NEWSLETTER_SECRET_KEY and its fallbacks."""
+        """The links of NEWSLETTER_BASE_URL, NEWSLETTER_SECRET_KEY and its fallbacks, with
+        NEWSLETTER_BOUNCE_ADDRESS and NEWSLETTER_UNSUBSCRIBE_MAILTO."""
         return cls(
             str(config["BASE_URL"]),
             str(config["SECRET_KEY"]),
             [str(key) for key in config.get("SECRET_KEY_FALLBACKS") or ()],
+            bounce_address=config.get("BOUNCE_ADDRESS") or None,
+            unsubscribe_mailto=config.get("UNSUBSCRIBE_MAILTO") or None,
         )
+
+    def _mac(self, text: str, key: bytes | None = None) -> str:
+        digest = hmac.new(key or self._tag_keys[0], text.encode(), hashlib.sha256).digest()
+        return base64.b32encode(digest[:10]).decode("ascii").lower()
+
+    def _verified(self, text: str, mac: str) -> bool:
+        return any(hmac.compare_digest(self._mac(text, key), mac) for key in self._tag_keys)
+
+    def envelope_sender(self, kind: str, row_id: int) -> str | None:
+        """The VERP envelope sender of one mail, or None when no bounce address is set."""
+        if not self.bounce_address:
+            return None
+        local, _, domain = self.bounce_address.rpartition("@")
+        text = f"{kind}{row_id}"
+        return f"{local}+{text}-{self._mac(text)}@{domain}"
+
+    def read_tag(self, tag: str) -> Tag | None:
+        """The delivery a returned mail's VERP tag names, or None when it is not one of ours."""
+        match = _TAG.fullmatch(tag.strip().lower())
+        if match is None or not self._verified(f"{match[1]}{match[2]}", match[3]):
+            return None
+        return Tag(match[1], int(match[2]))
+
+    def unsubscribe_address(self, reader: Reader, newsletter_id: int) -> str | None:
+        """The reader's own mailto unsubscribe address for one list, or None when unset.
+
+        Signed over the reader's per-person key too: no tag of one reader fits another.
+        """
+        if not self.unsubscribe_mailto:
+            return None
+        local, _, domain = self.unsubscribe_mailto.rpartition("@")
+        text = f"u{reader.subscriber_id}x{newsletter_id}"
+        return f"{local}+{text}-{self._mac(f'{text}:{reader.key}')}@{domain}"
+
+    def read_unsubscribe_tag(self, tag: str) -> tuple[int, int, str] | None:
+        """(subscriber id, newsletter id, signature) of a mailto tag; check it with
+        `unsubscribe_tag_matches` once the subscriber's key is known."""
+        match = _UNSUBSCRIBE_TAG.fullmatch(tag.strip().lower())
+        if match is None:
+            return None
+        return int(match[1]), int(match[2]), match[3]
+
+    def unsubscribe_tag_matches(
+        self, subscriber_id: int, newsletter_id: int, signature: str, key: str
+    ) -> bool:
+        """Whether a mailto tag was made for this reader (their key) and list."""
+        return self._verified(f"u{subscriber_id}x{newsletter_id}:{key}", signature)
 
     def prefix(self, purpose: str) -> str:
         """A link of this purpose up to its token."""

@@ -75,6 +75,16 @@ class ConsentAction(enum.StrEnum):
     CONFIRMATION_SENT = "confirmation_sent"
     CONFIRMED = "confirmed"
     UNSUBSCRIBED = "unsubscribed"
+    # What came back: not the reader's choice, but it changes what they get.
+    SOFT_BOUNCE = "soft_bounce"
+    HARD_BOUNCE = "hard_bounce"
+    COMPLAINED = "complained"
+
+
+class BounceKind(enum.StrEnum):
+    HARD = "hard"  # 5.x.x: the address does not take mail
+    SOFT = "soft"  # 4.x.x: not now (full, greylisted, down)
+    COMPLAINT = "complaint"  # the reader marked a mail as spam
 
 
 class OutboxStatus(enum.StrEnum):
@@ -334,6 +344,8 @@ class Suppression(db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     # SHA-256 of the lowercased address: enough to recognise it, not to read it back.
     email_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # Enough of the address for a list of suppressions (j***@example.org), no more.
+    masked: Mapped[str | None] = mapped_column(String(254))
     reason: Mapped[SuppressionReason] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -489,3 +501,46 @@ class Delivery(db.Model):
 
     def __repr__(self) -> str:
         return f"<Delivery {self.digest_id}/{self.subscription_id} {self.status}>"
+
+
+class BounceEvent(db.Model):
+    """A returned mail or a complaint, as it came in: what, about which mail, when."""
+
+    __table_args__ = (
+        Index("ix_bounce_event_newsletter_created", "newsletter_id", "created_at"),
+        Index("ix_bounce_event_address_created", "email_hash", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # The address as a hash (addresses.address_hash): enough to count per address.
+    email_hash: Mapped[str] = mapped_column(String(64))
+    subscriber_id: Mapped[int | None] = mapped_column(
+        ForeignKey("subscriber.id", ondelete="SET NULL"), index=True
+    )
+    kind: Mapped[BounceKind] = mapped_column(String(16))
+    status: Mapped[str | None] = mapped_column(String(16))  # the enhanced code, such as 5.1.1
+    diagnostic: Mapped[str | None] = mapped_column(Text)
+    # The mail it answers, when it could be told: a digest's delivery, or an outbox mail.
+    newsletter_id: Mapped[int | None] = mapped_column(
+        ForeignKey("newsletter.id", ondelete="SET NULL")
+    )
+    digest_id: Mapped[int | None] = mapped_column(
+        ForeignKey("digest.id", ondelete="SET NULL"), index=True
+    )
+    delivery_id: Mapped[int | None] = mapped_column(
+        ForeignKey("delivery.id", ondelete="SET NULL"), index=True
+    )
+    outbox_message_id: Mapped[int | None] = mapped_column(
+        ForeignKey("outbox_message.id", ondelete="SET NULL"), index=True
+    )
+    # smtp (refused while sending), pipe, mbox, maildir, imap, ses, postmark, webhook
+    source: Mapped[str] = mapped_column(String(16))
+    # What the provider or the returned mail calls it: the same event twice changes nothing.
+    event_id: Mapped[str | None] = mapped_column(String(200), unique=True)
+    # Whether it suppressed the address.
+    suppressed: Mapped[bool] = mapped_column(default=False)
+    occurred_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"<BounceEvent {self.kind} {self.source}>"

@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from newsletter.addresses import sender_address
 from newsletter.digests import cadence
 from newsletter.errors import UserError
 from newsletter.models import Newsletter
@@ -32,6 +33,8 @@ FIELDS = (
     "send_weekday",
     "auto_digest",
 )
+# Addresses mail goes out with: stored in the form every mail server takes.
+ADDRESS_FIELDS = ("from_address", "reply_to")
 # The settings that decide when the next automatic digest is due.
 SCHEDULE_FIELDS = ("cadence", "send_time", "timezone", "send_weekday", "auto_digest")
 
@@ -79,7 +82,14 @@ def all_newsletters(session: Session) -> list[Newsletter]:
 def save(
     session: Session, newsletter: Newsletter | None, values: Mapping[str, object]
 ) -> Newsletter:
-    """Create a newsletter, or change one, from validated values; commits."""
+    """Create a newsletter, or change one, from validated values; commits.
+
+    The sender addresses are checked here, whoever saves them (InvalidSender says why).
+    """
+    values = dict(values)
+    for field in ADDRESS_FIELDS:
+        if values.get(field):
+            values[field] = sender_address(str(values[field]))
     if newsletter is None:
         last = session.scalar(select(Newsletter.position).order_by(Newsletter.position.desc()))
         newsletter = Newsletter(position=(last or 0) + 1)

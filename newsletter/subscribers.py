@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Select, delete, select
 from sqlalchemy.orm import Session
 
 from newsletter import suppression
+from newsletter.addresses import address_hash, mask, normalize_email
+from newsletter.errors import UserError
 from newsletter.models import (
     AuditEvent,
     ConsentEvent,
+    Delivery,
+    Digest,
     Newsletter,
     OutboxMessage,
     Subscriber,
     Subscription,
+    Suppression,
     SuppressionReason,
 )
 
@@ -99,6 +105,44 @@ def mails(subscriber_id: int) -> Select[Any]:
     )
 
 
+def digest_mails(subscriber_id: int) -> Select[Any]:
+    """A person's rows in the digests' ledgers, with the digest and its list, newest first."""
+    return (
+        select(Delivery, Digest.subject, Digest.started_at, Newsletter.name.label("newsletter"))
+        .join(Subscription, Subscription.id == Delivery.subscription_id)
+        .join(Digest, Digest.id == Delivery.digest_id)
+        .join(Newsletter, Newsletter.id == Digest.newsletter_id)
+        .where(Subscription.subscriber_id == subscriber_id)
+        .order_by(Digest.started_at.desc(), Delivery.id.desc())
+    )
+
+
+@dataclass(frozen=True)
+class MailLine:
+    """One mail sent, or to be sent, to a person, as their page lists it."""
+
+    queued_at: datetime | None
+    what: str
+    newsletter: str | None
+    status: str
+    sent_at: datetime | None
+    error: str | None
+
+
+def mail_history(session: Session, subscriber_id: int) -> list[MailLine]:
+    """Every mail a person was sent or is due, transactional and digests, newest first."""
+    lines = [
+        MailLine(m.created_at, str(m.kind), None, str(m.status), m.sent_at, m.last_error)
+        for m in session.scalars(mails(subscriber_id))
+    ]
+    lines += [
+        MailLine(started, f"digest: {subject}", newsletter, str(d.status), d.sent_at, d.last_error)
+        for d, subject, started, newsletter in session.execute(digest_mails(subscriber_id))
+    ]
+    epoch = datetime.min.replace(tzinfo=UTC)
+    return sorted(lines, key=lambda line: line.queued_at or epoch, reverse=True)
+
+
 def record(session: Session, admin_user_id: int | None, action: str, **detail: Any) -> None:
     """Add to the audit trail in the caller's transaction."""
     session.add(AuditEvent(admin_user_id=admin_user_id, action=action, detail=detail))
@@ -163,3 +207,48 @@ def erase(session: Session, subscriber: Subscriber, admin_user_id: int | None) -
     suppression.suppress(session, email_key, SuppressionReason.ERASED)
     record(session, admin_user_id, "erase", subscriber_id=subscriber_id)
     session.commit()
+
+
+def suppressions(session: Session, email: str | None = None, limit: int = 100) -> list[Suppression]:
+    """The latest suppressions, newest first; with `email`, that address's only (by its hash)."""
+    query = select(Suppression).order_by(Suppression.id.desc()).limit(limit)
+    if email is not None:
+        try:
+            _, key = normalize_email(email)
+        except UserError:
+            return []
+        query = query.where(Suppression.email_hash == address_hash(key))
+    return list(session.scalars(query))
+
+
+class NotSuppressed(UserError):
+    message = "This address is not suppressed."
+
+
+def lift_suppression(
+    session: Session, email: str, admin_user_id: int | None, why: str
+) -> SuppressionReason:
+    """Let a bounced or complained address be mailed again, saying why; audited; commits.
+
+    Returns the reason it was suppressed for. The person signs up again to get mail.
+    """
+    why = " ".join(why.split())[:500]
+    if not why:
+        raise UserError("Say why the suppression is lifted: it is kept in the audit trail.")
+    address, key = normalize_email(email)
+    reason = suppression.reason(session, key)
+    if reason is None:
+        raise NotSuppressed()
+    if reason not in suppression.STOPS_MAIL:
+        raise UserError("An erased person's address stays suppressed: imports never bring it back.")
+    suppression.lift(session, key)
+    record(
+        session,
+        admin_user_id,
+        "lift-suppression",
+        address=mask(address),
+        reason=str(reason),
+        why=why,
+    )
+    session.commit()
+    return reason

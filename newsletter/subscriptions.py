@@ -12,6 +12,7 @@ from sqlalchemy import Row, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from newsletter import suppression
 from newsletter.addresses import normalize_email
 from newsletter.errors import UserError
 from newsletter.links import ConfirmLink, LinkNoLongerValid, Reader, UnsubscribeLink
@@ -65,6 +66,13 @@ class NothingToConfirm(SubscriptionError):
     message = "No subscription of this reader is waiting for confirmation."
 
 
+class Undeliverable(SubscriptionError):
+    message = (
+        "Mail to this address cannot be delivered: it bounced or its owner marked our mail as "
+        "spam. Nothing is sent to it until the suppression is lifted."
+    )
+
+
 class TooManyConfirmations(SubscriptionError):
     message = "We have sent several confirmation emails to this address today. Please try tomorrow."
 
@@ -88,7 +96,7 @@ class ConfirmationLimit:
 
 @dataclass
 class SignupResult:
-    subscriber_id: int
+    subscriber_id: int | None  # None when the address may not be mailed: nothing was written
     thanks_text: str
     pending: list[int] = field(default_factory=list)  # subscription ids awaiting confirmation
     mail_queued: bool = False
@@ -282,6 +290,9 @@ def _subscribe(
 ) -> SignupResult:
     conn = session.connection()
     now = utcnow()
+    if suppression.unmailable(session, key):
+        # Bounced or complained: no mail of any kind, and the same reply as any signup.
+        return SignupResult(None, newsletters[0].thanks_text)
     subscriber_id = conn.execute(SUBSCRIBER_BY_KEY, {"key": key}).scalar()
     new_address = subscriber_id is None
     existing = {}
@@ -310,7 +321,9 @@ def _subscribe(
                     "subscribed_at": now,
                 },
             ).scalar_one()
-        elif current.status == UNSUBSCRIBED:
+        elif current.status == UNSUBSCRIBED or current.status in STOPPED:
+            # Left, or stopped by a bounce or complaint whose suppression an admin has lifted:
+            # a new signup is new consent, confirmed as a first one is.
             subscription_id, nonce = current.id, new_nonce()
             conn.execute(
                 REOPEN_SUBSCRIPTION,
@@ -325,7 +338,7 @@ def _subscribe(
             # The earlier mail's link stays good; the new mail's link matches it.
             subscription_id, nonce = current.id, current.nonce
         else:
-            # Confirmed readers get nothing new; bounced and complained addresses stay quiet.
+            # Confirmed readers get nothing new.
             continue
         pending.append((subscription_id, nonce))
         events.append(
@@ -418,6 +431,8 @@ def send_confirmation(
     limit: ConfirmationLimit = ConfirmationLimit(),
 ) -> list[Subscription]:
     """Queue one fresh confirmation for those of these subscriptions still pending; commits."""
+    if suppression.unmailable(session, subscriber.email_key):
+        raise Undeliverable()
     pending = [s for s in subscriptions if s.status == PENDING]
     if not pending:
         raise NothingToConfirm()
@@ -481,16 +496,27 @@ class Choice:
     label: str
 
 
-def choices(subscriber: Subscriber, newsletters: Iterable[Newsletter]) -> list[Choice]:
-    """The lists a reader's preferences page offers, with their state as the reader reads it."""
+def choices(
+    subscriber: Subscriber, newsletters: Iterable[Newsletter], *, mailable: bool = True
+) -> list[Choice]:
+    """The lists a reader's preferences page offers, with their state as the reader reads it.
+
+    For an address no mail may go to, none can be ticked.
+    """
     current = {s.newsletter_id: s for s in subscriber.subscriptions}
     found = []
     for newsletter in newsletters:
         subscription = current.get(newsletter.id)
         status = subscription.status if subscription is not None else None
         label = READER_LABELS[status] if status is not None else NOT_SUBSCRIBED
-        found.append(Choice(newsletter, status == CONFIRMED, status not in STOPPED, label))
+        open_ = mailable and status not in STOPPED
+        found.append(Choice(newsletter, status == CONFIRMED, open_, label))
     return found
+
+
+def mailable(session: Session, subscriber: Subscriber) -> bool:
+    """Whether mail may go to this person's address at all."""
+    return not suppression.unmailable(session, subscriber.email_key)
 
 
 def unsubscribe(session: Session, subscription: Subscription, origin: Origin) -> Subscription:
@@ -513,9 +539,10 @@ def update_preferences(
 
     The link to the preferences page proves the address, so lists chosen there are
     confirmed at once. A list still waiting for confirmation is left alone unless the
-    reader leaves all; bounced and complained addresses are never mailed again.
-    Returns (joined, left).
+    reader leaves all. An address that bounced or complained joins nothing (no mail may go
+    to it) until an admin lifts its suppression. Returns (joined, left).
     """
+    mailable = not suppression.unmailable(session, subscriber.email_key)
     wanted = set() if leave_all else set(wanted_ids)
     newsletters = session.scalars(select(Newsletter).where(Newsletter.archived.is_(False))).all()
     current = {s.newsletter_id: s for s in subscriber.subscriptions}
@@ -524,8 +551,10 @@ def update_preferences(
         subscription = current.get(newsletter.id)
         status = subscription.status if subscription is not None else None
         if status in STOPPED:
-            continue
+            continue  # a bounce or complaint ended it: only a new signup opens it again
         if newsletter.id in wanted and status != CONFIRMED:
+            if not mailable:
+                continue  # joining would mail it
             if subscription is None:
                 subscription = Subscription(subscriber=subscriber, newsletter=newsletter)
                 session.add(subscription)

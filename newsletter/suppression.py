@@ -11,15 +11,19 @@ from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from newsletter.addresses import address_hash
+from newsletter.addresses import address_hash, mask
 from newsletter.models import (
     Subscriber,
     Subscription,
     SubscriptionStatus,
     Suppression,
     SuppressionReason,
+    utcnow,
 )
 
+# The reasons that stop all mail to an address until an admin lifts them. An erased person's
+# address only keeps imports away: signing up again is new consent.
+STOPS_MAIL = (SuppressionReason.BOUNCED, SuppressionReason.COMPLAINED)
 # What a suppression does to the person's live subscriptions, by its reason.
 _SUBSCRIPTIONS_BECOME = {
     SuppressionReason.BOUNCED: SubscriptionStatus.BOUNCED,
@@ -40,6 +44,11 @@ def is_suppressed(session: Session, email_key: str) -> bool:
     return reason(session, email_key) is not None
 
 
+def unmailable(session: Session, email_key: str) -> bool:
+    """Whether no mail of any kind may go to this address: it bounced hard or complained."""
+    return reason(session, email_key) in STOPS_MAIL
+
+
 def of_hash(hash_column: ColumnElement[str]) -> ColumnElement[bool]:
     """The join condition from a column of address hashes to their suppressions."""
     return Suppression.email_hash == hash_column
@@ -57,7 +66,7 @@ def suppress(session: Session, email_key: str, why: SuppressionReason) -> bool:
         try:
             # A savepoint: another worker recording the same bounce undoes only this insert.
             with session.begin_nested():
-                session.add(Suppression(email_hash=digest, reason=why))
+                session.add(Suppression(email_hash=digest, masked=mask(email_key), reason=why))
             added = True
         except IntegrityError:
             pass
@@ -70,7 +79,24 @@ def suppress(session: Session, email_key: str, why: SuppressionReason) -> bool:
                 Subscription.subscriber_id.in_(person.scalar_subquery()),
                 Subscription.status.in_((SubscriptionStatus.PENDING, SubscriptionStatus.CONFIRMED)),
             )
-            .values(status=status)
+            # Off the list: counted as departures on the dashboard.
+            .values(status=status, unsubscribed_at=utcnow())
             .execution_options(synchronize_session=False)
         )
     return added
+
+
+def lift(session: Session, email_key: str) -> SuppressionReason | None:
+    """Let an address be mailed again, in the caller's transaction; the reason it had, if any.
+
+    Its bounced or complained subscriptions stay as they are: the person signs up again,
+    through double opt-in, to get mail again.
+    """
+    found = session.scalar(
+        select(Suppression).where(Suppression.email_hash == address_hash(email_key))
+    )
+    if found is None:
+        return None
+    was = SuppressionReason(found.reason)
+    session.delete(found)
+    return was

@@ -12,10 +12,11 @@ from email.message import EmailMessage
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from newsletter import subscriptions
+from newsletter import subscriptions, suppression
 from newsletter.digests.compose import Content, PreparedDigest
 from newsletter.links import Links, Reader
 from newsletter.mail import compose
+from newsletter.mail.outbox import Withheld
 from newsletter.models import (
     Digest,
     MailKind,
@@ -27,7 +28,13 @@ from newsletter.models import (
 
 
 def build(session: Session, row: OutboxMessage, links: Links) -> EmailMessage | None:
-    """The mail a row stands for, or None when the reason for it has gone."""
+    """The mail a row stands for, or None when the reason for it has gone.
+
+    Withheld when its address may not be mailed at all: whatever the kind, whoever queued it.
+    """
+    why = suppression.reason(session, row.to_address)
+    if why in suppression.STOPS_MAIL:
+        raise Withheld(f"address suppressed: {why}")
     if row.kind == MailKind.DIGEST_TEST:
         return _digest_test(session, row, links)
     subscriber = session.get(Subscriber, row.subscriber_id) if row.subscriber_id else None

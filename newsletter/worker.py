@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from sqlalchemy.orm import Session
 
 from newsletter import transactional
+from newsletter.bounces import ingest
 from newsletter.digests import ledger
 from newsletter.digests.cadence import CadenceRunner
 from newsletter.digests.sender import DigestSender
@@ -117,25 +118,35 @@ def build(
 
     `newsletter worker`, `newsletter worker --drain` and `newsletter digest send --wait`
     alike; `mail` replaces the configured transport, `kinds` names the runners to keep
-    (all of them by default: outbox, automatic digests, digest sending, imports).
+    (all of them by default: outbox, automatic digests, digest sending, imports, and returned
+    mail when NEWSLETTER_BOUNCE_IMAP_URL is set).
     """
     settings = settings or Settings()
     signer = dkim.Signer.from_config(config)
     if mail is None:
         mail = transport.from_config(config["SMTP_URL"], config["OUTBOX_DIR"], signer=signer)
     links = Links.from_config(config)
+    rules = ingest.Rules.from_config(config)
     build_mail = functools.partial(transactional.build, links=links)
+    refused = functools.partial(ingest.refused_at_send, rules=rules)
+    sender = DigestSender(
+        mail,
+        links,
+        policy=settings.ledger,
+        rate=config.get("SEND_RATE"),
+        signer=signer,
+        rules=rules,
+    )
     runners: list[tuple[str, Runner]] = [
-        ("outbox", OutboxRunner(mail, build_mail, settings.outbox)),
+        ("outbox", OutboxRunner(mail, build_mail, links, settings.outbox, refused=refused)),
         ("automatic digests", CadenceRunner(settings.cadence_every)),
-        (
-            "digest sending",
-            DigestSender(
-                mail, links, policy=settings.ledger, rate=config.get("SEND_RATE"), signer=signer
-            ),
-        ),
+        ("digest sending", sender),
         ("imports", ImportRunner(Path(config["INSTANCE_PATH"]))),
     ]
+    if config.get("BOUNCE_IMAP_URL"):
+        every = float(config.get("BOUNCE_POLL_SECONDS") or 60)
+        imap = ingest.ImapRunner(str(config["BOUNCE_IMAP_URL"]), links, rules, every)
+        runners.append(("returned mail", imap))
     if kinds is not None:
         runners = [(name, runner) for name, runner in runners if name in kinds]
     return Worker(session_factory, runners, mail, settings)

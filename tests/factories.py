@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Callable
@@ -72,9 +73,8 @@ class Mailbox:
     def runner(self, **options: Any) -> OutboxRunner:
         """The outbox's runner as the worker wires it, sending into this mailbox."""
         links = app_links()
-        return OutboxRunner(
-            self.transport, lambda session, row: transactional.build(session, row, links), **options
-        )
+        build = functools.partial(transactional.build, links=links)
+        return OutboxRunner(self.transport, build, links, **options)
 
     def deliver(self) -> list[EmailMessage]:
         """Send everything due, as `newsletter worker --drain` would; return the new mails."""

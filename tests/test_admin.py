@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import idna
 import pytest
 from sqlalchemy import select
 
@@ -179,8 +180,10 @@ def test_admin_creates_edits_and_archives_a_newsletter(client, db, admin):
         ("name", "Weekly\r\nBcc: victim@example.com", "Use a single line."),
         ("from_address", "not-an-address", "Invalid email address."),
         ("name", "", "This field is required."),
+        ("reply_to", "réponse@example.org", "part before the @ is plain ASCII"),
+        ("from_address", "rédaction@news.example.org", "part before the @ is plain ASCII"),
     ],
-    ids=["bad-slug", "header-injection", "bad-from", "missing-name"],
+    ids=["bad-slug", "header-injection", "bad-from", "missing-name", "utf8-reply", "utf8-from"],
 )
 def test_bad_newsletter_input_is_shown_and_nothing_stored(client, db, admin, field, value, message):
     sign_in(client)
@@ -198,6 +201,29 @@ def test_bad_newsletter_input_is_shown_and_nothing_stored(client, db, admin, fie
     assert response.status_code == 422
     assert message in response.get_data(as_text=True)
     assert db.session.scalars(select(Newsletter)).all() == []
+
+
+def test_a_sender_on_an_international_domain_is_kept_in_its_ascii_form(client, db, admin, mailbox):
+    sign_in(client)
+    form = {
+        "csrf_token": csrf_token(client, "/admin/newsletters/new"),
+        "name": "Київ",
+        "slug": "kyiv",
+        "cadence": "weekly",
+        "from_address": "desk@Київ.укр",
+        "reply_to": "Reply@Пошта.укр",
+        "prompt_text": "p",
+        "button_text": "b",
+        "thanks_text": "t",
+    }
+    assert client.post("/admin/newsletters/new", data=form).status_code == 302
+    newsletter = db.session.scalars(select(Newsletter)).one()
+    assert newsletter.from_address == "desk@xn--b1alf1j.xn--j1amh"
+    assert newsletter.reply_to == "Reply@" + idna.encode("пошта.укр").decode()
+    # A confirmation from it goes out, headers in ASCII.
+    client.post("/subscribe", data={"email": "reader@example.com", "newsletter": "kyiv"})
+    [mail] = mailbox.deliver()
+    assert "desk@xn--b1alf1j.xn--j1amh" in mail["From"]
 
 
 def test_duplicate_slug_is_refused(client, db, admin, newsletters):

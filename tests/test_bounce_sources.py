@@ -26,7 +26,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from smtp_server import free_port
 
 from newsletter.bounces.parse import Kind, parse
 from newsletter.bounces.sources import (
@@ -37,6 +36,8 @@ from newsletter.bounces.sources import (
     Stream,
     open_source,
 )
+
+from smtp_server import free_port
 
 CORPUS = Path(__file__).parent / "data" / "bounces"
 DOVECOT = Path("/usr/sbin/dovecot")

@@ -450,7 +450,8 @@ def test_mailto_unsubscribe_only_when_configured(app, db, daily):
     value = transport.messages[0]["List-Unsubscribe"]
     assert re.fullmatch(
         r"<https://news\.example\.org/unsubscribe/[^>]+>, "
-        r"<mailto:unsubscribe@news\.example\.org\?subject=unsubscribe>",
+        # The reader's own address for this list: a mail to it takes them off the list.
+        r"<mailto:unsubscribe\+u[0-9]+x[0-9]+-[a-z2-7]{16}@news\.example\.org\?subject=unsubscribe>",
         value,
     )
 
@@ -713,3 +714,27 @@ def test_marks_skip_the_wal_flush_on_their_own_connection_only(db, daily, postgr
     with db.engine.connect() as conn:
         # Web requests and the outbox, on the same pool, keep waiting for the disk.
         assert conn.execute(text("SHOW synchronous_commit")).scalar() == "on"
+
+
+def test_a_digest_whose_mail_cannot_be_built_fails_its_rows_and_finishes(db, daily):
+    from newsletter.mail.transport import MemoryTransport
+
+    add_item(db, daily, "Story")
+    add_reader(db, daily, "one@example.com")
+    add_reader(db, daily, "two@example.com")
+    digest = states.compose(db.session, daily)
+    states.start(db.session, digest)
+    # Saved before senders were checked: a reply-to that cannot go into a header.
+    daily.reply_to = "réponse@example.org"
+    db.session.commit()
+
+    transport = MemoryTransport()
+    send_all(db, transport)
+
+    assert transport.messages == []
+    assert ledger(db, digest) == {"failed": 2}
+    db.session.refresh(digest)
+    assert digest.status == DigestStatus.SENT and digest.failed_count == 2
+    assert "cannot be built" in digest.error
+    failed = db.session.scalars(select(Delivery.last_error)).all()
+    assert all(error.startswith("cannot build:") for error in failed)

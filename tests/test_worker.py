@@ -248,12 +248,12 @@ def test_a_slow_worker_whose_lease_ran_out_does_not_send_what_another_took(
         def __init__(self) -> None:
             self.stalled = False
 
-        def send(self, message) -> None:  # type: ignore[no-untyped-def]
+        def send(self, message, sender=None) -> None:  # type: ignore[no-untyped-def]
             if not self.stalled:
                 self.stalled = True
                 make_due(db)  # the lease runs out while this send hangs
                 work(db, SMTPTransport(HOST, smtp.port, timeout=5))
-            transport.send(message)
+            transport.send(message, sender)
 
         def close(self) -> None:
             transport.close()
@@ -428,8 +428,8 @@ def test_stop_finishes_the_message_in_hand_and_gives_the_rest_back(
     stop = threading.Event()
 
     class StopAfterOne:
-        def send(self, message) -> None:  # type: ignore[no-untyped-def]
-            transport.send(message)
+        def send(self, message, sender=None) -> None:  # type: ignore[no-untyped-def]
+            transport.send(message, sender)
             stop.set()  # SIGTERM arrives while the first message is on the wire
 
         def close(self) -> None:

@@ -119,6 +119,11 @@ class ReaderLinks:
             self.preferences_prefix + self.links.preferences_token(reader),
         )
 
+    def mailto(self, reader: Reader) -> str:
+        """The List-Unsubscribe header's mailto part for the reader, if an address is set."""
+        address = self.links.unsubscribe_address(reader, self.newsletter_id)
+        return f", <mailto:{address}?subject=unsubscribe>" if address else ""
+
 
 class PreparedDigest:
     """A digest's mail as bytes with holes, filled per reader by `message`."""
@@ -138,10 +143,6 @@ class PreparedDigest:
         self.signer = signer
         self.links = ReaderLinks(links, newsletter.id)
         self.sender = compose.wire_address(newsletter.from_address or cfg["DEFAULT_FROM_ADDRESS"])
-        mailto = cfg["UNSUBSCRIBE_MAILTO"]
-        self.mailto = (
-            f", <mailto:{compose.header_value(mailto)}?subject=unsubscribe>" if mailto else ""
-        )
 
         # Placeholders nobody can have typed into an item: random for every digest.
         marker = secrets.token_hex(8)
@@ -215,7 +216,7 @@ class PreparedDigest:
             f"To: {compose.header_value(compose.wire_address(to), 254)}\r\n"
             f"Date: {format_datetime(now or utcnow())}\r\n"
             f"Message-ID: <{self.message_key}.{delivery_id}@{self.domain}>\r\n"
-            f"List-Unsubscribe: <{unsubscribe}>{self.mailto}\r\n"
+            f"List-Unsubscribe: <{unsubscribe}>{self.links.mailto(reader)}\r\n"
         ).encode("ascii") + self.static_headers
         data = headers + b"\r\n" + body
         if self.signer is not None:

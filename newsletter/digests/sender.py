@@ -21,20 +21,22 @@ from datetime import datetime
 from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
-from newsletter import suppression
+from newsletter.bounces import ingest
+from newsletter.bounces.parse import status_code
 from newsletter.digests import ledger, states
 from newsletter.digests.compose import BodySigner, Content, PreparedDigest
 from newsletter.digests.ledger import Recipient
 from newsletter.leases import Policy, new_claim
-from newsletter.links import Links, Reader
+from newsletter.links import DELIVERY, Links, Reader
 from newsletter.mail.outbox import server_side
 from newsletter.mail.transport import DeliveryError, Transport
 from newsletter.models import (
+    BounceKind,
     DeliveryStatus,
     Digest,
     DigestStatus,
+    Subscriber,
     SubscriptionStatus,
-    SuppressionReason,
     utcnow,
 )
 
@@ -80,6 +82,7 @@ class _Claimed:
     """One claimed batch of a digest's ledger, while a worker sends it."""
 
     digest_id: int
+    newsletter_id: int
     token: str
     recipients: list[Recipient]
     claimed_at: float  # monotonic: when the lease was last taken or renewed
@@ -103,8 +106,11 @@ class DigestSender:
         status_every: float = 1.0,
         signer: BodySigner | None = None,
         clock: Clock | None = None,
+        rules: ingest.Rules | None = None,
     ) -> None:
         self.transport = transport
+        # When refusals at the door add up to a suppression, as for returned mail.
+        self.rules = rules or ingest.Rules()
         self.links = links
         self.policy = policy
         # How often a worker in the middle of a batch looks for a pause or a cancel.
@@ -170,14 +176,28 @@ class DigestSender:
             return 0
         digest = session.get(Digest, digest_id, populate_existing=True)
         assert digest is not None
-        prepared = self.prepared(digest)
+        try:
+            prepared = self.prepared(digest)
+        except Exception as exc:
+            # Not one reader's mail can be built (settings that cannot go into a header):
+            # every row fails with the reason, and the digest finishes instead of hanging.
+            log.exception("digest %s cannot be built", digest_id)
+            self._cannot_build(session, digest, ids, token, exc)
+            return len(ids)
         recipients = ledger.recipients(session, ids)
         session.commit()
         # Rows whose subscription went (erased) between the claim and now: nothing to send.
         gone = sorted(set(ids) - {r.delivery_id for r in recipients})
         ledger.LEASES.settle(session, gone, token, DeliveryStatus.SKIPPED, "reader erased")
         started = self.clock.monotonic()
-        batch = _Claimed(digest_id, token, recipients, claimed_at=started, checked_at=started)
+        batch = _Claimed(
+            digest_id,
+            digest.newsletter_id,
+            token,
+            recipients,
+            claimed_at=started,
+            checked_at=started,
+        )
         ahead = _Ahead(recipients, prepared, self._pool)
         with _marks_connection(session) as marks:
             for position, recipient in enumerate(recipients):
@@ -204,6 +224,14 @@ class DigestSender:
             states.recount(session, digest_id)
         session.commit()
         return len(ids)
+
+    def _cannot_build(
+        self, session: Session, digest: Digest, ids: list[int], token: str, exc: Exception
+    ) -> None:
+        why = f"cannot build: {exc}"
+        ledger.LEASES.settle(session, ids, token, DeliveryStatus.FAILED, why)
+        digest.error = f"The mail of this digest cannot be built: {exc}"[:2000]
+        session.commit()
 
     def _still_ours(
         self, session: Session, batch: _Claimed, position: int, stop: threading.Event | None
@@ -257,7 +285,8 @@ class DigestSender:
             )
             return True
         try:
-            self.transport.send_raw(prepared.sender, [prepared.recipient(recipient.address)], data)
+            sender = self.links.envelope_sender(DELIVERY, row) or prepared.sender
+            self.transport.send_raw(sender, [prepared.recipient(recipient.address)], data)
         except DeliveryError as exc:
             if server_side(exc):
                 # The server is away, refuses our sender, or is shutting down (421): not this
@@ -272,22 +301,37 @@ class DigestSender:
                     now=self.clock.now(),
                 )
                 return False
-            self._failed(session, batch.token, recipient, exc)
+            self._failed(session, batch, recipient, exc)
             return True
         # Recorded at once: a crash after this line does not send it again.
         marks.execute(ledger.MARK_SENT, {"row": row, "token": batch.token, "now": self.clock.now()})
         return True
 
     def _failed(
-        self, session: Session, token: str, recipient: Recipient, exc: DeliveryError
+        self, session: Session, batch: _Claimed, recipient: Recipient, exc: DeliveryError
     ) -> None:
-        row = recipient.delivery_id
+        row, token = recipient.delivery_id, batch.token
         log.warning("digest delivery %s not sent: %s", row, exc)
         if exc.permanent:
             ledger.LEASES.settle(session, [row], token, DeliveryStatus.FAILED, str(exc))
             if exc.recipient_refused:
-                # A hard bounce: never mail this address again, from any list.
-                suppression.suppress(session, recipient.address, SuppressionReason.BOUNCED)
+                # A hard bounce at the door: kept as one, and the address never mailed again.
+                target = ingest.Target(
+                    recipient.address.lower(),
+                    session.get(Subscriber, recipient.subscriber_id),
+                    newsletter_id=batch.newsletter_id,
+                    digest_id=batch.digest_id,
+                    delivery_id=row,
+                )
+                ingest.record(
+                    session,
+                    target,
+                    BounceKind.HARD,
+                    source="smtp",
+                    rules=self.rules,
+                    status=status_code(str(exc)),
+                    diagnostic=str(exc),
+                )
                 session.commit()
             return
         ledger.LEASES.retry_or_fail(

@@ -13,6 +13,7 @@ from datetime import datetime
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from newsletter import suppression
 from newsletter.digests import ledger
 from newsletter.digests.items import items_query
 from newsletter.errors import UserError
@@ -391,6 +392,8 @@ def send_test(session: Session, digest: Digest, to_address: str) -> None:
     """Queue a test copy of the digest to one address (an editor's); commits."""
     if not digest.entries:
         raise DigestError("This digest has no items: add at least one first.")
+    if suppression.unmailable(session, to_address):
+        raise DigestError(f"Mail to {to_address} cannot be delivered: the address is suppressed.")
     outbox.enqueue(session, MailKind.DIGEST_TEST, None, to_address, {"digest": digest.id})
     session.commit()
 

@@ -91,13 +91,11 @@ def list_headers_static(newsletter: Newsletter) -> dict[str, str]:
 
 def list_headers(links: Links, subscription: Subscription) -> dict[str, str]:
     """The RFC 2369 / 2919 / 8058 headers every mail about a list carries."""
-    unsubscribe = links.unsubscribe_url(
-        reader_of(subscription.subscriber), subscription.newsletter_id
-    )
-    targets = [f"<{unsubscribe}>"]
-    mailto = current_app.config["UNSUBSCRIBE_MAILTO"]
+    reader = reader_of(subscription.subscriber)
+    targets = [f"<{links.unsubscribe_url(reader, subscription.newsletter_id)}>"]
+    mailto = links.unsubscribe_address(reader, subscription.newsletter_id)
     if mailto:
-        targets.append(f"<mailto:{mailto}?subject=unsubscribe>")
+        targets.append(f"<mailto:{header_value(mailto)}?subject=unsubscribe>")
     static = list_headers_static(subscription.newsletter)
     return {
         "List-Id": static["List-Id"],

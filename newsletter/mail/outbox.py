@@ -18,6 +18,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from newsletter.leases import Leases, Policy, new_claim
+from newsletter.links import OUTBOX, Links
 from newsletter.mail.transport import ConnectionFailure, DeliveryError, Transport
 from newsletter.models import MailKind, OutboxMessage, OutboxStatus, utcnow
 
@@ -37,6 +38,14 @@ _INSERT = insert(OutboxMessage.__table__)
 
 # What a row stands for, built when it is sent: None when the reason for it has gone.
 Build = Callable[[Session, OutboxMessage], EmailMessage | None]
+
+
+# What a refusal of the address itself (5xx at RCPT) is, told where returned mail is kept.
+Refused = Callable[[Session, int, DeliveryError], None]
+
+
+class Withheld(Exception):
+    """A row's mail must not go (its address may not be mailed): skipped, saying why."""
 
 
 def enqueue(
@@ -76,10 +85,20 @@ def server_side(exc: DeliveryError) -> bool:
 class OutboxRunner:
     """The worker's runner for transactional mail: one batch of due rows per step."""
 
-    def __init__(self, transport: Transport, build: Build, policy: Policy = POLICY) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        build: Build,
+        links: Links,
+        policy: Policy = POLICY,
+        *,
+        refused: Refused | None = None,
+    ) -> None:
         self.transport = transport
         self.build = build
+        self.links = links
         self.policy = policy
+        self.refused = refused
 
     def step(self, session: Session, stop: threading.Event | None = None) -> int:
         """Claim and send one batch; return how many rows it claimed."""
@@ -115,6 +134,9 @@ class OutboxRunner:
         attempts, to_address = row.attempts, row.to_address
         try:
             message = self.build(session, row)
+        except Withheld as exc:
+            self._settle(session, row_id, token, OutboxStatus.SKIPPED, str(exc))
+            return None
         except Exception as exc:
             # A mail that cannot be built (bad data) must not stop the queue behind it.
             log.exception("mail %s cannot be composed", row_id)
@@ -124,13 +146,15 @@ class OutboxRunner:
             self._settle(session, row_id, token, OutboxStatus.SKIPPED, "nothing to send any more")
             return None
         try:
-            self.transport.send(message)
+            self.transport.send(message, self.links.envelope_sender(OUTBOX, row_id))
         except DeliveryError as exc:
             if server_side(exc):
                 return exc
             log.warning("mail %s to %s not sent: %s", row_id, to_address, exc)
             if exc.permanent:
                 self._settle(session, row_id, token, OutboxStatus.FAILED, str(exc))
+                if exc.recipient_refused and self.refused is not None:
+                    self.refused(session, row_id, exc)
             else:
                 LEASES.retry_or_fail(
                     session, row_id, token, self.policy, attempts, str(exc), OutboxStatus.FAILED

@@ -54,7 +54,7 @@ class PermanentFailure(DeliveryError):
 
 
 class Transport(Protocol):
-    def send(self, message: EmailMessage) -> None: ...
+    def send(self, message: EmailMessage, sender: str | None = None) -> None: ...
 
     def send_raw(self, sender: str, recipients: Sequence[str], data: bytes) -> None: ...
 
@@ -93,8 +93,10 @@ class _Sender(ABC):
 
     signer: Signer | None = None
 
-    def send(self, message: EmailMessage) -> None:
-        sender, recipients = envelope(message)
+    def send(self, message: EmailMessage, sender: str | None = None) -> None:
+        """Send a message; the envelope sender is `sender` (a VERP address), else its From."""
+        from_header, recipients = envelope(message)
+        sender = sender or from_header
         data = serialise(message)
         if self.signer is not None:
             from newsletter.mail.dkim import SigningError

@@ -196,9 +196,11 @@ def preferences(token: str) -> str | tuple[str, int]:
             db.session, subscriber, wanted, origin, leave_all=leave_all
         )
         saved = {"joined": joined, "left": left}
+    mailable = subs.mailable(db.session, subscriber)
     return render_template(
         "public/preferences.html",
         subscriber=subscriber,
-        choices=subs.choices(subscriber, open_newsletters(db.session)),
+        choices=subs.choices(subscriber, open_newsletters(db.session), mailable=mailable),
+        mailable=mailable,
         saved=saved,
     )

@@ -8,6 +8,7 @@ from newsletter.web.admin import (
     items,
     newsletters,
     subscribers,
+    suppressions,
     tokens,
 )
 from newsletter.web.admin.core import bp
@@ -21,5 +22,6 @@ __all__ = [
     "items",
     "newsletters",
     "subscribers",
+    "suppressions",
     "tokens",
 ]

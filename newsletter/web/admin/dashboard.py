@@ -6,6 +6,7 @@ from flask import render_template
 
 from newsletter import charts, stats
 from newsletter import newsletters as lists
+from newsletter.bounces import figures
 from newsletter.extensions import db
 from newsletter.models import utcnow
 from newsletter.web.admin.core import bp
@@ -23,5 +24,8 @@ def dashboard() -> str:
         counts=stats.status_counts(db.session),
         activity=stats.activity(db.session, now),
         growth=growth,
+        delivery=figures.last_days(db.session, now),
+        complaint_line=figures.COMPLAINT_LINE,
+        bounce_line=figures.BOUNCE_LINE,
         chart=charts.growth_svg(growth, title="Confirmed subscribers, last 90 days"),
     )

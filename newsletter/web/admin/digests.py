@@ -12,6 +12,7 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Response
 
 from newsletter import newsletters as lists
+from newsletter.bounces import figures as returned
 from newsletter.digests import cadence, progress, states
 from newsletter.digests import compose as digest_mail
 from newsletter.digests import items as news_items
@@ -263,4 +264,7 @@ def _progress_page(digest: Digest) -> str:
         left=progress.seconds_span(left) if isinstance(left, int) else None,
         duration=duration,
         average=state.rate(now),
+        delivery=returned.of_digest(db.session, digest, state.sent, state.unsubscribed_since),
+        complaint_line=returned.COMPLAINT_LINE,
+        bounce_line=returned.BOUNCE_LINE,
     )

@@ -32,6 +32,7 @@ from wtforms.validators import (
 )
 from wtforms.widgets import CheckboxInput, ListWidget
 
+from newsletter.addresses import InvalidSender, sender_address
 from newsletter.digests import cadence, items
 from newsletter.mail.dkim import aligned as dkim_aligned
 from newsletter.models import (
@@ -76,6 +77,15 @@ def _time_zone(form: FlaskForm, field: StringField) -> None:
     field.data = name
 
 
+def _sender(form: FlaskForm, field: EmailField) -> None:
+    """An address mail goes out with: its domain kept in ASCII (IDNA), its local part ASCII."""
+    if field.data:
+        try:
+            field.data = sender_address(field.data)
+        except InvalidSender as exc:
+            raise ValidationError(exc.message) from exc
+
+
 class LoginForm(FlaskForm):
     email = EmailField("Email", validators=[DataRequired(), Length(max=254)])
     password = PasswordField("Password", validators=[DataRequired(), Length(max=500)])
@@ -116,9 +126,9 @@ class NewsletterForm(FlaskForm):
     from_name = StringField("From name", validators=[Optional(), Length(max=200), _one_line])
     from_address = EmailField(
         "From address",
-        validators=[Optional(), Email(), Length(max=254), _dkim_aligned],
+        validators=[Optional(), Email(), Length(max=254), _sender, _dkim_aligned],
     )
-    reply_to = EmailField("Reply-To", validators=[Optional(), Email(), Length(max=254)])
+    reply_to = EmailField("Reply-To", validators=[Optional(), Email(), Length(max=254), _sender])
     prompt_text = StringField(
         "Box prompt",
         default=DEFAULT_PROMPT,

@@ -6,6 +6,7 @@ from flask import current_app, flash, redirect, render_template, url_for
 from werkzeug.wrappers import Response
 
 from newsletter import newsletters as lists
+from newsletter.addresses import InvalidSender
 from newsletter.digests import feeds
 from newsletter.extensions import db
 from newsletter.models import Newsletter
@@ -43,6 +44,10 @@ def _edit(newsletter: Newsletter | None, form: NewsletterForm) -> str | Response
             saved = lists.save(db.session, newsletter, values)
         except lists.SlugTaken as exc:
             form.slug.errors.append(exc.message)
+        except InvalidSender as exc:
+            # The form checks each address already; this is the rule's own refusal.
+            db.session.rollback()
+            form.from_address.errors.append(exc.message)
         else:
             flash(f"Saved {saved.name}.")
             return redirect(url_for("admin.newsletter", newsletter_id=saved.id))

@@ -78,7 +78,7 @@ def subscriber(subscriber_id: int) -> str:
         can_unsubscribe=subs.can_unsubscribe,
         can_resend=subs.can_resend_confirmation(person),
         trail=db.session.execute(people.consent_trail(person.id)).all(),
-        mails=db.session.scalars(people.mails(person.id)).all(),
+        mails=people.mail_history(db.session, person.id),
     )
 
 
@@ -107,7 +107,7 @@ def subscriber_resend(subscriber_id: int) -> Response:
         pending = subs.send_confirmation(
             db.session, person, person.subscriptions, _origin(), signup.confirmation_limit()
         )
-    except (subs.NothingToConfirm, subs.TooManyConfirmations) as exc:
+    except subs.SubscriptionError as exc:
         flash(exc.message)
     else:
         flash("Confirmation mail queued for " + ", ".join(s.newsletter.name for s in pending) + ".")

@@ -17,7 +17,7 @@ from flask.cli import FlaskGroup, with_appcontext
 from flask_migrate import upgrade
 from sqlalchemy.orm import Session
 
-from newsletter import accounts, create_app, demo, digests, exports, feeds, imports
+from newsletter import accounts, create_app, demo, digests, exports, feeds, imports, metrics
 from newsletter.extensions import db
 from newsletter.mail import dkim, outbox, transport
 from newsletter.models import (
@@ -65,6 +65,7 @@ def worker(drain: bool, batch_size: int, poll: float) -> None:
     """Send mail and digests, run imports and cadences until stopped (Ctrl-C, SIGTERM: clean)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg = current_app.config
+    metrics.serve(cfg)
     signer = dkim.Signer.from_config(cfg)
     mailer = transport.from_config(cfg["SMTP_URL"], cfg["OUTBOX_DIR"], signer=signer)
     settings = outbox.WorkerSettings(batch_size=batch_size, poll_interval=poll)

@@ -25,7 +25,7 @@ from sqlalchemy import Connection, Row, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from newsletter import digests
+from newsletter import digests, metrics
 from newsletter.mail.digest_mail import Content, PreparedDigest, Signer
 from newsletter.mail.outbox import retry_delay, server_side
 from newsletter.mail.transport import DeliveryError, Transport
@@ -272,6 +272,7 @@ class DigestSender:
                     continue
                 # Recorded at once: a crash after this line does not send it again.
                 marks.execute(_MARK_SENT, {"row": row_id, "token": token, "now": utcnow()})
+                metrics.digest_sent()
         # Cancelled while this batch went: the figures the cancel kept miss what was sent since.
         current = session.scalar(select(Digest.status).where(Digest.id == digest_id))
         if current == DigestStatus.CANCELLED:
@@ -311,6 +312,7 @@ class DigestSender:
         self, session: Session, rows: list[int], token: str, status: DeliveryStatus, error: str
     ) -> None:
         if rows:
+            metrics.MAILS_SENT.labels("digest", status).inc(len(rows))
             session.execute(
                 update(Delivery)
                 .where(Delivery.id.in_(rows), Delivery.claim == token)

@@ -15,10 +15,11 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from newsletter import imports, schedule
+from newsletter import heartbeats, imports, schedule
 from newsletter.sending import DigestSender, run_digests
 
 log = logging.getLogger(__name__)
+HEARTBEAT_EVERY = 10.0  # seconds between two writes of this worker's sign of life
 
 
 class OtherWork:
@@ -42,6 +43,7 @@ class OtherWork:
 
     def __call__(self) -> bool:
         """One round; True when it found work, so the worker does not idle."""
+        heartbeats.beat(self.session_factory(), every=HEARTBEAT_EVERY)
         found = False
         if time.monotonic() >= self._cadence_at:
             self._cadence_at = time.monotonic() + self.cadence_every

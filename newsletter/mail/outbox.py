@@ -16,6 +16,7 @@ from typing import Protocol
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
+from newsletter import metrics
 from newsletter.mail import compose as mails
 from newsletter.mail.transport import ConnectionFailure, DeliveryError, Transport
 from newsletter.models import (
@@ -64,6 +65,7 @@ def enqueue(
             "payload": payload,
         },
     )
+    metrics.MAILS_QUEUED.labels(kind).inc()
 
 
 class Backoff(Protocol):
@@ -259,6 +261,7 @@ def _failed(
 
 
 def _finish(session: Session, row: OutboxMessage, status: OutboxStatus, error: str | None) -> None:
+    metrics.MAILS_SENT.labels(row.kind, status).inc()
     row.status = status
     row.last_error = error[:2000] if error else None
     row.claim = None

@@ -7,8 +7,8 @@ import re
 from flask import Blueprint, Response, current_app, jsonify, render_template, request
 from sqlalchemy import select
 
+from newsletter import metrics, tokens
 from newsletter import subscriptions as subs
-from newsletter import tokens
 from newsletter.extensions import csrf, db
 from newsletter.models import (
     Item,
@@ -119,6 +119,7 @@ def confirm_post(token: str) -> str | tuple[str, int]:
         result = subs.confirm(db.session, _confirm_payload(token), signup.consent_origin("confirm"))
     except (tokens.TokenError, subs.LinkNoLongerValid) as exc:
         return _token_error(exc)
+    metrics.confirmed(result.confirmed)
     return _confirmed_page(result)
 
 
@@ -186,6 +187,7 @@ def unsubscribe_post(token: str) -> str | tuple[str, int]:
     except (tokens.TokenError, subs.LinkNoLongerValid) as exc:
         return _token_error(exc)
     source = "one-click" if "List-Unsubscribe" in request.form else "unsubscribe-page"
+    metrics.unsubscribing(subscription)
     subs.unsubscribe(db.session, subscription, signup.consent_origin(source))
     return _unsubscribe_page(subscription, True)
 
@@ -206,6 +208,7 @@ def preferences(token: str) -> str | tuple[str, int]:
         joined, left = subs.update_preferences(
             db.session, subscriber, wanted, origin, leave_all=leave_all
         )
+        metrics.preferences_saved(joined, left)
         saved = {"joined": joined, "left": left}
     states = {s.newsletter_id: s for s in subscriber.subscriptions}
     return render_template(

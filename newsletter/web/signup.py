@@ -11,6 +11,7 @@ from typing import Any
 from flask import Response, current_app, request
 from werkzeug.datastructures import MultiDict
 
+from newsletter import metrics
 from newsletter import subscriptions as subs
 from newsletter.extensions import db, limiter
 from newsletter.models import DEFAULT_THANKS
@@ -132,6 +133,7 @@ def signup(given: SignupFields) -> SignupReply:
         return SignupReply(422, exc.message, "email")
     except (subs.NoNewsletterChosen, subs.UnknownNewsletter) as exc:
         return SignupReply(422, exc.message, "newsletter")
+    metrics.signed_up(given.slugs)
     return SignupReply(200, result.thanks_text)
 
 

@@ -7,6 +7,7 @@ from newsletter.web.admin import (
     imports,
     items,
     newsletters,
+    preview,
     subscribers,
     tokens,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "imports",
     "items",
     "newsletters",
+    "preview",
     "subscribers",
     "tokens",
 ]

@@ -118,6 +118,14 @@ def _dev_secret_key(instance: Path) -> str:
     return path.read_text().strip()
 
 
+def private_files(instance: Path) -> None:
+    """What the service writes (SQLite, uploads, reports, mails, keys) is for its user only."""
+    # The process's mask: every file created from here on, by any module, is 0600 at most.
+    os.umask(0o077)
+    instance.mkdir(parents=True, exist_ok=True)
+    instance.chmod(0o700)
+
+
 def finish(app: Flask) -> None:
     """Derive the settings Flask and its extensions read, and refuse unsafe production setups."""
     cfg = app.config
@@ -130,6 +138,7 @@ def finish(app: Flask) -> None:
         if not all(isinstance(item, str) for item in cfg[name]):
             raise ConfigError(f"{name} must be a list of strings")
     production = cfg["ENV"] == "production"
+    private_files(instance)
     cfg["SQLALCHEMY_DATABASE_URI"] = (
         cfg["DATABASE_URL"] or f"sqlite:///{instance / 'newsletter.db'}"
     )

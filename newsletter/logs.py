@@ -86,9 +86,20 @@ class Formatter(JsonFormatter):
         return mask(str(super().formatException(ei)))
 
 
+class _StandardError(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is when a record comes, as logging's last resort does."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self) -> TextIO:  # type: ignore[override]
+        return sys.stderr
+
+
 def json_handler(stream: TextIO | None = None) -> logging.Handler:
     """A handler writing masked JSON lines to `stream` (standard error by default)."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else _StandardError()
     handler.setFormatter(Formatter())
     handler.addFilter(RequestIdFilter())
     handler.addFilter(MaskFilter())

@@ -215,16 +215,19 @@ def check_production(cfg: Mapping[str, Any]) -> None:
     key = str(cfg.get("SECRET_KEY") or "")
     if not key:
         raise ConfigError("NEWSLETTER_SECRET_KEY must be set in production")
-    if key.strip().lower() in _PLACEHOLDER_KEYS or len(set(key)) < 8:
-        raise ConfigError(
-            "NEWSLETTER_SECRET_KEY is a placeholder: set a long random value, "
-            "e.g. python -c 'import secrets; print(secrets.token_urlsafe(48))'"
-        )
+    placeholder = ConfigError(
+        "NEWSLETTER_SECRET_KEY is a placeholder: set a long random value, "
+        "e.g. python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+    )
+    if key.strip().lower() in _PLACEHOLDER_KEYS:
+        raise placeholder
     if len(key) < MIN_SECRET_KEY_LENGTH:
         raise ConfigError(
             f"NEWSLETTER_SECRET_KEY is too short ({len(key)} characters): "
             f"use at least {MIN_SECRET_KEY_LENGTH} random ones"
         )
+    if len(set(key)) < 8:  # "xxxx…", "0000…": long, but nobody's secret
+        raise placeholder
     base = str(cfg.get("BASE_URL") or "")
     if not base:
         raise ConfigError("NEWSLETTER_BASE_URL must be set in production")

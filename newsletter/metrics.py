@@ -215,28 +215,52 @@ _served: dict[int, Any] = {}
 _serve_lock = threading.Lock()
 
 
-def serve(config: Mapping[str, Any], database: Collector | None = None) -> int | None:
-    """Serve the metrics on NEWSLETTER_METRICS_PORT from a thread, once per process."""
+def serve(
+    config: Mapping[str, Any], database: Collector | None = None, *, every_process: bool = False
+) -> int | None:
+    """Serve the metrics on NEWSLETTER_METRICS_PORT from a thread, once per process.
+
+    A worker serves its own counters; gunicorn's master (`every_process`) those of all the
+    processes sharing PROMETHEUS_MULTIPROC_DIR, with the database's figures.
+    """
     port = config.get("METRICS_PORT")
     if not port:
         return None
     with _serve_lock:
-        if port not in _served:
-            target = registry(database) if database is not None else registry()
-            server, _thread = start_http_server(
-                int(port), str(config.get("METRICS_ADDRESS") or "127.0.0.1"), target
-            )
+        if int(port) not in _served:
+            target = CollectorRegistry()
+            if every_process and multiprocess_dir():
+                multiprocess.MultiProcessCollector(target)
+            else:
+                target.register(_ThisProcess())
+            if database is not None:
+                target.register(database)
+            address = str(config.get("METRICS_ADDRESS") or "127.0.0.1")
+            server, _thread = start_http_server(int(port), address, target)
             _served[int(port)] = server
-            log.info("metrics served on %s:%s", config.get("METRICS_ADDRESS"), port)
+            log.info("metrics served on %s:%s", address, port)
     return int(port)
 
 
 def clear_multiprocess_dir(path: str) -> None:
-    """Start with no counters from processes of an earlier run."""
+    """Remove the counter files of processes that are gone (an earlier run's)."""
     os.makedirs(path, mode=0o700, exist_ok=True)
     for name in os.listdir(path):
-        if name.endswith(".db"):
+        stem, _, pid = name.removesuffix(".db").rpartition("_")
+        if not name.endswith(".db") or not stem or not pid.isdigit():
+            continue
+        if not _running(int(pid)):
             os.unlink(os.path.join(path, name))
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def process_exited(pid: int) -> None:

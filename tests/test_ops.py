@@ -229,3 +229,37 @@ def test_unsubscribes_count_once(app, client, db, mailbox, newsletters):
         before, "newsletter_unsubscribes_total", newsletter="daily"
     )
     assert grown == 1
+
+
+def test_the_worker_loop_beats(app, db, tmp_path):
+    import threading
+
+    from newsletter.mail.transport import MemoryTransport
+    from newsletter.sending import DigestSender
+    from newsletter.worker import OtherWork
+
+    round_of_work = OtherWork(
+        lambda: db.session, DigestSender(MemoryTransport()), tmp_path, threading.Event()
+    )
+    round_of_work()
+    [seen] = heartbeats.recent(db.session, timedelta(minutes=1))
+    assert seen.name == heartbeats.worker_name()
+
+
+def test_a_worker_serves_its_metrics_on_a_port_of_its_own():
+    import socket
+    import urllib.request
+
+    from newsletter import metrics
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert metrics.serve({"METRICS_PORT": port, "METRICS_ADDRESS": "127.0.0.1"}) == port
+    metrics.MAILS_SENT.labels("welcome", "sent").inc()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert value(families, "newsletter_mails_sent_total", kind="welcome", result="sent") >= 1
+    # The database's figures are the web's to report: a worker's port has none.
+    assert "newsletter_subscriptions" not in families

@@ -255,4 +255,5 @@ def _engine_options(url: str) -> dict[str, object]:
     if url.startswith("sqlite"):
         # The web app and the worker share the file: wait for the lock instead of failing.
         return {"connect_args": {"timeout": 15}}
-    return {"pool_pre_ping": True}
+    # A server that does not answer must not hold a request (or /readyz) for minutes.
+    return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}

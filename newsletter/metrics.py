@@ -28,7 +28,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
+from sqlalchemy import func, inspect, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -103,6 +103,13 @@ def preferences_saved(joined: Iterable[Any], left: Iterable[Any]) -> None:
     confirmed(joined)
     for subscription in left:
         UNSUBSCRIBES.labels(subscription.newsletter.slug).inc()
+
+
+def mail_settled(row: Any, result: str) -> None:
+    """Count an outbox mail sent, failed or skipped, reading nothing from the database."""
+    # What the row has loaded: a row whose session another worker loop closed cannot load.
+    kind = inspect(row).dict.get("kind") or "unknown"
+    MAILS_SENT.labels(str(kind), result).inc()
 
 
 def digest_sent() -> None:

@@ -231,13 +231,14 @@ def test_unsubscribes_count_once(app, client, db, mailbox, newsletters):
     assert grown == 1
 
 
-def test_the_worker_loop_beats(app, db, tmp_path):
+def test_the_worker_loop_beats(app, db, tmp_path, monkeypatch):
     import threading
 
     from newsletter.mail.transport import MemoryTransport
     from newsletter.sending import DigestSender
     from newsletter.worker import OtherWork
 
+    monkeypatch.setattr(heartbeats, "_last_beat", {})  # no beat of this process yet
     round_of_work = OtherWork(
         lambda: db.session, DigestSender(MemoryTransport()), tmp_path, threading.Event()
     )

@@ -261,7 +261,7 @@ def _failed(
 
 
 def _finish(session: Session, row: OutboxMessage, status: OutboxStatus, error: str | None) -> None:
-    metrics.MAILS_SENT.labels(row.kind, status).inc()
+    metrics.mail_settled(row, status)
     row.status = status
     row.last_error = error[:2000] if error else None
     row.claim = None

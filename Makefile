@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run test lint bench install clean
+.PHONY: run run-prod test lint bench install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,41 @@ run: $(STAMP)
 	@$(BIN)/newsletter worker & worker=$$!; \
 	trap 'kill $$worker 2>/dev/null; wait $$worker 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/newsletter run --host $(HOST) --port $(PORT)
+
+# Production on this machine: PostgreSQL and Redis on their usual local ports, migrations,
+# gunicorn (gunicorn.conf.py) and two workers; Ctrl-C stops them all (docs/production.md).
+# NEWSLETTER_SECRET_KEY and NEWSLETTER_BASE_URL come from the environment; without them, a
+# local trial: a key kept in instance/production-secret-key and https://localhost:8443 with a
+# self-signed certificate made into instance/.
+PROD_DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/newsletter
+PROD_REDIS_URL ?= redis://127.0.0.1:6379/0
+PROD_PORT ?= 8443
+run-prod: export NEWSLETTER_ENV = production
+run-prod: export NEWSLETTER_DATABASE_URL ?= $(PROD_DATABASE_URL)
+run-prod: export NEWSLETTER_REDIS_URL ?= $(PROD_REDIS_URL)
+run-prod: export NEWSLETTER_INSTANCE_PATH ?= $(CURDIR)/instance
+run-prod: export PROMETHEUS_MULTIPROC_DIR ?= $(NEWSLETTER_INSTANCE_PATH)/prometheus
+run-prod: $(STAMP)
+	@set -e; umask 077; mkdir -p "$$PROMETHEUS_MULTIPROC_DIR"; \
+	$(BIN)/python -m newsletter.trial database "$$NEWSLETTER_DATABASE_URL"; \
+	if [ -z "$$NEWSLETTER_SECRET_KEY" ]; then \
+	  NEWSLETTER_SECRET_KEY=$$($(BIN)/python -m newsletter.trial secret-key "$$NEWSLETTER_INSTANCE_PATH/production-secret-key"); \
+	  export NEWSLETTER_SECRET_KEY; \
+	fi; \
+	tls=""; \
+	if [ -z "$$NEWSLETTER_BASE_URL" ]; then \
+	  set -- $$($(BIN)/python -m newsletter.trial certificate "$$NEWSLETTER_INSTANCE_PATH"); \
+	  tls="--certfile $$1 --keyfile $$2"; \
+	  export NEWSLETTER_BASE_URL=https://localhost:$(PROD_PORT); \
+	  export NEWSLETTER_BIND=$${NEWSLETTER_BIND:-127.0.0.1:$(PROD_PORT)}; \
+	fi; \
+	$(BIN)/newsletter db upgrade; \
+	$(BIN)/gunicorn -c gunicorn.conf.py $$tls & web=$$!; \
+	$(BIN)/newsletter worker & worker1=$$!; \
+	$(BIN)/newsletter worker & worker2=$$!; \
+	trap 'kill -TERM $$web $$worker1 $$worker2 2>/dev/null; wait $$web $$worker1 $$worker2 2>/dev/null' EXIT INT TERM; \
+	echo "Production stack: $$NEWSLETTER_BASE_URL (gunicorn pid $$web, workers $$worker1 $$worker2); Ctrl-C stops it."; \
+	wait $$web
 
 test: $(STAMP)
 	$(BIN)/pytest

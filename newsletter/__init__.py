@@ -10,6 +10,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from newsletter import config as settings
+from newsletter import logs
 from newsletter.extensions import csrf, db, limiter, login, migrate
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -40,9 +41,11 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
     settings.finish(app)
 
-    if app.config["PROXY_COUNT"]:
-        n = int(app.config["PROXY_COUNT"])
+    if app.config["TRUSTED_PROXIES"]:
+        # Only then are X-Forwarded-* believed: otherwise any client could pick its address.
+        n = int(app.config["TRUSTED_PROXIES"])
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
+    logs.init_app(app)
 
     db.init_app(app)
     migrate.init_app(app, db, directory=resource_dir("migrations"), render_as_batch=True)
@@ -50,9 +53,12 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     limiter.init_app(app)
     login.init_app(app)
 
-    from newsletter.web import admin, api, errors, hooks, mailbox, public
+    from newsletter.web import admin, api, errors, hooks, limits, mailbox, ops, public, security
 
     errors.register(app)
+    security.init_app(app)
+    limits.init_app(app)
+    ops.init_app(app)
     app.register_blueprint(public.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(hooks.bp)

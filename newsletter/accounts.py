@@ -1,4 +1,4 @@
-"""Admin accounts: creating them and checking a sign-in."""
+"""Admin accounts: creating them, checking a sign-in, passwords, and ending their sessions."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from newsletter.addresses import InvalidEmail, normalize_email
 from newsletter.errors import UserError
-from newsletter.models import AdminUser, Role, utcnow
+from newsletter.models import AdminUser, Role, new_nonce, utcnow
 
 MIN_PASSWORD_LENGTH = 10
 # Checked when no account matches, so a wrong address takes as long as a wrong password.
@@ -45,8 +45,28 @@ def authenticate(session: Session, email: str, password: str) -> AdminUser | Non
     if user is None:
         check_password_hash(_NO_ACCOUNT, password or "")
         return None
-    if not check_password_hash(user.password_hash, password or ""):
+    if not check_password_hash(user.password_hash, password or "") or not user.active:
         return None
     user.last_login_at = utcnow()
     session.commit()
     return user
+
+
+def end_sessions(session: Session, user: AdminUser) -> None:
+    """Sign the account out everywhere: every session cookie issued so far opens nothing."""
+    user.session_token = new_nonce()
+    session.commit()
+
+
+def set_password(session: Session, user: AdminUser, password: str) -> None:
+    """Give the account a new password and end its sessions; commits."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise AccountError(f"the password needs at least {MIN_PASSWORD_LENGTH} characters")
+    user.password_hash = generate_password_hash(password)
+    end_sessions(session, user)
+
+
+def deactivate(session: Session, user: AdminUser) -> None:
+    """Close the account: it cannot sign in, and its open sessions end; commits."""
+    user.active = False
+    end_sessions(session, user)

@@ -17,7 +17,7 @@ from flask.cli import FlaskGroup, with_appcontext
 from flask_migrate import upgrade
 from sqlalchemy.orm import Session
 
-from newsletter import accounts, create_app, demo, exports, newsletters
+from newsletter import accounts, create_app, demo, exports, metrics, newsletters
 from newsletter import subscribers as people
 from newsletter.bounces import ingest, sources
 from newsletter.digests import feeds, progress, states
@@ -71,6 +71,7 @@ def worker(drain: bool, batch_size: int, poll: float) -> None:
     """Send mail and digests, run imports and cadences until stopped (Ctrl-C, SIGTERM: clean)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg = current_app.config
+    metrics.serve(cfg)
     settings = Settings(
         poll_interval=poll, outbox=dataclasses.replace(outbox.POLICY, batch_size=batch_size)
     )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from flask import Flask
 
@@ -26,8 +28,28 @@ DEFAULTS: dict[str, object] = {
     "CONFIRMATIONS_PER_ADDRESS": 3,
     "CONFIRMATION_WINDOW": 24 * 3600,
     "SUBSCRIBE_RATE_LIMIT": "20 per minute;200 per hour",
-    "LOGIN_RATE_LIMIT": "10 per minute;50 per day",
-    "PROXY_COUNT": 0,
+    # Failed sign-ins per (account, client address); from one address whatever the account;
+    # and per account from everywhere, high enough that guesses from a few places do not lock
+    # its owner out (see web/admin/auth.py).
+    "LOGIN_RATE_LIMIT": "5 per minute;30 per day",
+    "LOGIN_ADDRESS_RATE_LIMIT": "20 per minute;200 per day",
+    "LOGIN_ACCOUNT_RATE_LIMIT": "200 per hour;1000 per day",
+    # How many proxies in front of the app add X-Forwarded-For (and -Proto, -Host, X-Request-ID);
+    # 0: those headers are ignored, so a client cannot choose the address it is counted under.
+    "TRUSTED_PROXIES": 0,
+    # How many web processes share the work; gunicorn.conf.py sets it for its workers.
+    "WEB_PROCESSES": 1,
+    # SQLite under several web processes works but serialises every write: say so to allow it.
+    "ALLOW_SQLITE_MULTIPROCESS": False,
+    # /metrics: a bearer token for the app's own route, or a port of its own (then no route).
+    "METRICS_TOKEN": None,
+    "METRICS_PORT": None,
+    "METRICS_ADDRESS": "127.0.0.1",
+    # Readiness: the oldest queued mail may wait this long before /readyz fails.
+    "READY_OUTBOX_MAX_AGE": 600,
+    "READY_WORKER_WITHIN": 60,
+    # Host names (or IP networks) whose feeds may be fetched from a private network.
+    "FEED_INTERNAL_HOSTS": [],
     "UNSUBSCRIBE_MAILTO": None,
     # Returned mail: the envelope sender of every mail (VERP-tagged), and where it is read.
     "BOUNCE_ADDRESS": None,
@@ -55,13 +77,17 @@ _INTS = {
     "CONFIRM_MAX_AGE",
     "CONFIRMATIONS_PER_ADDRESS",
     "CONFIRMATION_WINDOW",
-    "PROXY_COUNT",
+    "TRUSTED_PROXIES",
+    "WEB_PROCESSES",
     "MAX_IMPORT_BYTES",
     "BOUNCE_POLL_SECONDS",
     "SOFT_BOUNCE_LIMIT",
+    "READY_OUTBOX_MAX_AGE",
+    "READY_WORKER_WITHIN",
 }
-_BOOLS = {"CHECK_DELIVERABILITY"}
-_LISTS = {"SECRET_KEY_FALLBACKS", "ALLOWED_ORIGINS", "SES_TOPIC_ARNS"}
+_OPTIONAL_INTS = {"METRICS_PORT"}
+_BOOLS = {"CHECK_DELIVERABILITY", "ALLOW_SQLITE_MULTIPROCESS"}
+_LISTS = {"SECRET_KEY_FALLBACKS", "ALLOWED_ORIGINS", "SES_TOPIC_ARNS", "FEED_INTERNAL_HOSTS"}
 # Addresses mail goes out with or comes back to: checked, and kept in their ASCII form.
 _ADDRESSES = ("DEFAULT_FROM_ADDRESS", "BOUNCE_ADDRESS", "UNSUBSCRIBE_MAILTO")
 _FLOATS = {"SEND_RATE"}
@@ -72,8 +98,13 @@ class ConfigError(RuntimeError):
 
 
 def _parse(name: str, raw: str) -> object:
-    if name in _INTS:
-        return int(raw)
+    if name in _INTS or name in _OPTIONAL_INTS:
+        if name in _OPTIONAL_INTS and not raw.strip():
+            return None
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{ENV_PREFIX}{name} must be a whole number, not {raw!r}") from None
     if name in _FLOATS:
         return float(raw) if raw else None
     if name in _BOOLS:
@@ -102,6 +133,14 @@ def _dev_secret_key(instance: Path) -> str:
     return path.read_text().strip()
 
 
+def private_files(instance: Path) -> None:
+    """What the service writes (SQLite, uploads, reports, mails, keys) is for its user only."""
+    # The process's mask: every file created from here on, by any module, is 0600 at most.
+    os.umask(0o077)
+    instance.mkdir(parents=True, exist_ok=True)
+    instance.chmod(0o700)
+
+
 def finish(app: Flask) -> None:
     """Derive the settings Flask and its extensions read, and refuse unsafe production setups."""
     cfg = app.config
@@ -114,13 +153,15 @@ def finish(app: Flask) -> None:
         if not all(isinstance(item, str) for item in cfg[name]):
             raise ConfigError(f"{name} must be a list of strings")
     production = cfg["ENV"] == "production"
+    private_files(instance)
+    cfg["SQLALCHEMY_DATABASE_URI"] = (
+        cfg["DATABASE_URL"] or f"sqlite:///{instance / 'newsletter.db'}"
+    )
+    if production:
+        check_production(cfg)
     if not cfg["SECRET_KEY"]:
-        if production:
-            raise ConfigError("NEWSLETTER_SECRET_KEY must be set in production")
         cfg["SECRET_KEY"] = _dev_secret_key(instance)
     if not cfg["BASE_URL"]:
-        if production:
-            raise ConfigError("NEWSLETTER_BASE_URL must be set in production")
         cfg["BASE_URL"] = "http://127.0.0.1:5000"
     cfg["BASE_URL"] = str(cfg["BASE_URL"]).rstrip("/")
     for name in _ADDRESSES:
@@ -131,11 +172,14 @@ def finish(app: Flask) -> None:
                 raise ConfigError(f"NEWSLETTER_{name}: {exc.message}") from exc
     cfg["INSTANCE_PATH"] = str(instance)
     cfg.setdefault("OUTBOX_DIR", str(instance / "outbox"))
-    cfg["SQLALCHEMY_DATABASE_URI"] = (
-        cfg["DATABASE_URL"] or f"sqlite:///{instance / 'newsletter.db'}"
-    )
     cfg["SQLALCHEMY_ENGINE_OPTIONS"] = _engine_options(cfg["SQLALCHEMY_DATABASE_URI"])
     cfg["RATELIMIT_STORAGE_URI"] = cfg["REDIS_URL"] or "memory://"
+    # Redis away: count in this process's memory rather than refuse signups (web/limits.py
+    # says so in the log and the metrics); short timeouts so a lost Redis costs no request.
+    cfg["RATELIMIT_IN_MEMORY_FALLBACK_ENABLED"] = True
+    cfg.setdefault(
+        "RATELIMIT_STORAGE_OPTIONS", {"socket_connect_timeout": 0.5, "socket_timeout": 0.5}
+    )
     cfg["RATELIMIT_HEADERS_ENABLED"] = True
     cfg.setdefault("RATELIMIT_KEY_PREFIX", "newsletter")
     cfg["SESSION_COOKIE_HTTPONLY"] = True
@@ -165,8 +209,73 @@ def finish(app: Flask) -> None:
         )
 
 
+# Values from examples and tutorials: a key anyone can read signs nothing.
+_PLACEHOLDER_KEYS = {
+    "changeme",
+    "change-me",
+    "change_me",
+    "changethis",
+    "secret",
+    "secret-key",
+    "secretkey",
+    "your-secret-key",
+    "your_secret_key",
+    "dev",
+    "development",
+    "test",
+    "test-secret-key",
+    "replace-me",
+    "please-change-me",
+    "default",
+    "password",
+}
+MIN_SECRET_KEY_LENGTH = 32
+
+
+def check_production(cfg: Mapping[str, Any]) -> None:
+    """Refuse a production set-up that is unsafe or cannot work, one clear line per problem."""
+    key = str(cfg.get("SECRET_KEY") or "")
+    if not key:
+        raise ConfigError("NEWSLETTER_SECRET_KEY must be set in production")
+    placeholder = ConfigError(
+        "NEWSLETTER_SECRET_KEY is a placeholder: set a long random value, "
+        "e.g. python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+    )
+    if key.strip().lower() in _PLACEHOLDER_KEYS:
+        raise placeholder
+    if len(key) < MIN_SECRET_KEY_LENGTH:
+        raise ConfigError(
+            f"NEWSLETTER_SECRET_KEY is too short ({len(key)} characters): "
+            f"use at least {MIN_SECRET_KEY_LENGTH} random ones"
+        )
+    if len(set(key)) < 8:  # "xxxx…", "0000…": long, but nobody's secret
+        raise placeholder
+    base = str(cfg.get("BASE_URL") or "")
+    if not base:
+        raise ConfigError("NEWSLETTER_BASE_URL must be set in production")
+    if not base.lower().startswith("https://"):
+        raise ConfigError(
+            f"NEWSLETTER_BASE_URL must be an https:// address in production, not {base[:100]!r}"
+        )
+    processes = int(cfg.get("WEB_PROCESSES") or 1)
+    if processes > 1:
+        url = str(cfg.get("SQLALCHEMY_DATABASE_URI") or "")
+        if url.startswith("sqlite") and not cfg.get("ALLOW_SQLITE_MULTIPROCESS"):
+            raise ConfigError(
+                f"SQLite under {processes} web processes: use PostgreSQL "
+                "(NEWSLETTER_DATABASE_URL), run one process, or set "
+                "NEWSLETTER_ALLOW_SQLITE_MULTIPROCESS=1"
+            )
+        if not cfg.get("REDIS_URL"):
+            raise ConfigError(
+                f"Rate limits in memory under {processes} web processes would let each process "
+                "count alone: set NEWSLETTER_REDIS_URL"
+            )
+
+
 def _engine_options(url: str) -> dict[str, object]:
     if url.startswith("sqlite"):
         # The web app and the worker share the file: wait for the lock instead of failing.
         return {"connect_args": {"timeout": 15}}
-    return {"pool_pre_ping": True}
+    # A server that does not answer must not hold a request (or /readyz) for minutes.
+    return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}

@@ -329,10 +329,21 @@ class AdminUser(UserMixin, db.Model):
     role: Mapped[Role] = mapped_column(String(16), default=Role.EDITOR)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Part of every session cookie's user id: a new value (sign-out, new password,
+    # deactivation) makes every cookie issued before it open nothing.
+    session_token: Mapped[str] = mapped_column(String(32), default=new_nonce)
+    active: Mapped[bool] = mapped_column(default=True)
 
     @property
     def is_admin(self) -> bool:
         return self.role == Role.ADMIN
+
+    @property
+    def is_active(self) -> bool:
+        return self.active
+
+    def get_id(self) -> str:
+        return f"{self.id}:{self.session_token}"
 
     def __repr__(self) -> str:
         return f"<AdminUser {self.email} {self.role}>"
@@ -544,3 +555,16 @@ class BounceEvent(db.Model):
 
     def __repr__(self) -> str:
         return f"<BounceEvent {self.kind} {self.source}>"
+
+
+class WorkerHeartbeat(db.Model):
+    """The last sign of life of each worker process, for readiness checks and metrics."""
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # host:pid, unique: one row per process, updated in place.
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+    def __repr__(self) -> str:
+        return f"<WorkerHeartbeat {self.name}>"

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
-from newsletter import transactional
+from newsletter import heartbeats, transactional
 from newsletter.bounces import ingest
 from newsletter.digests import ledger
 from newsletter.digests.cadence import CadenceRunner
@@ -34,6 +34,7 @@ from newsletter.mail import dkim, outbox, transport
 from newsletter.mail.outbox import OutboxRunner
 
 log = logging.getLogger(__name__)
+HEARTBEAT_EVERY = 10.0  # seconds between two writes of this worker's sign of life
 
 
 class Runner(Protocol):
@@ -95,6 +96,8 @@ class Worker:
     def _step(self, name: str, runner: Runner) -> int:
         session = self.session_factory()
         try:
+            # A sign of life for /readyz and the metrics, written every few seconds at most.
+            heartbeats.beat(session, every=HEARTBEAT_EVERY)
             return runner.step(session, self.stop)
         except Exception:
             # A database hiccup (a lock held too long, a restarted server) or one broken

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,6 +46,29 @@ def _empty_tables() -> None:
         else:
             for table in tables:
                 conn.execute(table.delete())
+
+
+@pytest.fixture(autouse=True)
+def _root_logging() -> Iterator[None]:
+    """A production app sends every log through its JSON handler: not into the next test."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+# The umask the test run started with.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+@pytest.fixture(autouse=True)
+def _process_umask() -> Iterator[None]:
+    """An app narrows the process's umask (its files are its user's): not for the next test,
+    whose helper servers (Dovecot) must read the files it writes for them."""
+    yield
+    os.umask(_UMASK)
 
 
 @pytest.fixture

@@ -54,6 +54,12 @@ class FeedServer:
 
 
 @pytest.fixture
+def app_config() -> dict[str, object]:
+    # The test feeds are served on this machine, which production fetches refuse.
+    return {"FEED_INTERNAL_HOSTS": ["127.0.0.1"]}
+
+
+@pytest.fixture
 def feed_server() -> Iterator[FeedServer]:
     server = FeedServer()
     thread = threading.Thread(target=server.httpd.serve_forever, daemon=True)

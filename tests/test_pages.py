@@ -195,9 +195,10 @@ def test_production_refuses_to_start_without_secret_and_base_url(tmp_path):
     base = {"ENV": "production", "INSTANCE_PATH": str(tmp_path)}
     with pytest.raises(ConfigError, match="NEWSLETTER_SECRET_KEY"):
         create_app({**base, "BASE_URL": "https://x.example"})
+    key = "a-long-random-production-key-0123456789"
     with pytest.raises(ConfigError, match="NEWSLETTER_BASE_URL"):
-        create_app({**base, "SECRET_KEY": "s"})
-    app = create_app({**base, "SECRET_KEY": "s", "BASE_URL": "https://x.example/"})
+        create_app({**base, "SECRET_KEY": key})
+    app = create_app({**base, "SECRET_KEY": key, "BASE_URL": "https://x.example/"})
     assert app.config["BASE_URL"] == "https://x.example"
     assert app.config["SESSION_COOKIE_SECURE"] is True
     assert "mailbox" not in app.blueprints

@@ -9,6 +9,7 @@ loses none.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from email.message import EmailMessage
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
+from newsletter import metrics
 from newsletter.leases import Leases, Policy, new_claim
 from newsletter.links import OUTBOX, Links
 from newsletter.mail.transport import ConnectionFailure, DeliveryError, Transport
@@ -65,6 +67,7 @@ def enqueue(
             "payload": payload,
         },
     )
+    metrics.MAILS_QUEUED.labels(kind).inc()
 
 
 def pending_count(session: Session) -> int:
@@ -131,19 +134,20 @@ class OutboxRunner:
         takes no mail for now (the row is left held for the caller to put back)."""
         row = session.get(OutboxMessage, row_id, populate_existing=True)
         assert row is not None
-        attempts, to_address = row.attempts, row.to_address
+        attempts, to_address, kind = row.attempts, row.to_address, str(row.kind)
+        settle = functools.partial(self._settle, session, row_id, token, kind)
         try:
             message = self.build(session, row)
         except Withheld as exc:
-            self._settle(session, row_id, token, OutboxStatus.SKIPPED, str(exc))
+            settle(OutboxStatus.SKIPPED, str(exc))
             return None
         except Exception as exc:
             # A mail that cannot be built (bad data) must not stop the queue behind it.
             log.exception("mail %s cannot be composed", row_id)
-            self._settle(session, row_id, token, OutboxStatus.FAILED, f"cannot compose: {exc}")
+            settle(OutboxStatus.FAILED, f"cannot compose: {exc}")
             return None
         if message is None:
-            self._settle(session, row_id, token, OutboxStatus.SKIPPED, "nothing to send any more")
+            settle(OutboxStatus.SKIPPED, "nothing to send any more")
             return None
         try:
             self.transport.send(message, self.links.envelope_sender(OUTBOX, row_id))
@@ -152,7 +156,7 @@ class OutboxRunner:
                 return exc
             log.warning("mail %s to %s not sent: %s", row_id, to_address, exc)
             if exc.permanent:
-                self._settle(session, row_id, token, OutboxStatus.FAILED, str(exc))
+                settle(OutboxStatus.FAILED, str(exc))
                 if exc.recipient_refused and self.refused is not None:
                     self.refused(session, row_id, exc)
             else:
@@ -161,7 +165,7 @@ class OutboxRunner:
                 )
             return None
         # Recorded right away: a crash after this line cannot send it again.
-        self._settle(session, row_id, token, OutboxStatus.SENT, None, sent_at=utcnow())
+        settle(OutboxStatus.SENT, None, sent_at=utcnow())
         return None
 
     @staticmethod
@@ -169,8 +173,10 @@ class OutboxRunner:
         session: Session,
         row_id: int,
         token: str,
+        kind: str,
         status: OutboxStatus,
         error: str | None,
         **values: object,
     ) -> None:
-        LEASES.settle(session, [row_id], token, status, error, **values)
+        if LEASES.settle(session, [row_id], token, status, error, **values):
+            metrics.MAILS_SENT.labels(kind, str(status)).inc()

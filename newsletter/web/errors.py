@@ -35,6 +35,9 @@ def _reply(exc: HTTPException) -> tuple[Response | str, int]:
     code = exc.code or 500
     if isinstance(exc, CSRFError):
         message = CSRF_MESSAGE
+    elif code == 429 and getattr(getattr(exc, "limit", None), "error_message", None):
+        # A limit that says why it was hit (sign-in throttling), in its own words.
+        message = str(exc.description)
     else:
         message = MESSAGES.get(code) or exc.description or "Something went wrong."
     if wants_json():

@@ -7,7 +7,7 @@ import re
 from flask import Blueprint, Response, current_app, jsonify, render_template, request
 from sqlalchemy import select
 
-from newsletter import links
+from newsletter import links, metrics
 from newsletter import subscriptions as subs
 from newsletter.extensions import csrf, db
 from newsletter.links import PATHS, Links
@@ -107,6 +107,7 @@ def confirm_post(token: str) -> str | tuple[str, int]:
         result = subs.confirm(db.session, _confirm_link(token), signup.consent_origin("confirm"))
     except links.LinkError as exc:
         return _link_error(exc)
+    metrics.confirmed(result.confirmed)
     return _confirmed_page(result)
 
 
@@ -176,6 +177,7 @@ def unsubscribe_post(token: str) -> str | tuple[str, int]:
     except links.LinkError as exc:
         return _link_error(exc)
     source = "one-click" if "List-Unsubscribe" in request.form else "unsubscribe-page"
+    metrics.unsubscribing(subscription)
     subs.unsubscribe(db.session, subscription, signup.consent_origin(source))
     return _unsubscribe_page(subscription, True)
 
@@ -195,6 +197,7 @@ def preferences(token: str) -> str | tuple[str, int]:
         joined, left = subs.update_preferences(
             db.session, subscriber, wanted, origin, leave_all=leave_all
         )
+        metrics.preferences_saved(joined, left)
         saved = {"joined": joined, "left": left}
     mailable = subs.mailable(db.session, subscriber)
     return render_template(

@@ -11,6 +11,7 @@ from typing import Any
 from flask import Response, current_app, request
 from werkzeug.datastructures import MultiDict
 
+from newsletter import metrics
 from newsletter import subscriptions as subs
 from newsletter.addresses import InvalidEmail
 from newsletter.extensions import db, limiter
@@ -134,6 +135,7 @@ def signup(given: SignupFields) -> SignupReply:
         return SignupReply(422, exc.message, "email")
     except (subs.NoNewsletterChosen, UnknownNewsletter) as exc:
         return SignupReply(422, exc.message, "newsletter")
+    metrics.signed_up(given.slugs)
     return SignupReply(200, result.thanks_text)
 
 

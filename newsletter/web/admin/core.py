@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -18,7 +19,15 @@ OPEN_ENDPOINTS = {"admin.login"}
 
 @login.user_loader
 def _load_user(user_id: str) -> AdminUser | None:
-    return db.session.get(AdminUser, int(user_id)) if user_id.isdigit() else None
+    # "id:token": a cookie issued before the account's last sign-out, password change or
+    # deactivation carries an old token and opens nothing.
+    ident, _, token = user_id.partition(":")
+    if not ident.isdigit() or not token:
+        return None
+    user = db.session.get(AdminUser, int(ident))
+    if user is None or not user.active:
+        return None
+    return user if hmac.compare_digest(user.session_token, token) else None
 
 
 @bp.before_request

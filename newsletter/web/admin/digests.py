@@ -140,16 +140,28 @@ def _zone(newsletter: Newsletter) -> tzinfo:
         return UTC
 
 
+def _rendered(digest: Digest) -> tuple[str, str]:
+    """The digest's text and HTML parts as a reader gets them, with placeholder links."""
+    links = Links.from_config(current_app.config)
+    content = digest_mail.Content(digest.newsletter, digest.subject, digest.intro, digest.items)
+    return digest_mail.render(
+        content, links.prefix(UNSUBSCRIBE) + "preview", links.prefix(PREFERENCES) + "preview"
+    )
+
+
 @bp.get("/digests/<int:digest_id>/preview")
 def digest_preview(digest_id: int) -> str:
     """The digest as a reader gets it: the HTML part in a sandboxed frame, and the text part."""
     digest = db.get_or_404(Digest, digest_id)
-    links = Links.from_config(current_app.config)
-    content = digest_mail.Content(digest.newsletter, digest.subject, digest.intro, digest.items)
-    text, html = digest_mail.render(
-        content, links.prefix(UNSUBSCRIBE) + "preview", links.prefix(PREFERENCES) + "preview"
-    )
-    return render_template("admin/digest_preview.html", digest=digest, text=text, html=html)
+    text, _html = _rendered(digest)
+    return render_template("admin/digest_preview.html", digest=digest, text=text)
+
+
+@bp.get("/digests/<int:digest_id>/preview.html")
+def digest_preview_html(digest_id: int) -> Response:
+    """The mail's HTML as a reader's client renders it; framed by the admin only."""
+    _text, html = _rendered(db.get_or_404(Digest, digest_id))
+    return Response(html, content_type="text/html; charset=utf-8")
 
 
 @bp.post("/digests/<int:digest_id>/test")

@@ -1,0 +1,64 @@
+"""Rate limits when Redis is away: counted in memory, said in the log and the metrics."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from flask import Flask, Response
+
+from newsletter import metrics
+from newsletter.extensions import limiter
+
+log = logging.getLogger(__name__)
+WARN_EVERY = 60.0  # seconds
+_STORAGE_DOWN = "Rate limit storage unreachable"
+
+
+class _QuietFallbackNotice(logging.Filter):
+    """Flask-Limiter's own notice, once per outage; ours below says it once a minute instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_STORAGE_DOWN)
+
+
+class FallbackWatch:
+    """Counts requests limited in memory and warns about it at most once a minute."""
+
+    def __init__(self, every: float = WARN_EVERY) -> None:
+        self.every = every
+        self._warned_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def seen(self) -> None:
+        metrics.RATELIMIT_FALLBACK.inc()
+        now = time.monotonic()
+        with self._lock:
+            if now - self._warned_at < self.every:
+                return
+            self._warned_at = now
+        log.warning(
+            "Redis (NEWSLETTER_REDIS_URL) cannot be reached: rate limits are counted in this "
+            "process's memory until it is back"
+        )
+
+
+def on_fallback() -> bool:
+    """Whether the limiter now counts in memory instead of its configured storage."""
+    return limiter.limiter.storage is not limiter.storage
+
+
+def init_app(app: Flask) -> None:
+    """Watch every rate-limited request for the in-memory fallback."""
+    flask_limiter_log = logging.getLogger("flask-limiter")
+    if not any(isinstance(f, _QuietFallbackNotice) for f in flask_limiter_log.filters):
+        flask_limiter_log.addFilter(_QuietFallbackNotice())
+    watch = FallbackWatch()
+    app.extensions["newsletter.limit_fallback"] = watch
+
+    @app.after_request
+    def _watch(response: Response) -> Response:
+        if limiter.current_limits and on_fallback():
+            watch.seen()
+        return response

@@ -1,0 +1,74 @@
+"""Security headers on every response: CSP with per-request nonces, framing, caching, HSTS."""
+
+from __future__ import annotations
+
+import secrets
+
+from flask import Flask, Response, current_app, g, request
+
+# Pages showing one person's data: a shared computer's browser cache must not keep them.
+_PERSONAL_PUBLIC = {
+    "public.confirm",
+    "public.confirm_post",
+    "public.unsubscribe",
+    "public.unsubscribe_post",
+    "public.preferences",
+}
+# The digest's HTML as a reader's mail client shows it: framed by the admin's preview page.
+MAIL_PREVIEW = "admin.digest_preview_html"
+# The development mailbox shows mails (their inline styles) in a frame of its own page.
+_MAIL_PAGES = {"mailbox.show"}
+HSTS = "max-age=31536000"
+
+
+def csp_nonce() -> str:
+    """This request's nonce, for a <script> or <style> element written into a page."""
+    if "csp_nonce" not in g:
+        g.csp_nonce = secrets.token_urlsafe(16)
+    return str(g.csp_nonce)
+
+
+def policy(nonce: str, endpoint: str | None) -> str:
+    """The Content-Security-Policy of one response."""
+    if endpoint == MAIL_PREVIEW:
+        # A mail: inline styles as mail clients render them, no script, images from anywhere.
+        return (
+            "default-src 'none'; style-src 'unsafe-inline'; img-src https: http: data:; "
+            "font-src https:; frame-ancestors 'self'; base-uri 'none'; form-action 'none'; sandbox"
+        )
+    style = f"'self' 'nonce-{nonce}'"
+    if endpoint in _MAIL_PAGES:
+        style = "'self' 'unsafe-inline'"
+    return (
+        f"default-src 'self'; script-src 'self' 'nonce-{nonce}'; style-src {style}; "
+        "img-src 'self' data:; connect-src 'self'; frame-src 'self'; object-src 'none'; "
+        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    )
+
+
+def _new_nonce() -> None:
+    # A new nonce for every request, also where one app context serves several (tests).
+    g.pop("csp_nonce", None)
+
+
+def _headers(response: Response) -> Response:
+    endpoint = request.endpoint
+    headers = response.headers
+    headers.setdefault("Content-Security-Policy", policy(csp_nonce(), endpoint))
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("Referrer-Policy", "same-origin")
+    headers.setdefault("X-Frame-Options", "SAMEORIGIN" if endpoint == MAIL_PREVIEW else "DENY")
+    headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+    if str(current_app.config["BASE_URL"]).startswith("https://"):
+        headers.setdefault("Strict-Transport-Security", HSTS)
+    if endpoint and (endpoint.startswith("admin.") or endpoint in _PERSONAL_PUBLIC):
+        headers["Cache-Control"] = "no-store"
+        headers.pop("Expires", None)
+    return response
+
+
+def init_app(app: Flask) -> None:
+    """Add the headers to every response and the nonce to every template."""
+    app.before_request(_new_nonce)
+    app.after_request(_headers)
+    app.jinja_env.globals["csp_nonce"] = csp_nonce

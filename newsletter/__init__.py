@@ -50,9 +50,10 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     limiter.init_app(app)
     login.init_app(app)
 
-    from newsletter.web import admin, api, errors, mailbox, public
+    from newsletter.web import admin, api, cors, errors, mailbox, public
 
     errors.register(app)
+    cors.register(app)
     app.register_blueprint(public.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(admin.bp)

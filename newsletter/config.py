@@ -31,6 +31,8 @@ DEFAULTS: dict[str, object] = {
     "DEFAULT_FROM_ADDRESS": "newsletter@localhost",
     "DEFAULT_FROM_NAME": "Newsletter",
     "ALLOWED_ORIGINS": [],
+    # How long a process trusts its copy of the sites admins list at /admin/sites.
+    "ALLOWED_ORIGINS_CACHE_SECONDS": 10,
     "SEND_RATE": None,
     # Subscriber CSVs uploaded in the admin area; every other request keeps the small limit.
     "MAX_IMPORT_BYTES": 200 * 1024 * 1024,
@@ -46,6 +48,7 @@ _INTS = {
     "CONFIRMATION_WINDOW",
     "PROXY_COUNT",
     "MAX_IMPORT_BYTES",
+    "ALLOWED_ORIGINS_CACHE_SECONDS",
 }
 _BOOLS = {"CHECK_DELIVERABILITY"}
 _LISTS = {"SECRET_KEY_FALLBACKS", "ALLOWED_ORIGINS"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from flask import Blueprint, Response, current_app, jsonify, render_template, request
+from flask import Blueprint, Response, current_app, jsonify, redirect, render_template, request
 from sqlalchemy import select
 
 from newsletter import subscriptions as subs
@@ -17,7 +17,7 @@ from newsletter.models import (
     Subscription,
     SubscriptionStatus,
 )
-from newsletter.web import signup
+from newsletter.web import cors, signup
 from newsletter.web.errors import wants_json
 
 bp = Blueprint("public", __name__)
@@ -45,14 +45,6 @@ def home() -> str:
     return render_template("public/home.html", newsletters=active_newsletters(), items=items)
 
 
-@bp.after_request
-def _signup_cors(response: Response) -> Response:
-    # The embed script posts the boxes from the host site's own origin.
-    if request.endpoint == "public.subscribe":
-        signup.add_cors_headers(response)
-    return response
-
-
 @bp.post("/subscribe")
 @signup.rate_limit
 def subscribe() -> Response | tuple[str, int]:
@@ -67,6 +59,11 @@ def subscribe() -> Response | tuple[str, int]:
         response.status_code = reply.status
         return response
     if reply.ok:
+        # A box on an allowed site may send the reader back to the article; any other
+        # address gets our own page, so this is never an open redirect.
+        back = cors.return_url(request.form.get("return_to"))
+        if back:
+            return redirect(back, 303)
         return render_template("public/thanks.html", reply=reply), reply.status
     newsletters = active_newsletters()
     return (

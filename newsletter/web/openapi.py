@@ -303,6 +303,15 @@ def _paths() -> dict[str, Any]:
                                 },
                                 "description": "Sign a reader up to the first newsletter.",
                             },
+                            "ItemForFirst": {
+                                "operationId": "createItem",
+                                "requestBody": {
+                                    "title": "Moldova's Sandu advances to presidential run-off",
+                                    "url": "https://news.example/news/moldova-sandu",
+                                    "newsletters": ["$response.body#/newsletters/0/slug"],
+                                },
+                                "description": "Add an item to the first newsletter.",
+                            },
                             "ItemsOfFirst": {
                                 "operationId": "listItems",
                                 "parameters": {

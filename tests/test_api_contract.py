@@ -96,7 +96,7 @@ def test_every_bad_signup_field_is_named(client, db, newsletters):
             "message": 'List the newsletters by their slugs, such as ["daily"].',
         },
         {"field": "source", "in": "body", "message": "The source must be text."},
-        {"field": "leave_blank", "in": "body", "message": "The leave_blank must be text."},
+        {"field": "leave_blank", "in": "body", "message": "The leave_blank field must be text."},
     ]
     assert body["detail"] == "Check these fields: email, newsletters, source, leave_blank."
     assert rows(db) == (0, 0, 0, 0, 0)

@@ -27,6 +27,7 @@ csrf.exempt(bp)
 MAX_LISTS = 20
 MAX_SLUG = 64
 MAX_SOURCE = 100
+MAX_HONEYPOT = 1000
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -73,12 +74,12 @@ def newsletters() -> Response:
     )
 
 
-def _optional_text(data: dict[str, Any], name: str, limit: int) -> FieldError | None:
+def _optional_text(data: dict[str, Any], name: str, label: str, limit: int) -> FieldError | None:
     value = data.get(name, "")
     if not isinstance(value, str):
-        return FieldError(name, f"The {name} must be text.")
+        return FieldError(name, f"The {label} must be text.")
     if len(value) > limit:
-        return FieldError(name, f"The {name} is longer than {limit} characters.")
+        return FieldError(name, f"The {label} is longer than {limit} characters.")
     return None
 
 
@@ -114,8 +115,11 @@ def _signup_errors(data: dict[str, Any]) -> list[FieldError]:
     slugs = _slugs(data.get("newsletters"))
     if isinstance(slugs, FieldError):
         errors.append(slugs)
-    for name, limit in (("source", MAX_SOURCE), (signup.HONEYPOT, 1000)):
-        error = _optional_text(data, name, limit)
+    for name, label, limit in (
+        ("source", "source", MAX_SOURCE),
+        (signup.HONEYPOT, f"{signup.HONEYPOT} field", MAX_HONEYPOT),
+    ):
+        error = _optional_text(data, name, label, limit)
         if error:
             errors.append(error)
     return errors

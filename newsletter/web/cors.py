@@ -1,10 +1,11 @@
 """Which host sites may read our JSON answers (CORS, by Flask-CORS) and get readers sent back.
 
 The allowed sites are NEWSLETTER_ALLOWED_ORIGINS and the sites admins list at /admin/sites.
-Flask-CORS fixes its options when it is bound to the app, and the admins' list changes while the
-app runs; so each answer is given to Flask-CORS's header logic with options made from the list of
-the moment (read from the database at most every ALLOWED_ORIGINS_CACHE_SECONDS per process, and at
-once in the process where an admin changed it).
+Flask-CORS fixes its origins when it is bound to the app (it takes no callable), and the admins'
+list changes while the app runs. So the asking site is checked here against the list of the moment
+(read from the database at most every ALLOWED_ORIGINS_CACHE_SECONDS per process, and at once in the
+process where an admin changed it), and Flask-CORS's own header logic (preflights, methods, headers,
+max age) then answers that one site.
 """
 
 from __future__ import annotations
@@ -66,7 +67,12 @@ def allowed_origins() -> frozenset[str]:
         with state.lock:
             state.origins = fresh
             state.expires = now + float(current_app.config["ALLOWED_ORIGINS_CACHE_SECONDS"])
-    return origins.configured(current_app.config["ALLOWED_ORIGINS"]) | state.origins
+    return _configured(tuple(current_app.config["ALLOWED_ORIGINS"])) | state.origins
+
+
+@lru_cache(maxsize=8)
+def _configured(values: tuple[str, ...]) -> frozenset[str]:
+    return origins.configured(values)
 
 
 def forget() -> None:

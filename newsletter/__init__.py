@@ -53,9 +53,21 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     limiter.init_app(app)
     login.init_app(app)
 
-    from newsletter.web import admin, api, errors, hooks, limits, mailbox, ops, public, security
+    from newsletter.web import (
+        admin,
+        api,
+        cors,
+        errors,
+        hooks,
+        limits,
+        mailbox,
+        ops,
+        public,
+        security,
+    )
 
     errors.register(app)
+    cors.register(app)
     security.init_app(app)
     limits.init_app(app)
     ops.init_app(app)

@@ -64,6 +64,8 @@ DEFAULTS: dict[str, object] = {
     "DEFAULT_FROM_ADDRESS": "newsletter@localhost",
     "DEFAULT_FROM_NAME": "Newsletter",
     "ALLOWED_ORIGINS": [],
+    # How long a process trusts its copy of the sites admins list at /admin/sites.
+    "ALLOWED_ORIGINS_CACHE_SECONDS": 10,
     "SEND_RATE": None,
     # Subscriber CSVs uploaded in the admin area; every other request keeps the small limit.
     "MAX_IMPORT_BYTES": 200 * 1024 * 1024,
@@ -84,6 +86,7 @@ _INTS = {
     "SOFT_BOUNCE_LIMIT",
     "READY_OUTBOX_MAX_AGE",
     "READY_WORKER_WITHIN",
+    "ALLOWED_ORIGINS_CACHE_SECONDS",
 }
 _OPTIONAL_INTS = {"METRICS_PORT"}
 _BOOLS = {"CHECK_DELIVERABILITY", "ALLOW_SQLITE_MULTIPROCESS"}

@@ -568,3 +568,22 @@ class WorkerHeartbeat(db.Model):
 
     def __repr__(self) -> str:
         return f"<WorkerHeartbeat {self.name}>"
+
+
+class AllowedOrigin(db.Model):
+    """A host site an admin listed: its pages may read our JSON answers and get readers back."""
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # scheme://host[:port], lowercase, punycode, no default port: as browsers send `Origin`.
+    origin: Mapped[str] = mapped_column(String(300), unique=True)
+    note: Mapped[str] = mapped_column(String(200), default="")
+    added_by_id: Mapped[int | None] = mapped_column(
+        ForeignKey("admin_user.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    # Joined: the list shows who added each site.
+    added_by: Mapped[AdminUser | None] = relationship(lazy="joined")
+
+    def __repr__(self) -> str:
+        return f"<AllowedOrigin {self.origin}>"

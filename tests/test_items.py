@@ -144,7 +144,8 @@ def test_api_without_a_token_is_401(client, db, newsletters, headers):
     response = client.post("/api/v1/items", json=ITEM, headers=headers)
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
-    assert response.get_json()["ok"] is False
+    assert response.content_type == "application/problem+json"
+    assert response.get_json()["type"].endswith("/api/v1/problems/unauthorized")
     assert client.get("/api/v1/items", headers=headers).status_code == 401
     assert count_items(db) == 0
 
@@ -194,7 +195,8 @@ def test_api_lists_recent_items(client, db, newsletters, token):
     every = client.get("/api/v1/items", headers=bearer(token)).get_json()["items"]
     assert len(every) == 2
     unknown = client.get("/api/v1/items?newsletter=nope", headers=bearer(token))
-    assert unknown.status_code == 422 and unknown.get_json()["field"] == "newsletter"
+    assert unknown.status_code == 422
+    assert [e["field"] for e in unknown.get_json()["errors"]] == ["newsletter"]
 
 
 def test_last_used_is_written_at_most_once_a_minute(client, db, newsletters, token):
@@ -267,9 +269,10 @@ def test_bad_item_input_names_the_field(client, db, newsletters, token, change, 
     make_newsletter("archived", archived=True)
     response = post_item(client, token, {**ITEM, **change})
     assert response.status_code == 422
+    assert response.content_type == "application/problem+json"
     body = response.get_json()
-    assert body["ok"] is False and body["field"] == field
-    assert message in body["message"]
+    assert [e["field"] for e in body["errors"]] == [field]
+    assert message in body["errors"][0]["message"]
     assert count_items(db) == 0
 
 
@@ -285,7 +288,8 @@ def test_a_body_that_is_not_a_json_object_is_400(client, db, newsletters, token,
         headers={**bearer(token), "Content-Type": "application/json"},
     )
     assert response.status_code == 400
-    assert response.get_json()["ok"] is False
+    assert response.content_type == "application/problem+json"
+    assert response.get_json()["type"].endswith("/api/v1/problems/not-json")
 
 
 # API tokens in the admin

@@ -124,12 +124,13 @@ def test_api_lists_newsletters_and_subscribes(client, mailbox, newsletters):
     assert len(mailbox.deliver()) == 1
     bad = client.post("/api/v1/subscriptions", json={"email": "nope", "newsletters": ["daily"]})
     assert bad.status_code == 422
-    assert bad.json == {
-        "ok": False,
-        "message": "Please, enter correct email address",
-        "field": "email",
-    }
-    assert client.post("/api/v1/subscriptions", data="x").status_code == 400
+    assert bad.content_type == "application/problem+json"
+    assert bad.json["errors"] == [
+        {"field": "email", "in": "body", "message": "Please, enter correct email address"}
+    ]
+    not_json = client.post("/api/v1/subscriptions", data="x")
+    assert not_json.status_code == 400
+    assert not_json.content_type == "application/problem+json"
 
 
 def test_cors_only_for_allowed_origins(app, client, newsletters):
@@ -146,9 +147,18 @@ def test_cors_only_for_allowed_origins(app, client, newsletters):
         headers={"Origin": "https://evil.example"},
     )
     assert "Access-Control-Allow-Origin" not in other.headers
-    preflight = client.options("/api/v1/subscriptions", headers={"Origin": "https://site.example"})
+    preflight = client.options(
+        "/api/v1/subscriptions",
+        headers={
+            "Origin": "https://site.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+    )
     assert preflight.status_code == 204
     assert preflight.headers["Access-Control-Allow-Origin"] == "https://site.example"
+    assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+    assert preflight.headers["Access-Control-Allow-Headers"].lower() == "content-type"
 
 
 @pytest.fixture

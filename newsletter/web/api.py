@@ -1,28 +1,65 @@
-"""The JSON API for sites that build their own signup forms."""
+"""The JSON API for sites that build their own signup forms and for programs that add items.
+
+Its contract is the OpenAPI document at /api/v1/openapi.json (newsletter/web/openapi.py); every
+error is an RFC 9457 problem (newsletter/web/problems.py).
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
 
-from newsletter import api_tokens, newsletters
+from newsletter import api_tokens
+from newsletter import subscriptions as subs
+from newsletter.addresses import InvalidEmail, normalize_email
 from newsletter.digests import items
 from newsletter.extensions import csrf, db
-from newsletter.web import signup
+from newsletter.newsletters import UnknownNewsletter, by_slug, open_newsletters
+from newsletter.web import openapi, signup
+from newsletter.web.problems import TYPES, FieldError, invalid, problem
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 # No cookies authorise anything here: signups are open, items need a bearer token.
 csrf.exempt(bp)
 
+MAX_LISTS = 20
+MAX_SLUG = 64
+MAX_SOURCE = 100
+MAX_HONEYPOT = 1000
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 200
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_LIMIT = re.compile(r"[0-9]{1,6}")
+_LIST_SLUGS = 'List the newsletters by their slugs, such as ["daily"].'
 
-bp.after_request(signup.add_cors_headers)
+
+def _not_json() -> Response:
+    return problem("not-json", "Send a JSON object with Content-Type: application/json.")
+
+
+@bp.get("/openapi.json")
+def openapi_document() -> Response:
+    """This API's OpenAPI 3.1 description."""
+    return jsonify(openapi.document(current_app.config["BASE_URL"]))
+
+
+@bp.get("/problems/<name>")
+def problem_type(name: str) -> str:
+    """The page a problem's type URI leads to."""
+    kind = TYPES.get(name)
+    if kind is None:
+        abort(404)
+    return render_template(
+        "public/message.html", title=f"{kind.status}: {kind.title}", text=kind.explanation
+    )
 
 
 @bp.get("/newsletters")
-def newsletter_list() -> Response:
+def newsletters() -> Response:
     """The lists a reader can join."""
     return jsonify(
         {
@@ -33,36 +70,88 @@ def newsletter_list() -> Response:
                     "description": n.description,
                     "cadence": n.cadence,
                 }
-                for n in newsletters.open_newsletters(db.session)
+                for n in open_newsletters(db.session)
             ]
         }
     )
 
 
-@bp.route("/subscriptions", methods=["OPTIONS"])
-def subscriptions_preflight() -> Response:
-    """CORS preflight for a JSON signup from a host site."""
-    return Response(status=204)
+def _optional_text(data: dict[str, Any], name: str, label: str, limit: int) -> FieldError | None:
+    value = data.get(name, "")
+    if not isinstance(value, str):
+        return FieldError(name, f"The {label} must be text.")
+    if len(value) > limit:
+        return FieldError(name, f"The {label} is longer than {limit} characters.")
+    return None
+
+
+def _slugs(value: object) -> list[str] | FieldError:
+    """The slugs of a signup, or what is wrong with them."""
+    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+        return FieldError("newsletters", _LIST_SLUGS)
+    for slug in value:
+        if len(slug) > MAX_SLUG or _CONTROL.search(slug):
+            return FieldError("newsletters", f"We have no open newsletter {slug[:MAX_SLUG]!r}.")
+    if len(value) > MAX_LISTS:
+        return FieldError("newsletters", f"Choose at most {MAX_LISTS} newsletters.")
+    wanted = list(dict.fromkeys(s.strip() for s in value if s.strip()))
+    if not wanted:
+        return FieldError("newsletters", subs.NoNewsletterChosen.message)
+    known = {row.slug for row in subs.signup_newsletters(db.session, wanted)}
+    for slug in wanted:
+        if slug not in known:
+            return FieldError("newsletters", f"We have no open newsletter {slug[:MAX_SLUG]!r}.")
+    return wanted
+
+
+def _signup_errors(data: dict[str, Any]) -> list[FieldError]:
+    """Every field of a signup that breaks the rules."""
+    errors = []
+    email = data.get("email")
+    try:
+        if not isinstance(email, str):
+            raise InvalidEmail()
+        normalize_email(email)
+    except InvalidEmail as exc:
+        errors.append(FieldError("email", exc.message))
+    slugs = _slugs(data.get("newsletters"))
+    if isinstance(slugs, FieldError):
+        errors.append(slugs)
+    for name, label, limit in (
+        ("source", "source", MAX_SOURCE),
+        (signup.HONEYPOT, f"{signup.HONEYPOT} field", MAX_HONEYPOT),
+    ):
+        error = _optional_text(data, name, label, limit)
+        if error:
+            errors.append(error)
+    return errors
 
 
 @bp.post("/subscriptions")
 @signup.rate_limit
-def subscriptions() -> tuple[Response, int]:
-    """Sign an address up: {"email": ..., "newsletters": [slug, ...], "source": ...}."""
+def subscriptions() -> Response | tuple[Response, int]:
+    """Sign an address up: {"email": ..., "newsletters": [slug, ...], "source": ...}.
+
+    The answer is the same whether the address is new, waiting, confirmed or gone.
+    """
     data = signup.json_body()
     if data is None:
-        return jsonify({"ok": False, "message": "Send a JSON object."}), 400
+        return _not_json()
+    errors = _signup_errors(data)
+    if errors:
+        return invalid(errors)
     reply = signup.signup(signup.fields(data, default_source="api"))
-    return jsonify(reply.as_json()), 202 if reply.ok else reply.status
+    if not reply.ok:
+        field = "newsletters" if reply.field == "newsletter" else reply.field or "email"
+        return invalid([FieldError(field, reply.message)])
+    return jsonify(reply.as_json()), 202
 
 
-def _unauthorised(message: str, error: str | None) -> tuple[Response, int]:
-    response = jsonify({"ok": False, "message": message})
+def _unauthorised(message: str, error: str | None) -> Response:
     challenge = 'Bearer realm="newsletter"'
     if error:
         challenge += f', error="{error}"'
-    response.headers["WWW-Authenticate"] = challenge
-    return response, 401
+    return problem("unauthorized", message, headers={"WWW-Authenticate": challenge})
 
 
 def token_required(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -80,17 +169,53 @@ def token_required(view: Callable[..., Any]) -> Callable[..., Any]:
     return wrapped
 
 
-def _invalid(message: str, field: str | None, status: int = 422) -> tuple[Response, int]:
-    return jsonify({"ok": False, "message": message, "field": field}), status
+def _published_at(value: object) -> object:
+    try:
+        return items.clean_published_at(value)
+    except OverflowError as exc:
+        # A moment whose UTC time falls outside years 1 to 9999.
+        raise items.ItemError("The publication time is out of range.", "published_at") from exc
+
+
+def _item_newsletters(value: object) -> object:
+    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+        raise items.ItemError("List the newsletters by their slugs.", "newsletters")
+    for slug in value:
+        if _CONTROL.search(slug):
+            raise items.ItemError(f"There is no open newsletter {slug[:64]!r}.", "newsletters")
+    return items.open_newsletters(db.session, value)
+
+
+def _item_errors(data: dict[str, Any]) -> list[FieldError]:
+    """Every field of an item that breaks the rules (add_item stops at the first)."""
+    url = data.get("url")
+    checks: list[tuple[str, Callable[[], object]]] = [
+        ("title", lambda: items.clean_title(data.get("title"))),
+        ("url", lambda: items.clean_url(url)),
+        ("summary", lambda: items.clean_summary(data.get("summary"))),
+        ("published_at", lambda: _published_at(data.get("published_at"))),
+        ("guid", lambda: items.clean_guid(data.get("guid"), url if isinstance(url, str) else "")),
+        ("newsletters", lambda: _item_newsletters(data.get("newsletters"))),
+    ]
+    errors = []
+    for field, check in checks:
+        try:
+            check()
+        except items.ItemError as exc:
+            errors.append(FieldError(exc.field or field, exc.message))
+    return errors
 
 
 @bp.post("/items")
 @token_required
-def items_add() -> tuple[Response, int]:
+def items_add() -> Response | tuple[Response, int]:
     """Add a news item: {"title", "url", "summary", "published_at", "guid", "newsletters"}."""
     data = signup.json_body()
     if data is None:
-        return _invalid("Send a JSON object.", None, 400)
+        return _not_json()
+    errors = _item_errors(data)
+    if errors:
+        return invalid(errors)
     try:
         item, created = items.add_item(
             db.session,
@@ -99,11 +224,11 @@ def items_add() -> tuple[Response, int]:
             summary=data.get("summary"),
             published_at=data.get("published_at"),
             guid=data.get("guid"),
-            newsletters=data.get("newsletters", data.get("newsletter")),
+            newsletters=data.get("newsletters"),
             source="api",
         )
     except items.ItemError as exc:
-        return _invalid(exc.message, exc.field)
+        return invalid([FieldError(exc.field or "item", exc.message)])
     return jsonify({"ok": True, "created": created, "item": items.as_json(item)}), (
         201 if created else 200
     )
@@ -111,15 +236,29 @@ def items_add() -> tuple[Response, int]:
 
 @bp.get("/items")
 @token_required
-def items_list() -> tuple[Response, int]:
+def items_list() -> Response:
     """The newest items, of one newsletter with ?newsletter=SLUG; at most ?limit= (200)."""
-    limit = min(max(request.args.get("limit", 50, type=int), 1), 200)
+    errors = []
+    raw_limit = request.args.get("limit")
+    limit = DEFAULT_LIMIT
+    if raw_limit is not None:
+        if _LIMIT.fullmatch(raw_limit) and 1 <= int(raw_limit) <= MAX_LIMIT:
+            limit = int(raw_limit)
+        else:
+            message = f"The limit is a whole number from 1 to {MAX_LIMIT}."
+            errors.append(FieldError("limit", message, "query"))
     slug = request.args.get("newsletter", "").strip()
     newsletter_id = None
     if slug:
-        try:
-            newsletter_id = newsletters.by_slug(db.session, slug).id
-        except newsletters.UnknownNewsletter as exc:
-            return _invalid(exc.message, "newsletter")
+        if not _CONTROL.search(slug):
+            try:
+                newsletter_id = by_slug(db.session, slug).id
+            except UnknownNewsletter:
+                newsletter_id = None
+        if newsletter_id is None:
+            message = f"There is no newsletter {slug[:64]!r}."
+            errors.append(FieldError("newsletter", message, "query"))
+    if errors:
+        return invalid(errors)
     found = db.session.scalars(items.items_query(newsletter_id).limit(limit))
-    return jsonify({"ok": True, "items": [items.as_json(item) for item in found]}), 200
+    return jsonify({"ok": True, "items": [items.as_json(item) for item in found]})

@@ -8,6 +8,8 @@ from flask import Flask, Response, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+from newsletter.web import problems
+
 log = logging.getLogger(__name__)
 
 MESSAGES = {
@@ -51,6 +53,8 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
+        if problems.is_api_request():
+            return problems.from_http_error(exc)
         response, code = _reply(exc)
         if code == 429 and isinstance(exc.response, Response):
             # Keep Flask-Limiter's Retry-After and X-RateLimit-* headers.
@@ -65,4 +69,6 @@ def register(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):  # type: ignore[no-untyped-def]
         log.exception("unhandled error on %s %s", request.method, request.path)
+        if problems.is_api_request():
+            return problems.from_http_error(InternalServerError())
         return _reply(InternalServerError())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from flask import Blueprint, Response, current_app, jsonify, render_template, request
+from flask import Blueprint, Response, current_app, jsonify, redirect, render_template, request
 from sqlalchemy import select
 
 from newsletter import links, metrics
@@ -13,7 +13,7 @@ from newsletter.extensions import csrf, db
 from newsletter.links import PATHS, Links
 from newsletter.models import Item, Subscriber, Subscription, SubscriptionStatus
 from newsletter.newsletters import open_newsletters
-from newsletter.web import signup
+from newsletter.web import cors, signup
 from newsletter.web.errors import wants_json
 
 bp = Blueprint("public", __name__)
@@ -36,14 +36,6 @@ def home() -> str:
     )
 
 
-@bp.after_request
-def _signup_cors(response: Response) -> Response:
-    # The embed script posts the boxes from the host site's own origin.
-    if request.endpoint == "public.subscribe":
-        signup.add_cors_headers(response)
-    return response
-
-
 @bp.post("/subscribe")
 @signup.rate_limit
 def subscribe() -> Response | tuple[str, int]:
@@ -58,6 +50,11 @@ def subscribe() -> Response | tuple[str, int]:
         response.status_code = reply.status
         return response
     if reply.ok:
+        # A box on an allowed site may send the reader back to the article; any other
+        # address gets our own page, so this is never an open redirect.
+        back = cors.return_url(request.form.get("return_to"))
+        if back:
+            return redirect(back, 303)
         return render_template("public/thanks.html", reply=reply), reply.status
     newsletters = open_newsletters(db.session)
     return (

@@ -1,4 +1,4 @@
-"""What every signup endpoint shares: reading the fields, the rules' call, the reply, CORS."""
+"""What every signup endpoint shares: reading the fields, the rules' call, the reply."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from flask import Response, current_app, request
+from flask import current_app, request
 from werkzeug.datastructures import MultiDict
 
 from newsletter import metrics
@@ -137,16 +137,3 @@ def signup(given: SignupFields) -> SignupReply:
         return SignupReply(422, exc.message, "newsletter")
     metrics.signed_up(given.slugs)
     return SignupReply(200, result.thanks_text)
-
-
-def add_cors_headers(response: Response) -> Response:
-    """Let the host sites named in NEWSLETTER_ALLOWED_ORIGINS read our answers."""
-    response.vary.add("Origin")
-    origin = request.headers.get("Origin")
-    allowed = current_app.config["ALLOWED_ORIGINS"]
-    if origin and ("*" in allowed or origin in allowed):
-        response.headers["Access-Control-Allow-Origin"] = origin
-        response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
-        response.headers["Access-Control-Allow-Headers"] = "Content-Type, Accept"
-        response.headers["Access-Control-Max-Age"] = "86400"
-    return response

@@ -1,4 +1,4 @@
-"""The admin area: sign-in, dashboard, newsletters, items, digests, subscribers, API tokens."""
+"""The admin area: sign-in, dashboard, newsletters, items, digests, subscribers, tokens, sites."""
 
 from newsletter.web.admin import (
     auth,
@@ -7,6 +7,7 @@ from newsletter.web.admin import (
     imports,
     items,
     newsletters,
+    sites,
     subscribers,
     suppressions,
     tokens,
@@ -21,6 +22,7 @@ __all__ = [
     "imports",
     "items",
     "newsletters",
+    "sites",
     "subscribers",
     "suppressions",
     "tokens",

@@ -156,5 +156,5 @@ def newsletters(app: Flask) -> list[Newsletter]:
     ]
 
 
-# The SMTP server fixtures (aiosmtpd on 127.0.0.1) live in their own module.
-pytest_plugins = ["smtp_server"]
+# The SMTP server (aiosmtpd) and IMAP server (Dovecot) fixtures live in modules of their own.
+pytest_plugins = ["smtp_server", "dovecot_server"]

@@ -1,0 +1,465 @@
+"""Returned mail and complaints coming in: matched to our mail, recorded, and acted on."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import mailbox
+import re
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.x509.oid import NameOID
+from sqlalchemy import func, select
+
+from newsletter import suppression
+from newsletter.bounces import ingest, webhooks
+from newsletter.bounces.parse import parse
+from newsletter.cli import cli
+from newsletter.digests import states
+from newsletter.links import DELIVERY, Reader
+from newsletter.mail.transport import MemoryTransport
+from newsletter.models import (
+    BounceEvent,
+    ConsentEvent,
+    Delivery,
+    Digest,
+    Subscription,
+    SubscriptionStatus,
+    SuppressionReason,
+)
+from newsletter.web import hooks
+
+from dovecot_server import append, unseen
+from factories import add_item, add_reader, app_links, send_all
+
+CORPUS = Path(__file__).parent / "data" / "bounces"
+BOUNCES = "bounces@news.example.org"
+UNSUBSCRIBE = "unsubscribe@news.example.org"
+SECRET = "a-shared-secret-for-the-webhooks"
+_VERP = re.compile(rb"bounces\+[A-Za-z0-9.=_-]+@news\.example\.org")
+
+
+@pytest.fixture
+def app_config() -> dict[str, object]:
+    return {
+        "BOUNCE_ADDRESS": BOUNCES,
+        "UNSUBSCRIBE_MAILTO": UNSUBSCRIBE,
+        "BOUNCE_WEBHOOK_SECRET": SECRET,
+    }
+
+
+@pytest.fixture
+def sent(db, daily):  # type: ignore[no-untyped-def]
+    """A digest of the daily list, sent to two readers: (the reader's row, their delivery)."""
+    add_item(db, daily, "Story")
+    reader = add_reader(db, daily, "reader@example.com")
+    add_reader(db, daily, "other@example.com")
+    states.start(db.session, states.compose(db.session, daily))
+    send_all(db, MemoryTransport())
+    delivery = db.session.scalar(
+        select(Delivery).join(Subscription).where(Subscription.subscriber_id == reader.id)
+    )
+    return reader, delivery
+
+
+def returned(
+    name: str,
+    *,
+    envelope: str | None = None,
+    address: str | None = None,
+    message_id: str | None = None,
+    extra: bytes = b"",
+) -> bytes:
+    """A sample of the corpus as it would come back for our own mail."""
+    data = (CORPUS / name).read_bytes()
+    report = parse(data, bounce_address=BOUNCES, unsubscribe_address=UNSUBSCRIBE)
+    if envelope is not None:
+        data = _VERP.sub(envelope.encode(), data)
+    if address is not None and report.recipients:
+        data = re.sub(re.escape(report.recipients[0]).encode(), address.encode(), data, flags=re.I)
+    if message_id is not None and report.message_id:
+        data = data.replace(report.message_id.encode(), message_id.encode())
+    return extra + data
+
+
+def verp(delivery: Delivery) -> str:
+    address = app_links().envelope_sender(DELIVERY, delivery.id)
+    assert address is not None
+    return address
+
+
+def ingest_mail(db, data: bytes) -> str:  # type: ignore[no-untyped-def]
+    links = app_links()
+    return ingest.ingest_mail(db.session, data, links, ingest.Rules(), "pipe")
+
+
+def status_of(db, reader) -> set[str]:  # type: ignore[no-untyped-def]
+    db.session.expire_all()
+    return {s.status for s in db.session.scalars(select(Subscription).filter_by(subscriber=reader))}
+
+
+@pytest.mark.parametrize(
+    ("sample", "kind", "reason"),
+    [
+        ("postfix-hard.eml", "hard", SuppressionReason.BOUNCED),
+        ("exim-hard.eml", "hard", SuppressionReason.BOUNCED),
+        ("gmail-hard.eml", "hard", SuppressionReason.BOUNCED),
+        ("yahoo-hard.eml", "hard", SuppressionReason.BOUNCED),
+        ("exchange-online-hard.eml", "hard", SuppressionReason.BOUNCED),
+        ("outlook-quota-hard.eml", "hard", SuppressionReason.BOUNCED),
+        ("qmail-hard.eml", "hard", SuppressionReason.BOUNCED),
+        ("postfix-soft-delayed.eml", "soft", None),
+        ("arf-yahoo-complaint.eml", "complaint", SuppressionReason.COMPLAINED),
+        ("arf-microsoft-jmrp.eml", "complaint", SuppressionReason.COMPLAINED),
+    ],
+)
+def test_returned_mail_is_matched_by_its_tag_recorded_and_acted_on(
+    db, daily, sent, sample, kind, reason
+):
+    reader, delivery = sent
+    data = returned(sample, envelope=verp(delivery), address="reader@example.com")
+
+    assert ingest_mail(db, data) == kind
+
+    [event] = db.session.scalars(select(BounceEvent)).all()
+    assert (event.kind, event.delivery_id, event.digest_id) == (
+        kind,
+        delivery.id,
+        delivery.digest_id,
+    )
+    assert (event.newsletter_id, event.subscriber_id, event.source) == (daily.id, reader.id, "pipe")
+    assert suppression.reason(db.session, "reader@example.com") == reason
+    expected = {
+        None: SubscriptionStatus.CONFIRMED,
+        SuppressionReason.BOUNCED: SubscriptionStatus.BOUNCED,
+        SuppressionReason.COMPLAINED: SubscriptionStatus.COMPLAINED,
+    }[reason]
+    assert status_of(db, reader) == {expected}
+    trail = db.session.scalars(
+        select(ConsentEvent.action).where(ConsentEvent.source == "bounce:pipe")
+    )
+    assert list(trail) == [{"hard": "hard_bounce", "soft": "soft_bounce"}.get(kind, "complained")]
+    # The other reader of the digest is untouched.
+    assert not suppression.is_suppressed(db.session, "other@example.com")
+
+
+@pytest.mark.parametrize(
+    ("sample", "outcome"),
+    [("autoreply-out-of-office.eml", "autoreply"), ("reader-reply.eml", "other")],
+)
+def test_auto_replies_and_readers_answers_are_left_alone(db, sent, sample, outcome):
+    reader, delivery = sent
+    assert ingest_mail(db, returned(sample, envelope=verp(delivery))) == outcome
+    assert db.session.scalar(select(func.count(BounceEvent.id))) == 0
+    assert status_of(db, reader) == {SubscriptionStatus.CONFIRMED}
+
+
+def test_without_a_tag_the_original_message_id_names_the_delivery(db, sent):
+    reader, delivery = sent
+    digest = db.session.get(Digest, delivery.digest_id)
+    ours = f"{digest.message_key}.{delivery.id}@news.example.org"
+    data = returned(
+        "postfix-hard.eml", envelope=BOUNCES, address="someone@else.example", message_id=ours
+    )
+    assert ingest_mail(db, data) == "hard"
+    assert db.session.scalar(select(BounceEvent.delivery_id)) == delivery.id
+    assert suppression.unmailable(db.session, "reader@example.com")
+
+
+def test_without_a_tag_or_our_message_id_the_recipient_of_our_list_is_taken(db, daily, sent):
+    reader, _ = sent
+    data = returned(
+        "postfix-hard.eml",
+        envelope=BOUNCES,
+        address="Reader@Example.com",
+        message_id="not-ours@elsewhere.example",
+    )
+    assert ingest_mail(db, data) == "hard"
+    event = db.session.scalars(select(BounceEvent)).one()
+    assert (event.subscriber_id, event.newsletter_id, event.delivery_id) == (
+        reader.id,
+        daily.id,
+        None,
+    )
+
+
+def test_a_bounce_about_nobody_of_ours_changes_nothing(db, sent):
+    data = returned(
+        "postfix-hard.eml",
+        envelope=BOUNCES,
+        address="stranger@example.net",
+        message_id="not-ours@elsewhere.example",
+    )
+    assert ingest_mail(db, data) == "unmatched"
+    assert db.session.scalar(select(func.count(BounceEvent.id))) == 0
+
+
+def test_a_forged_tag_does_not_name_a_delivery(db, sent):
+    reader, delivery = sent
+    forged = verp(delivery).replace(f"d{delivery.id}-", f"d{delivery.id + 1}-")
+    data = returned(
+        "postfix-hard.eml",
+        envelope=forged,
+        address="stranger@example.net",
+        message_id="not-ours@elsewhere.example",
+    )
+    assert ingest_mail(db, data) == "unmatched"
+    assert not suppression.is_suppressed(db.session, "reader@example.com")
+
+
+def test_the_same_returned_mail_twice_is_one_event(db, sent):
+    _, delivery = sent
+    data = returned("postfix-soft-delayed.eml", envelope=verp(delivery))
+    assert ingest_mail(db, data) == "soft"
+    assert ingest_mail(db, data) == "replay"
+    assert db.session.scalar(select(func.count(BounceEvent.id))) == 1
+
+
+def soft_again(db, delivery: Delivery, n: int) -> str:  # type: ignore[no-untyped-def]
+    """Another soft bounce of the same delivery (another report: other bytes)."""
+    data = returned("postfix-soft-delayed.eml", envelope=verp(delivery), extra=b"X-N: %d\n" % n)
+    return ingest_mail(db, data)
+
+
+def test_soft_bounces_suppress_once_they_add_up(db, sent):
+    reader, delivery = sent
+    assert [soft_again(db, delivery, n) for n in range(3)] == ["soft", "soft", "soft"]
+    assert suppression.reason(db.session, "reader@example.com") == SuppressionReason.BOUNCED
+    assert status_of(db, reader) == {SubscriptionStatus.BOUNCED}
+    assert db.session.scalars(select(BounceEvent.suppressed)).all() == [False, False, True]
+
+
+def test_a_good_delivery_between_soft_bounces_starts_the_count_again(db, daily, sent):
+    reader, first = sent
+    soft_again(db, first, 1)
+    soft_again(db, first, 2)
+    # Two later digests: the first reached the reader (nothing came back), the second bounced.
+    later = []
+    for title in ("Next story", "Another story"):
+        add_item(db, daily, title)
+        states.start(db.session, states.compose(db.session, daily))
+        send_all(db, MemoryTransport())
+        later.append(
+            db.session.scalars(
+                select(Delivery)
+                .join(Subscription)
+                .where(Subscription.subscriber_id == reader.id)
+                .order_by(Delivery.id.desc())
+            ).first()
+        )
+    assert soft_again(db, later[1], 3) == "soft"
+    assert not suppression.is_suppressed(db.session, "reader@example.com")
+    # Without that good one, the third soft bounce would have suppressed the address.
+    assert soft_again(db, later[0], 4) == "soft"
+    assert suppression.unmailable(db.session, "reader@example.com")
+
+
+def test_mail_to_the_unsubscribe_address_takes_the_reader_off_that_list(db, daily, sent):
+    reader, _ = sent
+    mailto = app_links().unsubscribe_address(Reader(reader.id, reader.token_key), daily.id)
+    data = (CORPUS / "unsubscribe-mailto.eml").read_bytes()
+    data = re.sub(rb"unsubscribe\+[a-z0-9]+@news\.example\.org", mailto.encode(), data)
+    assert ingest_mail(db, data) == "unsubscribe"
+    assert status_of(db, reader) == {SubscriptionStatus.UNSUBSCRIBED}
+    trail = db.session.scalars(select(ConsentEvent.source).order_by(ConsentEvent.id.desc()))
+    assert trail.first() == "mailto"
+    # Anyone else's tag, or a made-up one, unsubscribes nobody.
+    forged = re.sub(rb"unsubscribe\+[a-z0-9-]+@", b"unsubscribe+u1x1-aaaaaaaaaaaaaaaa@", data)
+    assert ingest_mail(db, forged) == "unmatched"
+
+
+def test_the_command_reads_a_maildir_once(app, db, sent, tmp_path):
+    _, delivery = sent
+    folder = mailbox.Maildir(tmp_path / "Maildir", create=True)
+    folder.add(returned("postfix-hard.eml", envelope=verp(delivery)))
+    folder.add(returned("reader-reply.eml", envelope=verp(delivery)))
+    runner = app.test_cli_runner()
+
+    first = runner.invoke(cli, ["bounces", "ingest", str(tmp_path / "Maildir")])
+    assert first.exit_code == 0, first.output
+    assert "1 hard" in first.output and "1 other" in first.output
+    again = runner.invoke(cli, ["bounces", "ingest", str(tmp_path / "Maildir")])
+    assert again.exit_code == 0 and "none" in again.output
+    assert db.session.scalar(select(func.count(BounceEvent.id))) == 1
+
+
+def test_the_command_reads_one_message_from_standard_input(app, db, sent):
+    _, delivery = sent
+    runner = app.test_cli_runner()
+    result = runner.invoke(
+        cli,
+        ["bounces", "ingest", "-"],
+        input=returned("gmail-hard.eml", envelope=verp(delivery)),
+    )
+    assert result.exit_code == 0, result.output
+    assert suppression.unmailable(db.session, "reader@example.com")
+
+
+def test_the_command_lifts_a_suppression_saying_why(app, db, sent):
+    suppression.suppress(db.session, "reader@example.com", SuppressionReason.BOUNCED)
+    db.session.commit()
+    runner = app.test_cli_runner()
+    refused = runner.invoke(cli, ["bounces", "lift", "reader@example.com", "--why", " "])
+    assert refused.exit_code == 1 and "Say why" in refused.output
+    lifted = runner.invoke(cli, ["bounces", "lift", "reader@example.com", "--why", "It works"])
+    assert lifted.exit_code == 0, lifted.output
+    assert not suppression.is_suppressed(db.session, "reader@example.com")
+
+
+def test_the_worker_reads_returned_mail_from_imap(app, db, sent, dovecot, folder):
+    from newsletter.worker import build
+
+    _, delivery = sent
+    append(dovecot, folder, returned("postfix-hard.eml", envelope=verp(delivery)))
+    append(dovecot, folder, returned("autoreply-out-of-office.eml", envelope=verp(delivery)))
+    app.config["BOUNCE_IMAP_URL"] = dovecot.url(folder)
+
+    handled = build(app.config, lambda: db.session, mail=MemoryTransport()).run(drain=True)
+
+    assert handled["returned mail"] == 2
+    assert unseen(dovecot, folder) == 0
+    assert suppression.unmailable(db.session, "reader@example.com")
+
+
+# --- provider webhooks ------------------------------------------------------------------------
+
+
+def post_generic(client, payload: object, secret: str = SECRET):  # type: ignore[no-untyped-def]
+    body = json.dumps(payload).encode()
+    return client.post(
+        "/hooks/bounces/generic",
+        data=body,
+        headers={
+            "Content-Type": "application/json",
+            "X-Newsletter-Signature": webhooks.sign(body, secret),
+        },
+    )
+
+
+def test_the_signed_json_webhook_records_events_once(client, db, sent):
+    payload = {"events": [{"type": "complaint", "email": "Reader@example.com", "id": "e-1"}]}
+    answer = post_generic(client, payload)
+    assert answer.status_code == 200 and answer.json["events"] == {"complaint": 1}
+    assert suppression.reason(db.session, "reader@example.com") == SuppressionReason.COMPLAINED
+    again = post_generic(client, payload)
+    assert again.status_code == 200 and again.json["events"] == {"replay": 1}
+    assert db.session.scalar(select(func.count(BounceEvent.id))) == 1
+
+
+def test_a_webhook_with_a_bad_signature_is_refused_and_stores_nothing(client, db, sent):
+    payload = {"events": [{"type": "hard", "email": "reader@example.com", "id": "e-2"}]}
+    answer = post_generic(client, payload, secret="not-the-secret")
+    assert answer.status_code == 403
+    assert db.session.scalar(select(func.count(BounceEvent.id))) == 0
+    assert not suppression.is_suppressed(db.session, "reader@example.com")
+
+
+def test_a_webhook_that_is_not_configured_is_not_there(app, client, sent):
+    app.config["BOUNCE_WEBHOOK_SECRET"] = None
+    assert client.post("/hooks/bounces/generic", data=b"{}").status_code == 404
+    assert client.post("/hooks/bounces/ses", data=b"{}").status_code == 404
+    assert client.post("/hooks/bounces/nobody", data=b"{}").status_code == 404
+
+
+def test_postmark_needs_its_credentials(client, db, sent):
+    record = {
+        "RecordType": "Bounce",
+        "Type": "HardBounce",
+        "ID": 42,
+        "Email": "reader@example.com",
+        "Details": "smtp;550 5.1.1 The email account does not exist",
+    }
+    body = json.dumps(record).encode()
+    wrong = base64.b64encode(b"newsletter:guess").decode()
+    refused = client.post(
+        "/hooks/bounces/postmark", data=body, headers={"Authorization": f"Basic {wrong}"}
+    )
+    assert refused.status_code == 403
+    right = base64.b64encode(f"newsletter:{SECRET}".encode()).decode()
+    taken = client.post(
+        "/hooks/bounces/postmark", data=body, headers={"Authorization": f"Basic {right}"}
+    )
+    assert taken.status_code == 200 and taken.json["events"] == {"hard": 1}
+    assert suppression.unmailable(db.session, "reader@example.com")
+
+
+TOPIC = "arn:aws:sns:eu-central-1:123456789012:newsletter-bounces"
+CERT_URL = "https://sns.eu-central-1.amazonaws.com/SimpleNotificationService-test.pem"
+
+
+@pytest.fixture
+def sns(app, monkeypatch):  # type: ignore[no-untyped-def]
+    """SES through SNS, signed with a key of the test's own whose certificate SNS would serve."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.amazonaws.com")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    pem = certificate.public_bytes(serialization.Encoding.PEM)
+    app.config["SES_TOPIC_ARNS"] = [TOPIC]
+    verifier = webhooks.SnsVerifier(lambda url: pem, topics=[TOPIC])
+    monkeypatch.setattr(hooks, "_verifier", lambda topics: verifier)
+
+    def sign(message: dict[str, str]) -> bytes:
+        names = ["Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"]
+        text = "".join(f"{n}\n{message[n]}\n" for n in names if n in message).encode()
+        signature = key.sign(text, padding.PKCS1v15(), hashes.SHA256())
+        signed = {
+            **message,
+            "SignatureVersion": "2",
+            "Signature": base64.b64encode(signature).decode(),
+            "SigningCertURL": CERT_URL,
+        }
+        return json.dumps(signed).encode()
+
+    return sign
+
+
+def ses_bounce(address: str) -> dict[str, str]:
+    ses = {
+        "notificationType": "Bounce",
+        "bounce": {
+            "feedbackId": "feedback-1",
+            "bounceType": "Permanent",
+            "bouncedRecipients": [{"emailAddress": address, "status": "5.1.1"}],
+            "timestamp": "2026-12-05T06:14:07.000Z",
+        },
+        "mail": {"messageId": "ses-1", "destination": [address]},
+    }
+    return {
+        "Type": "Notification",
+        "MessageId": "sns-1",
+        "TopicArn": TOPIC,
+        "Message": json.dumps(ses),
+        "Timestamp": "2026-12-05T06:14:08.000Z",
+    }
+
+
+def test_ses_through_sns_records_a_signed_bounce(client, db, sent, sns):
+    body = sns(ses_bounce("reader@example.com"))
+    answer = client.post(
+        "/hooks/bounces/ses", data=body, headers={"x-amz-sns-message-type": "Notification"}
+    )
+    assert answer.status_code == 200, answer.json
+    assert suppression.unmailable(db.session, "reader@example.com")
+
+
+def test_ses_with_a_tampered_message_is_refused(client, db, sent, sns):
+    body = sns(ses_bounce("reader@example.com")).replace(b"reader@", b"other@")
+    answer = client.post("/hooks/bounces/ses", data=body)
+    assert answer.status_code == 403
+    assert db.session.scalar(select(func.count(BounceEvent.id))) == 0
+    assert not suppression.is_suppressed(db.session, "other@example.com")

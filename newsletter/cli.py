@@ -15,6 +15,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import FlaskGroup, with_appcontext
 from flask_migrate import upgrade
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from newsletter import accounts, create_app, demo, exports, metrics, newsletters
@@ -480,6 +481,11 @@ def bounces_ingest(location: str) -> None:
             )
     except (sources.SourceError, OSError) as exc:
         raise click.ClickException(str(getattr(exc, "message", exc))) from exc
+    except SQLAlchemyError as exc:
+        # The database is away: nothing was marked handled, the mail waits where it is.
+        kind = type(getattr(exc, "orig", None) or exc).__name__
+        click.echo(f"Error: the database cannot record returned mail now ({kind}).", err=True)
+        sys.exit(EX_TEMPFAIL)
     if location == "-" and counts.get("error"):
         click.echo("The message could not be recorded; the mail server keeps it.", err=True)
         sys.exit(EX_TEMPFAIL)

@@ -519,11 +519,14 @@ def mailable(session: Session, subscriber: Subscriber) -> bool:
     return not suppression.unmailable(session, subscriber.email_key)
 
 
-def unsubscribe(session: Session, subscription: Subscription, origin: Origin) -> Subscription:
-    """Leave one list; repeating it changes nothing; commits."""
+def unsubscribe(
+    session: Session, subscription: Subscription, origin: Origin, *, commit: bool = True
+) -> Subscription:
+    """Leave one list; repeating it changes nothing; commits unless told not to."""
     if can_unsubscribe(subscription):
         _mark_unsubscribed(session, subscription, origin)
-        session.commit()
+        if commit:
+            session.commit()
     return subscription
 
 

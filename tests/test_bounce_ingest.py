@@ -463,3 +463,26 @@ def test_ses_with_a_tampered_message_is_refused(client, db, sent, sns):
     assert answer.status_code == 403
     assert db.session.scalar(select(func.count(BounceEvent.id))) == 0
     assert not suppression.is_suppressed(db.session, "other@example.com")
+
+
+def test_the_pipe_says_try_again_later_when_the_database_is_away(sent, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    _, delivery = sent
+    data = returned("gmail-hard.eml", envelope=verp(delivery))
+    # As the mail server's pipe runs it, with a database that cannot be opened.
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")},
+        "NEWSLETTER_ENV": "testing",
+        "NEWSLETTER_SECRET_KEY": "test-secret-key",
+        "NEWSLETTER_INSTANCE_PATH": str(tmp_path / "instance"),
+        "NEWSLETTER_DATABASE_URL": f"sqlite:///{tmp_path}/nowhere/newsletter.db",
+        "NEWSLETTER_BOUNCE_ADDRESS": BOUNCES,
+    }
+    command = [str(Path(sys.executable).with_name("newsletter")), "bounces", "ingest", "-"]
+    result = subprocess.run(command, input=data, env=env, capture_output=True, timeout=60)
+    assert result.returncode == 75, result.stderr.decode()
+    assert b"Traceback" not in result.stderr
+    assert b"cannot record returned mail now" in result.stderr

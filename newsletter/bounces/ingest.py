@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from newsletter import subscriptions, suppression
@@ -324,7 +324,7 @@ def _mailto_unsubscribe(session: Session, report: parse.Report, links: Links) ->
         return "unmatched"
     origin = subscriptions.Origin(source="mailto")
     before = subscription.status
-    subscriptions.unsubscribe(session, subscription, origin)
+    subscriptions.unsubscribe(session, subscription, origin, commit=False)
     return "unsubscribe" if before in subscriptions.LIVE else "unchanged"
 
 
@@ -359,15 +359,18 @@ def refused_at_send(session: Session, row_id: int, exc: Exception, rules: Rules)
         session.commit()
 
 
-def ingest_mail(session: Session, data: bytes, links: Links, rules: Rules, source: str) -> str:
-    """Classify, match and record one returned mail; commits. Returns what it was:
-    hard, soft, complaint, unsubscribe, unchanged, autoreply, other, unmatched or replay."""
+def ingest_mail(
+    session: Session, data: bytes, links: Links, rules: Rules, source: str, *, commit: bool = True
+) -> str:
+    """Classify, match and record one returned mail; commits unless told not to. Returns what
+    it was: hard, soft, complaint, unsubscribe, unchanged, autoreply, other, unmatched or replay."""
     report = parse.parse(
         data, bounce_address=links.bounce_address, unsubscribe_address=links.unsubscribe_mailto
     )
     if report.kind == parse.Kind.UNSUBSCRIBE:
         outcome = _mailto_unsubscribe(session, report, links)
-        session.commit()
+        if commit:
+            session.commit()
         return outcome
     kind = _KINDS.get(report.kind)
     if kind is None:
@@ -395,7 +398,8 @@ def ingest_mail(session: Session, data: bytes, links: Links, rules: Rules, sourc
         diagnostic=report.diagnostic,
         event_id=event_id,
     )
-    session.commit()
+    if commit:
+        session.commit()
     return str(kind) if event is not None else "replay"
 
 
@@ -430,21 +434,45 @@ def ingest_events(
 
 
 def ingest_source(
-    session: Session, source: sources.Source, links: Links, rules: Rules, name: str
+    session: Session,
+    source: sources.Source,
+    links: Links,
+    rules: Rules,
+    name: str,
+    *,
+    batch: int = 200,
 ) -> Counter[str]:
-    """Read every message of a source, one transaction each; a handled one is marked so."""
+    """Read every message of a source; each is marked handled once its batch has committed.
+
+    A batch is one transaction, each message in a savepoint of its own: one the database
+    refuses stays unhandled and costs the others nothing. A crash before a commit leaves its
+    batch unhandled, read again next time, and a message read twice is one event.
+    """
     counts: Counter[str] = Counter()
+    done: list[sources.Incoming] = []
+
+    def settle() -> None:
+        session.commit()
+        for incoming in done:
+            incoming.handled()
+        done.clear()
+
     for incoming in source:
         try:
-            outcome = ingest_mail(session, incoming.data, links, rules, name)
+            with session.begin_nested():
+                outcome = ingest_mail(session, incoming.data, links, rules, name, commit=False)
+        except OperationalError:
+            # The database is away: every message would fail; they all stay unhandled.
+            raise
         except Exception:
-            # One message the database refuses must not stop the rest; it stays unhandled.
             log.exception("returned mail %s could not be recorded", incoming.name)
-            session.rollback()
             counts["error"] += 1
             continue
-        incoming.handled()
+        done.append(incoming)
         counts[outcome] += 1
+        if len(done) >= batch:
+            settle()
+    settle()
     return counts
 
 

@@ -13,16 +13,16 @@ import hashlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import String, Text, bindparam, func, insert, or_, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from newsletter import subscriptions, suppression
+from newsletter import metrics, subscriptions, suppression
 from newsletter.addresses import address_hash
 from newsletter.bounces import parse, sources, webhooks
 from newsletter.links import DELIVERY, Links
@@ -38,6 +38,7 @@ from newsletter.models import (
     Subscriber,
     Subscription,
     SuppressionReason,
+    UTCDateTime,
     utcnow,
 )
 
@@ -78,7 +79,7 @@ class Target:
     """The mail an event is about, as far as it could be told, and its address."""
 
     address: str  # lowercased
-    subscriber: Subscriber | None = None
+    subscriber_id: int | None = None
     newsletter_id: int | None = None
     digest_id: int | None = None
     delivery_id: int | None = None
@@ -89,31 +90,54 @@ class Target:
 # --- finding the mail an event answers ---------------------------------------------------------
 
 
+# Deliveries with what an event about one needs: no objects loaded.
+_DELIVERIES = (
+    select(
+        Delivery.id,
+        Delivery.digest_id,
+        Delivery.sent_at,
+        Digest.newsletter_id,
+        Digest.message_key,
+        Subscriber.id.label("subscriber_id"),
+        Subscriber.email_key,
+    )
+    .join(Digest, Digest.id == Delivery.digest_id)
+    .join(Subscription, Subscription.id == Delivery.subscription_id)
+    .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
+)
+_DELIVERY = _DELIVERIES.where(Delivery.id == bindparam("delivery"))
+
+
+def _delivery_target(found: Any) -> Target:
+    return Target(
+        found.email_key,
+        found.subscriber_id,
+        found.newsletter_id,
+        found.digest_id,
+        found.id,
+        sent_at=found.sent_at,
+    )
+
+
 def _of_delivery(session: Session, delivery_id: int, key: str | None = None) -> Target | None:
-    found = session.execute(
-        select(Delivery, Digest.newsletter_id, Digest.message_key, Subscriber)
-        .join(Digest, Digest.id == Delivery.digest_id)
-        .join(Subscription, Subscription.id == Delivery.subscription_id)
-        .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
-        .where(Delivery.id == delivery_id)
-    ).first()
+    found = session.execute(_DELIVERY, {"delivery": delivery_id}).first()
     if found is None or (key is not None and found.message_key != key):
         return None
-    delivery, newsletter_id, _, subscriber = found
-    return Target(
-        subscriber.email_key,
-        subscriber,
-        newsletter_id,
-        delivery.digest_id,
-        delivery.id,
-        sent_at=delivery.sent_at,
-    )
+    return _delivery_target(found)
+
+
+def _of_deliveries(session: Session, ids: Iterable[int]) -> dict[int, Target]:
+    """The deliveries of a batch's tags, in one statement."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    query = _DELIVERIES.where(Delivery.id.in_(wanted))
+    return {row.id: _delivery_target(row) for row in session.execute(query)}
 
 
 def _of_outbox(session: Session, row: OutboxMessage | None) -> Target | None:
     if row is None:
         return None
-    subscriber = session.get(Subscriber, row.subscriber_id) if row.subscriber_id else None
     newsletter_id = None
     if row.kind == "welcome":
         subscription = session.get(Subscription, row.payload.get("subscription"))
@@ -124,7 +148,7 @@ def _of_outbox(session: Session, row: OutboxMessage | None) -> Target | None:
         newsletter_id = subscription.newsletter_id if subscription else None
     return Target(
         row.to_address.lower(),
-        subscriber,
+        row.subscriber_id,
         newsletter_id,
         outbox_message_id=row.id,
         sent_at=row.sent_at,
@@ -148,7 +172,7 @@ def _of_address(
 ) -> Target | None:
     for address in addresses:
         key = address.strip().lower()
-        subscriber = session.scalar(select(Subscriber).where(Subscriber.email_key == key))
+        subscriber = session.scalar(select(Subscriber.id).where(Subscriber.email_key == key))
         if subscriber is None:
             continue
         newsletter_id = None
@@ -167,11 +191,16 @@ def match(
     message_id: str | None = None,
     list_id: str | None = None,
     addresses: Iterable[str] = (),
+    known: Mapping[int, Target] | None = None,
 ) -> Target | None:
     """The mail an event is about: by its VERP tag, else the original's Message-ID, else the
-    address it names (one of ours), with the list its List-Id names."""
+    address it names (one of ours), with the list its List-Id names. `known` holds the
+    deliveries a batch's tags name, looked up together."""
     verified = links.read_tag(tag) if tag else None
-    if verified is not None:
+    if verified is not None and known is not None and verified.kind == DELIVERY:
+        if verified.row_id in known:
+            return known[verified.row_id]
+    elif verified is not None:
         if verified.kind == DELIVERY:
             found = _of_delivery(session, verified.row_id)
         else:
@@ -202,7 +231,7 @@ def _soft_limit_reached(session: Session, target: Target, rules: Rules, now: dat
         )
     ).all()
     last_good = None
-    if target.subscriber is not None:
+    if target.subscriber_id is not None:
         before = target.sent_at or now
         bounced_deliveries = {e.delivery_id for e in events if e.delivery_id}
         bounced_mails = {e.outbox_message_id for e in events if e.outbox_message_id}
@@ -210,7 +239,7 @@ def _soft_limit_reached(session: Session, target: Target, rules: Rules, now: dat
             select(func.max(Delivery.sent_at))
             .join(Subscription, Subscription.id == Delivery.subscription_id)
             .where(
-                Subscription.subscriber_id == target.subscriber.id,
+                Subscription.subscriber_id == target.subscriber_id,
                 Delivery.sent_at >= since,
                 Delivery.sent_at < before,
                 Delivery.id.not_in(bounced_deliveries or {0}),
@@ -218,7 +247,7 @@ def _soft_limit_reached(session: Session, target: Target, rules: Rules, now: dat
         )
         good_mail = session.scalar(
             select(func.max(OutboxMessage.sent_at)).where(
-                OutboxMessage.subscriber_id == target.subscriber.id,
+                OutboxMessage.subscriber_id == target.subscriber_id,
                 OutboxMessage.sent_at >= since,
                 OutboxMessage.sent_at < before,
                 OutboxMessage.id.not_in(bounced_mails or {0}),
@@ -229,79 +258,127 @@ def _soft_limit_reached(session: Session, target: Target, rules: Rules, now: dat
     return count >= rules.soft_limit
 
 
-def record(
-    session: Session,
-    target: Target,
-    kind: BounceKind,
-    *,
-    source: str,
-    rules: Rules,
-    status: str | None = None,
-    diagnostic: str | None = None,
-    event_id: str | None = None,
-    occurred_at: datetime | None = None,
-) -> BounceEvent | None:
-    """Keep one event and act on it, in the caller's transaction; None for a replay."""
-    if event_id is not None:
-        seen = session.scalar(select(BounceEvent.id).where(BounceEvent.event_id == event_id))
-        if seen is not None:
-            return None
+@dataclass(frozen=True)
+class Returned:
+    """One bounce or complaint to record: what it is, about which mail, where it came from."""
+
+    target: Target
+    kind: BounceKind
+    source: str
+    status: str | None = None
+    diagnostic: str | None = None
+    event_id: str | None = None  # the same id twice is one event
+    occurred_at: datetime | None = None
+
+
+# Each event in the consent trail of every list the person gets, or is about to.
+_TRAIL_ROWS = insert(ConsentEvent.__table__).from_select(
+    ["subscription_id", "action", "source", "text_shown", "created_at"],
+    select(
+        Subscription.id,
+        bindparam("action", type_=String),
+        bindparam("source", type_=String),
+        bindparam("text", type_=Text),
+        bindparam("now", type_=UTCDateTime),
+    ).where(
+        Subscription.subscriber_id == bindparam("subscriber"),
+        # Spelled out: an IN list cannot be run once per row of an executemany.
+        or_(*(Subscription.status == status for status in subscriptions.LIVE)),
+    ),
+)
+
+
+def record_many(session: Session, items: Sequence[Returned], rules: Rules) -> list[int | None]:
+    """Keep events and act on them, in the caller's transaction, a few statements for all.
+
+    Returns each one's event id, None for a replay (an id seen before, or earlier in `items`).
+    A hard bounce or a complaint suppresses its address; a soft bounce when the count of them
+    since the address's last good delivery reaches the limit. Each event joins the consent
+    trail of every list its reader gets or is about to.
+    """
     now = utcnow()
-    subscriber = target.subscriber
-    event = BounceEvent(
-        email_hash=address_hash(target.address),
-        subscriber_id=subscriber.id if subscriber else None,
-        kind=kind,
-        status=(status or None) and status[:16],
-        diagnostic=(diagnostic or None) and diagnostic[:2000],
-        newsletter_id=target.newsletter_id,
-        digest_id=target.digest_id,
-        delivery_id=target.delivery_id,
-        outbox_message_id=target.outbox_message_id,
-        source=source[:16],
-        event_id=event_id,
-        occurred_at=occurred_at,
-        created_at=now,
+    ids = {item.event_id for item in items if item.event_id is not None}
+    seen = set(session.scalars(select(BounceEvent.event_id).where(BounceEvent.event_id.in_(ids))))
+    new: list[tuple[int, Returned]] = []
+    for position, item in enumerate(items):
+        if item.event_id is not None:
+            if item.event_id in seen:
+                continue
+            seen.add(item.event_id)
+        new.append((position, item))
+    results: list[int | None] = [None] * len(items)
+    if not new:
+        return results
+    rows = [
+        {
+            "email_hash": address_hash(item.target.address),
+            "subscriber_id": item.target.subscriber_id,
+            "kind": item.kind,
+            "status": (item.status or None) and item.status[:16],
+            "diagnostic": (item.diagnostic or None) and item.diagnostic[:2000],
+            "newsletter_id": item.target.newsletter_id,
+            "digest_id": item.target.digest_id,
+            "delivery_id": item.target.delivery_id,
+            "outbox_message_id": item.target.outbox_message_id,
+            "source": item.source[:16],
+            "event_id": item.event_id,
+            "suppressed": False,
+            "occurred_at": item.occurred_at,
+            "created_at": now,
+        }
+        for _, item in new
+    ]
+    # One INSERT for all (executemany with RETURNING); a concurrent twin is an IntegrityError
+    # the caller answers by recording one at a time.
+    created = (
+        session.execute(
+            insert(BounceEvent.__table__).returning(
+                BounceEvent.__table__.c.id, sort_by_parameter_order=True
+            ),
+            rows,
+        )
+        .scalars()
+        .all()
     )
-    try:
-        with session.begin_nested():
-            session.add(event)
-    except IntegrityError:
-        return None  # the same event, recorded a moment ago by another process
-    if subscriber is not None:
-        _trail(session, subscriber, kind, source, status, diagnostic)
-    stops = kind != BounceKind.SOFT or _soft_limit_reached(session, target, rules, now)
-    if stops:
-        suppression.suppress(session, target.address, _SUPPRESSES[kind])
-        event.suppressed = True
-    return event
+    trail = [
+        {
+            "subscriber": item.target.subscriber_id,
+            "action": _TRAIL[item.kind],
+            "source": f"bounce:{item.source}"[:100],
+            "text": " ".join(p for p in (item.status, item.diagnostic) if p)[:1000] or None,
+            "now": now,
+        }
+        for _, item in new
+        if item.target.subscriber_id is not None
+    ]
+    if trail:
+        session.execute(_TRAIL_ROWS, trail)
+    suppressing: dict[SuppressionReason, set[str]] = {}
+    stopped: list[int] = []
+    for event, (position, item) in zip(created, new, strict=True):
+        results[position] = event
+        if item.kind == BounceKind.COMPLAINT:
+            metrics.COMPLAINTS.inc()
+        else:
+            metrics.BOUNCES.labels(item.kind).inc()
+        if item.kind == BounceKind.SOFT and not _soft_limit_reached(
+            session, item.target, rules, now
+        ):
+            continue
+        suppressing.setdefault(_SUPPRESSES[item.kind], set()).add(item.target.address)
+        stopped.append(event)
+    for reason, addresses in suppressing.items():
+        suppression.suppress_many(session, addresses, reason)
+    if stopped:
+        session.execute(
+            update(BounceEvent).where(BounceEvent.id.in_(stopped)).values(suppressed=True)
+        )
+    return results
 
 
-def _trail(
-    session: Session,
-    subscriber: Subscriber,
-    kind: BounceKind,
-    source: str,
-    status: str | None,
-    diagnostic: str | None,
-) -> None:
-    """The event in the consent trail of each list the person gets, or is about to."""
-    live = session.scalars(
-        select(Subscription.id).where(
-            Subscription.subscriber_id == subscriber.id,
-            Subscription.status.in_(subscriptions.LIVE),
-        )
-    ).all()
-    text = " ".join(part for part in (status, diagnostic) if part)[:1000] or None
-    session.add_all(
-        ConsentEvent(
-            subscription_id=subscription_id,
-            action=_TRAIL[kind],
-            source=f"bounce:{source}"[:100],
-            text_shown=text,
-        )
-        for subscription_id in live
-    )
+def record(session: Session, item: Returned, rules: Rules) -> int | None:
+    """Keep one event and act on it, in the caller's transaction; its id, None for a replay."""
+    return record_many(session, [item], rules)[0]
 
 
 def _mailto_unsubscribe(session: Session, report: parse.Report, links: Links) -> str:
@@ -347,31 +424,29 @@ def refused_at_send(session: Session, row_id: int, exc: Exception, rules: Rules)
     target = _of_outbox(session, session.get(OutboxMessage, row_id))
     if target is not None:
         text = str(exc)
-        record(
-            session,
-            target,
-            BounceKind.HARD,
-            source="smtp",
-            rules=rules,
-            status=parse.status_code(text),
-            diagnostic=text,
-        )
+        hard = Returned(target, BounceKind.HARD, "smtp", parse.status_code(text), text)
+        record(session, hard, rules)
         session.commit()
 
 
-def ingest_mail(
-    session: Session, data: bytes, links: Links, rules: Rules, source: str, *, commit: bool = True
-) -> str:
-    """Classify, match and record one returned mail; commits unless told not to. Returns what
-    it was: hard, soft, complaint, unsubscribe, unchanged, autoreply, other, unmatched or replay."""
-    report = parse.parse(
+def _parse(data: bytes, links: Links) -> parse.Report:
+    return parse.parse(
         data, bounce_address=links.bounce_address, unsubscribe_address=links.unsubscribe_mailto
     )
+
+
+def _read(
+    session: Session,
+    data: bytes,
+    report: parse.Report,
+    links: Links,
+    source: str,
+    known: Mapping[int, Target] | None = None,
+) -> Returned | str:
+    """What one returned mail is: an event to record, or what it was when there is none
+    (a mailto unsubscribe, applied here; an auto-reply, a reader's answer, a stranger's)."""
     if report.kind == parse.Kind.UNSUBSCRIBE:
-        outcome = _mailto_unsubscribe(session, report, links)
-        if commit:
-            session.commit()
-        return outcome
+        return _mailto_unsubscribe(session, report, links)
     kind = _KINDS.get(report.kind)
     if kind is None:
         return str(report.kind)  # an auto-reply or a reader's answer: left alone
@@ -382,25 +457,28 @@ def ingest_mail(
         message_id=report.message_id,
         list_id=report.list_id,
         addresses=report.recipients,
+        known=known,
     )
     if target is None:
         log.info("returned mail (%s) matches none of ours", kind)
         return "unmatched"
     # The same bytes twice (an mbox read again) are one event.
     event_id = "mail:" + hashlib.sha256(data).hexdigest()
-    event = record(
-        session,
-        target,
-        kind,
-        source=source,
-        rules=rules,
-        status=report.status,
-        diagnostic=report.diagnostic,
-        event_id=event_id,
-    )
+    return Returned(target, kind, source, report.status, report.diagnostic, event_id)
+
+
+def ingest_mail(
+    session: Session, data: bytes, links: Links, rules: Rules, source: str, *, commit: bool = True
+) -> str:
+    """Classify, match and record one returned mail; commits unless told not to. Returns what
+    it was: hard, soft, complaint, unsubscribe, unchanged, autoreply, other, unmatched or replay."""
+    read = _read(session, data, _parse(data, links), links, source)
+    outcome = read
+    if isinstance(read, Returned):
+        outcome = str(read.kind) if record(session, read, rules) is not None else "replay"
     if commit:
         session.commit()
-    return str(kind) if event is not None else "replay"
+    return str(outcome)
 
 
 def ingest_events(
@@ -417,20 +495,59 @@ def ingest_events(
         if target is None:
             # Not a reader of ours by that address, yet the address must never be mailed.
             target = Target(item.address.strip().lower())
-        event = record(
-            session,
+        returned = Returned(
             target,
             kind,
-            source=item.provider,
-            rules=rules,
-            status=item.status,
-            diagnostic=item.diagnostic,
-            event_id=f"{item.provider}:{item.event_id}",
-            occurred_at=item.occurred_at,
+            item.provider,
+            item.status,
+            item.diagnostic,
+            f"{item.provider}:{item.event_id}",
+            item.occurred_at,
         )
+        event = record(session, returned, rules)
         counts[str(kind) if event is not None else "replay"] += 1
     session.commit()
     return counts
+
+
+def _batch(
+    session: Session, chunk: Sequence[sources.Incoming], links: Links, rules: Rules, name: str
+) -> list[str]:
+    """A batch of returned mail read and its events recorded together; not committed."""
+    reports = [_parse(incoming.data, links) for incoming in chunk]
+    tags = [links.read_tag(report.tag) if report.tag else None for report in reports]
+    known = _of_deliveries(session, (t.row_id for t in tags if t and t.kind == DELIVERY))
+    reads = [
+        _read(session, incoming.data, report, links, name, known)
+        for incoming, report in zip(chunk, reports, strict=True)
+    ]
+    returned = [read for read in reads if isinstance(read, Returned)]
+    ids = iter(record_many(session, returned, rules))
+    return [
+        (str(read.kind) if next(ids) is not None else "replay")
+        if isinstance(read, Returned)
+        else read
+        for read in reads
+    ]
+
+
+def _one_by_one(
+    session: Session, chunk: Sequence[sources.Incoming], links: Links, rules: Rules, name: str
+) -> list[str]:
+    """The same batch, each message in a savepoint: one the database refuses stays unhandled."""
+    outcomes = []
+    for incoming in chunk:
+        try:
+            with session.begin_nested():
+                outcomes.append(
+                    ingest_mail(session, incoming.data, links, rules, name, commit=False)
+                )
+        except OperationalError:
+            raise
+        except Exception:
+            log.exception("returned mail %s could not be recorded", incoming.name)
+            outcomes.append("error")
+    return outcomes
 
 
 def ingest_source(
@@ -440,39 +557,41 @@ def ingest_source(
     rules: Rules,
     name: str,
     *,
-    batch: int = 200,
+    batch: int = 500,
 ) -> Counter[str]:
     """Read every message of a source; each is marked handled once its batch has committed.
 
-    A batch is one transaction, each message in a savepoint of its own: one the database
-    refuses stays unhandled and costs the others nothing. A crash before a commit leaves its
-    batch unhandled, read again next time, and a message read twice is one event.
+    A batch is one transaction and a few statements. Should one of its messages be refused
+    (another process recording the same event at that moment), the batch is done again a
+    message at a time. A crash before a commit leaves its batch unhandled, read again next
+    time; a message read twice is one event. The database away stops the run (OperationalError).
     """
     counts: Counter[str] = Counter()
-    done: list[sources.Incoming] = []
+    chunk: list[sources.Incoming] = []
 
     def settle() -> None:
-        session.commit()
-        for incoming in done:
-            incoming.handled()
-        done.clear()
+        try:
+            outcomes = _batch(session, chunk, links, rules, name)
+            session.commit()
+        except OperationalError:
+            raise
+        except Exception as exc:
+            log.warning("a batch of returned mail is recorded one by one: %r", exc)
+            session.rollback()
+            outcomes = _one_by_one(session, chunk, links, rules, name)
+            session.commit()
+        for incoming, outcome in zip(chunk, outcomes, strict=True):
+            counts[outcome] += 1
+            if outcome != "error":
+                incoming.handled()
+        chunk.clear()
 
     for incoming in source:
-        try:
-            with session.begin_nested():
-                outcome = ingest_mail(session, incoming.data, links, rules, name, commit=False)
-        except OperationalError:
-            # The database is away: every message would fail; they all stay unhandled.
-            raise
-        except Exception:
-            log.exception("returned mail %s could not be recorded", incoming.name)
-            counts["error"] += 1
-            continue
-        done.append(incoming)
-        counts[outcome] += 1
-        if len(done) >= batch:
+        chunk.append(incoming)
+        if len(chunk) >= batch:
             settle()
-    settle()
+    if chunk:
+        settle()
     return counts
 
 

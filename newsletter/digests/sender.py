@@ -35,7 +35,6 @@ from newsletter.models import (
     DeliveryStatus,
     Digest,
     DigestStatus,
-    Subscriber,
     SubscriptionStatus,
     utcnow,
 )
@@ -318,20 +317,14 @@ class DigestSender:
                 # A hard bounce at the door: kept as one, and the address never mailed again.
                 target = ingest.Target(
                     recipient.address.lower(),
-                    session.get(Subscriber, recipient.subscriber_id),
+                    recipient.subscriber_id,
                     newsletter_id=batch.newsletter_id,
                     digest_id=batch.digest_id,
                     delivery_id=row,
                 )
-                ingest.record(
-                    session,
-                    target,
-                    BounceKind.HARD,
-                    source="smtp",
-                    rules=self.rules,
-                    status=status_code(str(exc)),
-                    diagnostic=str(exc),
-                )
+                text = str(exc)
+                hard = ingest.Returned(target, BounceKind.HARD, "smtp", status_code(text), text)
+                ingest.record(session, hard, self.rules)
                 session.commit()
             return
         ledger.LEASES.retry_or_fail(

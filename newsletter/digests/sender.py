@@ -21,6 +21,7 @@ from datetime import datetime
 from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
+from newsletter import metrics
 from newsletter.bounces import ingest
 from newsletter.bounces.parse import status_code
 from newsletter.digests import ledger, states
@@ -187,7 +188,7 @@ class DigestSender:
         session.commit()
         # Rows whose subscription went (erased) between the claim and now: nothing to send.
         gone = sorted(set(ids) - {r.delivery_id for r in recipients})
-        ledger.LEASES.settle(session, gone, token, DeliveryStatus.SKIPPED, "reader erased")
+        _settle(session, gone, token, DeliveryStatus.SKIPPED, "reader erased")
         started = self.clock.monotonic()
         batch = _Claimed(
             digest_id,
@@ -209,9 +210,7 @@ class DigestSender:
                     break
                 if not confirmed:
                     why = f"reader {recipient.status}"
-                    ledger.LEASES.settle(
-                        session, [recipient.delivery_id], token, DeliveryStatus.SKIPPED, why
-                    )
+                    _settle(session, [recipient.delivery_id], token, DeliveryStatus.SKIPPED, why)
                     continue
                 if not self._send(session, marks, batch, position, prepared, ahead):
                     break
@@ -228,7 +227,7 @@ class DigestSender:
         self, session: Session, digest: Digest, ids: list[int], token: str, exc: Exception
     ) -> None:
         why = f"cannot build: {exc}"
-        ledger.LEASES.settle(session, ids, token, DeliveryStatus.FAILED, why)
+        _settle(session, ids, token, DeliveryStatus.FAILED, why)
         digest.error = f"The mail of this digest cannot be built: {exc}"[:2000]
         session.commit()
 
@@ -279,9 +278,7 @@ class DigestSender:
             log.warning(
                 "digest %s: mail to delivery %s cannot be built: %s", batch.digest_id, row, exc
             )
-            ledger.LEASES.settle(
-                session, [row], batch.token, DeliveryStatus.FAILED, f"cannot build: {exc}"
-            )
+            _settle(session, [row], batch.token, DeliveryStatus.FAILED, f"cannot build: {exc}")
             return True
         try:
             sender = self.links.envelope_sender(DELIVERY, row) or prepared.sender
@@ -304,6 +301,7 @@ class DigestSender:
             return True
         # Recorded at once: a crash after this line does not send it again.
         marks.execute(ledger.MARK_SENT, {"row": row, "token": batch.token, "now": self.clock.now()})
+        metrics.digest_sent()
         return True
 
     def _failed(
@@ -312,7 +310,7 @@ class DigestSender:
         row, token = recipient.delivery_id, batch.token
         log.warning("digest delivery %s not sent: %s", row, exc)
         if exc.permanent:
-            ledger.LEASES.settle(session, [row], token, DeliveryStatus.FAILED, str(exc))
+            _settle(session, [row], token, DeliveryStatus.FAILED, str(exc))
             if exc.recipient_refused:
                 # A hard bounce at the door: kept as one, and the address never mailed again.
                 target = ingest.Target(
@@ -337,6 +335,15 @@ class DigestSender:
             DeliveryStatus.FAILED,
             gave_up=f"gave up: {exc}",
         )
+
+
+def _settle(
+    session: Session, rows: Sequence[int], token: str, status: DeliveryStatus, error: str
+) -> None:
+    """Give rows their final status (skipped, failed) if this claim holds them; counted."""
+    settled = ledger.LEASES.settle(session, rows, token, status, error)
+    if settled:
+        metrics.MAILS_SENT.labels("digest", str(status)).inc(settled)
 
 
 @contextmanager

@@ -415,6 +415,16 @@ def sns(app, monkeypatch):  # type: ignore[no-untyped-def]
 
     def sign(message: dict[str, str]) -> bytes:
         names = ["Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"]
+        if message["Type"] != "Notification":
+            names = [
+                "Message",
+                "MessageId",
+                "SubscribeURL",
+                "Timestamp",
+                "Token",
+                "TopicArn",
+                "Type",
+            ]
         text = "".join(f"{n}\n{message[n]}\n" for n in names if n in message).encode()
         signature = key.sign(text, padding.PKCS1v15(), hashes.SHA256())
         signed = {
@@ -486,3 +496,55 @@ def test_the_pipe_says_try_again_later_when_the_database_is_away(sent, tmp_path)
     assert result.returncode == 75, result.stderr.decode()
     assert b"Traceback" not in result.stderr
     assert b"cannot record returned mail now" in result.stderr
+
+
+def test_a_mail_to_the_unsubscribe_address_without_a_tag_names_the_list_in_its_subject(
+    db, daily, sent
+):
+    reader, _ = sent
+    data = (CORPUS / "unsubscribe-mailto.eml").read_bytes()
+    data = re.sub(rb"unsubscribe\+[a-z0-9]+@", b"unsubscribe@", data)
+    data = data.replace(b"Subject: unsubscribe", b"Subject: unsubscribe daily")
+    data = re.sub(rb"lesia\.ukrainka@example\.net", b"reader@example.com", data, flags=re.I)
+    assert ingest_mail(db, data) == "unsubscribe"
+    assert status_of(db, reader) == {SubscriptionStatus.UNSUBSCRIBED}
+
+
+def test_sns_asks_to_confirm_the_subscription_and_we_do(client, db, sent, sns, monkeypatch):
+    visited: list[str] = []
+    monkeypatch.setattr(hooks, "_confirm_subscription", visited.append)
+    url = "https://sns.eu-central-1.amazonaws.com/?Action=ConfirmSubscription&Token=abc"
+    body = sns(
+        {
+            "Type": "SubscriptionConfirmation",
+            "MessageId": "sns-2",
+            "Token": "abc",
+            "TopicArn": TOPIC,
+            "Message": "You have chosen to subscribe.",
+            "SubscribeURL": url,
+            "Timestamp": "2026-12-05T06:14:08.000Z",
+        }
+    )
+    answer = client.post(
+        "/hooks/bounces/ses",
+        data=body,
+        headers={"x-amz-sns-message-type": "SubscriptionConfirmation"},
+    )
+    assert answer.status_code == 200 and visited == [url]
+    assert db.session.scalar(select(func.count(BounceEvent.id))) == 0
+
+
+def test_the_editor_sees_what_came_back_on_the_digest_and_the_dashboard(client, db, daily, sent):
+    from factories import make_admin, sign_in
+
+    _, delivery = sent
+    ingest_mail(db, returned("postfix-hard.eml", envelope=verp(delivery)))
+    make_admin()
+    sign_in(client)
+    page = client.get(f"/admin/digests/{delivery.digest_id}").get_data(as_text=True)
+    assert "What came back" in page
+    assert "Hard bounces</dt><dd>1" in page
+    # One of two mails bounced: far above the 2 % line.
+    assert "50.00 %" in page and "clean the list" in page
+    dashboard = client.get("/admin/").get_data(as_text=True)
+    assert "Delivery, last 30 days" in dashboard and "too high" in dashboard

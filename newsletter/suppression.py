@@ -72,14 +72,16 @@ def suppress_many(session: Session, email_keys: Iterable[str], why: SuppressionR
         ],
         "email_hash",
     )
+    _stop_mail_to_erased(session, [address_hash(k) for k in keys], why, now)
     _end_subscriptions(session, keys, why, now)
 
 
 def suppress(session: Session, email_key: str, why: SuppressionReason) -> bool:
-    """Suppress an address in the caller's transaction; True when it was not suppressed before.
+    """Suppress an address in the caller's transaction; True when mail to it was allowed before.
 
     Repeating it changes nothing. A bounce or a complaint also ends the person's pending and
-    confirmed subscriptions, marked as such.
+    confirmed subscriptions, marked as such, and outranks an erasure: an erased person who
+    signed up again and then bounced is not mailed again.
     """
     row = {
         "email_hash": address_hash(email_key),
@@ -89,8 +91,28 @@ def suppress(session: Session, email_key: str, why: SuppressionReason) -> bool:
     }
     # Another worker recording the same bounce at once: one of the two inserts.
     added = rows.insert_new(session, Suppression.__table__, row, "email_hash") is not None
+    if not added:
+        added = _stop_mail_to_erased(session, [row["email_hash"]], why, row["created_at"]) > 0  # type: ignore[list-item,arg-type]
     _end_subscriptions(session, [email_key.lower()], why, row["created_at"])  # type: ignore[arg-type]
     return added
+
+
+def _stop_mail_to_erased(
+    session: Session, hashes: Sequence[str], why: SuppressionReason, now: datetime
+) -> int:
+    """Turn erasure suppressions of these addresses into `why` when it stops mail; how many."""
+    if why not in STOPS_MAIL:
+        return 0
+    result = session.execute(
+        update(Suppression)
+        .where(
+            Suppression.email_hash.in_(hashes),
+            Suppression.reason == SuppressionReason.ERASED,
+        )
+        .values(reason=why, created_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount  # type: ignore[attr-defined,no-any-return]
 
 
 def _end_subscriptions(

@@ -274,9 +274,7 @@ def test_digest_mails_are_counted_as_they_go(client, db, daily):
     digest = states.compose(db.session, daily)
     states.start(db.session, digest)
     db.session.execute(
-        db.update(Subscription)
-        .where(Subscription.subscriber_id == 2)
-        .values(status="unsubscribed")
+        db.update(Subscription).where(Subscription.subscriber_id == 2).values(status="unsubscribed")
     )
     db.session.commit()
     send_all(db, MemoryTransport())

@@ -30,7 +30,7 @@ from newsletter.digests.ledger import Recipient
 from newsletter.leases import Policy, new_claim
 from newsletter.links import DELIVERY, Links, Reader
 from newsletter.mail.outbox import server_side
-from newsletter.mail.transport import DeliveryError, Transport
+from newsletter.mail.transport import DeliveryError, TemporaryFailure, Transport
 from newsletter.models import (
     BounceKind,
     DeliveryStatus,
@@ -91,6 +91,14 @@ class _Claimed:
     def rest(self, position: int) -> list[int]:
         """The rows of the batch from `position` on."""
         return [r.delivery_id for r in self.recipients[position:]]
+
+    def refresh(self, session: Session, position: int) -> None:
+        """Read again the subscription statuses of the readers from `position` on."""
+        now = ledger.statuses(session, self.rest(position))
+        session.commit()
+        for at in range(position, len(self.recipients)):
+            recipient = self.recipients[at]
+            self.recipients[at] = recipient._replace(status=now.get(recipient.delivery_id))
 
 
 class DigestSender:
@@ -157,13 +165,8 @@ class DigestSender:
 
     def claim(self, session: Session, digest_id: int, token: str) -> list[int]:
         """Take up to a batch of the digest's due rows for one claim, with a lease."""
-        return ledger.LEASES.claim(
-            session,
-            token,
-            self.policy,
-            ledger.Delivery.digest_id == digest_id,
-            limit=self.batch_size,
-            now=self.clock.now(),
+        return ledger.claim(
+            session, digest_id, token, self.policy, size=self.batch_size, now=self.clock.now()
         )
 
     def send_batch(
@@ -209,7 +212,7 @@ class DigestSender:
                 if not self._still_ours(session, batch, position, stop):
                     break
                 if not confirmed:
-                    why = f"reader {recipient.status}"
+                    why = f"reader {recipient.status or 'erased'}"
                     _settle(session, [recipient.delivery_id], token, DeliveryStatus.SKIPPED, why)
                     continue
                 if not self._send(session, marks, batch, position, prepared, ahead):
@@ -238,6 +241,8 @@ class DigestSender:
 
         Not when the worker is stopping, the digest was paused or cancelled (looked at every
         `status_every` seconds), or the lease could not be renewed (renewed halfway through).
+        Along with the digest's status, the rest of the batch's readers are read again: one
+        who unsubscribed, bounced or complained since the claim is skipped, not mailed.
         """
         now = self.clock.monotonic()
         rest = batch.rest(position)
@@ -248,6 +253,8 @@ class DigestSender:
             session.commit()
             # Paused: the rows go back. Cancelled: the cancel has skipped them.
             go_on = status == DigestStatus.SENDING
+            if go_on:
+                batch.refresh(session, position)
         if go_on and now - batch.claimed_at >= self.policy.lease.total_seconds() / 2:
             batch.claimed_at = now
             # Stalled past the lease, or cancelled: rows this worker no longer holds may be
@@ -298,6 +305,15 @@ class DigestSender:
                 )
                 return False
             self._failed(session, batch, recipient, exc)
+            return True
+        except Exception as exc:
+            # A fault on our side of the connection, whose state is now unknown: it is
+            # dropped, and this reader's message tried again later with back-off.
+            log.exception("digest %s: delivery %s not sent", batch.digest_id, row)
+            self.transport.close()
+            self._failed(
+                session, batch, recipient, TemporaryFailure(f"{type(exc).__name__}: {exc}")
+            )
             return True
         # Recorded at once: a crash after this line does not send it again.
         marks.execute(ledger.MARK_SENT, {"row": row, "token": batch.token, "now": self.clock.now()})

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, delete, select
+from sqlalchemy import Select, delete, select, update
 from sqlalchemy.orm import Session
 
 from newsletter import suppression
@@ -14,6 +14,7 @@ from newsletter.addresses import address_hash, mask, normalize_email
 from newsletter.errors import UserError
 from newsletter.models import (
     AuditEvent,
+    BounceEvent,
     ConsentEvent,
     Delivery,
     Digest,
@@ -203,6 +204,14 @@ def erase(session: Session, subscriber: Subscriber, admin_user_id: int | None) -
     subscriber_id, email_key = subscriber.id, subscriber.email_key
     session.execute(delete(OutboxMessage).where(OutboxMessage.subscriber_id == subscriber_id))
     session.delete(subscriber)  # subscriptions and consent events cascade
+    # Returned mail stays counted in the figures, without the server's words: they often
+    # quote the address.
+    session.execute(
+        update(BounceEvent)
+        .where(BounceEvent.email_hash == address_hash(email_key))
+        .values(diagnostic=None, subscriber_id=None)
+        .execution_options(synchronize_session=False)
+    )
     session.flush()
     suppression.suppress(session, email_key, SuppressionReason.ERASED)
     record(session, admin_user_id, "erase", subscriber_id=subscriber_id)

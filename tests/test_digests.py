@@ -15,8 +15,8 @@ from itsdangerous import TimestampSigner
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from newsletter.digests import compose as digest_mail
 from newsletter import suppression
+from newsletter.digests import compose as digest_mail
 from newsletter.digests import progress, states
 from newsletter.digests.sender import Throttle
 from newsletter.links import Reader

@@ -4,7 +4,8 @@ Every event is kept (`BounceEvent`) and shows in the person's consent trail. A h
 (5.x.x) suppresses the address at once; soft bounces (4.x.x) do once `Rules.soft_limit` of
 them came back within `Rules.window` with no good delivery between; a complaint suppresses at
 once, which also takes the reader off every list. A mail to the unsubscribe address takes its
-reader off the list its tag names. Auto-replies and readers' answers are left alone, counted.
+reader off the list its tag names; one written by hand gets the list's unsubscribe link mailed
+to the reader. Auto-replies and readers' answers are left alone, counted.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from newsletter import metrics, subscriptions, suppression
 from newsletter.addresses import address_hash
 from newsletter.bounces import parse, sources, webhooks
 from newsletter.links import DELIVERY, Links
+from newsletter.mail import outbox
 from newsletter.models import (
     BounceEvent,
     BounceKind,
@@ -33,6 +35,7 @@ from newsletter.models import (
     ConsentEvent,
     Delivery,
     Digest,
+    MailKind,
     Newsletter,
     OutboxMessage,
     Subscriber,
@@ -139,10 +142,10 @@ def _of_outbox(session: Session, row: OutboxMessage | None) -> Target | None:
     if row is None:
         return None
     newsletter_id = None
-    if row.kind == "welcome":
+    if row.kind in (MailKind.WELCOME, MailKind.LEAVE_LINK):
         subscription = session.get(Subscription, row.payload.get("subscription"))
         newsletter_id = subscription.newsletter_id if subscription else None
-    elif row.kind == "confirmation":
+    elif row.kind == MailKind.CONFIRMATION:
         pairs = row.payload.get("subscriptions") or []
         subscription = session.get(Subscription, pairs[0][0]) if pairs else None
         newsletter_id = subscription.newsletter_id if subscription else None
@@ -269,6 +272,9 @@ class Returned:
     diagnostic: str | None = None
     event_id: str | None = None  # the same id twice is one event
     occurred_at: datetime | None = None
+    # Whether it may change anything: kept and counted either way. Not when anyone could
+    # have written it (see `_read`).
+    acts: bool = True
 
 
 # Each event in the consent trail of every list the person gets, or is about to.
@@ -294,7 +300,8 @@ def record_many(session: Session, items: Sequence[Returned], rules: Rules) -> li
     Returns each one's event id, None for a replay (an id seen before, or earlier in `items`).
     A hard bounce or a complaint suppresses its address; a soft bounce when the count of them
     since the address's last good delivery reaches the limit. Each event joins the consent
-    trail of every list its reader gets or is about to.
+    trail of every list its reader gets or is about to. An event that does not act is only
+    kept.
     """
     now = utcnow()
     ids = {item.event_id for item in items if item.event_id is not None}
@@ -349,7 +356,7 @@ def record_many(session: Session, items: Sequence[Returned], rules: Rules) -> li
             "now": now,
         }
         for _, item in new
-        if item.target.subscriber_id is not None
+        if item.target.subscriber_id is not None and item.acts
     ]
     if trail:
         session.execute(_TRAIL_ROWS, trail)
@@ -361,6 +368,8 @@ def record_many(session: Session, items: Sequence[Returned], rules: Rules) -> li
             metrics.COMPLAINTS.inc()
         else:
             metrics.BOUNCES.labels(item.kind).inc()
+        if not item.acts:
+            continue
         if item.kind == BounceKind.SOFT and not _soft_limit_reached(
             session, item.target, rules, now
         ):
@@ -382,27 +391,64 @@ def record(session: Session, item: Returned, rules: Rules) -> int | None:
 
 
 def _mailto_unsubscribe(session: Session, report: parse.Report, links: Links) -> str:
-    """A mail to the unsubscribe address: the list its tag names, or its subject names for
-    the subscriber who sent it."""
-    subscription = None
+    """A mail to the unsubscribe address.
+
+    With its tag (the address in our List-Unsubscribe header, signed for the reader and the
+    list), it takes the reader off that list. Without, a person wrote by hand, naming the
+    list in the subject: their From proves nothing, so the list's unsubscribe link is mailed
+    to the address we have, at most once a day.
+    """
     found = links.read_unsubscribe_tag(report.tag) if report.tag else None
-    if found is not None:
-        subscriber_id, newsletter_id, signature = found
-        subscriber = session.get(Subscriber, subscriber_id)
-        if subscriber is not None and links.unsubscribe_tag_matches(
-            subscriber_id, newsletter_id, signature, subscriber.token_key
-        ):
-            subscription = next(
-                (s for s in subscriber.subscriptions if s.newsletter_id == newsletter_id), None
-            )
-    elif report.recipients:
-        subscription = _named_in_subject(session, report.recipients[0], report.diagnostic)
+    if found is None:
+        written = report.recipients and _named_in_subject(
+            session, report.recipients[0], report.diagnostic
+        )
+        return _send_leave_link(session, written) if written else "unmatched"
+    subscriber_id, newsletter_id, signature = found
+    subscriber = session.get(Subscriber, subscriber_id)
+    if subscriber is None or not links.unsubscribe_tag_matches(
+        subscriber_id, newsletter_id, signature, subscriber.token_key
+    ):
+        return "unmatched"
+    subscription = next(
+        (s for s in subscriber.subscriptions if s.newsletter_id == newsletter_id), None
+    )
     if subscription is None:
         return "unmatched"
-    origin = subscriptions.Origin(source="mailto")
     before = subscription.status
-    subscriptions.unsubscribe(session, subscription, origin, commit=False)
+    subscriptions.unsubscribe(
+        session, subscription, subscriptions.Origin(source="mailto"), commit=False
+    )
     return "unsubscribe" if before in subscriptions.LIVE else "unchanged"
+
+
+# However many mails ask, a reader gets one leave link a day.
+_LEAVE_LINK_EVERY = timedelta(days=1)
+
+
+def _send_leave_link(session: Session, subscription: Subscription) -> str:
+    if not subscriptions.can_unsubscribe(subscription):
+        return "unchanged"
+    since = utcnow() - _LEAVE_LINK_EVERY
+    recent = session.scalar(
+        select(OutboxMessage.id)
+        .where(
+            OutboxMessage.subscriber_id == subscription.subscriber_id,
+            OutboxMessage.kind == MailKind.LEAVE_LINK,
+            OutboxMessage.created_at >= since,
+        )
+        .limit(1)
+    )
+    if recent is not None:
+        return "unchanged"
+    outbox.enqueue(
+        session,
+        MailKind.LEAVE_LINK,
+        subscription.subscriber_id,
+        subscription.subscriber.email,
+        {"subscription": subscription.id},
+    )
+    return "leave-link"
 
 
 def _named_in_subject(session: Session, sender: str, subject: str) -> Subscription | None:
@@ -462,16 +508,32 @@ def _read(
     if target is None:
         log.info("returned mail (%s) matches none of ours", kind)
         return "unmatched"
+    # With VERP on, returned mail of ours comes back to an address carrying a signed tag.
+    # One without names an address or a Message-ID that anyone could write, to have a
+    # reader suppressed: it is kept for the figures and changes nothing.
+    acts = not links.bounce_address or _tagged(links, report.tag, target)
+    if not acts:
+        log.info("returned mail (%s) without our tag: kept, not acted on", kind)
     # The same bytes twice (an mbox read again) are one event.
     event_id = "mail:" + hashlib.sha256(data).hexdigest()
-    return Returned(target, kind, source, report.status, report.diagnostic, event_id)
+    return Returned(target, kind, source, report.status, report.diagnostic, event_id, acts=acts)
+
+
+def _tagged(links: Links, tag: str | None, target: Target) -> bool:
+    """Whether the mail was matched by its signed VERP tag."""
+    verified = links.read_tag(tag) if tag else None
+    if verified is None:
+        return False
+    named = target.delivery_id if verified.kind == DELIVERY else target.outbox_message_id
+    return named == verified.row_id
 
 
 def ingest_mail(
     session: Session, data: bytes, links: Links, rules: Rules, source: str, *, commit: bool = True
 ) -> str:
     """Classify, match and record one returned mail; commits unless told not to. Returns what
-    it was: hard, soft, complaint, unsubscribe, unchanged, autoreply, other, unmatched or replay."""
+    it was: hard, soft, complaint, unsubscribe, leave-link, unchanged, autoreply, other, unmatched
+    or replay."""
     read = _read(session, data, _parse(data, links), links, source)
     outcome = read
     if isinstance(read, Returned):

@@ -59,6 +59,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
         cors,
         errors,
         hooks,
+        language,
         limits,
         mailbox,
         ops,
@@ -66,6 +67,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
         security,
     )
 
+    language.init_app(app)
     errors.register(app)
     cors.register(app)
     security.init_app(app)

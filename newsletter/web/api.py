@@ -12,6 +12,7 @@ from functools import wraps
 from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
+from flask_babel import gettext as _
 
 from newsletter import api_tokens
 from newsletter import subscriptions as subs
@@ -174,12 +175,12 @@ def _published_at(value: object) -> object:
         return items.clean_published_at(value)
     except OverflowError as exc:
         # A moment whose UTC time falls outside years 1 to 9999.
-        raise items.ItemError("The publication time is out of range.", "published_at") from exc
+        raise items.ItemError(_("The publication time is out of range."), "published_at") from exc
 
 
 def _item_newsletters(value: object) -> object:
     if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
-        raise items.ItemError("List the newsletters by their slugs.", "newsletters")
+        raise items.ItemError(_("List the newsletters by their slugs."), "newsletters")
     for slug in value:
         if _CONTROL.search(slug):
             raise items.ItemError(f"There is no open newsletter {slug[:64]!r}.", "newsletters")

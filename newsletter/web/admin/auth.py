@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import current_app, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
 from flask_limiter.util import get_remote_address
 from flask_login import current_user, login_user, logout_user
 from flask_wtf import FlaskForm
@@ -101,7 +102,7 @@ def logout() -> Response:
     # A copy of the cookie, from this browser or another, must open nothing afterwards.
     accounts.end_sessions(db.session, current_user._get_current_object())
     logout_user()
-    flash("You are signed out.")
+    flash(_("You are signed out."))
     return redirect(url_for("admin.login"))
 
 
@@ -131,6 +132,6 @@ def password() -> str | Response | tuple[str, int]:
         accounts.set_password(db.session, user, form.new.data or "")
         # This browser stays signed in under the account's new token; every other one is out.
         login_user(user)
-        flash("Password changed. Every other session of this account is signed out.")
+        flash(_("Password changed. Every other session of this account is signed out."))
         return redirect(url_for("admin.dashboard"))
     return render_template("admin/password.html", form=form), 400 if form.errors else 200

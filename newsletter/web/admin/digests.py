@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, tzinfo
 
 from flask import current_app, flash, jsonify, redirect, render_template, request, url_for
+from flask_babel import gettext as _
 from flask_login import current_user
 from sqlalchemy.orm import Session
 from werkzeug.datastructures import MultiDict
@@ -58,7 +59,7 @@ def digest(digest_id: int) -> str | Response | tuple[str, int]:
     digest = db.get_or_404(Digest, digest_id)
     if not states.editable(digest):
         if request.method == "POST":
-            flash("This digest is on its way and can no longer be changed.")
+            flash(_("This digest is on its way and can no longer be changed."))
             return redirect(url_for("admin.digest", digest_id=digest.id))
         return _progress_page(digest)
     form = DigestForm(obj=digest)
@@ -78,7 +79,7 @@ def digest(digest_id: int) -> str | Response | tuple[str, int]:
             db.session.rollback()
             form.subject.errors = [*form.subject.errors, exc.message]
         else:
-            flash("Saved.")
+            flash(_("Saved."))
             return redirect(url_for("admin.digest", digest_id=digest.id))
     return _edit_page(digest, form, ScheduleForm(formdata=None), chosen)
 
@@ -195,7 +196,7 @@ def digest_schedule(digest_id: int) -> Response | tuple[str, int]:
     """Schedule the digest at a time in the newsletter's time zone."""
     digest = db.get_or_404(Digest, digest_id)
     if not states.editable(digest):
-        flash("Only a draft can be scheduled.")
+        flash(_("Only a draft can be scheduled."))
         return redirect(url_for("admin.digest", digest_id=digest.id))
     form = ScheduleForm()
     if form.validate_on_submit():

@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 from zoneinfo import available_timezones
 
 from flask import current_app
+from flask_babel import gettext as _
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField, FileRequired
 from wtforms import (
@@ -50,7 +51,7 @@ WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", 
 def _one_line(form: FlaskForm, field: StringField) -> None:
     """Names and addresses end up in mail headers: no line breaks."""
     if field.data and any(c in field.data for c in "\r\n\0"):
-        raise ValidationError("Use a single line.")
+        raise ValidationError(_("Use a single line."))
 
 
 def _web_address(form: FlaskForm, field: StringField) -> None:
@@ -58,7 +59,7 @@ def _web_address(form: FlaskForm, field: StringField) -> None:
     if field.data:
         parts = urlsplit(field.data.strip())
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValidationError("Use an http:// or https:// address.")
+            raise ValidationError(_("Use an http:// or https:// address."))
 
 
 @cache
@@ -73,7 +74,7 @@ def _time_zone(form: FlaskForm, field: StringField) -> None:
     try:
         cadence.zone(name)
     except cadence.CadenceError as exc:
-        raise ValidationError("Use a time zone name such as Europe/Kyiv or UTC.") from exc
+        raise ValidationError(_("Use a time zone name such as Europe/Kyiv or UTC.")) from exc
     field.data = name
 
 
@@ -219,7 +220,7 @@ class ItemForm(FlaskForm):
 
     def validate_newsletters(self, field: SelectMultipleField) -> None:
         if not field.data:
-            raise ValidationError("Choose at least one newsletter.")
+            raise ValidationError(_("Choose at least one newsletter."))
 
 
 class ImportForm(FlaskForm):
@@ -255,7 +256,7 @@ class ImportForm(FlaskForm):
 
     def validate_consent_note(self, field: TextAreaField) -> None:
         if self.mode.data == ImportMode.CONSENTED and not (field.data or "").strip():
-            raise ValidationError("Say how and when these people consented.")
+            raise ValidationError(_("Say how and when these people consented."))
 
 
 class DigestForm(FlaskForm):

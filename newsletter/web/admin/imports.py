@@ -14,6 +14,7 @@ from flask import (
     send_file,
     url_for,
 )
+from flask_babel import gettext as _
 from flask_login import current_user
 from werkzeug.wrappers import Response
 
@@ -122,5 +123,5 @@ def import_retry(job_id: int) -> Response:
     if import_jobs.requeue(db.session, job, current_app.instance_path):
         flash(f"Import {job.id} is queued again.")
     else:
-        flash("Only a failed import whose uploaded file is still here can run again.")
+        flash(_("Only a failed import whose uploaded file is still here can run again."))
     return redirect(url_for("admin.import_job", job_id=job.id))

@@ -14,6 +14,7 @@ from flask import (
     stream_with_context,
     url_for,
 )
+from flask_babel import gettext as _
 from flask_login import current_user
 
 from newsletter import exports
@@ -135,8 +136,8 @@ def subscriber_erase(subscriber_id: int) -> Response:
     """Delete this person for good; only a hash stays, so an import cannot bring them back."""
     person = db.get_or_404(Subscriber, subscriber_id)
     if request.form.get("confirm") != "erase":
-        flash("Tick the box to confirm the erasure.")
+        flash(_("Tick the box to confirm the erasure."))
         return redirect(url_for("admin.subscriber", subscriber_id=subscriber_id))
     people.erase(db.session, person, current_user.id)
-    flash("The subscriber was erased.")
+    flash(_("The subscriber was erased."))
     return redirect(url_for("admin.subscribers"))

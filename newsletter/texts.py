@@ -1,0 +1,82 @@
+"""A newsletter's own texts in the reader's language: its version in that language, else its own."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from flask_babel import lazy_gettext
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from newsletter.models import (
+    DEFAULT_BUTTON,
+    DEFAULT_PROMPT,
+    DEFAULT_THANKS,
+    Newsletter,
+    NewsletterText,
+)
+
+# The texts an editor can give per language, in the order the admin form shows them.
+FIELDS = ("name", "description", "prompt_text", "button_text", "thanks_text", "welcome_text")
+
+# A new newsletter's box starts with our words: they stay ours, shown in the reader's
+# language, until an editor writes their own.
+OURS: Mapping[str, Any] = {
+    DEFAULT_PROMPT: lazy_gettext("Enter your email to subscribe"),
+    DEFAULT_BUTTON: lazy_gettext("Subscribe"),
+    DEFAULT_THANKS: lazy_gettext(
+        "Thank you for signing up for this newsletter. We\u2019ve sent you a confirmation email."
+    ),
+}
+
+
+class HasTexts(Protocol):
+    """A newsletter or a row of one: its id and its own texts."""
+
+    id: int
+
+
+def versions(session: Session, locale: str) -> dict[int, NewsletterText]:
+    """Every newsletter's version in one language, by newsletter id."""
+    found = session.scalars(select(NewsletterText).where(NewsletterText.locale == locale))
+    return {version.newsletter_id: version for version in found}
+
+
+def text(newsletter: HasTexts, field: str, version: NewsletterText | None) -> str:
+    """One of a newsletter's texts as a reader of `version`'s language reads it."""
+    if field not in FIELDS:
+        raise ValueError(f"no text {field!r}")
+    given = getattr(version, field, "") if version is not None else ""
+    if given:
+        return str(given)
+    own = str(getattr(newsletter, field) or "")
+    ours = OURS.get(own)
+    return str(ours) if ours is not None else own
+
+
+def version(session: Session, newsletter: Newsletter, locale: str) -> NewsletterText | None:
+    """A newsletter's version in one language, if an editor gave one."""
+    return session.scalar(
+        select(NewsletterText).where(
+            NewsletterText.newsletter_id == newsletter.id, NewsletterText.locale == locale
+        )
+    )
+
+
+def save(session: Session, newsletter: Newsletter, locale: str, values: Mapping[str, str]) -> None:
+    """Keep a newsletter's texts in one language; with every field empty, none is kept.
+
+    Does not commit: the caller saves it with the rest of the newsletter.
+    """
+    found = version(session, newsletter, locale)
+    cleaned = {field: (values.get(field) or "").strip() for field in FIELDS}
+    if not any(cleaned.values()):
+        if found is not None:
+            session.delete(found)
+        return
+    if found is None:
+        found = NewsletterText(newsletter_id=newsletter.id, locale=locale)
+        session.add(found)
+    for field, value in cleaned.items():
+        setattr(found, field, value)

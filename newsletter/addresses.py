@@ -41,7 +41,7 @@ def normalize_email(raw: str, *, check_deliverability: bool = False) -> tuple[st
 
 def mask(address: str) -> str:
     """An address as a list shows it without giving it away: j***@example.org."""
-    local, _, domain = address.rpartition("@")
+    local, _at, domain = address.rpartition("@")
     return f"{local[:1]}***@{domain}" if local else "***"
 
 

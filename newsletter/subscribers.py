@@ -216,7 +216,7 @@ def suppressions(session: Session, email: str | None = None, limit: int = 100) -
     query = select(Suppression).order_by(Suppression.id.desc()).limit(limit)
     if email is not None:
         try:
-            _, key = normalize_email(email)
+            _address, key = normalize_email(email)
         except UserError:
             return []
         query = query.where(Suppression.email_hash == address_hash(key))

@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from flask_babel import lazy_gettext
+from flask import g, has_request_context
+from flask_babel import get_locale, lazy_gettext
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from newsletter.extensions import db
+from newsletter.languages import DEFAULT
 from newsletter.models import (
     DEFAULT_BUTTON,
     DEFAULT_PROMPT,
@@ -29,6 +32,10 @@ OURS: Mapping[str, Any] = {
         "Thank you for signing up for this newsletter. We\u2019ve sent you a confirmation email."
     ),
 }
+
+
+# Where a request keeps the versions it read: web/language.py forgets them after it.
+CACHE = "newsletter_texts"
 
 
 class HasTexts(Protocol):
@@ -53,6 +60,22 @@ def text(newsletter: HasTexts, field: str, version: NewsletterText | None) -> st
     own = str(getattr(newsletter, field) or "")
     ours = OURS.get(own)
     return str(ours) if ours is not None else own
+
+
+def _current_versions() -> dict[int, NewsletterText]:
+    locale = str(get_locale() or DEFAULT)
+    if not has_request_context():
+        # The worker's app context lives for hours: no cache there, editors change texts.
+        return versions(db.session, locale)
+    cached = g.setdefault(CACHE, {})
+    if locale not in cached:
+        cached[locale] = versions(db.session, locale)
+    return cached[locale]
+
+
+def local(newsletter: HasTexts, field: str) -> str:
+    """A newsletter's text in the current language: the request's, or the one a mail forces."""
+    return text(newsletter, field, _current_versions().get(newsletter.id))
 
 
 def version(session: Session, newsletter: Newsletter, locale: str) -> NewsletterText | None:

@@ -160,7 +160,7 @@ def import_feed(
     items.open_newsletters(session, [newsletter.slug])  # refuses an archived list up front
     added = already = 0
     for entry in parse(source):
-        _, created = items.add_item(session, **entry, newsletters=[newsletter.slug], source="feed")
+        _i, created = items.add_item(session, **entry, newsletters=[newsletter.slug], source="feed")
         if created:
             added += 1
         else:
@@ -179,7 +179,7 @@ def pull(session: Session, newsletter: Newsletter) -> int:
         return 0
     added = 0
     try:
-        added, _ = import_feed(session, url, newsletter)
+        added, _skipped = import_feed(session, url, newsletter)
     except (FeedError, items.ItemError) as exc:
         session.rollback()
         error: str | None = exc.message

@@ -10,9 +10,8 @@ from flask_babel import get_babel, get_locale, refresh
 from werkzeug.exceptions import HTTPException
 
 from newsletter import languages, texts
-from newsletter.extensions import babel, db
+from newsletter.extensions import babel
 from newsletter.languages import DEFAULT, LANGUAGES
-from newsletter.models import NewsletterText
 
 log = logging.getLogger(__name__)
 
@@ -67,26 +66,10 @@ def use_reader(locale: str | None) -> None:
     refresh()
 
 
-def _versions() -> dict[int, NewsletterText]:
-    locale = current()
-    if not has_request_context():
-        # The worker's app context lives for hours: no cache there, editors change texts.
-        return texts.versions(db.session, locale)
-    cached = g.setdefault("newsletter_texts", {})
-    if locale not in cached:
-        cached[locale] = texts.versions(db.session, locale)
-    return cached[locale]
-
-
-def local(newsletter: texts.HasTexts, field: str) -> str:
-    """A newsletter's text in the current language (the `local` template filter)."""
-    return texts.text(newsletter, field, _versions().get(newsletter.id))
-
-
 def _forget() -> None:
     # Tests and `flask shell` share one app context between requests: so does `g`.
     g.pop("reader_locale", None)
-    g.pop("newsletter_texts", None)
+    g.pop(texts.CACHE, None)
     refresh()
 
 
@@ -107,7 +90,7 @@ def init_app(app: Flask) -> None:
     babel.init_app(app, default_locale=DEFAULT, locale_selector=select)
     # {% trans %} blocks written over several lines are one sentence (babel.cfg trims too).
     app.jinja_env.policies["ext.i18n.trimmed"] = True
-    app.jinja_env.filters["local"] = local
+    app.jinja_env.filters["local"] = texts.local
     app.before_request(_forget)
     app.teardown_request(lambda _exc: _forget())
 

@@ -88,18 +88,17 @@ def version(session: Session, newsletter: Newsletter, locale: str) -> Newsletter
 
 
 def save(session: Session, newsletter: Newsletter, locale: str, values: Mapping[str, str]) -> None:
-    """Keep a newsletter's texts in one language; with every field empty, none is kept.
-
-    Does not commit: the caller saves it with the rest of the newsletter.
-    """
+    """Keep a newsletter's texts in one language; with every field empty, none is kept; commits."""
     found = version(session, newsletter, locale)
     cleaned = {field: (values.get(field) or "").strip() for field in FIELDS}
     if not any(cleaned.values()):
         if found is not None:
             session.delete(found)
+            session.commit()
         return
     if found is None:
         found = NewsletterText(newsletter_id=newsletter.id, locale=locale)
         session.add(found)
     for field, value in cleaned.items():
         setattr(found, field, value)
+    session.commit()

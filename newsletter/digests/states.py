@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from flask_babel import gettext as _
+from flask_babel import lazy_gettext
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
@@ -50,12 +51,12 @@ CANCELLABLE = (
 )
 # How a digest's state reads on its page.
 LABELS = {
-    DigestStatus.DRAFT: "Draft",
-    DigestStatus.SCHEDULED: "Scheduled",
-    DigestStatus.SENDING: "Sending",
-    DigestStatus.PAUSED: "Paused",
-    DigestStatus.SENT: "Sent",
-    DigestStatus.CANCELLED: "Cancelled",
+    DigestStatus.DRAFT: lazy_gettext("Draft"),
+    DigestStatus.SCHEDULED: lazy_gettext("Scheduled"),
+    DigestStatus.SENDING: lazy_gettext("Sending"),
+    DigestStatus.PAUSED: lazy_gettext("Paused"),
+    DigestStatus.SENT: lazy_gettext("Sent"),
+    DigestStatus.CANCELLED: lazy_gettext("Cancelled"),
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import current_app, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
+from flask_babel import lazy_gettext
 from flask_limiter.util import get_remote_address
 from flask_login import current_user, login_user, logout_user
 from flask_wtf import FlaskForm
@@ -17,12 +18,12 @@ from newsletter.extensions import db, limiter
 from newsletter.web.admin.core import bp
 from newsletter.web.admin.forms import LoginForm
 
-WRONG = "Wrong email or password."
-TOO_MANY_HERE = (
+WRONG = lazy_gettext("Wrong email or password.")
+TOO_MANY_HERE = lazy_gettext(
     "Too many failed sign-ins to this account from your network. "
     "Please wait a few minutes and try again."
 )
-TOO_MANY_EVERYWHERE = (
+TOO_MANY_EVERYWHERE = lazy_gettext(
     "This account has had too many failed sign-ins from many places and is locked for a while. "
     "Please try again in an hour, or ask another admin to help."
 )
@@ -107,15 +108,20 @@ def logout() -> Response:
 
 
 class PasswordForm(FlaskForm):
-    current = PasswordField("Current password", validators=[DataRequired(), Length(max=500)])
+    current = PasswordField(
+        lazy_gettext("Current password"), validators=[DataRequired(), Length(max=500)]
+    )
     new = PasswordField(
-        "New password",
+        lazy_gettext("New password"),
         validators=[DataRequired(), Length(min=accounts.MIN_PASSWORD_LENGTH, max=500)],
-        description=f"At least {accounts.MIN_PASSWORD_LENGTH} characters.",
+        description=lazy_gettext("At least %(n)d characters.", n=accounts.MIN_PASSWORD_LENGTH),
     )
     again = PasswordField(
-        "New password again",
-        validators=[DataRequired(), EqualTo("new", message="The two new passwords differ.")],
+        lazy_gettext("New password again"),
+        validators=[
+            DataRequired(),
+            EqualTo("new", message=lazy_gettext("The two new passwords differ.")),
+        ],
     )
 
 
@@ -127,7 +133,7 @@ def password() -> str | Response | tuple[str, int]:
     user = current_user._get_current_object()
     if form.validate_on_submit():
         if not check_password_hash(user.password_hash, form.current.data or ""):
-            form.current.errors.append("That is not your current password.")
+            form.current.errors.append(_("That is not your current password."))
             return render_template("admin/password.html", form=form), 401
         accounts.set_password(db.session, user, form.new.data or "")
         # This browser stays signed in under the account's new token; every other one is out.

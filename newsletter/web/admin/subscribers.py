@@ -95,7 +95,7 @@ def subscriber_unsubscribe(subscriber_id: int, subscription_id: int) -> Response
     if subscription.subscriber_id != subscriber_id:
         abort(404)
     subs.unsubscribe(db.session, subscription, _origin())
-    flash(f"Unsubscribed from {subscription.newsletter.name}.")
+    flash(_("Unsubscribed from %(name)s.", name=subscription.newsletter.name))
     return redirect(url_for("admin.subscriber", subscriber_id=subscriber_id))
 
 
@@ -111,7 +111,8 @@ def subscriber_resend(subscriber_id: int) -> Response:
     except subs.SubscriptionError as exc:
         flash(exc.message)
     else:
-        flash("Confirmation mail queued for " + ", ".join(s.newsletter.name for s in pending) + ".")
+        names = ", ".join(s.newsletter.name for s in pending)
+        flash(_("Confirmation mail queued for %(names)s.", names=names))
     return redirect(url_for("admin.subscriber", subscriber_id=subscriber_id))
 
 

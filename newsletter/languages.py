@@ -17,6 +17,12 @@ def known(value: object) -> str | None:
     return primary if primary in LANGUAGES else None
 
 
+def N_(msgid: str) -> str:
+    """Mark a text for the catalogue where it must stay plain English (a constant others
+    compare with); it is translated with gettext where it is shown."""
+    return msgid
+
+
 def lazy_gettext(msgid: str) -> str:
     """A text translated each time it is shown, for modules that do not import Flask."""
     return LazyProxy(_translated, msgid, enable_cache=False)  # type: ignore[return-value]

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from newsletter import subscriptions, suppression
 from newsletter.digests.compose import Content, PreparedDigest
-from newsletter.languages import DEFAULT
+from newsletter.languages import DEFAULT, known
 from newsletter.links import Links, Reader
 from newsletter.mail import compose
 from newsletter.mail.outbox import Withheld
@@ -44,7 +44,8 @@ def build(session: Session, row: OutboxMessage, links: Links) -> EmailMessage | 
     if subscriber is None:
         return None
     # Written in the reader's language, as it is when the mail goes.
-    with force_locale(subscriber.locale or DEFAULT):
+    # An imported tag (en-GB, pt-BR) counts as its language when it is one of ours.
+    with force_locale(known(subscriber.locale) or DEFAULT):
         return _for_reader(session, row, links, subscriber)
 
 
@@ -74,7 +75,7 @@ def _digest_test(session: Session, row: OutboxMessage, links: Links) -> EmailMes
         select(Subscriber).where(Subscriber.email_key == row.to_address.lower())
     )
     # In the tester's language when they read the list too.
-    locale = (reader.locale if reader else None) or DEFAULT
+    locale = known(reader.locale if reader else None) or DEFAULT
     with force_locale(locale):
         subject = _("[Test] %(subject)s", subject=digest.subject)
     content = Content(digest.newsletter, subject, digest.intro, digest.items)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from flask import Flask, g, has_request_context, request, session
 from flask_babel import get_babel, get_locale, refresh
+from flask_babel.speaklater import LazyString
 from werkzeug.exceptions import HTTPException
 
 from newsletter import languages, texts
@@ -73,6 +74,11 @@ def _forget() -> None:
     refresh()
 
 
+def _as_text(value: object) -> object:
+    # Flask-Babel's lazy texts call themselves markup (__html__): shown as text, escaped.
+    return str(value) if isinstance(value, LazyString) else value
+
+
 def missing_catalogues(app: Flask) -> list[str]:
     """Languages whose compiled catalogue (.mo) is in none of the translation folders."""
     with app.app_context():
@@ -91,6 +97,7 @@ def init_app(app: Flask) -> None:
     # {% trans %} blocks written over several lines are one sentence (babel.cfg trims too).
     app.jinja_env.policies["ext.i18n.trimmed"] = True
     app.jinja_env.filters["local"] = texts.local
+    app.jinja_env.finalize = _as_text
     app.before_request(_forget)
     app.teardown_request(lambda _exc: _forget())
 

@@ -215,5 +215,5 @@ def preferences(token: str) -> str | tuple[str, int]:
         choices=subs.choices(subscriber, open_newsletters(db.session), mailable=mailable),
         mailable=mailable,
         saved=saved,
-        reader_locale=subscriber.locale or language.current(),
+        reader_locale=languages.known(subscriber.locale) or language.current(),
     )

@@ -15,15 +15,17 @@ from wtforms.validators import DataRequired, EqualTo, Length
 
 from newsletter import accounts
 from newsletter.extensions import db, limiter
+from newsletter.languages import N_
 from newsletter.web.admin.core import bp
 from newsletter.web.admin.forms import LoginForm
 
-WRONG = lazy_gettext("Wrong email or password.")
-TOO_MANY_HERE = lazy_gettext(
+# Marked for the catalogue (N_) and translated where they are shown.
+WRONG = N_("Wrong email or password.")
+TOO_MANY_HERE = N_(
     "Too many failed sign-ins to this account from your network. "
     "Please wait a few minutes and try again."
 )
-TOO_MANY_EVERYWHERE = lazy_gettext(
+TOO_MANY_EVERYWHERE = N_(
     "This account has had too many failed sign-ins from many places and is locked for a while. "
     "Please try again in an hour, or ask another admin to help."
 )
@@ -73,14 +75,14 @@ def _safe_next(target: str | None) -> str:
     methods=["POST"],
     key_func=_pair_key,
     deduct_when=_failed,
-    error_message=TOO_MANY_HERE,
+    error_message=lambda: _(TOO_MANY_HERE),
 )
 @limiter.limit(
     _account_limit,
     methods=["POST"],
     key_func=_account_key,
     deduct_when=_failed,
-    error_message=TOO_MANY_EVERYWHERE,
+    error_message=lambda: _(TOO_MANY_EVERYWHERE),
 )
 def login() -> str | Response | tuple[str, int]:
     """The sign-in form; a wrong address and a wrong password get the same answer."""
@@ -92,7 +94,7 @@ def login() -> str | Response | tuple[str, int]:
         if user is not None:
             login_user(user)
             return redirect(_safe_next(request.args.get("next")))
-        form.password.errors.append(WRONG)
+        form.password.errors.append(_(WRONG))
         return render_template("admin/login.html", form=form), 401
     return render_template("admin/login.html", form=form), 400 if form.errors else 200
 
@@ -126,7 +128,9 @@ class PasswordForm(FlaskForm):
 
 
 @bp.route("/password", methods=["GET", "POST"])
-@limiter.limit(_pair_limit, methods=["POST"], deduct_when=_failed, error_message=TOO_MANY_HERE)
+@limiter.limit(
+    _pair_limit, methods=["POST"], deduct_when=_failed, error_message=lambda: _(TOO_MANY_HERE)
+)
 def password() -> str | Response | tuple[str, int]:
     """Change one's own password; every other session of the account ends."""
     form = PasswordForm()

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run run-prod test lint bench install clean
+.PHONY: run run-prod test lint bench install clean translations
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,12 +14,28 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-install: $(STAMP)
+# The language catalogues (docs/languages.md): the .po files are kept in git, the compiled
+# .mo files are made here, at install, and again whenever a .po changes.
+TRANSLATIONS := newsletter/translations
+CATALOGUES := $(patsubst %.po,%.mo,$(wildcard $(TRANSLATIONS)/*/LC_MESSAGES/messages.po))
+
+$(TRANSLATIONS)/%/LC_MESSAGES/messages.mo: $(TRANSLATIONS)/%/LC_MESSAGES/messages.po $(STAMP)
+	$(BIN)/pybabel compile -l $* -i $< -o $@
+
+install: $(STAMP) $(CATALOGUES)
+
+# After a change of the texts in code or templates: extract them, merge them into each
+# language's .po (new ones come in empty), compile.
+translations: $(STAMP)
+	$(BIN)/pybabel extract -F $(TRANSLATIONS)/babel.cfg -k lazy_gettext --sort-by-file \
+	  --project newsletter -o $(TRANSLATIONS)/messages.pot newsletter templates
+	$(BIN)/pybabel update -i $(TRANSLATIONS)/messages.pot -d $(TRANSLATIONS) --ignore-obsolete
+	$(BIN)/pybabel compile -d $(TRANSLATIONS) --statistics
 
 # Development: SQLite in instance/, mail as .eml files in instance/outbox/, read at /_mailbox.
 run: export NEWSLETTER_ENV = development
 run: export NEWSLETTER_BASE_URL ?= http://$(HOST):$(PORT)
-run: $(STAMP)
+run: $(STAMP) $(CATALOGUES)
 	$(BIN)/newsletter dev-instance --base-url "$$NEWSLETTER_BASE_URL"
 	$(BIN)/newsletter init-db
 	$(BIN)/newsletter seed-demo
@@ -41,7 +57,7 @@ run-prod: export NEWSLETTER_DATABASE_URL ?= $(PROD_DATABASE_URL)
 run-prod: export NEWSLETTER_REDIS_URL ?= $(PROD_REDIS_URL)
 run-prod: export NEWSLETTER_INSTANCE_PATH ?= $(CURDIR)/instance
 run-prod: export PROMETHEUS_MULTIPROC_DIR ?= $(NEWSLETTER_INSTANCE_PATH)/prometheus
-run-prod: $(STAMP)
+run-prod: $(STAMP) $(CATALOGUES)
 	@set -e; umask 077; mkdir -p "$$PROMETHEUS_MULTIPROC_DIR"; \
 	$(BIN)/python -m newsletter.trial database "$$NEWSLETTER_DATABASE_URL"; \
 	if [ -z "$$NEWSLETTER_SECRET_KEY" ]; then \
@@ -63,7 +79,7 @@ run-prod: $(STAMP)
 	echo "Production stack: $$NEWSLETTER_BASE_URL (gunicorn pid $$web, workers $$worker1 $$worker2); Ctrl-C stops it."; \
 	wait $$web
 
-test: $(STAMP)
+test: $(STAMP) $(CATALOGUES)
 	$(BIN)/pytest
 
 lint: $(STAMP)

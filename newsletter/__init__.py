@@ -62,6 +62,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
         cors,
         errors,
         hooks,
+        language,
         limits,
         mailbox,
         ops,
@@ -69,6 +70,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
         security,
     )
 
+    language.init_app(app)
     errors.register(app)
     cors.register(app)
     security.init_app(app)

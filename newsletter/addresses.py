@@ -12,6 +12,8 @@ import idna
 from email_validator import EmailNotValidError, validate_email
 
 from newsletter.errors import UserError
+from newsletter.languages import gettext as _
+from newsletter.languages import lazy_gettext
 
 MAX_LENGTH = 254
 # Never in an address we send from: they would end or split a header, or quote themselves.
@@ -19,7 +21,7 @@ _NOT_IN_SENDER = set(' \t\r\n\0<>,;:"()[]\\')
 
 
 class InvalidEmail(UserError):
-    message = "Please, enter correct email address"
+    message = lazy_gettext("Please, enter correct email address")
 
 
 def normalize_email(raw: str, *, check_deliverability: bool = False) -> tuple[str, str]:
@@ -39,7 +41,7 @@ def normalize_email(raw: str, *, check_deliverability: bool = False) -> tuple[st
 
 def mask(address: str) -> str:
     """An address as a list shows it without giving it away: j***@example.org."""
-    local, _, domain = address.rpartition("@")
+    local, _at, domain = address.rpartition("@")
     return f"{local[:1]}***@{domain}" if local else "***"
 
 
@@ -49,7 +51,7 @@ def address_hash(email_key: str) -> str:
 
 
 class InvalidSender(UserError):
-    message = "This is not an address mail can be sent from."
+    message = lazy_gettext("This is not an address mail can be sent from.")
 
 
 def sender_address(raw: str) -> str:
@@ -59,14 +61,19 @@ def sender_address(raw: str) -> str:
     text = (raw or "").strip()
     local, at, domain = text.rpartition("@")
     if not at or not local or not domain or len(text) > MAX_LENGTH or _NOT_IN_SENDER & set(text):
-        raise InvalidSender(f"{text[:100]!r} is not an email address.")
+        raise InvalidSender(_("%(text)r is not an email address.", text=text[:100]))
     if not local.isascii():
         raise InvalidSender(
-            f"{text[:100]!r}: use an address whose part before the @ is plain ASCII; mail "
-            "servers cannot be assumed to take one with other letters (SMTPUTF8)."
+            _(
+                "%(text)r: use an address whose part before the @ is plain ASCII; mail "
+                "servers cannot be assumed to take one with other letters (SMTPUTF8).",
+                text=text[:100],
+            )
         )
     try:
         ascii_domain = idna.encode(domain.rstrip("."), uts46=True).decode("ascii")
     except (idna.IDNAError, UnicodeError) as exc:
-        raise InvalidSender(f"{text[:100]!r}: the domain is not a valid name ({exc}).") from exc
+        raise InvalidSender(
+            _("%(text)r: the domain is not a valid name (%(why)s).", text=text[:100], why=exc)
+        ) from exc
     return f"{local}@{ascii_domain.lower()}"

@@ -6,6 +6,8 @@ import hashlib
 import secrets
 from datetime import timedelta
 
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
@@ -22,7 +24,7 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 class ApiTokenError(UserError):
     """A token request the rules refuse; the message is fit to show an admin."""
 
-    message = "Something is wrong with this token."
+    message = lazy_gettext("Something is wrong with this token.")
 
 
 def hash_token(token: str) -> str:
@@ -34,9 +36,9 @@ def create_token(session: Session, name: str, admin_user_id: int | None) -> tupl
     """Make a token; commits. Returns the row and the token itself, which is not kept."""
     name = " ".join((name or "").split())
     if not name:
-        raise ApiTokenError("Give the token a name, such as the site or script that uses it.")
+        raise ApiTokenError(_("Give the token a name, such as the site or script that uses it."))
     if len(name) > 100:
-        raise ApiTokenError("The name is longer than 100 characters.")
+        raise ApiTokenError(_("The name is longer than 100 characters."))
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     row = ApiToken(
         name=name,

@@ -5,10 +5,18 @@ from __future__ import annotations
 import hashlib
 from datetime import date
 
+from babel.numbers import format_decimal as _format_decimal
+from flask_babel import get_locale
+from flask_babel import gettext as _
 from markupsafe import Markup
 
 # Room around the plot for the value labels (left) and the date labels (below).
 _LEFT, _RIGHT, _TOP, _BOTTOM = 56, 8, 10, 22
+
+
+def format_decimal(value: int) -> str:
+    """A count as the reader's language writes it (English outside a request)."""
+    return _format_decimal(value, locale=get_locale() or "en")
 
 
 def growth_svg(
@@ -20,14 +28,23 @@ def growth_svg(
     if points:
         (first, start), (last, end) = points[0], points[-1]
         low, high = min(v for _, v in points), max(v for _, v in points)
+        n = format_decimal
         desc = (
-            f"{first.isoformat()}: {start:,}."
+            f"{first.isoformat()}: {n(start)}."
             if len(points) == 1
-            else f"From {first.isoformat()} ({start:,}) to {last.isoformat()} ({end:,});"
-            f" lowest {low:,}, highest {high:,}."
+            else _(
+                "From %(first)s (%(start)s) to %(last)s (%(end)s); lowest %(low)s, "
+                "highest %(high)s.",
+                first=first.isoformat(),
+                start=n(start),
+                last=last.isoformat(),
+                end=n(end),
+                low=n(low),
+                high=n(high),
+            )
         )
     else:
-        desc = "No data yet."
+        desc = _("No data yet.")
     parts = [
         Markup(
             '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="100%"'
@@ -39,8 +56,8 @@ def growth_svg(
     ]
     if not points:
         parts.append(
-            Markup('<text x="{}" y="{}" text-anchor="middle">No data yet</text>').format(
-                width / 2, height / 2
+            Markup('<text x="{}" y="{}" text-anchor="middle">{}</text>').format(
+                width / 2, height / 2, _("No data yet")
             )
         )
     else:
@@ -64,13 +81,15 @@ def _plot(points: list[tuple[date, int]], width: int, height: int) -> list[Marku
     area = f"{xs[0]:.1f},{bottom:.1f} {line} {xs[-1]:.1f},{bottom:.1f}"
     first, last = points[0][0].isoformat(), points[-1][0].isoformat()
     labels = [
-        Markup('<text x="{}" y="{}" text-anchor="end">{:,}</text>').format(_LEFT - 6, bottom, low),
+        Markup('<text x="{}" y="{}" text-anchor="end">{}</text>').format(
+            _LEFT - 6, bottom, format_decimal(low)
+        ),
         Markup('<text x="{}" y="{}">{}</text>').format(_LEFT, height - 4, first),
     ]
     if high != low:
         labels.append(
-            Markup('<text x="{}" y="{}" text-anchor="end" dy="0.7em">{:,}</text>').format(
-                _LEFT - 6, _TOP, high
+            Markup('<text x="{}" y="{}" text-anchor="end" dy="0.7em">{}</text>').format(
+                _LEFT - 6, _TOP, format_decimal(high)
             )
         )
     if last != first:

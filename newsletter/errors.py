@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from newsletter.languages import lazy_gettext
+
 
 class UserError(Exception):
     """Something the rules refuse; `message` is fit to show a reader, an editor or an admin.
@@ -9,8 +11,10 @@ class UserError(Exception):
     Each subclass says in `message` what its refusal means; a raise may say it more exactly.
     """
 
-    message = "Something is wrong with this request."
+    message: str = lazy_gettext("Something is wrong with this request.")
 
     def __init__(self, message: str | None = None) -> None:
-        super().__init__(message or self.message)
-        self.message = message or self.message
+        # Translated now, in the language of the request that caused it (English elsewhere).
+        text = str(message or self.message)
+        super().__init__(text)
+        self.message = text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from flask_babel import Babel, lazy_gettext
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_login import LoginManager
@@ -31,4 +32,7 @@ csrf = CSRFProtect()
 limiter = Limiter(key_func=get_remote_address)
 login = LoginManager()
 login.login_view = "admin.login"
-login.login_message = "Please sign in to see that page."
+login.login_message = lazy_gettext("Please sign in to see that page.")
+# Flashed messages are kept in the session cookie: as text in the editor's language.
+login.localize_callback = str
+babel = Babel()

@@ -19,6 +19,7 @@ from typing import Any
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
 from newsletter.errors import UserError
+from newsletter.languages import lazy_gettext
 
 CONFIRM = "confirm"
 UNSUBSCRIBE = "unsubscribe"
@@ -44,19 +45,19 @@ _UNSUBSCRIBE_TAG = re.compile(r"u([0-9]{1,12})x([0-9]{1,12})-([a-z2-7]{16})")
 class LinkError(UserError):
     """A link that cannot be used."""
 
-    message = "This link cannot be used."
+    message = lazy_gettext("This link cannot be used.")
 
 
 class TamperedLink(LinkError):
     """The signature does not match: a mangled or forged link."""
 
-    message = "This link is broken."
+    message = lazy_gettext("This link is broken.")
 
 
 class ExpiredLink(LinkError):
     """A genuine link past its age; what it names is kept so a fresh one can be offered."""
 
-    message = "This link has expired."
+    message = lazy_gettext("This link has expired.")
 
     def __init__(self, link: object) -> None:
         super().__init__()
@@ -66,7 +67,7 @@ class ExpiredLink(LinkError):
 class LinkNoLongerValid(LinkError):
     """A genuine link whose reader or subscriptions have moved on (used, left, erased)."""
 
-    message = "This link is no longer valid."
+    message = lazy_gettext("This link is no longer valid.")
 
 
 @dataclass(frozen=True)

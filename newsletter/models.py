@@ -588,3 +588,22 @@ class AllowedOrigin(db.Model):
 
     def __repr__(self) -> str:
         return f"<AllowedOrigin {self.origin}>"
+
+
+class NewsletterText(db.Model):
+    """A newsletter's own texts in one more language; an empty field shows the newsletter's."""
+
+    __table_args__ = (UniqueConstraint("newsletter_id", "locale"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    newsletter_id: Mapped[int] = mapped_column(ForeignKey("newsletter.id", ondelete="CASCADE"))
+    locale: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    description: Mapped[str] = mapped_column(Text, default="")
+    prompt_text: Mapped[str] = mapped_column(String(200), default="")
+    button_text: Mapped[str] = mapped_column(String(60), default="")
+    thanks_text: Mapped[str] = mapped_column(String(500), default="")
+    welcome_text: Mapped[str] = mapped_column(Text, default="")
+
+    def __repr__(self) -> str:
+        return f"<NewsletterText {self.newsletter_id} {self.locale}>"

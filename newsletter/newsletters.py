@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -40,11 +42,11 @@ SCHEDULE_FIELDS = ("cadence", "send_time", "timezone", "send_weekday", "auto_dig
 
 
 class UnknownNewsletter(UserError):
-    message = "We have no newsletter by that name."
+    message = lazy_gettext("We have no newsletter by that name.")
 
 
 class SlugTaken(UserError):
-    message = "Another newsletter has this slug."
+    message = lazy_gettext("Another newsletter has this slug.")
 
 
 def by_slug(session: Session, slug: str, *, open_only: bool = False) -> Newsletter:
@@ -54,8 +56,11 @@ def by_slug(session: Session, slug: str, *, open_only: bool = False) -> Newslett
         query = query.where(Newsletter.archived.is_(False))
     newsletter = session.scalar(query)
     if newsletter is None:
-        kind = "open newsletter" if open_only else "newsletter"
-        raise UnknownNewsletter(f"There is no {kind} with slug {slug[:64]!r}.")
+        if open_only:
+            message = _("There is no open newsletter with slug %(slug)r.", slug=slug[:64])
+        else:
+            message = _("There is no newsletter with slug %(slug)r.", slug=slug[:64])
+        raise UnknownNewsletter(message)
     return newsletter
 
 

@@ -8,6 +8,8 @@ from collections.abc import Iterable
 from urllib.parse import quote, urlsplit
 
 import idna
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -29,14 +31,14 @@ _URL_SAFE = "/:@!$&'()*+,;=-._~%"
 class OriginError(UserError):
     """Text that is not a site's origin, or a site that cannot be listed."""
 
-    message = (
+    message = lazy_gettext(
         "Enter the site's origin, such as https://news.example.org: the scheme, the host "
         "and the port when it is not the usual one."
     )
 
 
 class OriginTaken(OriginError):
-    message = "This site is listed already."
+    message = lazy_gettext("This site is listed already.")
 
 
 def _host(hostname: str) -> str:
@@ -49,9 +51,9 @@ def _host(hostname: str) -> str:
     try:
         ascii_host = idna.encode(hostname, uts46=True).decode("ascii")
     except idna.IDNAError as exc:
-        raise OriginError(f"{hostname[:100]!r} is not a host name.") from exc
+        raise OriginError(_("%(name)r is not a host name.", name=hostname[:100])) from exc
     if not all(_LABEL.fullmatch(label) for label in ascii_host.split(".")):
-        raise OriginError(f"{hostname[:100]!r} is not a host name.")
+        raise OriginError(_("%(name)r is not a host name.", name=hostname[:100]))
     return ascii_host
 
 
@@ -71,7 +73,7 @@ def normalise(text: str) -> str:
     if scheme not in _DEFAULT_PORTS or not parts.netloc or not parts.hostname:
         raise OriginError()
     if "@" in parts.netloc:
-        raise OriginError("An origin has no user name or password before the host.")
+        raise OriginError(_("An origin has no user name or password before the host."))
     host = _host(parts.hostname)
     origin = (
         f"{scheme}://{host}"
@@ -80,8 +82,11 @@ def normalise(text: str) -> str:
     )
     if parts.path not in ("", "/") or parts.query or parts.fragment or raw.endswith(("?", "#")):
         raise OriginError(
-            f"That is the address of a page; the site's origin is {origin}. "
-            "Enter only the scheme, the host and the port."
+            _(
+                "That is the address of a page; the site's origin is %(origin)s. "
+                "Enter only the scheme, the host and the port.",
+                origin=origin,
+            )
         )
     return origin
 
@@ -126,17 +131,19 @@ def add(
     """List a site (and note it in the audit trail); commits. `already`: origins allowed anyway."""
     origin = normalise(text)
     if origin in set(already):
-        raise OriginError(f"{origin} is allowed already by NEWSLETTER_ALLOWED_ORIGINS.")
+        raise OriginError(
+            _("%(origin)s is allowed already by NEWSLETTER_ALLOWED_ORIGINS.", origin=origin)
+        )
     note = " ".join(re.sub(r"[\x00-\x1f\x7f]", " ", note or "").split())
     if len(note) > MAX_NOTE:
-        raise OriginError(f"The note is longer than {MAX_NOTE} characters.")
+        raise OriginError(_("The note is longer than %(n)d characters.", n=MAX_NOTE))
     row = AllowedOrigin(origin=origin, note=note, added_by_id=admin_user_id)
     try:
         # A savepoint: two admins listing one site at once leave one row and one message.
         with session.begin_nested():
             session.add(row)
     except IntegrityError as exc:
-        raise OriginTaken(f"{origin} is listed already.") from exc
+        raise OriginTaken(_("%(origin)s is listed already.", origin=origin)) from exc
     session.add(
         AuditEvent(
             admin_user_id=admin_user_id,

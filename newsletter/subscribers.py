@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext
 from sqlalchemy import Select, delete, select, update
 from sqlalchemy.orm import Session
 
@@ -223,7 +225,7 @@ def suppressions(session: Session, email: str | None = None, limit: int = 100) -
     query = select(Suppression).order_by(Suppression.id.desc()).limit(limit)
     if email is not None:
         try:
-            _, key = normalize_email(email)
+            _address, key = normalize_email(email)
         except UserError:
             return []
         query = query.where(Suppression.email_hash == address_hash(key))
@@ -231,7 +233,7 @@ def suppressions(session: Session, email: str | None = None, limit: int = 100) -
 
 
 class NotSuppressed(UserError):
-    message = "This address is not suppressed."
+    message = lazy_gettext("This address is not suppressed.")
 
 
 def lift_suppression(
@@ -243,13 +245,15 @@ def lift_suppression(
     """
     why = " ".join(why.split())[:500]
     if not why:
-        raise UserError("Say why the suppression is lifted: it is kept in the audit trail.")
+        raise UserError(_("Say why the suppression is lifted: it is kept in the audit trail."))
     address, key = normalize_email(email)
     reason = suppression.reason(session, key)
     if reason is None:
         raise NotSuppressed()
     if reason not in suppression.STOPS_MAIL:
-        raise UserError("An erased person's address stays suppressed: imports never bring it back.")
+        raise UserError(
+            _("An erased person's address stays suppressed: imports never bring it back.")
+        )
     suppression.lift(session, key)
     record(
         session,

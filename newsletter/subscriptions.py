@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from flask_babel import lazy_gettext
 from sqlalchemy import Row, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -40,16 +41,17 @@ LIVE = (PENDING, CONFIRMED)
 STOPPED = (SubscriptionStatus.BOUNCED, SubscriptionStatus.COMPLAINED)
 # How each state reads to the reader, on the preferences page.
 READER_LABELS = {
-    CONFIRMED: "subscribed",
-    PENDING: "waiting for confirmation",
-    UNSUBSCRIBED: "unsubscribed",
-    SubscriptionStatus.BOUNCED: "paused: mail to this address bounced",
-    SubscriptionStatus.COMPLAINED: "unsubscribed (marked as spam)",
+    CONFIRMED: lazy_gettext("subscribed"),
+    PENDING: lazy_gettext("waiting for confirmation"),
+    UNSUBSCRIBED: lazy_gettext("unsubscribed"),
+    SubscriptionStatus.BOUNCED: lazy_gettext("paused: mail to this address bounced"),
+    SubscriptionStatus.COMPLAINED: lazy_gettext("unsubscribed (marked as spam)"),
 }
-NOT_SUBSCRIBED = "not subscribed"
-# The words on the buttons that record consent, kept in the trail with each event.
-CONFIRM_TEXT = "Confirm subscription"
-PREFERENCES_TEXT = "ticked on the preferences page [Save my choices]"
+NOT_SUBSCRIBED = lazy_gettext("not subscribed")
+# The words on the buttons that record consent, kept in the trail with each event in the
+# language the reader saw them in.
+CONFIRM_TEXT = lazy_gettext("Confirm subscription")
+PREFERENCES_TEXT = lazy_gettext("ticked on the preferences page [Save my choices]")
 # What a newsletter slug may look like; anything else names no newsletter.
 SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
@@ -59,22 +61,24 @@ class SubscriptionError(UserError):
 
 
 class NoNewsletterChosen(SubscriptionError):
-    message = "Please, choose at least one newsletter."
+    message = lazy_gettext("Please, choose at least one newsletter.")
 
 
 class NothingToConfirm(SubscriptionError):
-    message = "No subscription of this reader is waiting for confirmation."
+    message = lazy_gettext("No subscription of this reader is waiting for confirmation.")
 
 
 class Undeliverable(SubscriptionError):
-    message = (
+    message = lazy_gettext(
         "Mail to this address cannot be delivered: it bounced or its owner marked our mail as "
         "spam. Nothing is sent to it until the suppression is lifted."
     )
 
 
 class TooManyConfirmations(SubscriptionError):
-    message = "We have sent several confirmation emails to this address today. Please try tomorrow."
+    message = lazy_gettext(
+        "We have sent several confirmation emails to this address today. Please try tomorrow."
+    )
 
 
 @dataclass(frozen=True)
@@ -420,7 +424,7 @@ def confirm(session: Session, link: ConfirmLink, origin: Origin) -> ConfirmResul
     result.already.extend(s for s in result.confirmed if s not in taken)
     result.confirmed = taken
     for subscription in taken:
-        _mark_confirmed(session, subscription, origin, CONFIRM_TEXT)
+        _mark_confirmed(session, subscription, origin, str(CONFIRM_TEXT))
     session.commit()
     return result
 
@@ -529,7 +533,7 @@ def choices(
     for newsletter in newsletters:
         subscription = current.get(newsletter.id)
         status = subscription.status if subscription is not None else None
-        label = READER_LABELS[status] if status is not None else NOT_SUBSCRIBED
+        label = str(READER_LABELS[status] if status is not None else NOT_SUBSCRIBED)
         open_ = mailable and status not in STOPPED
         found.append(Choice(newsletter, status == CONFIRMED, open_, label))
     return found
@@ -596,3 +600,15 @@ def update_preferences(
             left.append(subscription)
     session.commit()
     return joined, left
+
+
+def set_locale(session: Session, subscriber: Subscriber, locale: str) -> bool:
+    """Write to a reader in another language from now on; consent is untouched; commits.
+
+    Returns whether it changed.
+    """
+    if subscriber.locale == locale:
+        return False
+    subscriber.locale = locale
+    session.commit()
+    return True

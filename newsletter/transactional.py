@@ -9,11 +9,14 @@ from __future__ import annotations
 from email import message_from_bytes
 from email.message import EmailMessage
 
+from flask_babel import force_locale
+from flask_babel import gettext as _
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from newsletter import subscriptions, suppression
 from newsletter.digests.compose import Content, PreparedDigest
+from newsletter.languages import DEFAULT, known
 from newsletter.links import Links, Reader
 from newsletter.mail import compose
 from newsletter.mail.outbox import Withheld
@@ -40,6 +43,15 @@ def build(session: Session, row: OutboxMessage, links: Links) -> EmailMessage | 
     subscriber = session.get(Subscriber, row.subscriber_id) if row.subscriber_id else None
     if subscriber is None:
         return None
+    # Written in the reader's language, as it is when the mail goes.
+    # An imported tag (en-GB, pt-BR) counts as its language when it is one of ours.
+    with force_locale(known(subscriber.locale) or DEFAULT):
+        return _for_reader(session, row, links, subscriber)
+
+
+def _for_reader(
+    session: Session, row: OutboxMessage, links: Links, subscriber: Subscriber
+) -> EmailMessage | None:
     if row.kind == MailKind.CONFIRMATION:
         pairs = [(sid, str(nonce)) for sid, nonce in row.payload.get("subscriptions", [])]  # type: ignore[union-attr]
         pending = subscriptions.still_confirmable(subscriber, pairs)
@@ -64,13 +76,18 @@ def _digest_test(session: Session, row: OutboxMessage, links: Links) -> EmailMes
     digest = session.get(Digest, row.payload.get("digest"))
     if digest is None:
         return None
-    content = Content(digest.newsletter, f"[Test] {digest.subject}", digest.intro, digest.items)
     reader = session.scalar(
         select(Subscriber).where(Subscriber.email_key == row.to_address.lower())
     )
+    # In the tester's language when they read the list too.
+    locale = known(reader.locale if reader else None) or DEFAULT
+    with force_locale(locale):
+        subject = _("[Test] %(subject)s", subject=digest.subject)
+    content = Content(digest.newsletter, subject, digest.intro, digest.items)
     # The tester's own links when they read the list; otherwise links that lead nowhere.
     who = Reader(reader.id, reader.token_key) if reader else Reader(0, "test")
-    data = PreparedDigest(content, row.message_key, links).message(0, row.to_address, who)
+    prepared = PreparedDigest(content, row.message_key, links, locale=locale)
+    data = prepared.message(0, row.to_address, who)
     message = message_from_bytes(data, policy=compose.POLICY)
     assert isinstance(message, EmailMessage)
     return message

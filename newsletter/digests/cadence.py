@@ -18,6 +18,7 @@ from threading import Event
 from time import monotonic
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from flask_babel import gettext as _
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -41,14 +42,16 @@ def zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise CadenceError(f"{name!r} is not a time zone such as Europe/Kyiv or UTC.") from exc
+        raise CadenceError(
+            _("%(name)r is not a time zone such as Europe/Kyiv or UTC.", name=name)
+        ) from exc
 
 
 def clock(text: str) -> time:
     """HH:MM, 24-hour."""
     match = _HH_MM.fullmatch(text.strip())
     if match is None:
-        raise CadenceError(f"{text!r} is not a time of day such as 07:30.")
+        raise CadenceError(_("%(text)r is not a time of day such as 07:30.", text=text))
     return time(int(match.group(1)), int(match.group(2)))
 
 
@@ -61,7 +64,7 @@ def _candidate_days(cadence: str, weekday: int, start: date) -> list[date]:
         return [d for d in days if d.weekday() == weekday]
     if cadence == "monthly":
         return [d for d in days if d.day == 1]
-    raise CadenceError(f"{cadence!r} is not a cadence: daily, weekly or monthly.")
+    raise CadenceError(_("%(text)r is not a cadence: daily, weekly or monthly.", text=cadence))
 
 
 def next_run(
@@ -76,7 +79,7 @@ def next_run(
         moment = datetime.combine(day, at, tzinfo=tz).astimezone(ZoneInfo("UTC"))
         if moment > after:
             return moment
-    raise CadenceError("No moment of this cadence in the next 40 days.")  # pragma: no cover
+    raise CadenceError(_("No moment of this cadence in the next 40 days."))  # pragma: no cover
 
 
 def plan(newsletter: Newsletter, now: datetime | None = None) -> None:

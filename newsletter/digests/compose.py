@@ -24,7 +24,9 @@ from urllib.parse import quote, urlsplit
 import css_inline
 from dkim import canonicalization
 from flask import current_app, render_template
+from flask_babel import force_locale
 
+from newsletter.languages import DEFAULT
 from newsletter.links import PREFERENCES, UNSUBSCRIBE, Links, Reader
 from newsletter.mail import compose
 from newsletter.models import Item, Newsletter, utcnow
@@ -135,6 +137,7 @@ class PreparedDigest:
         links: Links,
         *,
         signer: BodySigner | None = None,
+        locale: str = DEFAULT,
     ) -> None:
         newsletter = content.newsletter
         cfg = current_app.config
@@ -147,7 +150,10 @@ class PreparedDigest:
         # Placeholders nobody can have typed into an item: random for every digest.
         marker = secrets.token_hex(8)
         holes = {UNSUBSCRIBE: f"U{marker}U", PREFERENCES: f"P{marker}P"}
-        text, html = render(content, holes[UNSUBSCRIBE], holes[PREFERENCES])
+        # Its frame (footer, links, dates) in one language: a digest is prepared once per
+        # language its readers read.
+        with force_locale(locale):
+            text, html = render(content, holes[UNSUBSCRIBE], holes[PREFERENCES])
 
         boundary = f"=_{secrets.token_hex(12)}"
         lines = [f"From: {compose.sender(newsletter)}"]

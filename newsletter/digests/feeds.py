@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 
 import feedparser
 from flask import current_app, has_app_context
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext
 from sqlalchemy.orm import Session
 
 from newsletter import safefetch
@@ -32,7 +34,7 @@ _ACCEPT = (
 class FeedError(UserError):
     """A feed that cannot be read; the message says why, fit to show an editor."""
 
-    message = "The feed could not be read."
+    message = lazy_gettext("The feed could not be read.")
 
 
 def fetch(url: str) -> tuple[bytes, dict[str, str]]:
@@ -42,7 +44,7 @@ def fetch(url: str) -> tuple[bytes, dict[str, str]]:
     fetch, redirects included, has TIMEOUT seconds.
     """
     if urlsplit(url).scheme not in ("http", "https"):
-        raise FeedError("Only http and https feeds can be fetched.")
+        raise FeedError(_("Only http and https feeds can be fetched."))
     allowed = current_app.config["FEED_INTERNAL_HOSTS"] if has_app_context() else []
     try:
         fetched = safefetch.get(
@@ -61,7 +63,7 @@ def fetch(url: str) -> tuple[bytes, dict[str, str]]:
 
 
 def _too_large() -> str:
-    return f"The feed is larger than {MAX_BYTES // (1024 * 1024)} MB."
+    return _("The feed is larger than %(n)d MB.", n=MAX_BYTES // (1024 * 1024))
 
 
 def _read(source: str | bytes | Path) -> tuple[bytes, dict[str, str]]:
@@ -71,7 +73,7 @@ def _read(source: str | bytes | Path) -> tuple[bytes, dict[str, str]]:
         if source.startswith(("http://", "https://")):
             return fetch(source)
         if "://" in source:
-            raise FeedError("Only http and https feeds can be fetched.")
+            raise FeedError(_("Only http and https feeds can be fetched."))
         if source.lstrip().startswith("<"):
             return source.encode(), {"content-type": "application/xml; charset=utf-8"}
     path = Path(source)
@@ -146,8 +148,9 @@ def parse(source: str | bytes | Path) -> list[dict[str, Any]]:
 
 def _not_a_feed(feed: Any) -> str:
     reason = feed.get("bozo_exception")
-    detail = f" ({str(reason)[:200]})" if reason else ""
-    return f"This is not an RSS or Atom feed{detail}."
+    if reason:
+        return _("This is not an RSS or Atom feed (%(why)s).", why=str(reason)[:200])
+    return _("This is not an RSS or Atom feed.")
 
 
 def import_feed(
@@ -157,7 +160,7 @@ def import_feed(
     items.open_newsletters(session, [newsletter.slug])  # refuses an archived list up front
     added = already = 0
     for entry in parse(source):
-        _, created = items.add_item(session, **entry, newsletters=[newsletter.slug], source="feed")
+        _i, created = items.add_item(session, **entry, newsletters=[newsletter.slug], source="feed")
         if created:
             added += 1
         else:
@@ -176,7 +179,7 @@ def pull(session: Session, newsletter: Newsletter) -> int:
         return 0
     added = 0
     try:
-        added, _ = import_feed(session, url, newsletter)
+        added, _skipped = import_feed(session, url, newsletter)
     except (FeedError, items.ItemError) as exc:
         session.rollback()
         error: str | None = exc.message

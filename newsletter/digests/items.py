@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from html.parser import HTMLParser
 from urllib.parse import urlsplit
 
+from flask_babel import format_decimal, lazy_gettext
+from flask_babel import gettext as _
 from sqlalchemy import Select, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -27,7 +29,7 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 class ItemError(UserError):
     """Item input the rules refuse; the message is fit to show whoever sent it."""
 
-    message = "Something is wrong with this item."
+    message = lazy_gettext("Something is wrong with this item.")
 
     def __init__(self, message: str | None = None, field: str | None = None) -> None:
         super().__init__(message)
@@ -35,7 +37,7 @@ class ItemError(UserError):
 
 
 class UrlTaken(ItemError):
-    message = "Another item has this link."
+    message = lazy_gettext("Another item has this link.")
 
     def __init__(self, message: str | None = None, field: str | None = "url") -> None:
         super().__init__(message, field)
@@ -84,7 +86,7 @@ def _text(value: object, field: str, label: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise ItemError(f"The {label} must be text.", field)
+        raise ItemError(_("The %(label)s must be text.", label=label), field)
     return _CONTROL.sub("", value)
 
 
@@ -92,9 +94,9 @@ def clean_title(value: object) -> str:
     """A title on one line, or ItemError."""
     title = " ".join(_text(value, "title", "title").split())
     if not title:
-        raise ItemError("Give the item a title.", "title")
+        raise ItemError(_("Give the item a title."), "title")
     if len(title) > MAX_TITLE:
-        raise ItemError(f"The title is longer than {MAX_TITLE} characters.", "title")
+        raise ItemError(_("The title is longer than %(n)d characters.", n=MAX_TITLE), "title")
     return title
 
 
@@ -102,15 +104,15 @@ def clean_url(value: object) -> str:
     """An absolute http(s) link, or ItemError."""
     url = _text(value, "url", "link").strip()
     if not url:
-        raise ItemError("Give the item a link (url).", "url")
+        raise ItemError(_("Give the item a link (url)."), "url")
     if len(url) > MAX_URL:
-        raise ItemError(f"The link is longer than {MAX_URL} characters.", "url")
+        raise ItemError(_("The link is longer than %(n)d characters.", n=MAX_URL), "url")
     try:
         parts = urlsplit(url)
     except ValueError as exc:
-        raise ItemError("The link must be an absolute http or https address.", "url") from exc
+        raise ItemError(_("The link must be an absolute http or https address."), "url") from exc
     if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
-        raise ItemError("The link must be an absolute http or https address.", "url")
+        raise ItemError(_("The link must be an absolute http or https address."), "url")
     return url
 
 
@@ -118,7 +120,10 @@ def clean_summary(value: object) -> str:
     """Plain text of at most MAX_SUMMARY characters, or ItemError."""
     summary = _text(value, "summary", "summary").strip()
     if len(summary) > MAX_SUMMARY:
-        raise ItemError(f"The summary is longer than {MAX_SUMMARY:,} characters.", "summary")
+        raise ItemError(
+            _("The summary is longer than %(n)s characters.", n=format_decimal(MAX_SUMMARY)),
+            "summary",
+        )
     return summary
 
 
@@ -136,7 +141,7 @@ def clean_published_at(value: object) -> datetime:
                 "published_at",
             ) from exc
     if not isinstance(value, datetime):
-        raise ItemError("The publication time must be ISO 8601 text.", "published_at")
+        raise ItemError(_("The publication time must be ISO 8601 text."), "published_at")
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
@@ -146,7 +151,7 @@ def clean_guid(value: object, url: str) -> str:
     if not guid:
         return url
     if len(guid) > MAX_GUID:
-        raise ItemError(f"The guid is longer than {MAX_GUID} characters.", "guid")
+        raise ItemError(_("The guid is longer than %(n)d characters.", n=MAX_GUID), "guid")
     return guid
 
 
@@ -157,10 +162,10 @@ def open_newsletters(session: Session, slugs: object) -> list[Newsletter]:
     elif isinstance(slugs, str):
         slugs = [slugs]
     if not isinstance(slugs, list | tuple) or not all(isinstance(s, str) for s in slugs):
-        raise ItemError("List the newsletters by their slugs.", "newsletters")
+        raise ItemError(_("List the newsletters by their slugs."), "newsletters")
     wanted = list(dict.fromkeys(s.strip() for s in slugs if s.strip()))
     if not wanted:
-        raise ItemError("Choose at least one newsletter.", "newsletters")
+        raise ItemError(_("Choose at least one newsletter."), "newsletters")
     found = {
         n.slug: n
         for n in session.scalars(
@@ -169,7 +174,9 @@ def open_newsletters(session: Session, slugs: object) -> list[Newsletter]:
     }
     for slug in wanted:
         if slug not in found:
-            raise ItemError(f"There is no open newsletter {slug[:64]!r}.", "newsletters")
+            raise ItemError(
+                _("There is no open newsletter %(slug)r.", slug=slug[:64]), "newsletters"
+            )
     return [found[slug] for slug in wanted]
 
 

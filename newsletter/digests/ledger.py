@@ -101,6 +101,7 @@ class Recipient(NamedTuple):
     address: str
     token_key: str
     attempts: int
+    locale: str | None = None  # the language the reader reads mail in
 
 
 # The claimed rows' readers, in the ledger's order; rows whose reader was erased are missing.
@@ -112,6 +113,7 @@ RECIPIENTS = (
         Subscriber.email,
         Subscriber.token_key,
         Delivery.attempts,
+        Subscriber.locale,
     )
     .join(Subscription, Subscription.id == Delivery.subscription_id)
     .join(Subscriber, Subscriber.id == Subscription.subscriber_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from flask_babel import gettext as _
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -110,11 +111,11 @@ def seconds_span(seconds: float) -> str:
     """A number of seconds as a person reads it: 45 s, 12 min, 3 h 5 min."""
     total = round(seconds)
     if total < 90:
-        return f"{total} s"
+        return _("%(s)d s", s=total)
     minutes = round(total / 60)
     if minutes < 90:
-        return f"{minutes} min"
-    return f"{minutes // 60} h {minutes % 60} min"
+        return _("%(min)d min", min=minutes)
+    return _("%(h)d h %(min)d min", h=minutes // 60, min=minutes % 60)
 
 
 def percent(done: int, total: int, finished: bool) -> int:

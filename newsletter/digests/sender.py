@@ -9,10 +9,11 @@ unrecorded, and its other rows come back when the lease runs out.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from datetime import datetime
 from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
-from newsletter import metrics
+from newsletter import languages, metrics
 from newsletter.bounces import ingest
 from newsletter.bounces.parse import status_code
 from newsletter.digests import ledger, states
@@ -131,21 +132,25 @@ class DigestSender:
             # A throttled batch must be sent well within its lease.
             lease_seconds = policy.lease.total_seconds()
             self.batch_size = max(1, min(policy.batch_size, int(rate * lease_seconds / 2)))
-        self._prepared: dict[int, PreparedDigest] = {}
+        self._prepared: dict[tuple[int, str], PreparedDigest] = {}
         # With DKIM, the next messages are built and signed in threads while this one is on
         # the wire: OpenSSL's RSA lets go of the GIL, and a signature costs as much as a send.
         self._pool = ThreadPoolExecutor(max_workers=2) if signer is not None else None
 
-    def prepared(self, digest: Digest) -> PreparedDigest:
-        """The digest rendered once for this worker; it does not change while it is sent."""
-        found = self._prepared.get(digest.id)
+    def prepared(self, digest: Digest, locale: str | None = None) -> PreparedDigest:
+        """The digest rendered once per language for this worker; it does not change while
+        it is sent."""
+        key = (digest.id, languages.known(locale) or languages.DEFAULT)
+        found = self._prepared.get(key)
         if found is None:
             content = Content(digest.newsletter, digest.subject, digest.intro, digest.items)
-            found = PreparedDigest(content, digest.message_key, self.links, signer=self.signer)
+            found = PreparedDigest(
+                content, digest.message_key, self.links, signer=self.signer, locale=key[1]
+            )
             # Finished digests are not needed again; keep the memory of a few.
-            if len(self._prepared) > 8:
+            if len(self._prepared) > 8 * len(languages.LANGUAGES):
                 self._prepared.clear()
-            self._prepared[digest.id] = found
+            self._prepared[key] = found
         return found
 
     def step(
@@ -188,6 +193,9 @@ class DigestSender:
             self._cannot_build(session, digest, ids, token, exc)
             return len(ids)
         recipients = ledger.recipients(session, ids)
+        # Rendered here, not in the signing threads: rendering needs the app context.
+        for locale in {r.locale for r in recipients}:
+            self.prepared(digest, locale)
         session.commit()
         # Rows whose subscription went (erased) between the claim and now: nothing to send.
         gone = sorted(set(ids) - {r.delivery_id for r in recipients})
@@ -201,7 +209,7 @@ class DigestSender:
             claimed_at=started,
             checked_at=started,
         )
-        ahead = _Ahead(recipients, prepared, self._pool)
+        ahead = _Ahead(recipients, functools.partial(self.prepared, digest), self._pool)
         with _marks_connection(session) as marks:
             for position, recipient in enumerate(recipients):
                 confirmed = recipient.status == SubscriptionStatus.CONFIRMED
@@ -392,7 +400,7 @@ class _Ahead:
     def __init__(
         self,
         recipients: Sequence[Recipient],
-        prepared: PreparedDigest,
+        prepared: Callable[[str | None], PreparedDigest],
         pool: ThreadPoolExecutor | None,
     ) -> None:
         self.recipients = recipients
@@ -402,7 +410,8 @@ class _Ahead:
 
     def _build(self, position: int) -> bytes:
         r = self.recipients[position]
-        return self.prepared.message(r.delivery_id, r.address, Reader(r.subscriber_id, r.token_key))
+        prepared = self.prepared(r.locale)
+        return prepared.message(r.delivery_id, r.address, Reader(r.subscriber_id, r.token_key))
 
     def get(self, position: int) -> bytes:
         """The message for the reader at `position`; raises what building it raised."""

@@ -11,6 +11,8 @@ import re
 from collections.abc import Sequence
 from datetime import datetime
 
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
@@ -52,12 +54,12 @@ CANCELLABLE = (
 )
 # How a digest's state reads on its page.
 LABELS = {
-    DigestStatus.DRAFT: "Draft",
-    DigestStatus.SCHEDULED: "Scheduled",
-    DigestStatus.SENDING: "Sending",
-    DigestStatus.PAUSED: "Paused",
-    DigestStatus.SENT: "Sent",
-    DigestStatus.CANCELLED: "Cancelled",
+    DigestStatus.DRAFT: lazy_gettext("Draft"),
+    DigestStatus.SCHEDULED: lazy_gettext("Scheduled"),
+    DigestStatus.SENDING: lazy_gettext("Sending"),
+    DigestStatus.PAUSED: lazy_gettext("Paused"),
+    DigestStatus.SENT: lazy_gettext("Sent"),
+    DigestStatus.CANCELLED: lazy_gettext("Cancelled"),
 }
 
 
@@ -69,7 +71,9 @@ class NoNewItems(DigestError):
     """Nothing new to send since the newsletter's last digest."""
 
     def __init__(self, newsletter: Newsletter) -> None:
-        super().__init__(f"{newsletter.name} has no new items since its last digest.")
+        super().__init__(
+            _("%(name)s has no new items since its last digest.", name=newsletter.name)
+        )
 
 
 def editable(digest: Digest) -> bool:
@@ -139,7 +143,7 @@ def compose(
     Commits. NoNewItems when there is nothing new since the last digest.
     """
     if newsletter.archived:
-        raise DigestError(f"{newsletter.name} is archived: it sends no digests.")
+        raise DigestError(_("%(name)s is archived: it sends no digests.", name=newsletter.name))
     chosen = list(items) if items is not None else new_items(session, newsletter)
     if items is None and not chosen:
         raise NoNewItems(newsletter)
@@ -160,9 +164,9 @@ def _subject(subject: str) -> str:
     # A control character would stop the mail at its header; whitespace is folded to spaces.
     subject = " ".join(_CONTROL.sub("", subject).split())
     if not subject:
-        raise DigestError("A digest needs a subject.")
+        raise DigestError(_("A digest needs a subject."))
     if len(subject) > 300:
-        raise DigestError("The subject is longer than 300 characters.")
+        raise DigestError(_("The subject is longer than 300 characters."))
     return subject
 
 
@@ -176,13 +180,13 @@ def edit(
 ) -> Digest:
     """Change a digest not yet sending: subject, intro, and its items in this order; commits."""
     if not editable(digest):
-        raise DigestError("This digest is on its way and can no longer be changed.")
+        raise DigestError(_("This digest is on its way and can no longer be changed."))
     if len(intro) > 10_000:
-        raise DigestError("The introduction is longer than 10,000 characters.")
+        raise DigestError(_("The introduction is longer than 10,000 characters."))
     by_id = {item.id: item for item in session.scalars(select(Item).where(Item.id.in_(item_ids)))}
     order = list(dict.fromkeys(i for i in item_ids if i in by_id))
     # Still editable at the moment of writing: a worker may have started it since it was read.
-    _hold_editable(session, digest, "This digest is on its way and can no longer be changed.")
+    _hold_editable(session, digest, _("This digest is on its way and can no longer be changed."))
     digest.subject = _subject(subject)
     digest.intro = intro.replace("\r\n", "\n").strip()
     digest.entries = [DigestItem(item=by_id[i], position=n) for n, i in enumerate(order)]
@@ -214,18 +218,18 @@ def schedule(
 ) -> Digest:
     """Send the digest at `when`, in the future (a worker starts it then); commits."""
     if not editable(digest):
-        raise DigestError("Only a draft can be scheduled.")
+        raise DigestError(_("Only a draft can be scheduled."))
     if when.tzinfo is None:
-        raise DigestError("The time to send needs a time zone.")
+        raise DigestError(_("The time to send needs a time zone."))
     if when <= (now or utcnow()):
-        raise DigestError("This time has passed: choose one in the future.")
+        raise DigestError(_("This time has passed: choose one in the future."))
     _sendable(digest)
     _move(
         session,
         digest,
         EDITABLE,
         DigestStatus.SCHEDULED,
-        "Only a draft can be scheduled.",
+        _("Only a draft can be scheduled."),
         scheduled_at=when,
     )
     return digest
@@ -238,16 +242,18 @@ def unschedule(session: Session, digest: Digest) -> Digest:
         digest,
         (DigestStatus.SCHEDULED,),
         DigestStatus.DRAFT,
-        "This digest is not scheduled.",
+        _("This digest is not scheduled."),
         scheduled_at=None,
     )
 
 
 def _sendable(digest: Digest) -> None:
     if not digest.entries:
-        raise DigestError("This digest has no items: add at least one before sending it.")
+        raise DigestError(_("This digest has no items: add at least one before sending it."))
     if digest.newsletter.archived:
-        raise DigestError(f"{digest.newsletter.name} is archived: it sends no digests.")
+        raise DigestError(
+            _("%(name)s is archived: it sends no digests.", name=digest.newsletter.name)
+        )
 
 
 def audience_size(session: Session, newsletter: Newsletter) -> int:
@@ -262,7 +268,7 @@ def start(session: Session, digest: Digest) -> int:
     two callers (an editor's click and a worker's schedule) cannot both snapshot.
     """
     if not editable(digest):
-        raise DigestError("This digest has already been sent or cancelled.")
+        raise DigestError(_("This digest has already been sent or cancelled."))
     _sendable(digest)
     now = utcnow()
     taken = session.execute(
@@ -273,7 +279,7 @@ def start(session: Session, digest: Digest) -> int:
     )
     if taken.rowcount != 1:
         session.rollback()
-        raise DigestError("This digest has already been started.")
+        raise DigestError(_("This digest has already been started."))
     added = session.execute(
         ledger.snapshot(digest.id, digest.newsletter_id, now),
         # An INSERT's row count is kept only when asked for (psycopg would say -1).
@@ -300,7 +306,7 @@ def pause(session: Session, digest: Digest) -> Digest:
         digest,
         PAUSABLE,
         DigestStatus.PAUSED,
-        "Only a digest being sent can pause.",
+        _("Only a digest being sent can pause."),
     )
 
 
@@ -311,7 +317,7 @@ def resume(session: Session, digest: Digest) -> Digest:
         digest,
         RESUMABLE,
         DigestStatus.SENDING,
-        "Only a paused digest can resume.",
+        _("Only a paused digest can resume."),
     )
 
 
@@ -325,7 +331,7 @@ def cancel(session: Session, digest: Digest) -> Digest:
         digest,
         CANCELLABLE,
         DigestStatus.CANCELLED,
-        "This digest has already been sent or cancelled.",
+        _("This digest has already been sent or cancelled."),
         commit=False,
     )
     # A live worker that sees the cancel brings the figures up to date (`recount`).
@@ -442,9 +448,14 @@ def start_due(session: Session, now: datetime | None = None) -> list[int]:
 def send_test(session: Session, digest: Digest, to_address: str) -> None:
     """Queue a test copy of the digest to one address (an editor's); commits."""
     if not digest.entries:
-        raise DigestError("This digest has no items: add at least one first.")
+        raise DigestError(_("This digest has no items: add at least one first."))
     if suppression.unmailable(session, to_address):
-        raise DigestError(f"Mail to {to_address} cannot be delivered: the address is suppressed.")
+        raise DigestError(
+            _(
+                "Mail to %(address)s cannot be delivered: the address is suppressed.",
+                address=to_address,
+            )
+        )
     outbox.enqueue(session, MailKind.DIGEST_TEST, None, to_address, {"digest": digest.id})
     session.commit()
 

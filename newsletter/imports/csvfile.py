@@ -23,6 +23,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol, TextIO
 
+from flask_babel import format_decimal, lazy_gettext
+from flask_babel.speaklater import LazyString
+
 from newsletter.addresses import InvalidEmail, address_hash, normalize_email
 from newsletter.errors import UserError
 
@@ -49,24 +52,25 @@ NAME_SPACES = re.compile(rf"\A[^\S{_CONTROLS}]+|[^\S{_CONTROLS}]+\Z")
 class ImportProblem(UserError):
     """An import that cannot run as asked; the message is fit to show whoever started it."""
 
-    message = "This import cannot run."
+    message = lazy_gettext("This import cannot run.")
 
 
 class MissingEmailColumn(ImportProblem):
-    message = (
+    message = lazy_gettext(
         "The file has no email column: its first row must name the columns, one of them email."
     )
 
 
 class HeaderTooLong(ImportProblem):
-    message = (
-        f"The first row is longer than {HEADER_LIMIT:,} characters: it cannot be the header "
-        "that names the columns. Is the file CSV?"
+    message = lazy_gettext(
+        "The first row is longer than %(n)s characters: it cannot be the header that names the "
+        "columns. Is the file CSV?",
+        n=LazyString(format_decimal, HEADER_LIMIT),
     )
 
 
 class NotCSV(ImportProblem):
-    message = "The file is not valid CSV."
+    message = lazy_gettext("The file is not valid CSV.")
 
     def __init__(self, row: int, line: int, detail: object) -> None:
         # Where the row begins: a quote left open runs on, and the reader fails far below it.
@@ -77,7 +81,7 @@ class NotCSV(ImportProblem):
 
 
 class NotUTF8(ImportProblem):
-    message = "The file is not UTF-8 text: save it as CSV UTF-8 and import it again."
+    message = lazy_gettext("The file is not UTF-8 text: save it as CSV UTF-8 and import it again.")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from flask_babel import lazy_gettext
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -36,7 +37,9 @@ ABANDONED = (
 
 
 class ConsentNoteRequired(ImportProblem):
-    message = "Importing people as confirmed needs a consent note: say how and when they agreed."
+    message = lazy_gettext(
+        "Importing people as confirmed needs a consent note: say how and when they agreed."
+    )
 
 
 def imports_dir(instance_path: str | Path) -> Path:

@@ -13,9 +13,11 @@ from urllib.parse import urlsplit
 
 import idna
 from flask import current_app, render_template
+from flask_babel import gettext as _
 
 from newsletter.links import Links, reader_of
 from newsletter.models import Newsletter, Subscriber, Subscription, utcnow
+from newsletter.texts import local
 
 # Lines may be as long as RFC 5322 allows: folded at 78, a long unsubscribe URL would be
 # RFC 2047-encoded, and mail clients read List-Unsubscribe raw.
@@ -42,7 +44,7 @@ def header_value(value: str, limit: int = 900) -> str:
 
 def wire_address(address: str) -> str:
     """An address as it travels: an internationalised domain in its ASCII (xn--) form."""
-    local, _, domain = address.rpartition("@")
+    local, _at, domain = address.rpartition("@")
     if domain.isascii():
         return address
     return f"{local}@{idna.encode(domain).decode('ascii')}"
@@ -159,9 +161,9 @@ def confirmation(
         (n.from_name, n.from_address) == (first.from_name, first.from_address) for n in newsletters
     )
     if len(newsletters) == 1:
-        subject = f"Please confirm your subscription to {first.name}"
+        subject = _("Please confirm your subscription to %(name)s", name=local(first, "name"))
     else:
-        subject = "Please confirm your newsletter subscriptions"
+        subject = _("Please confirm your newsletter subscriptions")
     url = links.confirm_url(reader_of(subscriber), [(s.id, nonce) for s, nonce in pending])
     text, html = _render("confirmation", newsletters=newsletters, confirm_url=url)
     return build(
@@ -187,7 +189,7 @@ def welcome(links: Links, subscription: Subscription, message_key: str) -> Email
     return build(
         to=subscription.subscriber.email,
         from_=sender(newsletter),
-        subject=f"Welcome to {newsletter.name}",
+        subject=_("Welcome to %(name)s", name=local(newsletter, "name")),
         text=text,
         html=html,
         message_key=message_key,
@@ -212,7 +214,7 @@ def leave_link(links: Links, subscription: Subscription, message_key: str) -> Em
     return build(
         to=subscription.subscriber.email,
         from_=sender(newsletter),
-        subject=f"Your link to leave {newsletter.name}",
+        subject=_("Your link to leave %(name)s", name=local(newsletter, "name")),
         text=text,
         html=html,
         message_key=message_key,

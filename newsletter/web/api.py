@@ -12,6 +12,8 @@ from functools import wraps
 from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext
 
 from newsletter import api_tokens
 from newsletter import subscriptions as subs
@@ -19,6 +21,7 @@ from newsletter.addresses import InvalidEmail, normalize_email
 from newsletter.digests import items
 from newsletter.extensions import csrf, db
 from newsletter.newsletters import UnknownNewsletter, by_slug, open_newsletters
+from newsletter.texts import local
 from newsletter.web import openapi, signup
 from newsletter.web.problems import TYPES, FieldError, invalid, problem
 
@@ -34,11 +37,11 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _LIMIT = re.compile(r"[0-9]{1,6}")
-_LIST_SLUGS = 'List the newsletters by their slugs, such as ["daily"].'
+_LIST_SLUGS = lazy_gettext('List the newsletters by their slugs, such as ["daily"].')
 
 
 def _not_json() -> Response:
-    return problem("not-json", "Send a JSON object with Content-Type: application/json.")
+    return problem("not-json", _("Send a JSON object with Content-Type: application/json."))
 
 
 @bp.get("/openapi.json")
@@ -66,8 +69,8 @@ def newsletters() -> Response:
             "newsletters": [
                 {
                     "slug": n.slug,
-                    "name": n.name,
-                    "description": n.description,
+                    "name": local(n, "name"),
+                    "description": local(n, "description"),
                     "cadence": n.cadence,
                 }
                 for n in open_newsletters(db.session)
@@ -79,28 +82,34 @@ def newsletters() -> Response:
 def _optional_text(data: dict[str, Any], name: str, label: str, limit: int) -> FieldError | None:
     value = data.get(name, "")
     if not isinstance(value, str):
-        return FieldError(name, f"The {label} must be text.")
+        return FieldError(name, _("The %(label)s must be text.", label=label))
     if len(value) > limit:
-        return FieldError(name, f"The {label} is longer than {limit} characters.")
+        return FieldError(
+            name, _("The %(label)s is longer than %(n)d characters.", label=label, n=limit)
+        )
     return None
 
 
 def _slugs(value: object) -> list[str] | FieldError:
     """The slugs of a signup, or what is wrong with them."""
     if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
-        return FieldError("newsletters", _LIST_SLUGS)
+        return FieldError("newsletters", str(_LIST_SLUGS))
     for slug in value:
         if len(slug) > MAX_SLUG or _CONTROL.search(slug):
-            return FieldError("newsletters", f"We have no open newsletter {slug[:MAX_SLUG]!r}.")
+            return FieldError(
+                "newsletters", _("We have no open newsletter %(slug)r.", slug=slug[:MAX_SLUG])
+            )
     if len(value) > MAX_LISTS:
-        return FieldError("newsletters", f"Choose at most {MAX_LISTS} newsletters.")
+        return FieldError("newsletters", _("Choose at most %(n)d newsletters.", n=MAX_LISTS))
     wanted = list(dict.fromkeys(s.strip() for s in value if s.strip()))
     if not wanted:
-        return FieldError("newsletters", subs.NoNewsletterChosen.message)
+        return FieldError("newsletters", str(subs.NoNewsletterChosen.message))
     known = {row.slug for row in subs.signup_newsletters(db.session, wanted)}
     for slug in wanted:
         if slug not in known:
-            return FieldError("newsletters", f"We have no open newsletter {slug[:MAX_SLUG]!r}.")
+            return FieldError(
+                "newsletters", _("We have no open newsletter %(slug)r.", slug=slug[:MAX_SLUG])
+            )
     return wanted
 
 
@@ -117,6 +126,9 @@ def _signup_errors(data: dict[str, Any]) -> list[FieldError]:
     slugs = _slugs(data.get("newsletters"))
     if isinstance(slugs, FieldError):
         errors.append(slugs)
+    wrong_language = signup.unknown_language(data.get("lang"))
+    if wrong_language:
+        errors.append(FieldError("lang", wrong_language))
     for name, label, limit in (
         ("source", "source", MAX_SOURCE),
         (signup.HONEYPOT, f"{signup.HONEYPOT} field", MAX_HONEYPOT),
@@ -159,11 +171,12 @@ def token_required(view: Callable[..., Any]) -> Callable[..., Any]:
 
     @wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        scheme, _space, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            return _unauthorised("Send an API token: Authorization: Bearer <token>.", None)
+            return _unauthorised(_("Send an API token: Authorization: Bearer <token>."), None)
         if api_tokens.authenticate(db.session, token.strip()) is None:
-            return _unauthorised("This API token is not valid or was revoked.", "invalid_token")
+            message = _("This API token is not valid or was revoked.")
+            return _unauthorised(message, "invalid_token")
         return view(*args, **kwargs)
 
     return wrapped
@@ -174,15 +187,17 @@ def _published_at(value: object) -> object:
         return items.clean_published_at(value)
     except OverflowError as exc:
         # A moment whose UTC time falls outside years 1 to 9999.
-        raise items.ItemError("The publication time is out of range.", "published_at") from exc
+        raise items.ItemError(_("The publication time is out of range."), "published_at") from exc
 
 
 def _item_newsletters(value: object) -> object:
     if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
-        raise items.ItemError("List the newsletters by their slugs.", "newsletters")
+        raise items.ItemError(_("List the newsletters by their slugs."), "newsletters")
     for slug in value:
         if _CONTROL.search(slug):
-            raise items.ItemError(f"There is no open newsletter {slug[:64]!r}.", "newsletters")
+            raise items.ItemError(
+                _("There is no open newsletter %(slug)r.", slug=slug[:64]), "newsletters"
+            )
     return items.open_newsletters(db.session, value)
 
 
@@ -245,7 +260,7 @@ def items_list() -> Response:
         if _LIMIT.fullmatch(raw_limit) and 1 <= int(raw_limit) <= MAX_LIMIT:
             limit = int(raw_limit)
         else:
-            message = f"The limit is a whole number from 1 to {MAX_LIMIT}."
+            message = _("The limit is a whole number from 1 to %(n)d.", n=MAX_LIMIT)
             errors.append(FieldError("limit", message, "query"))
     slug = request.args.get("newsletter", "").strip()
     newsletter_id = None
@@ -256,7 +271,7 @@ def items_list() -> Response:
             except UnknownNewsletter:
                 newsletter_id = None
         if newsletter_id is None:
-            message = f"There is no newsletter {slug[:64]!r}."
+            message = _("There is no newsletter %(slug)r.", slug=slug[:64])
             errors.append(FieldError("newsletter", message, "query"))
     if errors:
         return invalid(errors)

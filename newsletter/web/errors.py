@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, jsonify, render_template, request
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
@@ -13,12 +15,25 @@ from newsletter.web import problems
 log = logging.getLogger(__name__)
 
 MESSAGES = {
-    400: "The request could not be understood.",
-    403: "Your account does not have access to this page.",
-    404: "There is no page at this address.",
-    405: "This address does not accept that kind of request.",
-    413: "What was sent is too large.",
-    429: "Too many requests from your network. Please wait a few minutes and try again.",
+    400: lazy_gettext("The request could not be understood."),
+    403: lazy_gettext("Your account does not have access to this page."),
+    404: lazy_gettext("There is no page at this address."),
+    405: lazy_gettext("This address does not accept that kind of request."),
+    413: lazy_gettext("What was sent is too large."),
+    429: lazy_gettext(
+        "Too many requests from your network. Please wait a few minutes and try again."
+    ),
+}
+# The titles of the error pages: werkzeug's names of the statuses, in the reader's language.
+TITLES = {
+    400: lazy_gettext("Bad Request"),
+    403: lazy_gettext("Forbidden"),
+    404: lazy_gettext("Not Found"),
+    405: lazy_gettext("Method Not Allowed"),
+    410: lazy_gettext("Gone"),
+    413: lazy_gettext("Request Entity Too Large"),
+    429: lazy_gettext("Too Many Requests"),
+    500: lazy_gettext("Internal Server Error"),
 }
 
 
@@ -30,22 +45,26 @@ def wants_json() -> bool:
     return best == "application/json"
 
 
-CSRF_MESSAGE = "This form has expired or was sent from another site. Reload the page and try again."
+CSRF_MESSAGE = lazy_gettext(
+    "This form has expired or was sent from another site. Reload the page and try again."
+)
 
 
 def _reply(exc: HTTPException) -> tuple[Response | str, int]:
     code = exc.code or 500
     if isinstance(exc, CSRFError):
-        message = CSRF_MESSAGE
+        message = str(CSRF_MESSAGE)
     elif code == 429 and getattr(getattr(exc, "limit", None), "error_message", None):
         # A limit that says why it was hit (sign-in throttling), in its own words.
         message = str(exc.description)
     else:
-        message = MESSAGES.get(code) or exc.description or "Something went wrong."
+        known = MESSAGES.get(code)
+        message = str(known) if known else exc.description or _("Something went wrong.")
     if wants_json():
         response = jsonify({"ok": False, "message": message})
         return response, code
-    return render_template("public/message.html", title=exc.name, text=message), code
+    title = TITLES.get(code) or exc.name
+    return render_template("public/message.html", title=title, text=message), code
 
 
 def register(app: Flask) -> None:

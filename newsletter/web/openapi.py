@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from newsletter.digests import items
+from newsletter.languages import LANGUAGES
 from newsletter.web.problems import TYPES
 
 _JSON = "application/json"
@@ -97,6 +98,12 @@ SCHEMAS: dict[str, Any] = {
                 "maxLength": 100,
                 "description": "Where the signup came from, kept in the consent trail "
                 "(default: api).",
+            },
+            "lang": {
+                "type": "string",
+                "enum": list(LANGUAGES),
+                "description": "The language of the box, and of every mail to the reader "
+                "(default: the request's Accept-Language, else en).",
             },
             "leave_blank": {
                 "type": "string",

@@ -6,6 +6,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from flask import Response, current_app, json, request
+from flask_babel import format_decimal, lazy_gettext
+from flask_babel import gettext as _
 from werkzeug.exceptions import HTTPException
 
 MEDIA_TYPE = "application/problem+json"
@@ -18,78 +20,106 @@ class ProblemType:
 
     name: str
     status: int
-    title: str
-    explanation: str
+    # Lazy texts, read in the language of the request.
+    title_text: object
+    explanation_text: object
+
+    @property
+    def title(self) -> str:
+        return str(self.title_text)
+
+    @property
+    def explanation(self) -> str:
+        return str(self.explanation_text)
 
 
 _TYPES = (
     ProblemType(
         "invalid-fields",
         422,
-        "Some fields are not valid",
-        "The request was understood, but one or more of its fields break the rules. The errors "
-        "member lists each field at fault with a message fit to show a person. Nothing was stored.",
+        lazy_gettext("Some fields are not valid"),
+        lazy_gettext(
+            "The request was understood, but one or more of its fields break the rules. The "
+            "errors member lists each field at fault with a message fit to show a person. Nothing "
+            "was stored."
+        ),
     ),
     ProblemType(
         "not-json",
         400,
-        "The body is not a JSON object",
-        "The call takes a JSON object, sent with Content-Type: application/json. The body "
-        "was missing, was not JSON, or was JSON of another kind (a list, a string, a number).",
+        lazy_gettext("The body is not a JSON object"),
+        lazy_gettext(
+            "The call takes a JSON object, sent with Content-Type: application/json. The body "
+            "was missing, was not JSON, or was JSON of another kind (a list, a string, a number)."
+        ),
     ),
     ProblemType(
         "bad-request",
         400,
-        "The request could not be understood",
-        "Something in the request, other than its body, could not be read.",
+        lazy_gettext("The request could not be understood"),
+        lazy_gettext("Something in the request, other than its body, could not be read."),
     ),
     ProblemType(
         "unauthorized",
         401,
-        "An API token is needed",
-        "Send a live API token as Authorization: Bearer <token>. The WWW-Authenticate "
-        'header says error="invalid_token" when a token was sent but is not valid or was '
-        "revoked. Admins make and revoke tokens at /admin/tokens.",
+        lazy_gettext("An API token is needed"),
+        lazy_gettext(
+            "Send a live API token as Authorization: Bearer <token>. The WWW-Authenticate "
+            'header says error="invalid_token" when a token was sent but is not valid or was '
+            "revoked. Admins make and revoke tokens at /admin/tokens."
+        ),
     ),
     ProblemType(
         "forbidden",
         403,
-        "This token may not do that",
-        "The token is valid but does not allow this call. Every live token may use every items "
-        "call today; clients should still treat 403 as final, not retry it.",
+        lazy_gettext("This token may not do that"),
+        lazy_gettext(
+            "The token is valid but does not allow this call. Every live token may use every items "
+            "call today; clients should still treat 403 as final, not retry it."
+        ),
     ),
     ProblemType(
         "not-found",
         404,
-        "There is no such API call",
-        "Nothing is at this address. Every call is described at /api/v1/openapi.json.",
+        lazy_gettext("There is no such API call"),
+        lazy_gettext(
+            "Nothing is at this address. Every call is described at /api/v1/openapi.json."
+        ),
     ),
     ProblemType(
         "method-not-allowed",
         405,
-        "This call does not take that method",
-        "The address exists but not with this HTTP method; the Allow header lists the ones "
-        "it takes.",
+        lazy_gettext("This call does not take that method"),
+        lazy_gettext(
+            "The address exists but not with this HTTP method; the Allow header lists the ones "
+            "it takes."
+        ),
     ),
     ProblemType(
         "too-large",
         413,
-        "The request is too large",
-        "The body is larger than the service accepts. Signups and items are small: a few "
-        "kilobytes at most.",
+        lazy_gettext("The request is too large"),
+        lazy_gettext(
+            "The body is larger than the service accepts. Signups and items are small: a few "
+            "kilobytes at most."
+        ),
     ),
     ProblemType(
         "rate-limited",
         429,
-        "Too many requests",
-        "Too many requests came from this network address. Wait the number of seconds the "
-        "Retry-After header gives before trying again.",
+        lazy_gettext("Too many requests"),
+        lazy_gettext(
+            "Too many requests came from this network address. Wait the number of seconds the "
+            "Retry-After header gives before trying again."
+        ),
     ),
     ProblemType(
         "server-error",
         500,
-        "Something went wrong on our side",
-        "The service failed to answer. The error is logged; trying again later may work.",
+        lazy_gettext("Something went wrong on our side"),
+        lazy_gettext(
+            "The service failed to answer. The error is logged; trying again later may work."
+        ),
     ),
 )
 TYPES: Mapping[str, ProblemType] = {t.name: t for t in _TYPES}
@@ -143,7 +173,7 @@ def invalid(errors: Iterable[FieldError]) -> Response:
     """422 naming every field at fault."""
     found = list(errors)
     names = ", ".join(dict.fromkeys(error.field for error in found))
-    return problem("invalid-fields", f"Check these fields: {names}.", found)
+    return problem("invalid-fields", _("Check these fields: %(names)s.", names=names), found)
 
 
 # Headers of an HTTP error worth keeping in the problem's answer.
@@ -160,17 +190,19 @@ _KEPT_HEADERS = (
 def _detail(exc: HTTPException, kind: ProblemType) -> str:
     code = exc.code
     if code == 404:
-        return f"There is no API call at {request.path[:200]}."
+        return _("There is no API call at %(path)s.", path=request.path[:200])
     if code == 405:
         allowed = getattr(exc, "valid_methods", None)
         if allowed:
-            return f"{request.path[:200]} takes {', '.join(sorted(allowed))}."
+            methods = ", ".join(sorted(allowed))
+            return _("%(path)s takes %(methods)s.", path=request.path[:200], methods=methods)
     if code == 413:
         limit = current_app.config.get("MAX_CONTENT_LENGTH")
         if limit:
-            return f"The body may be at most {int(limit):,} bytes."
+            size = format_decimal(int(limit))
+            return _("The body may be at most %(size)s bytes.", size=size)
     if code == 429:
-        return "Too many requests from your network. Please wait a minute and try again."
+        return _("Too many requests from your network. Please wait a minute and try again.")
     return kind.explanation
 
 

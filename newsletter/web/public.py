@@ -5,15 +5,16 @@ from __future__ import annotations
 import re
 
 from flask import Blueprint, Response, current_app, jsonify, redirect, render_template, request
+from flask_babel import gettext
 from sqlalchemy import select
 
-from newsletter import links, metrics
+from newsletter import languages, links, metrics
 from newsletter import subscriptions as subs
 from newsletter.extensions import csrf, db
 from newsletter.links import PATHS, Links
 from newsletter.models import Item, Subscriber, Subscription, SubscriptionStatus
 from newsletter.newsletters import open_newsletters
-from newsletter.web import cors, signup
+from newsletter.web import cors, language, signup
 from newsletter.web.errors import wants_json
 
 bp = Blueprint("public", __name__)
@@ -89,6 +90,7 @@ def confirm(token: str) -> str | tuple[str, int]:
         preview = subs.confirmation_preview(db.session, _confirm_link(token))
     except links.LinkError as exc:
         return _link_error(exc)
+    language.use_reader(preview.subscriber.locale)
     if not preview.confirmed:
         # Used already: say so rather than offer a button that does nothing.
         return _confirmed_page(preview)
@@ -104,6 +106,7 @@ def confirm_post(token: str) -> str | tuple[str, int]:
         result = subs.confirm(db.session, _confirm_link(token), signup.consent_origin("confirm"))
     except links.LinkError as exc:
         return _link_error(exc)
+    language.use_reader(result.subscriber.locale)
     metrics.confirmed(result.confirmed)
     return _confirmed_page(result)
 
@@ -137,13 +140,17 @@ def confirm_resend(token: str) -> str | tuple[str, int]:
             signup.confirmation_limit(),
         )
     except subs.TooManyConfirmations as exc:
-        return render_template("public/message.html", title="Please wait", text=exc.message), 429
+        title = gettext("Please wait")
+        return render_template("public/message.html", title=title, text=exc.message), 429
     except links.LinkError as exc:
         return _link_error(exc)
+    if pending:
+        language.use_reader(pending[0].subscriber.locale)
     return render_template("public/resent.html", subscriptions=pending)
 
 
 def _unsubscribe_page(subscription: Subscription, done: bool) -> str:
+    language.use_reader(subscription.subscriber.locale)
     return render_template(
         "public/unsubscribe.html",
         subscription=subscription,
@@ -186,6 +193,7 @@ def preferences(token: str) -> str | tuple[str, int]:
         subscriber = subs.reader(db.session, _links().read_preferences(token))
     except links.LinkError as exc:
         return _link_error(exc)
+    language.use_reader(subscriber.locale)
     saved = None
     if request.method == "POST":
         wanted = {int(v) for v in request.form.getlist("newsletter") if _ID.fullmatch(v)}
@@ -196,6 +204,10 @@ def preferences(token: str) -> str | tuple[str, int]:
         )
         metrics.preferences_saved(joined, left)
         saved = {"joined": joined, "left": left}
+        chosen = languages.known(request.form.get("locale"))
+        if chosen and not leave_all and subs.set_locale(db.session, subscriber, chosen):
+            language.use_reader(chosen)
+            saved["language"] = True
     mailable = subs.mailable(db.session, subscriber)
     return render_template(
         "public/preferences.html",
@@ -203,4 +215,5 @@ def preferences(token: str) -> str | tuple[str, int]:
         choices=subs.choices(subscriber, open_newsletters(db.session), mailable=mailable),
         mailable=mailable,
         saved=saved,
+        reader_locale=languages.known(subscriber.locale) or language.current(),
     )

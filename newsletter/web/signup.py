@@ -9,17 +9,20 @@ from datetime import timedelta
 from typing import Any
 
 from flask import current_app, request
+from flask_babel import gettext, lazy_gettext
 from werkzeug.datastructures import MultiDict
 
-from newsletter import metrics
+from newsletter import languages, metrics
 from newsletter import subscriptions as subs
 from newsletter.addresses import InvalidEmail
 from newsletter.extensions import db, limiter
 from newsletter.models import DEFAULT_THANKS
 from newsletter.newsletters import UnknownNewsletter
+from newsletter.texts import OURS, local
+from newsletter.web import language
 
 HONEYPOT = "leave_blank"
-SUCCESS_TITLE = "Successfully subscribed"
+SUCCESS_TITLE = lazy_gettext("Successfully subscribed")
 # Control characters (NUL among them) never reach the database or a page.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -71,7 +74,10 @@ class SignupReply:
     status: int
     message: str
     field: str | None = None
-    title: str = SUCCESS_TITLE
+    title: str = ""
+
+    def __post_init__(self) -> None:
+        self.title = self.title or str(SUCCESS_TITLE)
 
     @property
     def ok(self) -> bool:
@@ -92,6 +98,7 @@ class SignupFields:
     slugs: list[str]
     honeypot: str
     source: str | None
+    lang: str | None = None  # as sent: `lang` of the box (the snippet's data-lang)
 
 
 def fields(data: Mapping[str, Any], default_source: str | None = None) -> SignupFields:
@@ -109,12 +116,21 @@ def fields(data: Mapping[str, Any], default_source: str | None = None) -> Signup
         return value if isinstance(value, str) else ""
 
     source = printable(text("source"), 100) or default_source
-    return SignupFields(text("email"), slugs, text(HONEYPOT), source)
+    lang = data.get("lang")
+    return SignupFields(text("email"), slugs, text(HONEYPOT), source, lang if lang else None)
+
+
+def unknown_language(lang: object) -> str | None:
+    """What is wrong with a box's `lang`, or None when it is absent or one of ours."""
+    if lang is None or lang in languages.LANGUAGES:
+        return None
+    return gettext("We write in English (en) or Ukrainian (uk) only.")
 
 
 def _thanks(slugs: list[str]) -> SignupReply:
     chosen = subs.signup_newsletters(db.session, slugs)
-    return SignupReply(200, chosen[0].thanks_text if chosen else DEFAULT_THANKS)
+    default = str(OURS[DEFAULT_THANKS])
+    return SignupReply(200, local(chosen[0], "thanks_text") if chosen else default)
 
 
 def signup(given: SignupFields) -> SignupReply:
@@ -122,18 +138,22 @@ def signup(given: SignupFields) -> SignupReply:
     if given.honeypot:
         # Bots get the normal reply, so they learn nothing; nothing is stored.
         return _thanks(given.slugs)
+    wrong_language = unknown_language(given.lang)
+    if wrong_language:
+        return SignupReply(422, wrong_language, "lang")
     try:
-        result = subs.subscribe(
+        subs.subscribe(
             db.session,
             given.email,
             given.slugs,
             consent_origin(given.source),
             limit=confirmation_limit(),
             check_deliverability=bool(current_app.config["CHECK_DELIVERABILITY"]),
+            locale=language.current(),
         )
     except InvalidEmail as exc:
         return SignupReply(422, exc.message, "email")
     except (subs.NoNewsletterChosen, UnknownNewsletter) as exc:
         return SignupReply(422, exc.message, "newsletter")
     metrics.signed_up(given.slugs)
-    return SignupReply(200, result.thanks_text)
+    return _thanks(given.slugs)

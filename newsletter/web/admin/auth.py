@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from flask import current_app, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext
 from flask_limiter.util import get_remote_address
 from flask_login import current_user, login_user, logout_user
 from flask_wtf import FlaskForm
@@ -13,15 +15,17 @@ from wtforms.validators import DataRequired, EqualTo, Length
 
 from newsletter import accounts
 from newsletter.extensions import db, limiter
+from newsletter.languages import N_
 from newsletter.web.admin.core import bp
 from newsletter.web.admin.forms import LoginForm
 
-WRONG = "Wrong email or password."
-TOO_MANY_HERE = (
+# Marked for the catalogue (N_) and translated where they are shown.
+WRONG = N_("Wrong email or password.")
+TOO_MANY_HERE = N_(
     "Too many failed sign-ins to this account from your network. "
     "Please wait a few minutes and try again."
 )
-TOO_MANY_EVERYWHERE = (
+TOO_MANY_EVERYWHERE = N_(
     "This account has had too many failed sign-ins from many places and is locked for a while. "
     "Please try again in an hour, or ask another admin to help."
 )
@@ -71,14 +75,14 @@ def _safe_next(target: str | None) -> str:
     methods=["POST"],
     key_func=_pair_key,
     deduct_when=_failed,
-    error_message=TOO_MANY_HERE,
+    error_message=lambda: _(TOO_MANY_HERE),
 )
 @limiter.limit(
     _account_limit,
     methods=["POST"],
     key_func=_account_key,
     deduct_when=_failed,
-    error_message=TOO_MANY_EVERYWHERE,
+    error_message=lambda: _(TOO_MANY_EVERYWHERE),
 )
 def login() -> str | Response | tuple[str, int]:
     """The sign-in form; a wrong address and a wrong password get the same answer."""
@@ -90,7 +94,7 @@ def login() -> str | Response | tuple[str, int]:
         if user is not None:
             login_user(user)
             return redirect(_safe_next(request.args.get("next")))
-        form.password.errors.append(WRONG)
+        form.password.errors.append(_(WRONG))
         return render_template("admin/login.html", form=form), 401
     return render_template("admin/login.html", form=form), 400 if form.errors else 200
 
@@ -101,36 +105,43 @@ def logout() -> Response:
     # A copy of the cookie, from this browser or another, must open nothing afterwards.
     accounts.end_sessions(db.session, current_user._get_current_object())
     logout_user()
-    flash("You are signed out.")
+    flash(_("You are signed out."))
     return redirect(url_for("admin.login"))
 
 
 class PasswordForm(FlaskForm):
-    current = PasswordField("Current password", validators=[DataRequired(), Length(max=500)])
+    current = PasswordField(
+        lazy_gettext("Current password"), validators=[DataRequired(), Length(max=500)]
+    )
     new = PasswordField(
-        "New password",
+        lazy_gettext("New password"),
         validators=[DataRequired(), Length(min=accounts.MIN_PASSWORD_LENGTH, max=500)],
-        description=f"At least {accounts.MIN_PASSWORD_LENGTH} characters.",
+        description=lazy_gettext("At least %(n)d characters.", n=accounts.MIN_PASSWORD_LENGTH),
     )
     again = PasswordField(
-        "New password again",
-        validators=[DataRequired(), EqualTo("new", message="The two new passwords differ.")],
+        lazy_gettext("New password again"),
+        validators=[
+            DataRequired(),
+            EqualTo("new", message=lazy_gettext("The two new passwords differ.")),
+        ],
     )
 
 
 @bp.route("/password", methods=["GET", "POST"])
-@limiter.limit(_pair_limit, methods=["POST"], deduct_when=_failed, error_message=TOO_MANY_HERE)
+@limiter.limit(
+    _pair_limit, methods=["POST"], deduct_when=_failed, error_message=lambda: _(TOO_MANY_HERE)
+)
 def password() -> str | Response | tuple[str, int]:
     """Change one's own password; every other session of the account ends."""
     form = PasswordForm()
     user = current_user._get_current_object()
     if form.validate_on_submit():
         if not check_password_hash(user.password_hash, form.current.data or ""):
-            form.current.errors.append("That is not your current password.")
+            form.current.errors.append(_("That is not your current password."))
             return render_template("admin/password.html", form=form), 401
         accounts.set_password(db.session, user, form.new.data or "")
         # This browser stays signed in under the account's new token; every other one is out.
         login_user(user)
-        flash("Password changed. Every other session of this account is signed out.")
+        flash(_("Password changed. Every other session of this account is signed out."))
         return redirect(url_for("admin.dashboard"))
     return render_template("admin/password.html", form=form), 400 if form.errors else 200

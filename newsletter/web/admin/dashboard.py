@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import render_template
+from flask_babel import gettext as _
 
 from newsletter import charts, stats
 from newsletter import newsletters as lists
@@ -27,5 +28,5 @@ def dashboard() -> str:
         delivery=figures.last_days(db.session, now),
         complaint_line=figures.COMPLAINT_LINE,
         bounce_line=figures.BOUNCE_LINE,
-        chart=charts.growth_svg(growth, title="Confirmed subscribers, last 90 days"),
+        chart=charts.growth_svg(growth, title=_("Confirmed subscribers, last 90 days")),
     )

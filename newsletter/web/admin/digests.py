@@ -6,6 +6,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, tzinfo
 
 from flask import current_app, flash, jsonify, redirect, render_template, request, url_for
+from flask_babel import format_datetime, format_decimal, ngettext
+from flask_babel import gettext as _
 from flask_login import current_user
 from sqlalchemy.orm import Session
 from werkzeug.datastructures import MultiDict
@@ -58,7 +60,7 @@ def digest(digest_id: int) -> str | Response | tuple[str, int]:
     digest = db.get_or_404(Digest, digest_id)
     if not states.editable(digest):
         if request.method == "POST":
-            flash("This digest is on its way and can no longer be changed.")
+            flash(_("This digest is on its way and can no longer be changed."))
             return redirect(url_for("admin.digest", digest_id=digest.id))
         return _progress_page(digest)
     form = DigestForm(obj=digest)
@@ -78,7 +80,7 @@ def digest(digest_id: int) -> str | Response | tuple[str, int]:
             db.session.rollback()
             form.subject.errors = [*form.subject.errors, exc.message]
         else:
-            flash("Saved.")
+            flash(_("Saved."))
             return redirect(url_for("admin.digest", digest_id=digest.id))
     return _edit_page(digest, form, ScheduleForm(formdata=None), chosen)
 
@@ -173,7 +175,12 @@ def digest_test(digest_id: int) -> Response:
     except states.DigestError as exc:
         flash(exc.message)
     else:
-        flash(f"A test copy is queued for {current_user.email}; the worker sends it shortly.")
+        flash(
+            _(
+                "A test copy is queued for %(email)s; the worker sends it shortly.",
+                email=current_user.email,
+            )
+        )
     return redirect(url_for("admin.digest_preview", digest_id=digest.id))
 
 
@@ -186,7 +193,14 @@ def digest_start(digest_id: int) -> Response:
     except states.DigestError as exc:
         flash(exc.message)
     else:
-        flash(f"Sending to {readers:,} reader{'' if readers == 1 else 's'}.")
+        flash(
+            ngettext(
+                "Sending to %(readers)s reader.",
+                "Sending to %(readers)s readers.",
+                readers,
+                readers=format_decimal(readers),
+            )
+        )
     return redirect(url_for("admin.digest", digest_id=digest.id))
 
 
@@ -195,7 +209,7 @@ def digest_schedule(digest_id: int) -> Response | tuple[str, int]:
     """Schedule the digest at a time in the newsletter's time zone."""
     digest = db.get_or_404(Digest, digest_id)
     if not states.editable(digest):
-        flash("Only a draft can be scheduled.")
+        flash(_("Only a draft can be scheduled."))
         return redirect(url_for("admin.digest", digest_id=digest.id))
     form = ScheduleForm()
     if form.validate_on_submit():
@@ -207,7 +221,9 @@ def digest_schedule(digest_id: int) -> Response | tuple[str, int]:
             form.when.errors.append(exc.message)
         else:
             local = when.astimezone(zone)
-            flash(f"Scheduled for {local:%-d %B %Y, %H:%M} ({digest.newsletter.timezone}).")
+            when = format_datetime(local, "d MMMM y, HH:mm", rebase=False)
+            zone = digest.newsletter.timezone
+            flash(_("Scheduled for %(when)s (%(zone)s).", when=when, zone=zone))
             return redirect(url_for("admin.digest", digest_id=digest.id))
     # The other form shows the saved digest, not this request's fields.
     return _edit_page(digest, DigestForm(formdata=None, obj=digest), form, digest.items)
@@ -216,25 +232,25 @@ def digest_schedule(digest_id: int) -> Response | tuple[str, int]:
 @bp.post("/digests/<int:digest_id>/unschedule")
 def digest_unschedule(digest_id: int) -> Response:
     """Back to a draft."""
-    return _action(digest_id, states.unschedule, "Back to draft: it will not go by itself.")
+    return _action(digest_id, states.unschedule, _("Back to draft: it will not go by itself."))
 
 
 @bp.post("/digests/<int:digest_id>/pause")
 def digest_pause(digest_id: int) -> Response:
     """Stop handing out mail until resumed."""
-    return _action(digest_id, states.pause, "Paused. Mail already sent stays sent.")
+    return _action(digest_id, states.pause, _("Paused. Mail already sent stays sent."))
 
 
 @bp.post("/digests/<int:digest_id>/resume")
 def digest_resume(digest_id: int) -> Response:
     """Go on from where it paused."""
-    return _action(digest_id, states.resume, "Sending again.")
+    return _action(digest_id, states.resume, _("Sending again."))
 
 
 @bp.post("/digests/<int:digest_id>/cancel")
 def digest_cancel(digest_id: int) -> Response:
     """Send nothing more of this digest."""
-    return _action(digest_id, states.cancel, "Cancelled. Nothing more of it is sent.")
+    return _action(digest_id, states.cancel, _("Cancelled. Nothing more of it is sent."))
 
 
 def _action(digest_id: int, change: Callable[[Session, Digest], object], done: str) -> Response:
@@ -268,7 +284,7 @@ def _progress_page(digest: Digest) -> str:
     return render_template(
         "admin/digest.html",
         digest=digest,
-        label=states.LABELS[digest.status],
+        label=str(states.LABELS[digest.status]),
         actions=states.actions(digest),
         figures=figures,
         done=state.done,

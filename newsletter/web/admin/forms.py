@@ -7,6 +7,8 @@ from urllib.parse import urlsplit
 from zoneinfo import available_timezones
 
 from flask import current_app
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField, FileRequired
 from wtforms import (
@@ -20,7 +22,7 @@ from wtforms import (
     TextAreaField,
     URLField,
 )
-from wtforms.fields import SelectChoice
+from wtforms.fields import Field, SelectChoice
 from wtforms.validators import (
     DataRequired,
     Email,
@@ -32,8 +34,10 @@ from wtforms.validators import (
 )
 from wtforms.widgets import CheckboxInput, ListWidget
 
+from newsletter import texts
 from newsletter.addresses import InvalidSender, sender_address
 from newsletter.digests import cadence, items
+from newsletter.languages import DEFAULT, LANGUAGES
 from newsletter.mail.dkim import aligned as dkim_aligned
 from newsletter.models import (
     DEFAULT_BUTTON,
@@ -41,16 +45,25 @@ from newsletter.models import (
     DEFAULT_THANKS,
     AutoDigest,
     ImportMode,
+    NewsletterText,
 )
 from newsletter.subscriptions import SLUG
 
-WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+WEEKDAYS = (
+    lazy_gettext("Monday"),
+    lazy_gettext("Tuesday"),
+    lazy_gettext("Wednesday"),
+    lazy_gettext("Thursday"),
+    lazy_gettext("Friday"),
+    lazy_gettext("Saturday"),
+    lazy_gettext("Sunday"),
+)
 
 
 def _one_line(form: FlaskForm, field: StringField) -> None:
     """Names and addresses end up in mail headers: no line breaks."""
     if field.data and any(c in field.data for c in "\r\n\0"):
-        raise ValidationError("Use a single line.")
+        raise ValidationError(_("Use a single line."))
 
 
 def _web_address(form: FlaskForm, field: StringField) -> None:
@@ -58,7 +71,7 @@ def _web_address(form: FlaskForm, field: StringField) -> None:
     if field.data:
         parts = urlsplit(field.data.strip())
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValidationError("Use an http:// or https:// address.")
+            raise ValidationError(_("Use an http:// or https:// address."))
 
 
 @cache
@@ -73,7 +86,7 @@ def _time_zone(form: FlaskForm, field: StringField) -> None:
     try:
         cadence.zone(name)
     except cadence.CadenceError as exc:
-        raise ValidationError("Use a time zone name such as Europe/Kyiv or UTC.") from exc
+        raise ValidationError(_("Use a time zone name such as Europe/Kyiv or UTC.")) from exc
     field.data = name
 
 
@@ -87,8 +100,8 @@ def _sender(form: FlaskForm, field: EmailField) -> None:
 
 
 class LoginForm(FlaskForm):
-    email = EmailField("Email", validators=[DataRequired(), Length(max=254)])
-    password = PasswordField("Password", validators=[DataRequired(), Length(max=500)])
+    email = EmailField(lazy_gettext("Email"), validators=[DataRequired(), Length(max=254)])
+    password = PasswordField(lazy_gettext("Password"), validators=[DataRequired(), Length(max=500)])
 
 
 def _dkim_aligned(form: FlaskForm, field: EmailField) -> None:
@@ -99,118 +112,178 @@ def _dkim_aligned(form: FlaskForm, field: EmailField) -> None:
         return
     if not dkim_aligned(field.data, str(signing)):
         raise ValidationError(
-            f"Mail from this address is DKIM-signed as {signing}, which does not match its "
-            f"domain: use an address at {signing} (or a subdomain of it)."
+            _(
+                "Mail from this address is DKIM-signed as %(domain)s, which does not match its "
+                "domain: use an address at %(domain)s (or a subdomain of it).",
+                domain=signing,
+            )
         )
 
 
+# A newsletter's texts an editor may give per language: label, field, longest, single line.
+_TEXT_FIELDS = {
+    "name": (lazy_gettext("Name"), StringField, 200, True),
+    "description": (lazy_gettext("Description"), TextAreaField, 2000, False),
+    "prompt_text": (lazy_gettext("Box prompt"), StringField, 200, True),
+    "button_text": (lazy_gettext("Button"), StringField, 60, True),
+    "thanks_text": (lazy_gettext("Thank-you text"), TextAreaField, 500, False),
+    "welcome_text": (lazy_gettext("Welcome mail text"), TextAreaField, 5000, False),
+}
+# The languages besides the default one, in which a newsletter's texts may be given too.
+OTHER_LANGUAGES = tuple(lang for lang in LANGUAGES if lang != DEFAULT)
+
+
 class NewsletterForm(FlaskForm):
-    name = StringField("Name", validators=[DataRequired(), Length(max=200), _one_line])
+    name = StringField(
+        lazy_gettext("Name"), validators=[DataRequired(), Length(max=200), _one_line]
+    )
     slug = StringField(
-        "Slug",
-        description="Lower-case letters, digits and dashes; the signup boxes name the list by it.",
+        lazy_gettext("Slug"),
+        description=lazy_gettext(
+            "Lower-case letters, digits and dashes; the signup boxes name the list by it."
+        ),
         validators=[
             DataRequired(),
-            Regexp(SLUG.pattern + "$", message="Use lower-case letters, digits and dashes."),
+            Regexp(
+                SLUG.pattern + "$",
+                message=lazy_gettext("Use lower-case letters, digits and dashes."),
+            ),
         ],
     )
-    description = TextAreaField("Description", validators=[Length(max=2000)])
+    description = TextAreaField(lazy_gettext("Description"), validators=[Length(max=2000)])
     cadence = SelectField(
-        "Cadence",
+        lazy_gettext("Cadence"),
         choices=[
-            SelectChoice("daily", "Daily"),
-            SelectChoice("weekly", "Weekly"),
-            SelectChoice("monthly", "Monthly"),
+            SelectChoice("daily", lazy_gettext("Daily")),
+            SelectChoice("weekly", lazy_gettext("Weekly")),
+            SelectChoice("monthly", lazy_gettext("Monthly")),
         ],
     )
-    from_name = StringField("From name", validators=[Optional(), Length(max=200), _one_line])
+    from_name = StringField(
+        lazy_gettext("From name"), validators=[Optional(), Length(max=200), _one_line]
+    )
     from_address = EmailField(
-        "From address",
+        lazy_gettext("From address"),
         validators=[Optional(), Email(), Length(max=254), _sender, _dkim_aligned],
     )
-    reply_to = EmailField("Reply-To", validators=[Optional(), Email(), Length(max=254), _sender])
+    reply_to = EmailField(
+        lazy_gettext("Reply-To"), validators=[Optional(), Email(), Length(max=254), _sender]
+    )
     prompt_text = StringField(
-        "Box prompt",
+        lazy_gettext("Box prompt"),
         default=DEFAULT_PROMPT,
         validators=[DataRequired(), Length(max=200)],
     )
     button_text = StringField(
-        "Button", default=DEFAULT_BUTTON, validators=[DataRequired(), Length(max=60)]
+        lazy_gettext("Button"), default=DEFAULT_BUTTON, validators=[DataRequired(), Length(max=60)]
     )
     thanks_text = TextAreaField(
-        "Thank-you text",
+        lazy_gettext("Thank-you text"),
         default=DEFAULT_THANKS,
         validators=[DataRequired(), Length(max=500)],
     )
-    welcome_text = TextAreaField("Welcome mail text", validators=[Length(max=5000)])
-    welcome_enabled = BooleanField("Send a welcome mail after confirmation", default=True)
+    welcome_text = TextAreaField(lazy_gettext("Welcome mail text"), validators=[Length(max=5000)])
+    welcome_enabled = BooleanField(
+        lazy_gettext("Send a welcome mail after confirmation"), default=True
+    )
     feed_url = URLField(
-        "Feed URL",
-        description="An RSS or Atom feed of the site's news for this list; "
-        "its new items are added before each automatic digest.",
+        lazy_gettext("Feed URL"),
+        description=lazy_gettext(
+            "An RSS or Atom feed of the site's news for this list; "
+            "its new items are added before each automatic digest."
+        ),
         validators=[Optional(), Length(max=1000), _web_address],
     )
     send_time = StringField(
-        "Send time",
+        lazy_gettext("Send time"),
         default="08:00",
-        description="HH:MM, 24-hour clock, in the time zone below.",
+        description=lazy_gettext("HH:MM, 24-hour clock, in the time zone below."),
         validators=[
             DataRequired(),
-            Regexp(r"^([01][0-9]|2[0-3]):[0-5][0-9]\Z", message="Use HH:MM, such as 08:00."),
+            Regexp(
+                r"^([01][0-9]|2[0-3]):[0-5][0-9]\Z",
+                message=lazy_gettext("Use HH:MM, such as 08:00."),
+            ),
         ],
     )
     timezone = StringField(
-        "Time zone",
+        lazy_gettext("Time zone"),
         default="UTC",
-        description="An IANA name, such as Europe/Kyiv.",
+        description=lazy_gettext("An IANA name, such as Europe/Kyiv."),
         validators=[DataRequired(), Length(max=64), _time_zone],
         render_kw={"list": "time-zones", "autocomplete": "off"},
     )
     send_weekday = SelectField(
-        "Weekday (weekly lists)",
+        lazy_gettext("Weekday (weekly lists)"),
         coerce=int,
         default=0,
         choices=[SelectChoice(n, day) for n, day in enumerate(WEEKDAYS)],
     )
     auto_digest = SelectField(
-        "Automatic digests",
-        description="Monthly lists go on the first day of the month.",
+        lazy_gettext("Automatic digests"),
+        description=lazy_gettext("Monthly lists go on the first day of the month."),
         default=AutoDigest.OFF.value,
         choices=[
-            SelectChoice(AutoDigest.OFF.value, "Off: editors compose each digest"),
-            SelectChoice(AutoDigest.DRAFT.value, "Create a draft for review on the cadence"),
-            SelectChoice(AutoDigest.SEND.value, "Send directly on the cadence"),
+            SelectChoice(AutoDigest.OFF.value, lazy_gettext("Off: editors compose each digest")),
+            SelectChoice(
+                AutoDigest.DRAFT.value, lazy_gettext("Create a draft for review on the cadence")
+            ),
+            SelectChoice(AutoDigest.SEND.value, lazy_gettext("Send directly on the cadence")),
         ],
     )
+
+    def versions(self) -> list[tuple[str, list[Field]]]:
+        """The fields of the newsletter's texts in each other language."""
+        return [
+            (lang, [self[f"{lang}_{name}"] for name in texts.FIELDS]) for lang in OTHER_LANGUAGES
+        ]
+
+    def version_values(self, lang: str) -> dict[str, str]:
+        """The texts given for one language."""
+        return {name: self[f"{lang}_{name}"].data or "" for name in texts.FIELDS}
+
+    def show_version(self, lang: str, version: NewsletterText | None) -> None:
+        """Fill one language's fields with the texts kept for it."""
+        for name in texts.FIELDS:
+            self[f"{lang}_{name}"].data = getattr(version, name) if version is not None else ""
+
+
+# The texts in other languages: their fields are named <language>_<text>, such as uk_name.
+for _lang in OTHER_LANGUAGES:
+    for _name, (_label, _kind, _longest, _single) in _TEXT_FIELDS.items():
+        _checks = [Optional(), Length(max=_longest)] + ([_one_line] if _single else [])
+        setattr(NewsletterForm, f"{_lang}_{_name}", _kind(_label, validators=_checks))
 
 
 class TokenForm(FlaskForm):
     name = StringField(
-        "Name",
-        description="Who uses it, such as the site's publishing system.",
+        lazy_gettext("Name"),
+        description=lazy_gettext("Who uses it, such as the site's publishing system."),
         validators=[DataRequired(), Length(max=100), _one_line],
     )
 
 
 class ItemForm(FlaskForm):
     title = StringField(
-        "Title", validators=[DataRequired(), Length(max=items.MAX_TITLE), _one_line]
+        lazy_gettext("Title"), validators=[DataRequired(), Length(max=items.MAX_TITLE), _one_line]
     )
     url = URLField(
-        "Link",
+        lazy_gettext("Link"),
         validators=[DataRequired(), Length(max=items.MAX_URL), _web_address],
     )
     summary = TextAreaField(
-        "Summary", description="Plain text.", validators=[Length(max=items.MAX_SUMMARY)]
+        lazy_gettext("Summary"),
+        description=lazy_gettext("Plain text."),
+        validators=[Length(max=items.MAX_SUMMARY)],
     )
     published_at = DateTimeLocalField(
-        "Published (UTC)",
+        lazy_gettext("Published (UTC)"),
         format=["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M"],
-        description="Empty: now.",
+        description=lazy_gettext("Empty: now."),
         validators=[Optional()],
     )
     newsletters = SelectMultipleField(
-        "Newsletters",
+        lazy_gettext("Newsletters"),
         widget=ListWidget(prefix_label=False),
         option_widget=CheckboxInput(),
         render_kw={"class": "checks"},
@@ -219,60 +292,65 @@ class ItemForm(FlaskForm):
 
     def validate_newsletters(self, field: SelectMultipleField) -> None:
         if not field.data:
-            raise ValidationError("Choose at least one newsletter.")
+            raise ValidationError(_("Choose at least one newsletter."))
 
 
 class ImportForm(FlaskForm):
     file = FileField(
-        "CSV file",
-        description=(
+        lazy_gettext("CSV file"),
+        description=lazy_gettext(
             "The first row names the columns: email (required), locale, subscribed_at "
             "(an ISO 8601 date or time, UTC unless a zone is given); others are ignored. "
             "UTF-8, separated by commas or semicolons."
         ),
-        validators=[FileRequired("Choose a CSV file.")],
+        validators=[FileRequired(lazy_gettext("Choose a CSV file."))],
         render_kw={"accept": ".csv,text/csv,text/plain"},
     )
-    newsletter = SelectField("Newsletter", validators=[DataRequired()])
+    newsletter = SelectField(lazy_gettext("Newsletter"), validators=[DataRequired()])
     mode = SelectField(
-        "These people",
+        lazy_gettext("These people"),
         choices=[
             SelectChoice(
-                ImportMode.CONFIRM.value, "get a confirmation mail and join once they confirm"
+                ImportMode.CONFIRM.value,
+                lazy_gettext("get a confirmation mail and join once they confirm"),
             ),
             SelectChoice(
-                ImportMode.CONSENTED.value, "consented elsewhere: subscribe them at once, no mail"
+                ImportMode.CONSENTED.value,
+                lazy_gettext("consented elsewhere: subscribe them at once, no mail"),
             ),
         ],
         default=ImportMode.CONFIRM.value,
     )
     consent_note = TextAreaField(
-        "Consent note",
-        description="How and when they agreed; kept in each one's consent trail. "
-        "Required when they consented elsewhere.",
+        lazy_gettext("Consent note"),
+        description=lazy_gettext(
+            "How and when they agreed; kept in each one's consent trail. "
+            "Required when they consented elsewhere."
+        ),
         validators=[Length(max=2000)],
     )
 
     def validate_consent_note(self, field: TextAreaField) -> None:
         if self.mode.data == ImportMode.CONSENTED and not (field.data or "").strip():
-            raise ValidationError("Say how and when these people consented.")
+            raise ValidationError(_("Say how and when these people consented."))
 
 
 class DigestForm(FlaskForm):
     # The items' order, removals and additions are rows of inputs the view reads itself.
     subject = StringField(
-        "Subject", validators=[DataRequired("A digest needs a subject."), Length(max=300)]
+        lazy_gettext("Subject"),
+        validators=[DataRequired(lazy_gettext("A digest needs a subject.")), Length(max=300)],
     )
     intro = TextAreaField(
-        "Introduction",
-        description="Plain text, shown above the items. Optional.",
+        lazy_gettext("Introduction"),
+        description=lazy_gettext("Plain text, shown above the items. Optional."),
         validators=[Length(max=10_000)],
     )
 
 
 class ScheduleForm(FlaskForm):
     when = DateTimeLocalField(
-        "Send at",
+        lazy_gettext("Send at"),
         format=["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"],
-        validators=[InputRequired("Choose a day and a time.")],
+        validators=[InputRequired(lazy_gettext("Choose a day and a time."))],
     )

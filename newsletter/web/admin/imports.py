@@ -14,6 +14,7 @@ from flask import (
     send_file,
     url_for,
 )
+from flask_babel import gettext as _
 from flask_login import current_user
 from werkzeug.wrappers import Response
 
@@ -54,7 +55,7 @@ def imports() -> str | Response | tuple[str, int]:
         except UserError as exc:
             form.newsletter.errors.append(exc.message)
         else:
-            flash(f"{job.filename} is queued; the worker imports it.")
+            flash(_("%(file)s is queued; the worker imports it.", file=job.filename))
             return redirect(url_for("admin.import_job", job_id=job.id))
     page = render_template(
         "admin/imports.html", form=form, jobs=import_jobs.recent_jobs(db.session)
@@ -91,10 +92,10 @@ def _duration(span: timedelta) -> str:
     """A span of time as a person reads it: 4 s, 12 min, 3 h."""
     seconds = int(span.total_seconds())
     if seconds < 120:
-        return f"{seconds} s"
+        return _("%(s)d s", s=seconds)
     if seconds < 2 * 3600:
-        return f"{seconds // 60} min"
-    return f"{seconds // 3600} h"
+        return _("%(min)d min", min=seconds // 60)
+    return _("%(h)d h", h=seconds // 3600)
 
 
 @bp.get("/imports/<int:job_id>/report")
@@ -120,7 +121,7 @@ def import_retry(job_id: int) -> Response:
     """Queue a failed import again; what it added before stays, so it finishes the rest."""
     job = db.get_or_404(ImportJob, job_id)
     if import_jobs.requeue(db.session, job, current_app.instance_path):
-        flash(f"Import {job.id} is queued again.")
+        flash(_("Import %(id)s is queued again.", id=job.id))
     else:
-        flash("Only a failed import whose uploaded file is still here can run again.")
+        flash(_("Only a failed import whose uploaded file is still here can run again."))
     return redirect(url_for("admin.import_job", job_id=job.id))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
 from werkzeug.wrappers import Response
 
 from newsletter import newsletters as lists
@@ -71,10 +72,13 @@ def item_new() -> Response | tuple[str, int]:
             _field_error(form, exc)
         else:
             if created:
-                flash(f"Added {item.title}.")
+                flash(_("Added %(title)s.", title=item.title))
             else:
                 flash(
-                    "An item with this link was there already; it is now on these newsletters too."
+                    _(
+                        "An item with this link was there already; it is now on these "
+                        "newsletters too."
+                    )
                 )
             return redirect(url_for("admin.items_list"))
     return _show(form, None)
@@ -99,7 +103,7 @@ def item_edit(item_id: int) -> Response | tuple[str, int]:
         except items.ItemError as exc:
             _field_error(form, exc)
         else:
-            flash(f"Saved {item.title}.")
+            flash(_("Saved %(title)s.", title=item.title))
             return redirect(url_for("admin.items_list"))
     return _show(form, item)
 
@@ -110,5 +114,5 @@ def item_delete(item_id: int) -> Response:
     item = db.get_or_404(Item, item_id)
     title = item.title
     items.delete_item(db.session, item)
-    flash(f"Deleted {title}.")
+    flash(_("Deleted %(title)s.", title=title))
     return redirect(url_for("admin.items_list"))

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 from flask import current_app, flash, redirect, render_template, url_for
+from flask_babel import gettext as _
+from flask_babel import ngettext
 from werkzeug.wrappers import Response
 
 from newsletter import newsletters as lists
+from newsletter import texts
 from newsletter.addresses import InvalidSender
 from newsletter.digests import feeds
 from newsletter.extensions import db
 from newsletter.models import Newsletter
 from newsletter.web.admin.core import admin_only, bp
-from newsletter.web.admin.forms import WEEKDAYS, NewsletterForm, time_zone_names
+from newsletter.web.admin.forms import (
+    OTHER_LANGUAGES,
+    WEEKDAYS,
+    NewsletterForm,
+    time_zone_names,
+)
 
 
 @bp.get("/newsletters")
@@ -36,6 +44,9 @@ def newsletter_edit(newsletter_id: int) -> str | Response | tuple[str, int]:
 
 
 def _edit(newsletter: Newsletter | None, form: NewsletterForm) -> str | Response | tuple[str, int]:
+    if newsletter is not None and not form.is_submitted():
+        for lang in OTHER_LANGUAGES:
+            form.show_version(lang, texts.version(db.session, newsletter, lang))
     if form.validate_on_submit():
         values = {field: getattr(form, field).data for field in lists.FIELDS}
         values["slug"] = values["slug"].strip()
@@ -49,7 +60,9 @@ def _edit(newsletter: Newsletter | None, form: NewsletterForm) -> str | Response
             db.session.rollback()
             form.from_address.errors.append(exc.message)
         else:
-            flash(f"Saved {saved.name}.")
+            for lang in OTHER_LANGUAGES:
+                texts.save(db.session, saved, lang, form.version_values(lang))
+            flash(_("Saved %(name)s.", name=saved.name))
             return redirect(url_for("admin.newsletter", newsletter_id=saved.id))
     status = 422 if form.errors else 200
     page = render_template(
@@ -79,7 +92,10 @@ def newsletter_archive(newsletter_id: int) -> Response:
     """Close a newsletter to new signups, or open it again."""
     newsletter = db.get_or_404(Newsletter, newsletter_id)
     lists.set_archived(db.session, newsletter, not newsletter.archived)
-    flash(f"{newsletter.name} is {'archived' if newsletter.archived else 'open again'}.")
+    if newsletter.archived:
+        flash(_("%(name)s is archived.", name=newsletter.name))
+    else:
+        flash(_("%(name)s is open again.", name=newsletter.name))
     return redirect(url_for("admin.newsletter", newsletter_id=newsletter.id))
 
 
@@ -89,7 +105,9 @@ def newsletter_pull_feed(newsletter_id: int) -> Response:
     newsletter = db.get_or_404(Newsletter, newsletter_id)
     added = feeds.pull(db.session, newsletter)
     if newsletter.feed_error:
-        flash(f"The feed could not be read: {newsletter.feed_error}")
+        flash(_("The feed could not be read: %(error)s", error=newsletter.feed_error))
     else:
-        flash(f"{added} new item{'' if added == 1 else 's'} from the feed.")
+        flash(
+            ngettext("%(num)d new item from the feed.", "%(num)d new items from the feed.", added)
+        )
     return redirect(url_for("admin.newsletter", newsletter_id=newsletter.id))

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flask import current_app, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
+from flask_babel import lazy_gettext
 from flask_login import current_user
 from flask_wtf import FlaskForm
 from werkzeug.wrappers import Response
@@ -20,14 +22,19 @@ from newsletter.web.admin.core import admin_only, bp
 
 class SiteForm(FlaskForm):
     origin = StringField(
-        "Site",
-        description="The site's origin: https:// and the host, such as https://news.example.org "
-        "(and :port when it is not the usual one).",
-        validators=[DataRequired(message="Enter the site's origin."), Length(max=300)],
+        lazy_gettext("Site"),
+        description=lazy_gettext(
+            "The site's origin: https:// and the host, such as https://news.example.org "
+            "(and :port when it is not the usual one)."
+        ),
+        validators=[
+            DataRequired(message=lazy_gettext("Enter the site's origin.")),
+            Length(max=300),
+        ],
     )
     note = StringField(
-        "Note",
-        description="Whose site it is, or why it is listed.",
+        lazy_gettext("Note"),
+        description=lazy_gettext("Whose site it is, or why it is listed."),
         validators=[Length(max=origins.MAX_NOTE)],
     )
 
@@ -50,7 +57,12 @@ def sites() -> Response | str | tuple[str, int]:
             form.origin.errors = [*form.origin.errors, exc.message]
         else:
             cors.forget()
-            flash(f"{row.origin} is listed: its pages get inline replies and readers back.")
+            flash(
+                _(
+                    "%(site)s is listed: its pages get inline replies and readers back.",
+                    site=row.origin,
+                )
+            )
             return redirect(url_for("admin.sites"))
     page = render_template(
         "admin/sites.html",
@@ -69,7 +81,7 @@ def site_remove(site_id: int) -> Response:
     origin = row.origin
     origins.remove(db.session, row, current_user.id)
     cors.forget()
-    flash(f"{origin} is no longer listed.")
+    flash(_("%(site)s is no longer listed.", site=origin))
     return redirect(url_for("admin.sites"))
 
 

@@ -14,6 +14,7 @@ from flask import (
     stream_with_context,
     url_for,
 )
+from flask_babel import gettext as _
 from flask_login import current_user
 
 from newsletter import exports
@@ -94,7 +95,7 @@ def subscriber_unsubscribe(subscriber_id: int, subscription_id: int) -> Response
     if subscription.subscriber_id != subscriber_id:
         abort(404)
     subs.unsubscribe(db.session, subscription, _origin())
-    flash(f"Unsubscribed from {subscription.newsletter.name}.")
+    flash(_("Unsubscribed from %(name)s.", name=subscription.newsletter.name))
     return redirect(url_for("admin.subscriber", subscriber_id=subscriber_id))
 
 
@@ -110,7 +111,8 @@ def subscriber_resend(subscriber_id: int) -> Response:
     except subs.SubscriptionError as exc:
         flash(exc.message)
     else:
-        flash("Confirmation mail queued for " + ", ".join(s.newsletter.name for s in pending) + ".")
+        names = ", ".join(s.newsletter.name for s in pending)
+        flash(_("Confirmation mail queued for %(names)s.", names=names))
     return redirect(url_for("admin.subscriber", subscriber_id=subscriber_id))
 
 
@@ -135,8 +137,8 @@ def subscriber_erase(subscriber_id: int) -> Response:
     """Delete this person for good; only a hash stays, so an import cannot bring them back."""
     person = db.get_or_404(Subscriber, subscriber_id)
     if request.form.get("confirm") != "erase":
-        flash("Tick the box to confirm the erasure.")
+        flash(_("Tick the box to confirm the erasure."))
         return redirect(url_for("admin.subscriber", subscriber_id=subscriber_id))
     people.erase(db.session, person, current_user.id)
-    flash("The subscriber was erased.")
+    flash(_("The subscriber was erased."))
     return redirect(url_for("admin.subscribers"))

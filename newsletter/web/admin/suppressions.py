@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
 from flask_login import current_user
 from werkzeug.wrappers import Response
 
@@ -40,5 +41,5 @@ def suppression_lift() -> Response:
     except UserError as exc:
         flash(exc.message)
     else:
-        flash(f"Mail may go to that address again (it was suppressed: {reason}).")
+        flash(_("Mail may go to that address again (it was suppressed: %(why)s).", why=reason))
     return redirect(url_for("admin.suppressions", q=email))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import flash, make_response, redirect, render_template, url_for
+from flask_babel import gettext as _
 from flask_login import current_user
 from werkzeug.wrappers import Response
 
@@ -45,5 +46,5 @@ def token_revoke(token_id: int) -> Response:
     """Stop a token from working, for good."""
     token = db.get_or_404(ApiToken, token_id)
     api_tokens.revoke(db.session, token)
-    flash(f"The token {token.name} ({token.prefix}…) is revoked.")
+    flash(_("The token %(name)s (%(prefix)s…) is revoked.", name=token.name, prefix=token.prefix))
     return redirect(url_for("admin.tokens"))

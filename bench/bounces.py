@@ -152,9 +152,7 @@ def prepare_database(folder: Path, count: int, samples: list[Template]):  # type
     now = datetime.now(UTC)
     with app.app_context():
         upgrade()
-        db.session.execute(
-            insert(Newsletter), [{"id": 1, "slug": "daily", "name": "Daily News"}]
-        )
+        db.session.execute(insert(Newsletter), [{"id": 1, "slug": "daily", "name": "Daily News"}])
         db.session.execute(
             insert(Digest),
             [{"id": 1, "newsletter_id": 1, "subject": "News", "status": "sent",

@@ -278,12 +278,14 @@ def pages(filled: Filled) -> list[Page]:
         Page(
             "filtered, rare",
             "/admin/subscribers?" + urlencode({"newsletter": small_slug, "status": "complained"}),
-            [f"<td>{small_name}</td>"] if rare else ["No subscriber matches."],
+            [f'{small_name}: <span class="state state-complained">'] * rare
+            if rare
+            else ["No subscriber matches."],
         ),
         Page(
             "search",
             "/admin/subscribers?q=" + quote(needle),
-            [address(person)] * filled.lists_of[person],
+            [address(person), "1 person"],
         ),
     ]
 
@@ -296,8 +298,10 @@ def check(page: Page, html: str, filled: Filled) -> str | None:
             return f"{page.label}: {snippet!r} found {html.count(snippet)} times, not {wanted}"
     if page.label == "filtered":
         name = filled.newsletters[0][1]
-        if html.count(f"<td>{name}</td>") != 50 or html.count("<td>confirmed</td>") != 50:
-            return "filtered: not 50 confirmed rows of the largest list"
+        people = html.count('<a href="/admin/subscribers/')
+        confirmed = html.count(f'{name}: <span class="state state-confirmed">')
+        if people != 50 or confirmed != 50:
+            return "filtered: not 50 people confirmed on the largest list"
     return None
 
 

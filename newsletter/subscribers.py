@@ -8,7 +8,7 @@ from typing import Any
 
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext
-from sqlalchemy import Select, delete, select, update
+from sqlalchemy import ColumnElement, Select, delete, distinct, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from newsletter import suppression
@@ -66,26 +66,94 @@ def apply(query: Select[Any], where: Filter) -> Select[Any]:
     return query
 
 
-def page(where: Filter, before: int | None = None, size: int = PAGE_SIZE) -> Select[Any]:
-    """One page of subscriptions, newest first; `before` is the last id of the page shown."""
-    query = (
-        select(
-            Subscription.id,
-            Subscription.subscriber_id,
-            Subscriber.email,
-            Newsletter.name.label("newsletter"),
-            Subscription.status,
-            Subscription.subscribed_at,
-            Subscription.confirmed_at,
+@dataclass(frozen=True)
+class Person:
+    """One person on the subscriber list: their address and each list with its state."""
+
+    id: int
+    email: str
+    since: datetime
+    lists: list[tuple[str, str]]  # (newsletter name, subscription status)
+
+
+# Below this many matching people, the page is taken from their ids; above, by walking the
+# people newest first and keeping those with a matching subscription (matches are dense).
+_FEW = 5000
+
+
+def _subscription_matches(where: Filter) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    if where.newsletter:
+        by_slug = select(Newsletter.id).where(Newsletter.slug == where.newsletter)
+        conditions.append(Subscription.newsletter_id == by_slug.scalar_subquery())
+    if where.status:
+        conditions.append(Subscription.status == where.status)
+    return conditions
+
+
+def _address_matches(where: Filter) -> ColumnElement[bool]:
+    # Addresses are stored lowercased in email_key; a substring of one matches.
+    return Subscriber.email_key.contains(where.search.lower(), autoescape=True)
+
+
+def people_total(session: Session, where: Filter) -> int:
+    """How many people the filter matches."""
+    conditions = _subscription_matches(where)
+    if not conditions:
+        query = select(func.count()).select_from(Subscriber)
+        if where.search:
+            query = query.where(_address_matches(where))
+        return session.scalar(query) or 0
+    query = select(func.count(distinct(Subscription.subscriber_id))).where(*conditions)
+    if where.search:
+        query = query.where(
+            Subscription.subscriber_id.in_(select(Subscriber.id).where(_address_matches(where)))
         )
-        .join(Subscriber, Subscription.subscriber_id == Subscriber.id)
-        .join(Newsletter, Subscription.newsletter_id == Newsletter.id)
-        .order_by(Subscription.id.desc())
-        .limit(size + 1)  # one more tells whether there is a next page
+    return session.scalar(query) or 0
+
+
+def people_page(
+    session: Session,
+    where: Filter,
+    total: int,
+    before: int | None = None,
+    size: int | None = None,
+) -> tuple[list[Person], int | None]:
+    """One page of people, newest first, with every list of each; and the `before` of the next
+    page, None on the last. `total` is `people_total` of the same filter."""
+    size = size or PAGE_SIZE
+    query = (
+        select(Subscriber.id, Subscriber.email, Subscriber.created_at)
+        .order_by(Subscriber.id.desc())
+        .limit(size + 1)
     )
     if before is not None:
-        query = query.where(Subscription.id < before)
-    return apply(query, where)
+        query = query.where(Subscriber.id < before)
+    if where.search:
+        query = query.where(_address_matches(where))
+    conditions = _subscription_matches(where)
+    if conditions and total <= _FEW:
+        query = query.where(
+            Subscriber.id.in_(select(Subscription.subscriber_id).where(*conditions))
+        )
+    elif conditions:
+        query = query.where(
+            exists().where(Subscription.subscriber_id == Subscriber.id, *conditions)
+        )
+    found = session.execute(query).all()
+    more = len(found) > size
+    found = found[:size]
+    lists: dict[int, list[tuple[str, str]]] = {row.id: [] for row in found}
+    if found:
+        for subscriber_id, name, status in session.execute(
+            select(Subscription.subscriber_id, Newsletter.name, Subscription.status)
+            .join(Newsletter, Newsletter.id == Subscription.newsletter_id)
+            .where(Subscription.subscriber_id.in_(list(lists)))
+            .order_by(Newsletter.name)
+        ):
+            lists[subscriber_id].append((name, str(status)))
+    people = [Person(row.id, row.email, row.created_at, lists[row.id]) for row in found]
+    return people, (people[-1].id if more else None)
 
 
 def consent_trail(subscriber_id: int) -> Select[Any]:
@@ -133,10 +201,28 @@ class MailLine:
 
 
 def mail_history(session: Session, subscriber_id: int) -> list[MailLine]:
-    """Every mail a person was sent or is due, transactional and digests, newest first."""
+    """Every mail a person was sent or is due, transactional and digests, newest first, each
+    with the newsletters it was about."""
+    queued = session.scalars(mails(subscriber_id)).all()
+    about = {m.id: _subscriptions_of(m) for m in queued}
+    wanted = {sid for ids in about.values() for sid in ids}
+    names = dict(
+        session.execute(
+            select(Subscription.id, Newsletter.name)
+            .join(Newsletter, Newsletter.id == Subscription.newsletter_id)
+            .where(Subscription.id.in_(wanted))
+        ).all()
+    )
     lines = [
-        MailLine(m.created_at, str(m.kind), None, str(m.status), m.sent_at, m.last_error)
-        for m in session.scalars(mails(subscriber_id))
+        MailLine(
+            m.created_at,
+            str(m.kind),
+            ", ".join(names[sid] for sid in about[m.id] if sid in names) or None,
+            str(m.status),
+            m.sent_at,
+            m.last_error,
+        )
+        for m in queued
     ]
     lines += [
         MailLine(started, f"digest: {subject}", newsletter, str(d.status), d.sent_at, d.last_error)
@@ -144,6 +230,15 @@ def mail_history(session: Session, subscriber_id: int) -> list[MailLine]:
     ]
     epoch = datetime.min.replace(tzinfo=UTC)
     return sorted(lines, key=lambda line: line.queued_at or epoch, reverse=True)
+
+
+def _subscriptions_of(mail: OutboxMessage) -> list[int]:
+    """The subscriptions an outbox mail is about, as its payload names them."""
+    payload = mail.payload or {}
+    if "subscription" in payload:
+        return [int(payload["subscription"])]
+    named = payload.get("subscriptions") or []
+    return [int(one[0] if isinstance(one, list | tuple) else one) for one in named]
 
 
 def record(session: Session, admin_user_id: int | None, action: str, **detail: Any) -> None:

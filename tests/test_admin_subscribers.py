@@ -200,3 +200,54 @@ def test_a_persons_page_lists_their_digest_mails_with_why_one_failed(admin_clien
     page = admin_client.get(f"/admin/subscribers/{reader.id}").get_data(as_text=True)
     assert "digest: Morning news" in page and "Daily Briefing" in page
     assert "failed" in page and "cannot build:" in page
+
+
+@pytest.mark.parametrize("few", [5000, 0], ids=["by-ids", "by-walking"])
+def test_the_list_shows_one_row_per_person_with_their_lists_and_a_total(
+    admin_client, db, monkeypatch, few
+):
+    from newsletter import subscribers as people
+
+    monkeypatch.setattr(people, "_FEW", few)
+    signup(admin_client, "both@example.com", "daily", "culture")
+    signup(admin_client, "one@example.com", "culture")
+    db.session.execute(
+        Subscription.__table__.update()
+        .where(Subscription.subscriber_id == person_id(db, "both@example.com"))
+        .where(Subscription.newsletter_id == 1)
+        .values(status="confirmed")
+    )
+    db.session.commit()
+
+    page = admin_client.get("/admin/subscribers").get_data(as_text=True)
+    assert "2 people" in page
+    assert page.count("both@example.com") == 1 and page.count("one@example.com") == 1
+    row = page.split("both@example.com")[1].split("</tr>")[0]
+    assert "Culture: <span" in row and "Daily Briefing: <span" in row
+    assert ">confirmed<" in row and ">pending<" in row
+
+    confirmed = admin_client.get("/admin/subscribers?status=confirmed").get_data(as_text=True)
+    assert "1 person" in confirmed and "both@example.com" in confirmed
+    assert "one@example.com" not in confirmed
+    culture = admin_client.get("/admin/subscribers?newsletter=culture&q=one").get_data(as_text=True)
+    assert "1 person" in culture and "both@example.com" not in culture
+
+
+def test_a_persons_mails_name_their_newsletters_and_the_trail_names_the_browser(
+    admin_client, db, mailbox
+):
+    firefox = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"
+    admin_client.post(
+        "/subscribe",
+        data={"email": "reader@example.com", "newsletter": ["daily", "culture"]},
+        headers={"User-Agent": firefox},
+    )
+    mailbox.deliver()
+    text = admin_client.get(f"/admin/subscribers/{person_id(db, 'reader@example.com')}").get_data(
+        as_text=True
+    )
+    mails = text.split("<h2>Mails</h2>")[1]
+    assert "<td>confirmation</td><td>Culture, Daily Briefing</td>" in mails or (
+        "<td>confirmation</td><td>Daily Briefing, Culture</td>" in mails
+    )
+    assert f'title="{firefox}">Firefox 133, Linux</td>' in text

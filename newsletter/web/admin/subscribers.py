@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import ua_parser
+
 from flask import (
     Response,
     abort,
@@ -14,6 +16,7 @@ from flask import (
     stream_with_context,
     url_for,
 )
+from flask_babel import format_decimal
 from flask_babel import gettext as _
 from flask_login import current_user
 
@@ -25,6 +28,19 @@ from newsletter.models import Subscriber, Subscription, SubscriptionStatus
 from newsletter.newsletters import open_newsletters
 from newsletter.web import signup
 from newsletter.web.admin.core import admin_only, bp
+
+
+@bp.app_template_filter("browser")
+def browser(user_agent: str | None) -> str:
+    """A browser as a person names it ("Firefox 133, Windows") from its user agent string."""
+    if not user_agent:
+        return "—"
+    found = ua_parser.parse(user_agent[:1000])
+    agent, system = found.user_agent, found.os
+    if agent is None:
+        return user_agent[:40] + ("…" if len(user_agent) > 40 else "")
+    name = f"{agent.family} {agent.major}" if agent.major else agent.family
+    return f"{name}, {system.family}" if system is not None else name
 
 
 def _filter() -> people.Filter:
@@ -40,17 +56,18 @@ def _filter() -> people.Filter:
 @bp.get("/subscribers")
 @admin_only
 def subscribers() -> str:
-    """Subscriptions, newest first, searched and filtered, a page at a time."""
+    """People, newest first, each with their lists; searched and filtered, a page at a time."""
     where = _filter()
     before = request.args.get("before", type=int)
-    rows = db.session.execute(people.page(where, before)).all()
-    more = len(rows) > people.PAGE_SIZE
-    rows = rows[: people.PAGE_SIZE]
+    total = people.people_total(db.session, where)
+    found, next_before = people.people_page(db.session, where, total, before)
     return render_template(
         "admin/subscribers.html",
-        rows=rows,
+        people=found,
+        total=total,
+        total_text=format_decimal(total),
         where=where,
-        next_before=rows[-1].id if more else None,
+        next_before=next_before,
         newsletters=open_newsletters(db.session),
         statuses=[s.value for s in SubscriptionStatus],
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import ua_parser
-
 from flask import (
     Response,
     abort,

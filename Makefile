@@ -36,6 +36,7 @@ translations: $(STAMP)
 run: export NEWSLETTER_ENV = development
 run: export NEWSLETTER_BASE_URL ?= http://$(HOST):$(PORT)
 run: $(STAMP) $(CATALOGUES)
+	$(BIN)/newsletter dev-instance --base-url "$$NEWSLETTER_BASE_URL"
 	$(BIN)/newsletter init-db
 	$(BIN)/newsletter seed-demo
 	@echo "Web app on http://$(HOST):$(PORT)/  -  mailbox on http://$(HOST):$(PORT)/_mailbox"

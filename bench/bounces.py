@@ -1,20 +1,23 @@
-"""Returned-mail ingest from a Maildir against the standard library's email parser alone.
+"""Returned-mail ingest from a Maildir into the database, against the standard library's parser.
 
 Run from the project root:
 
     .venv/bin/python bench/bounces.py [--messages 100000] [--rounds 3] [--dir /dev/shm]
 
-It writes N messages made from the samples in tests/data/bounces/ (each with its own reader,
-VERP tag and Message-ID) into a Maildir in a temporary folder, then times, in alternating
-rounds over the same files:
+It makes a SQLite database by the migrations holding one newsletter, N readers and a sent digest
+with one delivery each, then writes N messages made from the samples in tests/data/bounces/ into
+a Maildir, each about its own reader: their address, the real VERP tag of their delivery
+(`newsletter.links.Links.envelope_sender`), our Message-ID of it, and for the unsubscribe sample
+the reader's own signed mailto address. Then it times, in alternating rounds over the same files:
 
 - baseline: list new/, read each file, `email.message_from_bytes` (policy compat32);
-- ours: `newsletter.bounces.sources.Maildir` and `newsletter.bounces.parse.parse` for each.
+- ours: the ingest as `newsletter bounces ingest MAILDIR` runs it (`bounces.ingest.ingest_source`:
+  read, classify, match by tag, record each event, suppress, unsubscribe, mark handled), in a
+  fresh process over a fresh copy of the database and of the Maildir, timing the ingest alone.
 
-Then it runs the ingest as a command would (a fresh process: read, parse, mark each message
-handled, which moves it to cur/ as Seen) over a Maildir of N/10 messages and over the one of
-N, checks every report against what was written, reads each process's peak RSS (getrusage),
-and runs it once more over the N to see that nothing is handled twice.
+Each run's outcomes are checked against the samples' kinds. Then the same ingest over N/10 and
+over N messages for each process's peak RSS (getrusage), and once more over an ingested Maildir,
+which must find nothing to handle.
 """
 
 from __future__ import annotations
@@ -33,17 +36,46 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
-from newsletter.bounces.parse import parse
-from newsletter.bounces.sources import Maildir
+from newsletter.bounces.parse import Kind, parse
 
 TARGET_RATIO = 0.3
 TARGET_RSS_GROWTH = 1.2
 BOUNCE_ADDRESS = "bounces@news.example.org"
 UNSUBSCRIBE_ADDRESS = "unsubscribe@news.example.org"
 CORPUS = Path(__file__).resolve().parent.parent / "tests" / "data" / "bounces"
-TAG = re.compile(r"n(\d+)s(\d+)")
+DIGEST_KEY = "b3nchd1g35t0000"
+# What each sample's kind comes out as once ingested.
+OUTCOME = {
+    Kind.HARD: "hard",
+    Kind.SOFT: "soft",
+    Kind.COMPLAINT: "complaint",
+    Kind.AUTOREPLY: "autoreply",
+    Kind.OTHER: "other",
+    Kind.UNSUBSCRIBE: "unsubscribe",
+}
+
+
+def settings(folder: Path) -> dict[str, str]:
+    """The environment of the app the ingest runs in: a database file in `folder`."""
+    return {
+        "NEWSLETTER_ENV": "testing",
+        "NEWSLETTER_SECRET_KEY": "bench-bounces-secret-key-0123456789",
+        "NEWSLETTER_BASE_URL": "https://news.example.org",
+        "NEWSLETTER_INSTANCE_PATH": str(folder / "instance"),
+        "NEWSLETTER_DATABASE_URL": f"sqlite:///{folder / 'bench.db'}",
+        "NEWSLETTER_BOUNCE_ADDRESS": BOUNCE_ADDRESS,
+        "NEWSLETTER_UNSUBSCRIBE_MAILTO": UNSUBSCRIBE_ADDRESS,
+    }
+
+
+def app_from(env: dict[str, str]):  # type: ignore[no-untyped-def]
+    os.environ.update(env)
+    from newsletter import create_app
+
+    return create_app()
 
 
 class Template:
@@ -63,29 +95,35 @@ class Template:
         self.message_id = report.message_id
         self._local = re.compile(re.escape(self.local.encode()), re.IGNORECASE)
 
-    def make(self, number: int, index: int) -> bytes:
-        """The sample for reader `number`, its tag naming both."""
+    def make(self, number: int, links) -> bytes:  # type: ignore[no-untyped-def]
+        """The sample about reader `number`: their address, their delivery's tag and id."""
+        from newsletter.links import DELIVERY, Reader
+
         data = self._local.sub(self.reader(number).encode(), self.data)
-        data = data.replace(self.tag.encode(), f"n{number}s{index}".encode())
+        if self.kind == Kind.UNSUBSCRIBE:
+            mine = links.unsubscribe_address(Reader(number + 1, f"k{number}"), 1)
+            found = f"unsubscribe+{self.tag}@news.example.org"
+        else:
+            mine = links.envelope_sender(DELIVERY, number + 1)
+            found = f"bounces+{self.tag}@news.example.org"
+        data = re.sub(re.escape(found).encode(), mine.encode(), data, flags=re.IGNORECASE)
         if self.message_id:
-            data = data.replace(self.message_id.encode(), self.expected_id(number).encode())
+            ours = f"{DIGEST_KEY}.{number + 1}@news.example.org"
+            data = data.replace(self.message_id.encode(), ours.encode())
         return data
 
     def reader(self, number: int) -> str:
         return f"reader.{number}"
 
-    def expected_id(self, number: int) -> str | None:
-        if not self.message_id:
-            return None
-        left, _, domain = self.message_id.partition("@")
-        return f"{left.partition('.')[0]}.{number}@{domain}"
+    def address(self, number: int) -> str:
+        return f"{self.reader(number)}@{self.domain}"
 
 
 def templates() -> list[Template]:
     return [Template(path) for path in sorted(CORPUS.glob("*.eml"))]
 
 
-def write_maildir(path: Path, count: int, samples: list[Template]) -> int:
+def write_maildir(path: Path, count: int, samples: list[Template], links) -> int:  # type: ignore[no-untyped-def]
     """N messages, the samples in turn, named as Maildir names them; returns the bytes written.
 
     Straight into new/, without `mailbox.Maildir.add`'s fsync per message: nobody reads the
@@ -95,11 +133,56 @@ def write_maildir(path: Path, count: int, samples: list[Template]) -> int:
     size = 0
     stamp, pid = int(time.time()), os.getpid()
     for number in range(count):
-        index = number % len(samples)
-        data = samples[index].make(number, index)
+        data = samples[number % len(samples)].make(number, links)
         (path / "new" / f"{stamp}.M{number}P{pid}.bench").write_bytes(data)
         size += len(data)
     return size
+
+
+def prepare_database(folder: Path, count: int, samples: list[Template]):  # type: ignore[no-untyped-def]
+    """Tables by the migrations; one list, N confirmed readers, a digest sent to each."""
+    from flask_migrate import upgrade
+    from sqlalchemy import insert
+
+    from newsletter.extensions import db
+    from newsletter.links import Links
+    from newsletter.models import Delivery, Digest, Newsletter, Subscriber, Subscription
+
+    app = app_from(settings(folder))
+    now = datetime.now(UTC)
+    with app.app_context():
+        upgrade()
+        db.session.execute(
+            insert(Newsletter), [{"id": 1, "slug": "daily", "name": "Daily News"}]
+        )
+        db.session.execute(
+            insert(Digest),
+            [{"id": 1, "newsletter_id": 1, "subject": "News", "status": "sent",
+              "message_key": DIGEST_KEY, "started_at": now}],
+        )  # fmt: skip
+        chunk = 20_000
+        for first in range(0, count, chunk):
+            numbers = range(first, min(first + chunk, count))
+            people = [
+                {"id": n + 1, "email": samples[n % len(samples)].address(n),
+                 "email_key": samples[n % len(samples)].address(n).lower(), "token_key": f"k{n}"}
+                for n in numbers
+            ]  # fmt: skip
+            db.session.execute(insert(Subscriber), people)
+            db.session.execute(
+                insert(Subscription),
+                [{"id": n + 1, "subscriber_id": n + 1, "newsletter_id": 1,
+                  "status": "confirmed", "confirmed_at": now} for n in numbers],
+            )  # fmt: skip
+            db.session.execute(
+                insert(Delivery),
+                [{"id": n + 1, "digest_id": 1, "subscription_id": n + 1, "status": "sent",
+                  "sent_at": now, "attempts": 1} for n in numbers],
+            )  # fmt: skip
+        db.session.commit()
+        links = Links.from_config(app.config)
+        db.engine.dispose()
+    return links
 
 
 def link_maildir(source: Path, target: Path, count: int) -> None:
@@ -122,58 +205,53 @@ def baseline(path: Path) -> int:
     return count
 
 
-def ours(path: Path) -> int:
-    """Read through the Maildir source and classify each message."""
-    count = 0
-    for message in Maildir(path):
-        parse(message.data, bounce_address=BOUNCE_ADDRESS, unsubscribe_address=UNSUBSCRIBE_ADDRESS)
-        count += 1
-    return count
+def ingest(folder: Path, maildir: Path) -> dict[str, object]:
+    """As `newsletter bounces ingest MAILDIR` runs: every message recorded, marked handled."""
+    from newsletter.bounces import ingest as bounces
+    from newsletter.bounces.sources import Maildir
+    from newsletter.extensions import db
+    from newsletter.links import Links
 
-
-def ingest(path: Path) -> dict[str, object]:
-    """As a command would: read, classify, check against what was written, mark handled."""
-    samples = templates()
-    kinds: Counter[str] = Counter()
-    wrong = []
-    started = time.perf_counter()
-    for message in Maildir(path):
-        report = parse(
-            message.data, bounce_address=BOUNCE_ADDRESS, unsubscribe_address=UNSUBSCRIBE_ADDRESS
-        )
-        kinds[report.kind.value] += 1
-        found = TAG.fullmatch(report.tag or "")
-        if found is None:
-            wrong.append(f"{message.name}: tag {report.tag!r}")
-        else:
-            number, index = int(found.group(1)), int(found.group(2))
-            sample = samples[index]
-            recipient = f"{sample.reader(number)}@{sample.domain}"
-            expected = (sample.kind, recipient, sample.expected_id(number))
-            got = (report.kind, report.recipients[0] if report.recipients else None)
-            if (*got, report.message_id) != expected:
-                wrong.append(f"{message.name}: {(*got, report.message_id)} != {expected}")
-        message.handled()
-    seconds = time.perf_counter() - started
+    app = app_from(settings(folder))
+    with app.app_context():
+        links, rules = Links.from_config(app.config), bounces.Rules.from_config(app.config)
+        started = time.perf_counter()
+        with Maildir(maildir) as source:
+            counts = bounces.ingest_source(db.session, source, links, rules, "maildir")
+        seconds = time.perf_counter() - started
+        db.engine.dispose()
     return {
-        "count": sum(kinds.values()),
+        "count": sum(counts.values()),
         "seconds": seconds,
-        "kinds": dict(kinds),
-        "wrong": wrong[:5],
-        "wrong_count": len(wrong),
+        "kinds": dict(counts),
         "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
     }
 
 
-def run_ingest(path: Path) -> dict[str, object]:
-    """The ingest in a fresh process, so its peak RSS is its own."""
+def run_ingest(workdir: Path, source: Path, count: int, name: str) -> dict[str, object]:
+    """The ingest in a fresh process over fresh copies of the database and the Maildir."""
+    run = workdir / name
+    if run.exists():
+        shutil.rmtree(run)
+    run.mkdir()
+    shutil.copy(workdir / "bench.db", run / "bench.db")
+    link_maildir(source, run / "Maildir", count)
+    return again(run, run / "Maildir")
+
+
+def again(run: Path, maildir: Path) -> dict[str, object]:
+    """The ingest in a fresh process over this database and Maildir as they are."""
     out = subprocess.run(
-        [sys.executable, __file__, "--ingest", str(path)],
+        [sys.executable, __file__, "--ingest", str(run), str(maildir)],
         check=True,
         capture_output=True,
         text=True,
     )
     return json.loads(out.stdout)
+
+
+def expected_kinds(samples: list[Template], count: int) -> Counter[str]:
+    return Counter(OUTCOME[samples[n % len(samples)].kind] for n in range(count))
 
 
 def rate(count: int, seconds: float) -> float:
@@ -191,59 +269,63 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dir", help="where to make the Maildirs (default: the temp folder)")
-    parser.add_argument("--ingest", help=argparse.SUPPRESS)
+    parser.add_argument("--ingest", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.ingest:
-        print(json.dumps(ingest(Path(args.ingest))))
+        print(json.dumps(ingest(Path(args.ingest[0]), Path(args.ingest[1]))))
         return 0
 
     samples = templates()
     workdir = Path(tempfile.mkdtemp(prefix="bench-bounces-", dir=args.dir))
     try:
         started = time.perf_counter()
-        size = write_maildir(workdir / "all", args.messages, samples)
-        tenth = max(1, args.messages // 10)
-        link_maildir(workdir / "all", workdir / "tenth", tenth)
+        links = prepare_database(workdir, args.messages, samples)
+        print(
+            f"database: 1 newsletter, {args.messages:,} readers and deliveries"
+            f" ({time.perf_counter() - started:.1f} s)"
+        )
+        started = time.perf_counter()
+        size = write_maildir(workdir / "all", args.messages, samples, links)
         print(
             f"wrote {args.messages:,} messages ({size / 1e6:.0f} MB) from {len(samples)} samples"
             f" into a Maildir in {time.perf_counter() - started:.1f} s"
         )
         kinds = Counter(sample.kind.value for sample in samples)
         print("samples: " + ", ".join(f"{kind} {n}" for kind, n in sorted(kinds.items())))
+        expected = expected_kinds(samples, args.messages)
 
         # Warm the page cache so the first round is not the only one reading from disk.
         baseline(workdir / "all")
+        failed = False
         base_rates, our_rates = [], []
         for number in range(1, args.rounds + 1):
             count, seconds = timed(baseline, workdir / "all")
             base_rates.append(rate(count, seconds))
-            count, seconds = timed(ours, workdir / "all")
-            our_rates.append(rate(count, seconds))
+            run = run_ingest(workdir, workdir / "all", args.messages, "round")
+            our_rates.append(rate(int(run["count"]), float(run["seconds"])))  # type: ignore[call-overload,arg-type]
             print(
                 f"  round {number}: email.message_from_bytes {base_rates[-1]:,.0f} msg/s,"
-                f" ours {our_rates[-1]:,.0f} msg/s, ratio {our_rates[-1] / base_rates[-1]:.2f}"
+                f" ingest {our_rates[-1]:,.0f} msg/s, ratio {our_rates[-1] / base_rates[-1]:.2f}"
             )
+            if Counter(run["kinds"]) != expected:  # type: ignore[arg-type]
+                print(f"    outcomes {run['kinds']} != expected {dict(expected)}")
+                failed = True
         base, our = statistics.median(base_rates), statistics.median(our_rates)
         ratio = our / base
         verdict = "OK" if ratio >= TARGET_RATIO else "BELOW TARGET"
         print(f"email.message_from_bytes  {base:9,.0f} msg/s (median of {args.rounds})")
-        print(f"ours (sources + parse)    {our:9,.0f} msg/s (median of {args.rounds})")
-        print(f"ratio ours/baseline: {ratio:.2f} (target >= {TARGET_RATIO}) {verdict}")
+        print(f"ingest into the database  {our:9,.0f} msg/s (median of {args.rounds})")
+        print(f"ratio ingest/baseline: {ratio:.2f} (target >= {TARGET_RATIO}) {verdict}")
+        print("  outcomes: " + ", ".join(f"{k} {n:,}" for k, n in sorted(expected.items())))
 
-        failed = False
-        small = run_ingest(workdir / "tenth")
-        large = run_ingest(workdir / "all")
-        for run, expected in ((small, tenth), (large, args.messages)):
-            count = int(run["count"])  # type: ignore[call-overload]
+        tenth = max(1, args.messages // 10)
+        small = run_ingest(workdir, workdir / "all", tenth, "tenth")
+        large = run_ingest(workdir, workdir / "all", args.messages, "full")
+        for run, count in ((small, tenth), (large, args.messages)):
             print(
-                f"ingest of {count:,} (read, parse, mark handled):"
-                f" {rate(count, float(run['seconds'])):,.0f} msg/s,"  # type: ignore[arg-type]
-                f" peak RSS {int(run['maxrss_kb']) / 1024:.0f} MB,"  # type: ignore[call-overload]
-                f" {run['wrong_count']} misread"
+                f"ingest of {int(run['count']):,}: peak RSS {int(run['maxrss_kb']) / 1024:.0f} MB"  # type: ignore[call-overload]
             )
-            print("  " + ", ".join(f"{kind} {n:,}" for kind, n in sorted(run["kinds"].items())))  # type: ignore[attr-defined]
-            if count != expected or run["wrong_count"]:
-                print(f"  expected {expected:,} messages, all read as written: {run['wrong']}")
+            if int(run["count"]) != count:  # type: ignore[call-overload]
                 failed = True
         growth = int(large["maxrss_kb"]) / int(small["maxrss_kb"])  # type: ignore[call-overload]
         verdict = "OK" if growth <= TARGET_RSS_GROWTH else "NOT FLAT"
@@ -251,9 +333,9 @@ def main() -> int:
             f"peak RSS for {args.messages:,} / for {tenth:,}: {growth:.2f}x"
             f" (target <= {TARGET_RSS_GROWTH}x) {verdict}"
         )
-        again = run_ingest(workdir / "all")
-        print(f"second ingest of the same Maildir: {again['count']} messages (expected 0)")
-        failed = failed or again["count"] != 0
+        second = again(workdir / "full", workdir / "full" / "Maildir")
+        print(f"second ingest of the same Maildir: {second['count']} messages (expected 0)")
+        failed = failed or second["count"] != 0
         return 1 if failed else 0
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

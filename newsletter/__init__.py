@@ -34,6 +34,9 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
         template_folder=resource_dir("templates"),
     )
     app.config.from_mapping(settings.DEFAULTS)
+    # Written by `make run`: the instance is a development one, so every command run beside
+    # it (a second terminal's `newsletter create-admin`) works on it as the server does.
+    app.config.from_pyfile(settings.DEVELOPMENT_FILE, silent=True)
     app.config.from_pyfile("config.py", silent=True)
     app.config.from_mapping(settings.from_environ(os.environ))
     if config:

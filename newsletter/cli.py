@@ -12,14 +12,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import click
-from flask import current_app
+from flask import Flask, current_app
 from flask.cli import FlaskGroup, with_appcontext
 from flask_migrate import upgrade
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from newsletter import accounts, create_app, demo, exports, metrics, newsletters
 from newsletter import subscribers as people
 from newsletter.bounces import ingest, sources
+from newsletter.config import DEVELOPMENT_FILE, ConfigError
 from newsletter.digests import feeds, progress, states
 from newsletter.digests.sender import DigestSender
 from newsletter.errors import UserError
@@ -41,9 +43,32 @@ from newsletter.subscribers import Filter
 from newsletter.worker import Settings, build, stop_on_signals
 
 
-@click.group(cls=FlaskGroup, create_app=create_app, add_default_commands=True)
+def _create_app() -> Flask:
+    """The app for a command; a setting that cannot run it is one line on stderr and exit 2."""
+    try:
+        return create_app()
+    except ConfigError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+
+
+@click.group(cls=FlaskGroup, create_app=_create_app, add_default_commands=True)
 def cli() -> None:
     """Run and manage the newsletter service."""
+
+
+@cli.command("dev-instance")
+@click.option("--base-url", required=True, help="Where the development server answers.")
+@with_appcontext
+def dev_instance(base_url: str) -> None:
+    """Record that this instance is a development one (`make run` does), so the commands run
+    beside it work on it as the server does; production instances never have this file."""
+    path = Path(current_app.instance_path) / DEVELOPMENT_FILE
+    path.write_text(
+        "# Written by `make run`: commands run beside this instance use its settings.\n"
+        f'ENV = "development"\nBASE_URL = {base_url!r}\n'
+    )
+    click.echo(f"Development instance in {current_app.instance_path}, answering at {base_url}.")
 
 
 @cli.command("init-db")
@@ -456,6 +481,11 @@ def bounces_ingest(location: str) -> None:
             )
     except (sources.SourceError, OSError) as exc:
         raise click.ClickException(str(getattr(exc, "message", exc))) from exc
+    except SQLAlchemyError as exc:
+        # The database is away: nothing was marked handled, the mail waits where it is.
+        kind = type(getattr(exc, "orig", None) or exc).__name__
+        click.echo(f"Error: the database cannot record returned mail now ({kind}).", err=True)
+        sys.exit(EX_TEMPFAIL)
     if location == "-" and counts.get("error"):
         click.echo("The message could not be recorded; the mail server keeps it.", err=True)
         sys.exit(EX_TEMPFAIL)

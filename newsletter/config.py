@@ -14,6 +14,8 @@ from newsletter.addresses import InvalidSender, sender_address
 
 ENV_PREFIX = "NEWSLETTER_"
 ENVIRONMENTS = ("development", "testing", "production")
+# In the instance folder: the settings `make run` records for the commands run beside it.
+DEVELOPMENT_FILE = "development.py"
 
 DEFAULTS: dict[str, object] = {
     "ENV": "production",

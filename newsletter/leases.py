@@ -58,7 +58,8 @@ class Leases:
 
     The table has `id`, `status`, `claim`, `next_attempt_at` (when a waiting row is due; when
     a held row's lease runs out) and `attempts`. A row waits in `waiting`, is held in `held`
-    (the same status for a queue whose rows keep theirs while held).
+    (the same status for a queue whose rows keep theirs while held), and ends in `failed` when
+    its attempts are used up.
     """
 
     def __init__(
@@ -67,12 +68,14 @@ class Leases:
         *,
         waiting: str,
         held: str,
+        failed: str | None = None,
         order_by: Callable[[Table], Sequence[ColumnElement[Any]]] | None = None,
         error_column: str | None = "last_error",
     ) -> None:
         self.table = table
         self.waiting = waiting
         self.held = held
+        self.failed = failed
         self.c = table.c
         self._order_by = order_by(table) if order_by else (table.c.id,)
         self.error_column = error_column
@@ -89,13 +92,21 @@ class Leases:
         """Take up to a batch of due rows (also held ones whose lease ran out); commits.
 
         Returns their ids in order. Each claim counts an attempt; a release of an untried row
-        gives it back.
+        gives it back. A row whose attempts are used up by workers that died holding it (a
+        message that kills the process) fails instead of being taken once more.
         """
         now = now or utcnow()
         statuses = {self.waiting, self.held}
+        conditions = (self.c.status.in_(statuses), self.c.next_attempt_at <= now, *where)
+        # A read first: an idle queue costs no write (on SQLite, no turn at the one write lock).
+        if session.scalar(select(self.c.id).where(*conditions).limit(1)) is None:
+            session.commit()
+            return []
+        if self.failed is not None:
+            self._give_up(session, policy, conditions)
         due = (
             select(self.c.id)
-            .where(self.c.status.in_(statuses), self.c.next_attempt_at <= now, *where)
+            .where(*conditions)
             .order_by(*self._order_by)
             .limit(limit or policy.batch_size)
         )
@@ -114,6 +125,22 @@ class Leases:
         ).all()
         session.commit()
         return sorted(claimed)
+
+    def _give_up(
+        self, session: Session, policy: Policy, conditions: tuple[ColumnElement[bool], ...]
+    ) -> None:
+        """Fail the due rows whose every attempt ended without a word from their worker."""
+        values: dict[str, object] = {"status": self.failed, "claim": None}
+        if self.error_column:
+            values[self.error_column] = (
+                f"gave up: the worker stopped while on it, {policy.max_attempts} times"
+            )
+        session.execute(
+            update(self.table)
+            .where(*conditions, self.c.attempts >= policy.max_attempts)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
 
     def _held(self, rows: Sequence[int], token: str) -> Update:
         return update(self.table).where(

@@ -121,6 +121,7 @@ class MailKind(enum.StrEnum):
     CONFIRMATION = "confirmation"
     WELCOME = "welcome"
     DIGEST_TEST = "digest_test"  # an editor's "Send a test to me"
+    LEAVE_LINK = "leave_link"  # the unsubscribe link, for a reader who wrote to ask
 
 
 class DigestStatus(enum.StrEnum):

@@ -8,7 +8,7 @@ from typing import Any
 
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext
-from sqlalchemy import Select, delete, select
+from sqlalchemy import Select, delete, select, update
 from sqlalchemy.orm import Session
 
 from newsletter import suppression
@@ -16,6 +16,7 @@ from newsletter.addresses import address_hash, mask, normalize_email
 from newsletter.errors import UserError
 from newsletter.models import (
     AuditEvent,
+    BounceEvent,
     ConsentEvent,
     Delivery,
     Digest,
@@ -205,6 +206,14 @@ def erase(session: Session, subscriber: Subscriber, admin_user_id: int | None) -
     subscriber_id, email_key = subscriber.id, subscriber.email_key
     session.execute(delete(OutboxMessage).where(OutboxMessage.subscriber_id == subscriber_id))
     session.delete(subscriber)  # subscriptions and consent events cascade
+    # Returned mail stays counted in the figures, without the server's words: they often
+    # quote the address.
+    session.execute(
+        update(BounceEvent)
+        .where(BounceEvent.email_hash == address_hash(email_key))
+        .values(diagnostic=None, subscriber_id=None)
+        .execution_options(synchronize_session=False)
+    )
     session.flush()
     suppression.suppress(session, email_key, SuppressionReason.ERASED)
     record(session, admin_user_id, "erase", subscriber_id=subscriber_id)

@@ -126,12 +126,7 @@ def still_confirmable(
     subscriber: Subscriber, pairs: Iterable[tuple[int, str]]
 ) -> list[tuple[Subscription, str]]:
     """The subscriptions of these (id, nonce) pairs that a link made for them still confirms."""
-    by_id = {s.id: s for s in subscriber.subscriptions}
-    return [
-        (by_id[sid], nonce)
-        for sid, nonce in pairs
-        if sid in by_id and still_confirms(by_id[sid], nonce)
-    ]
+    return [(s, nonce) for s, nonce in _linked(subscriber, pairs) if still_confirms(s, nonce)]
 
 
 def box_text(newsletter: Newsletter | Row[Any]) -> str:
@@ -376,9 +371,12 @@ def reader(session: Session, who: Reader) -> Subscriber:
     return subscriber
 
 
-def _linked(subscriber: Subscriber, link: ConfirmLink) -> list[tuple[Subscription, str]]:
+def _linked(
+    subscriber: Subscriber, pairs: Iterable[tuple[int, str]]
+) -> list[tuple[Subscription, str]]:
+    """The person's subscriptions named by a link's (id, nonce) pairs, with their nonces."""
     by_id = {s.id: s for s in subscriber.subscriptions}
-    return [(by_id[sid], nonce) for sid, nonce in link.pairs if sid in by_id]
+    return [(by_id[sid], nonce) for sid, nonce in pairs if sid in by_id]
 
 
 def _mark_confirmed(
@@ -408,7 +406,7 @@ def confirmation_preview(session: Session, link: ConfirmLink) -> ConfirmResult:
     """
     subscriber = reader(session, link.reader)
     result = ConfirmResult(subscriber)
-    for subscription, nonce in _linked(subscriber, link):
+    for subscription, nonce in _linked(subscriber, link.pairs):
         if still_confirms(subscription, nonce):
             result.confirmed.append(subscription)
         elif subscription.status == CONFIRMED:
@@ -421,10 +419,33 @@ def confirmation_preview(session: Session, link: ConfirmLink) -> ConfirmResult:
 def confirm(session: Session, link: ConfirmLink, origin: Origin) -> ConfirmResult:
     """Confirm every list a confirmation link was sent for; commits."""
     result = confirmation_preview(session, link)
-    for subscription in result.confirmed:
+    taken = [s for s in result.confirmed if _take_pending(session, s)]
+    # Another click confirmed the rest between our read and our write: it sent the welcome.
+    result.already.extend(s for s in result.confirmed if s not in taken)
+    result.confirmed = taken
+    for subscription in taken:
         _mark_confirmed(session, subscription, origin, str(CONFIRM_TEXT))
     session.commit()
     return result
+
+
+def _take_pending(session: Session, subscription: Subscription) -> bool:
+    """Move a subscription from pending to confirmed unless another request did it first.
+
+    The write is conditional on the state that was read: of two clicks at once, one
+    confirms and queues the welcome mail, the other finds it confirmed.
+    """
+    taken = session.execute(
+        update(Subscription)
+        .where(
+            Subscription.id == subscription.id,
+            Subscription.status == PENDING,
+            Subscription.nonce == subscription.nonce,
+        )
+        .values(status=CONFIRMED)
+        .execution_options(synchronize_session=False)
+    )
+    return taken.rowcount == 1  # type: ignore[attr-defined,no-any-return]
 
 
 def send_confirmation(
@@ -457,7 +478,7 @@ def resend_confirmation(
 ) -> list[Subscription]:
     """Send a fresh confirmation for the lists of an expired link still pending; commits."""
     subscriber = reader(session, link.reader)
-    linked = [s for s, _ in _linked(subscriber, link)]
+    linked = [s for s, _ in _linked(subscriber, link.pairs)]
     try:
         return send_confirmation(session, subscriber, linked, origin, limit)
     except NothingToConfirm as exc:
@@ -523,11 +544,14 @@ def mailable(session: Session, subscriber: Subscriber) -> bool:
     return not suppression.unmailable(session, subscriber.email_key)
 
 
-def unsubscribe(session: Session, subscription: Subscription, origin: Origin) -> Subscription:
-    """Leave one list; repeating it changes nothing; commits."""
+def unsubscribe(
+    session: Session, subscription: Subscription, origin: Origin, *, commit: bool = True
+) -> Subscription:
+    """Leave one list; repeating it changes nothing; commits unless told not to."""
     if can_unsubscribe(subscription):
         _mark_unsubscribed(session, subscription, origin)
-        session.commit()
+        if commit:
+            session.commit()
     return subscription
 
 

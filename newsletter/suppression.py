@@ -7,10 +7,13 @@ kept (`addresses.address_hash`), enough to recognise it and not to read it back.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
 from sqlalchemy import ColumnElement, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from newsletter import rows
 from newsletter.addresses import address_hash, mask
 from newsletter.models import (
     Subscriber,
@@ -54,36 +57,82 @@ def of_hash(hash_column: ColumnElement[str]) -> ColumnElement[bool]:
     return Suppression.email_hash == hash_column
 
 
+def suppress_many(session: Session, email_keys: Iterable[str], why: SuppressionReason) -> None:
+    """`suppress` for many addresses, in a few statements."""
+    keys = sorted({key.lower() for key in email_keys})
+    if not keys:
+        return
+    now = utcnow()
+    rows.insert_new_many(
+        session,
+        Suppression.__table__,
+        [
+            {"email_hash": address_hash(k), "masked": mask(k), "reason": why, "created_at": now}
+            for k in keys
+        ],
+        "email_hash",
+    )
+    _stop_mail_to_erased(session, [address_hash(k) for k in keys], why, now)
+    _end_subscriptions(session, keys, why, now)
+
+
 def suppress(session: Session, email_key: str, why: SuppressionReason) -> bool:
-    """Suppress an address in the caller's transaction; True when it was not suppressed before.
+    """Suppress an address in the caller's transaction; True when mail to it was allowed before.
 
     Repeating it changes nothing. A bounce or a complaint also ends the person's pending and
-    confirmed subscriptions, marked as such.
+    confirmed subscriptions, marked as such, and outranks an erasure: an erased person who
+    signed up again and then bounced is not mailed again.
     """
-    digest = address_hash(email_key)
-    added = False
-    if session.scalar(select(Suppression.id).where(Suppression.email_hash == digest)) is None:
-        try:
-            # A savepoint: another worker recording the same bounce undoes only this insert.
-            with session.begin_nested():
-                session.add(Suppression(email_hash=digest, masked=mask(email_key), reason=why))
-            added = True
-        except IntegrityError:
-            pass
-    status = _SUBSCRIPTIONS_BECOME.get(why)
-    if status is not None:
-        person = select(Subscriber.id).where(Subscriber.email_key == email_key.lower())
-        session.execute(
-            update(Subscription)
-            .where(
-                Subscription.subscriber_id.in_(person.scalar_subquery()),
-                Subscription.status.in_((SubscriptionStatus.PENDING, SubscriptionStatus.CONFIRMED)),
-            )
-            # Off the list: counted as departures on the dashboard.
-            .values(status=status, unsubscribed_at=utcnow())
-            .execution_options(synchronize_session=False)
-        )
+    row = {
+        "email_hash": address_hash(email_key),
+        "masked": mask(email_key),
+        "reason": why,
+        "created_at": utcnow(),
+    }
+    # Another worker recording the same bounce at once: one of the two inserts.
+    added = rows.insert_new(session, Suppression.__table__, row, "email_hash") is not None
+    if not added:
+        added = _stop_mail_to_erased(session, [row["email_hash"]], why, row["created_at"]) > 0  # type: ignore[list-item,arg-type]
+    _end_subscriptions(session, [email_key.lower()], why, row["created_at"])  # type: ignore[arg-type]
     return added
+
+
+def _stop_mail_to_erased(
+    session: Session, hashes: Sequence[str], why: SuppressionReason, now: datetime
+) -> int:
+    """Turn erasure suppressions of these addresses into `why` when it stops mail; how many."""
+    if why not in STOPS_MAIL:
+        return 0
+    result = session.execute(
+        update(Suppression)
+        .where(
+            Suppression.email_hash.in_(hashes),
+            Suppression.reason == SuppressionReason.ERASED,
+        )
+        .values(reason=why, created_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount  # type: ignore[attr-defined,no-any-return]
+
+
+def _end_subscriptions(
+    session: Session, email_keys: Sequence[str], why: SuppressionReason, now: datetime
+) -> None:
+    """A bounce or a complaint ends these people's pending and confirmed subscriptions."""
+    status = _SUBSCRIPTIONS_BECOME.get(why)
+    if status is None:
+        return
+    people = select(Subscriber.id).where(Subscriber.email_key.in_(email_keys))
+    session.execute(
+        update(Subscription)
+        .where(
+            Subscription.subscriber_id.in_(people.scalar_subquery()),
+            Subscription.status.in_((SubscriptionStatus.PENDING, SubscriptionStatus.CONFIRMED)),
+        )
+        # Off the list: counted as departures on the dashboard.
+        .values(status=status, unsubscribed_at=now)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def lift(session: Session, email_key: str) -> SuppressionReason | None:

@@ -1,4 +1,4 @@
-"""What each outbox row becomes when it is sent: a confirmation, a welcome, a test copy.
+"""What each outbox row becomes when sent: a confirmation, a welcome, a test copy, a leave link.
 
 Built at the last moment from the rows as they are then: a reader who confirmed, left or
 was erased since the row was queued gets nothing that no longer applies.
@@ -63,6 +63,11 @@ def _for_reader(
         if subscription is None or subscription.status != SubscriptionStatus.CONFIRMED:
             return None
         return compose.welcome(links, subscription, row.message_key)
+    if row.kind == MailKind.LEAVE_LINK:
+        subscription = session.get(Subscription, row.payload.get("subscription"))
+        if subscription is None or not subscriptions.can_unsubscribe(subscription):
+            return None  # left already: nothing to ask
+        return compose.leave_link(links, subscription, row.message_key)
     raise ValueError(f"unknown mail kind {row.kind!r}")
 
 

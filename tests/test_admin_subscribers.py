@@ -179,3 +179,24 @@ def test_unknown_subscriber_is_a_404(admin_client):
         ).status_code
         == 404
     )
+
+
+def test_a_persons_page_lists_their_digest_mails_with_why_one_failed(admin_client, db):
+    from newsletter.digests import states
+    from newsletter.mail.transport import MemoryTransport
+    from newsletter.models import Newsletter
+
+    from factories import add_item, add_reader, send_all
+
+    daily = db.session.scalar(select(Newsletter).where(Newsletter.slug == "daily"))
+    add_item(db, daily, "Story")
+    reader = add_reader(db, daily, "reader@example.com")
+    states.start(db.session, states.compose(db.session, daily, subject="Morning news"))
+    # A reply-to saved before addresses were checked: no mail of the digest can be built.
+    daily.reply_to = "réponse@example.org"
+    db.session.commit()
+    send_all(db, MemoryTransport())
+
+    page = admin_client.get(f"/admin/subscribers/{reader.id}").get_data(as_text=True)
+    assert "digest: Morning news" in page and "Daily Briefing" in page
+    assert "failed" in page and "cannot build:" in page

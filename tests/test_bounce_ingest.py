@@ -14,6 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
+from flask import current_app
 from sqlalchemy import func, select
 
 from newsletter import suppression
@@ -21,7 +22,7 @@ from newsletter.bounces import ingest, webhooks
 from newsletter.bounces.parse import parse
 from newsletter.cli import cli
 from newsletter.digests import states
-from newsletter.links import DELIVERY, Reader
+from newsletter.links import DELIVERY, Links, Reader
 from newsletter.mail.transport import MemoryTransport
 from newsletter.models import (
     BounceEvent,
@@ -35,7 +36,7 @@ from newsletter.models import (
 from newsletter.web import hooks
 
 from dovecot_server import append, unseen
-from factories import add_item, add_reader, app_links, send_all
+from factories import Mailbox, add_item, add_reader, app_links, links, send_all, text_part
 
 CORPUS = Path(__file__).parent / "data" / "bounces"
 BOUNCES = "bounces@news.example.org"
@@ -159,6 +160,12 @@ def test_auto_replies_and_readers_answers_are_left_alone(db, sent, sample, outco
     assert status_of(db, reader) == {SubscriptionStatus.CONFIRMED}
 
 
+def without_verp(db, data: bytes) -> str:  # type: ignore[no-untyped-def]
+    """Ingest as a service without BOUNCE_ADDRESS does: returned mail carries no tag."""
+    links = Links.from_config(dict(current_app.config, BOUNCE_ADDRESS=None))
+    return ingest.ingest_mail(db.session, data, links, ingest.Rules(), "pipe")
+
+
 def test_without_a_tag_the_original_message_id_names_the_delivery(db, sent):
     reader, delivery = sent
     digest = db.session.get(Digest, delivery.digest_id)
@@ -166,7 +173,7 @@ def test_without_a_tag_the_original_message_id_names_the_delivery(db, sent):
     data = returned(
         "postfix-hard.eml", envelope=BOUNCES, address="someone@else.example", message_id=ours
     )
-    assert ingest_mail(db, data) == "hard"
+    assert without_verp(db, data) == "hard"
     assert db.session.scalar(select(BounceEvent.delivery_id)) == delivery.id
     assert suppression.unmailable(db.session, "reader@example.com")
 
@@ -179,13 +186,38 @@ def test_without_a_tag_or_our_message_id_the_recipient_of_our_list_is_taken(db, 
         address="Reader@Example.com",
         message_id="not-ours@elsewhere.example",
     )
-    assert ingest_mail(db, data) == "hard"
+    assert without_verp(db, data) == "hard"
     event = db.session.scalars(select(BounceEvent)).one()
     assert (event.subscriber_id, event.newsletter_id, event.delivery_id) == (
         reader.id,
         daily.id,
         None,
     )
+    assert suppression.unmailable(db.session, "reader@example.com")
+
+
+@pytest.mark.parametrize("sample", ["postfix-hard.eml", "arf-yahoo-complaint.eml"])
+def test_with_verp_on_returned_mail_without_our_tag_is_kept_and_changes_nothing(db, sent, sample):
+    """Anyone can write a bounce naming a reader, or a digest's Message-ID, to the address."""
+    reader, delivery = sent
+    digest = db.session.get(Digest, delivery.digest_id)
+    ours = f"{digest.message_key}.{delivery.id}@news.example.org"
+    for n, message_id in enumerate((ours, "not-ours@elsewhere.example")):
+        data = returned(
+            sample,
+            envelope=BOUNCES,
+            address="reader@example.com",
+            message_id=message_id,
+            extra=b"X-N: %d\n" % n,
+        )
+        assert ingest_mail(db, data) in ("hard", "complaint")
+
+    events = db.session.scalars(select(BounceEvent)).all()
+    assert len(events) == 2 and not any(e.suppressed for e in events)
+    assert not suppression.is_suppressed(db.session, "reader@example.com")
+    assert status_of(db, reader) == {SubscriptionStatus.CONFIRMED}
+    bounce_trail = select(func.count()).where(ConsentEvent.source == "bounce:pipe")
+    assert db.session.scalar(bounce_trail) == 0
 
 
 def test_a_bounce_about_nobody_of_ours_changes_nothing(db, sent):
@@ -415,6 +447,16 @@ def sns(app, monkeypatch):  # type: ignore[no-untyped-def]
 
     def sign(message: dict[str, str]) -> bytes:
         names = ["Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"]
+        if message["Type"] != "Notification":
+            names = [
+                "Message",
+                "MessageId",
+                "SubscribeURL",
+                "Timestamp",
+                "Token",
+                "TopicArn",
+                "Type",
+            ]
         text = "".join(f"{n}\n{message[n]}\n" for n in names if n in message).encode()
         signature = key.sign(text, padding.PKCS1v15(), hashes.SHA256())
         signed = {
@@ -463,3 +505,131 @@ def test_ses_with_a_tampered_message_is_refused(client, db, sent, sns):
     assert answer.status_code == 403
     assert db.session.scalar(select(func.count(BounceEvent.id))) == 0
     assert not suppression.is_suppressed(db.session, "other@example.com")
+
+
+def test_the_pipe_says_try_again_later_when_the_database_is_away(sent, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    _, delivery = sent
+    data = returned("gmail-hard.eml", envelope=verp(delivery))
+    # As the mail server's pipe runs it, with a database that cannot be opened.
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_")},
+        "NEWSLETTER_ENV": "testing",
+        "NEWSLETTER_SECRET_KEY": "test-secret-key",
+        "NEWSLETTER_INSTANCE_PATH": str(tmp_path / "instance"),
+        "NEWSLETTER_DATABASE_URL": f"sqlite:///{tmp_path}/nowhere/newsletter.db",
+        "NEWSLETTER_BOUNCE_ADDRESS": BOUNCES,
+    }
+    command = [str(Path(sys.executable).with_name("newsletter")), "bounces", "ingest", "-"]
+    result = subprocess.run(command, input=data, env=env, capture_output=True, timeout=60)
+    assert result.returncode == 75, result.stderr.decode()
+    assert b"Traceback" not in result.stderr
+    assert b"cannot record returned mail now" in result.stderr
+
+
+def written_to_unsubscribe(sender: str, subject: bytes) -> bytes:
+    """A mail a person wrote to the plain unsubscribe address, with no tag."""
+    data = (CORPUS / "unsubscribe-mailto.eml").read_bytes()
+    data = re.sub(rb"unsubscribe\+[a-z0-9]+@", b"unsubscribe@", data)
+    data = data.replace(b"Subject: unsubscribe", b"Subject: " + subject)
+    return re.sub(rb"lesia\.ukrainka@example\.net", sender.encode(), data, flags=re.I)
+
+
+def test_a_mail_written_to_the_unsubscribe_address_gets_the_reader_the_leave_link(
+    client, db, daily, sent
+):
+    """Its From could be anyone's: the link goes to the address we have, once a day."""
+    reader, _ = sent
+    data = written_to_unsubscribe("reader@example.com", b"unsubscribe daily")
+
+    assert ingest_mail(db, data) == "leave-link"
+    assert ingest_mail(db, data + b"\nAgain.\n") == "unchanged"
+    assert ingest_mail(db, written_to_unsubscribe("reader@example.com", b"stop")) == "unmatched"
+
+    assert status_of(db, reader) == {SubscriptionStatus.CONFIRMED}
+    (mail,) = Mailbox().deliver()
+    assert mail["To"] == "reader@example.com"
+    assert mail["Subject"] == "Your link to leave Daily Briefing"
+    assert "If you did not ask, ignore this mail" in text_part(mail)
+    (link,) = links(mail, "/unsubscribe/")
+    assert client.post(link).status_code == 200
+    assert status_of(db, reader) == {SubscriptionStatus.UNSUBSCRIBED}
+
+
+def test_sns_asks_to_confirm_the_subscription_and_we_do(client, db, sent, sns, monkeypatch):
+    visited: list[str] = []
+    monkeypatch.setattr(hooks, "_confirm_subscription", visited.append)
+    url = "https://sns.eu-central-1.amazonaws.com/?Action=ConfirmSubscription&Token=abc"
+    body = sns(
+        {
+            "Type": "SubscriptionConfirmation",
+            "MessageId": "sns-2",
+            "Token": "abc",
+            "TopicArn": TOPIC,
+            "Message": "You have chosen to subscribe.",
+            "SubscribeURL": url,
+            "Timestamp": "2026-12-05T06:14:08.000Z",
+        }
+    )
+    answer = client.post(
+        "/hooks/bounces/ses",
+        data=body,
+        headers={"x-amz-sns-message-type": "SubscriptionConfirmation"},
+    )
+    assert answer.status_code == 200 and visited == [url]
+    assert db.session.scalar(select(func.count(BounceEvent.id))) == 0
+
+
+def test_the_editor_sees_what_came_back_on_the_digest_and_the_dashboard(client, db, daily, sent):
+    from factories import make_admin, sign_in
+
+    _, delivery = sent
+    ingest_mail(db, returned("postfix-hard.eml", envelope=verp(delivery)))
+    make_admin()
+    sign_in(client)
+    page = client.get(f"/admin/digests/{delivery.digest_id}").get_data(as_text=True)
+    assert "What came back" in page
+    assert "Hard bounces</dt><dd>1" in page
+    # One of two mails bounced: far above the 2 % line.
+    assert "50.00 %" in page and "clean the list" in page
+    dashboard = client.get("/admin/").get_data(as_text=True)
+    assert "Delivery, last 30 days" in dashboard and "too high" in dashboard
+
+
+def test_the_bounce_rate_counts_each_digest_mail_that_came_back_once(db, daily, sent):
+    from newsletter.bounces import figures
+    from newsletter.models import utcnow
+
+    reader, delivery = sent
+    mail = ingest.Target("reader@example.com", reader.id, daily.id, delivery.digest_id, delivery.id)
+    welcome = ingest.Target("other@example.com", None, daily.id)  # not a digest mail
+    for n, (target, kind) in enumerate(
+        [(mail, "soft"), (mail, "soft"), (mail, "hard"), (welcome, "hard")]
+    ):
+        ingest.record(
+            db.session, ingest.Returned(target, kind, "test", event_id=str(n)), ingest.Rules()
+        )
+    db.session.commit()
+
+    [daily_figures] = figures.last_days(db.session, utcnow()).values()
+    assert (daily_figures.sent, daily_figures.hard, daily_figures.soft) == (2, 2, 2)
+    assert daily_figures.bounced == 1 and daily_figures.bounce_rate == 0.5
+
+
+def test_erasing_a_reader_keeps_their_bounces_counted_without_the_servers_words(db, sent):
+    from newsletter import subscribers
+
+    reader, delivery = sent
+    data = returned("postfix-hard.eml", envelope=verp(delivery), address="reader@example.com")
+    ingest_mail(db, data)
+    assert "reader@example.com" in db.session.scalar(select(BounceEvent.diagnostic))
+
+    subscribers.erase(db.session, reader, None)
+
+    db.session.expire_all()
+    event = db.session.scalars(select(BounceEvent)).one()
+    assert (event.kind, event.diagnostic, event.subscriber_id) == ("hard", None, None)
+    assert suppression.reason(db.session, "reader@example.com") == SuppressionReason.BOUNCED

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 
 import pytest
 from sqlalchemy import func, select
@@ -114,3 +115,38 @@ def test_neutralise_leaves_ordinary_cells_alone():
 def test_demo_items_say_where_they_came_from(invoke, db):
     assert invoke("seed-demo").exit_code == 0
     assert set(db.session.scalars(select(Item.source))) == {"demo"}
+
+
+def test_a_setting_that_cannot_run_the_app_is_one_line_and_exit_2(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    for name in [n for n in os.environ if n.startswith("NEWSLETTER_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["create-admin", "you@example.org", "--password", "x" * 12])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "Error: NEWSLETTER_SECRET_KEY must be set in production"
+    ]
+    assert "Traceback" not in result.output
+
+
+def test_commands_beside_a_make_run_instance_use_it_without_settings(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    for name in [n for n in os.environ if n.startswith("NEWSLETTER_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    # What `make run` does first, with the environment it sets for itself.
+    made = runner.invoke(
+        cli,
+        ["dev-instance", "--base-url", "http://127.0.0.1:5001"],
+        env={"NEWSLETTER_ENV": "development"},
+    )
+    assert made.exit_code == 0, made.output
+    # A second terminal, no variables: the README's next commands.
+    assert runner.invoke(cli, ["init-db"]).exit_code == 0
+    created = runner.invoke(cli, ["create-admin", "you@example.org", "--password", "x" * 12])
+    assert created.exit_code == 0, created.output
+    assert "Account you@example.org created (admin)." in created.output

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 
+from newsletter import subscriptions
 from newsletter.models import ConsentEvent, Subscription, SubscriptionStatus
 
-from factories import links, signup, statuses, text_part
+from factories import app_links, links, signup, statuses, text_part
 
 
 @pytest.fixture
@@ -163,3 +164,23 @@ def test_rotated_secret_key_keeps_old_links_working(app, client, db, confirm_lin
 def test_link_signed_with_an_unknown_key_is_refused(app, client, db, confirm_link):
     app.config["SECRET_KEY"] = "a-brand-new-secret"
     assert client.post(confirm_link).status_code == 400
+
+
+def test_two_clicks_at_once_confirm_once_and_send_one_welcome(app, db, mailbox, confirm_link):
+    """The second click read "pending" before the first one wrote "confirmed"."""
+    token = confirm_link.rsplit("/", 1)[1]
+    link = app_links().read_confirm(token, max_age=3600)
+    origin = subscriptions.Origin("confirm")
+    stale = subscriptions.confirmation_preview(db.session, link)
+    assert len(stale.confirmed) == 2
+    with db.engine.begin() as other:  # the first click, in another connection
+        other.execute(
+            update(Subscription).values(status=SubscriptionStatus.CONFIRMED, nonce="next")
+        )
+
+    result = subscriptions.confirm(db.session, link, origin)
+
+    assert result.confirmed == [] and len(result.already) == 2
+    assert mailbox.deliver() == []
+    events = select(func.count()).where(ConsentEvent.action == "confirmed")
+    assert db.session.scalar(events) == 0

@@ -15,6 +15,7 @@ from itsdangerous import TimestampSigner
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from newsletter import suppression
 from newsletter.digests import compose as digest_mail
 from newsletter.digests import progress, states
 from newsletter.digests.sender import Throttle
@@ -28,6 +29,7 @@ from newsletter.models import (
     Subscription,
     SubscriptionStatus,
     Suppression,
+    SuppressionReason,
     utcnow,
 )
 
@@ -498,6 +500,69 @@ def test_cancel_while_a_worker_sends_keeps_true_figures(db, daily, status_every,
         4 - sent,
         0,
     )
+
+
+def _complain(db, address):  # type: ignore[no-untyped-def]
+    """A reader's complaint recorded by another process (the bounce ingest)."""
+    with Session(db.engine) as session:
+        suppression.suppress(session, address, SuppressionReason.COMPLAINED)
+        session.commit()
+
+
+@pytest.mark.parametrize(
+    ("status_every", "mailed"), [(0, 3), (3600, 4)], ids=["seen-at-once", "seen-after-the-batch"]
+)
+def test_a_reader_who_complains_while_the_batch_goes_is_not_mailed(db, daily, status_every, mailed):
+    add_item(db, daily, "Story")
+    for n in range(4):
+        add_reader(db, daily, f"r{n}@example.com")
+    digest = states.compose(db.session, daily)
+    states.start(db.session, digest)
+    transport = _During(1, lambda: _complain(db, "r2@example.com"))
+
+    send_all(db, transport, status_every=status_every)
+
+    mailed_to = [to for _, [to] in transport.envelopes]
+    assert len(mailed_to) == mailed
+    if mailed == 3:
+        assert "r2@example.com" not in mailed_to
+        assert ledger(db, digest) == {"sent": 3, "skipped": 1}
+        skipped = db.session.scalar(select(Delivery.last_error).where(Delivery.status == "skipped"))
+        assert skipped == "reader complained"
+
+
+class _FaultFor(MemoryTransport):
+    """Raises an error that is no server's answer for one address."""
+
+    def __init__(self, address):  # type: ignore[no-untyped-def]
+        super().__init__()
+        self.address, self.closed = address, 0
+
+    def send_raw(self, sender, recipients, data):  # type: ignore[no-untyped-def]
+        if self.address in recipients:
+            raise UnicodeError("a fault of ours")
+        super().send_raw(sender, recipients, data)
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_a_fault_of_our_own_for_one_reader_retries_that_reader_later(db, daily):
+    add_item(db, daily, "Story")
+    for n in range(3):
+        add_reader(db, daily, f"r{n}@example.com")
+    digest = states.compose(db.session, daily)
+    states.start(db.session, digest)
+    transport = _FaultFor("r1@example.com")
+
+    send_all(db, transport)
+
+    assert sorted(to for _, [to] in transport.envelopes) == ["r0@example.com", "r2@example.com"]
+    assert ledger(db, digest) == {"sent": 2, "queued": 1}
+    waiting = db.session.scalars(select(Delivery).where(Delivery.status == "queued")).one()
+    assert (waiting.attempts, waiting.last_error) == (1, "UnicodeError: a fault of ours")
+    assert waiting.next_attempt_at > utcnow()
+    assert transport.closed >= 1
 
 
 def test_cancel_then_a_stopped_worker_leaves_nothing_waiting(db, daily):

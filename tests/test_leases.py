@@ -88,3 +88,24 @@ def test_retry_backs_off_then_gives_up(db, app):
     gave_up = outbox.LEASES.retry_or_fail(db.session, first, "b", policy, 2, "451 busy", "failed")
     assert gave_up is False
     assert db.session.scalar(select(OutboxMessage.status)) == "failed"
+
+
+def test_a_row_whose_workers_kept_dying_fails_instead_of_being_taken_again(db, app):
+    [first, second] = queue(db, 2)
+    policy = Policy(batch_size=2, max_attempts=2)
+    gone = utcnow() - timedelta(seconds=1)
+    for dead in ("dead-1", "dead-2"):  # killed while holding the rows, twice
+        outbox.LEASES.claim(db.session, dead, policy)
+        db.session.execute(update(OutboxMessage).values(next_attempt_at=gone))
+        db.session.commit()
+    # The second row was sent by a third worker meanwhile; the first one never was.
+    db.session.execute(
+        update(OutboxMessage).where(OutboxMessage.id == second).values(status="sent")
+    )
+    db.session.commit()
+
+    assert outbox.LEASES.claim(db.session, "alive", policy) == []
+    failed = row(db, first)
+    assert (failed.status, failed.claim) == ("failed", None)
+    assert failed.last_error == "gave up: the worker stopped while on it, 2 times"
+    assert row(db, second).status == "sent"

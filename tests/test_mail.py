@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import update
 
 from newsletter.mail import compose
+from newsletter.mail.transport import MemoryTransport
+from newsletter.models import OutboxMessage, utcnow
 
-from factories import html_part, links, signup, text_part
+from factories import Mailbox, html_part, links, signup, text_part
 
 
 def test_confirmation_mail_is_multipart_with_standard_headers(client, mailbox, newsletters):
@@ -98,3 +101,38 @@ def test_non_ascii_subject_and_sender_are_short_encoded_words(client, db, mailbo
     )
     assert decoded("From") == "Редакція новин «Київ Індепендент» <news@news.example.org>"
     assert mailbox.transport.envelopes[-1][0] == "news@news.example.org"
+
+
+class _BrokenOnce(MemoryTransport):
+    """Fails once with an error that is no server's answer, then sends; counts its closes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken, self.closed = True, 0
+
+    def send_raw(self, sender, recipients, data):  # type: ignore[no-untyped-def]
+        if self.broken:
+            self.broken = False
+            raise RuntimeError("socket in a strange state")
+        super().send_raw(sender, recipients, data)
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_a_fault_of_our_own_while_sending_retries_the_mail_later(client, db, newsletters):
+    signup(client, "reader@example.com", "daily")
+    transport = _BrokenOnce()
+    box = Mailbox(transport)
+    assert box.deliver() == []
+
+    row = db.session.scalars(db.select(OutboxMessage)).one()
+    assert (row.status, row.attempts) == ("queued", 1)
+    assert row.last_error == "RuntimeError: socket in a strange state"
+    assert row.next_attempt_at > utcnow()
+    assert transport.closed == 1  # the connection is not used again as it was
+
+    db.session.execute(update(OutboxMessage).values(next_attempt_at=utcnow()))
+    db.session.commit()
+    (mail,) = box.deliver()
+    assert mail["To"] == "reader@example.com"

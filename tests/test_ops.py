@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text, update
 
 from newsletter import create_app, heartbeats
-from newsletter.models import OutboxMessage, WorkerHeartbeat, utcnow
+from newsletter.models import OutboxMessage, Subscription, WorkerHeartbeat, utcnow
 
 from factories import links, signup
 
@@ -258,3 +258,31 @@ def test_a_worker_serves_its_metrics_on_a_port_of_its_own():
     assert value(families, "newsletter_mails_sent_total", kind="welcome", result="sent") >= 1
     # The database's figures are the web's to report: a worker's port has none.
     assert "newsletter_subscriptions" not in families
+
+
+def test_digest_mails_are_counted_as_they_go(client, db, daily):
+    from newsletter.digests import states
+    from newsletter.mail.transport import MemoryTransport
+
+    from factories import add_item, add_reader, send_all
+
+    add_item(db, daily, "Story")
+    add_reader(db, daily, "one@example.com")
+    add_reader(db, daily, "two@example.com")
+    add_reader(db, daily, "left@example.com", status="unsubscribed")
+    before = scrape(client)
+    digest = states.compose(db.session, daily)
+    states.start(db.session, digest)
+    db.session.execute(
+        db.update(Subscription).where(Subscription.subscriber_id == 2).values(status="unsubscribed")
+    )
+    db.session.commit()
+    send_all(db, MemoryTransport())
+    after = scrape(client)
+
+    def grown(**labels: str) -> float:
+        name = "newsletter_mails_sent_total"
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert grown(kind="digest", result="sent") == 1
+    assert grown(kind="digest", result="skipped") == 1

@@ -49,3 +49,42 @@ def test_a_bounce_ends_every_live_subscription_of_the_person(db, newsletters):
     }
     others = select(func.count()).where(Subscription.status == SubscriptionStatus.CONFIRMED)
     assert db.session.scalar(others) == 1
+
+
+def test_a_bounce_outranks_an_erasure_and_a_second_bounce_changes_nothing(db, newsletters):
+    daily, *_ = newsletters
+    # Erased, then signed up again with fresh consent, then the address died.
+    suppression.suppress(db.session, "back@example.com", SuppressionReason.ERASED)
+    add_reader(db, daily, "back@example.com")
+    db.session.commit()
+    assert not suppression.unmailable(db.session, "back@example.com")
+
+    assert suppression.suppress(db.session, "back@example.com", SuppressionReason.BOUNCED)
+    assert not suppression.suppress(db.session, "back@example.com", SuppressionReason.COMPLAINED)
+    assert not suppression.suppress(db.session, "back@example.com", SuppressionReason.ERASED)
+    db.session.commit()
+
+    assert suppression.reason(db.session, "back@example.com") == SuppressionReason.BOUNCED
+    assert suppression.unmailable(db.session, "back@example.com")
+    status = db.session.scalar(select(Subscription.status))
+    assert status == SubscriptionStatus.BOUNCED
+
+
+def test_suppressing_many_also_outranks_erasures(db, newsletters):
+    suppression.suppress(db.session, "one@example.com", SuppressionReason.ERASED)
+    suppression.suppress(db.session, "two@example.com", SuppressionReason.BOUNCED)
+    db.session.commit()
+
+    suppression.suppress_many(
+        db.session,
+        ["One@example.com", "two@example.com", "three@example.com"],
+        SuppressionReason.COMPLAINED,
+    )
+    db.session.commit()
+
+    reasons = dict(db.session.execute(select(Suppression.email_hash, Suppression.reason)).all())
+    assert reasons == {
+        address_hash("one@example.com"): SuppressionReason.COMPLAINED,
+        address_hash("two@example.com"): SuppressionReason.BOUNCED,
+        address_hash("three@example.com"): SuppressionReason.COMPLAINED,
+    }

@@ -97,6 +97,18 @@ def last_days(session: Session, now: datetime, window: timedelta = WINDOW) -> di
         .group_by(BounceEvent.newsletter_id, BounceEvent.kind)
     ):
         events.setdefault(newsletter_id, {})[str(kind)] = count
+    # The rate is of digest mails: each that came back once, however many reports it got.
+    bounced = dict(
+        session.execute(
+            select(BounceEvent.newsletter_id, func.count(distinct(BounceEvent.delivery_id)))
+            .where(
+                BounceEvent.created_at >= since,
+                BounceEvent.kind != BounceKind.COMPLAINT,
+                BounceEvent.delivery_id.is_not(None),
+            )
+            .group_by(BounceEvent.newsletter_id)
+        ).all()
+    )
     figures = {}
     for newsletter_id in set(sent) | set(events):
         counts = events.get(newsletter_id, {})
@@ -106,6 +118,6 @@ def last_days(session: Session, now: datetime, window: timedelta = WINDOW) -> di
             hard=hard,
             soft=soft,
             complaints=counts.get(BounceKind.COMPLAINT, 0),
-            bounced=hard + soft,
+            bounced=bounced.get(newsletter_id, 0),
         )
     return figures

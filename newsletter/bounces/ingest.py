@@ -4,7 +4,8 @@ Every event is kept (`BounceEvent`) and shows in the person's consent trail. A h
 (5.x.x) suppresses the address at once; soft bounces (4.x.x) do once `Rules.soft_limit` of
 them came back within `Rules.window` with no good delivery between; a complaint suppresses at
 once, which also takes the reader off every list. A mail to the unsubscribe address takes its
-reader off the list its tag names. Auto-replies and readers' answers are left alone, counted.
+reader off the list its tag names; one written by hand gets the list's unsubscribe link mailed
+to the reader. Auto-replies and readers' answers are left alone, counted.
 """
 
 from __future__ import annotations
@@ -13,19 +14,20 @@ import hashlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import String, Text, bindparam, func, insert, or_, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from newsletter import subscriptions, suppression
+from newsletter import metrics, subscriptions, suppression
 from newsletter.addresses import address_hash
 from newsletter.bounces import parse, sources, webhooks
 from newsletter.links import DELIVERY, Links
+from newsletter.mail import outbox
 from newsletter.models import (
     BounceEvent,
     BounceKind,
@@ -33,11 +35,13 @@ from newsletter.models import (
     ConsentEvent,
     Delivery,
     Digest,
+    MailKind,
     Newsletter,
     OutboxMessage,
     Subscriber,
     Subscription,
     SuppressionReason,
+    UTCDateTime,
     utcnow,
 )
 
@@ -78,7 +82,7 @@ class Target:
     """The mail an event is about, as far as it could be told, and its address."""
 
     address: str  # lowercased
-    subscriber: Subscriber | None = None
+    subscriber_id: int | None = None
     newsletter_id: int | None = None
     digest_id: int | None = None
     delivery_id: int | None = None
@@ -89,42 +93,65 @@ class Target:
 # --- finding the mail an event answers ---------------------------------------------------------
 
 
+# Deliveries with what an event about one needs: no objects loaded.
+_DELIVERIES = (
+    select(
+        Delivery.id,
+        Delivery.digest_id,
+        Delivery.sent_at,
+        Digest.newsletter_id,
+        Digest.message_key,
+        Subscriber.id.label("subscriber_id"),
+        Subscriber.email_key,
+    )
+    .join(Digest, Digest.id == Delivery.digest_id)
+    .join(Subscription, Subscription.id == Delivery.subscription_id)
+    .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
+)
+_DELIVERY = _DELIVERIES.where(Delivery.id == bindparam("delivery"))
+
+
+def _delivery_target(found: Any) -> Target:
+    return Target(
+        found.email_key,
+        found.subscriber_id,
+        found.newsletter_id,
+        found.digest_id,
+        found.id,
+        sent_at=found.sent_at,
+    )
+
+
 def _of_delivery(session: Session, delivery_id: int, key: str | None = None) -> Target | None:
-    found = session.execute(
-        select(Delivery, Digest.newsletter_id, Digest.message_key, Subscriber)
-        .join(Digest, Digest.id == Delivery.digest_id)
-        .join(Subscription, Subscription.id == Delivery.subscription_id)
-        .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
-        .where(Delivery.id == delivery_id)
-    ).first()
+    found = session.execute(_DELIVERY, {"delivery": delivery_id}).first()
     if found is None or (key is not None and found.message_key != key):
         return None
-    delivery, newsletter_id, _, subscriber = found
-    return Target(
-        subscriber.email_key,
-        subscriber,
-        newsletter_id,
-        delivery.digest_id,
-        delivery.id,
-        sent_at=delivery.sent_at,
-    )
+    return _delivery_target(found)
+
+
+def _of_deliveries(session: Session, ids: Iterable[int]) -> dict[int, Target]:
+    """The deliveries of a batch's tags, in one statement."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    query = _DELIVERIES.where(Delivery.id.in_(wanted))
+    return {row.id: _delivery_target(row) for row in session.execute(query)}
 
 
 def _of_outbox(session: Session, row: OutboxMessage | None) -> Target | None:
     if row is None:
         return None
-    subscriber = session.get(Subscriber, row.subscriber_id) if row.subscriber_id else None
     newsletter_id = None
-    if row.kind == "welcome":
+    if row.kind in (MailKind.WELCOME, MailKind.LEAVE_LINK):
         subscription = session.get(Subscription, row.payload.get("subscription"))
         newsletter_id = subscription.newsletter_id if subscription else None
-    elif row.kind == "confirmation":
+    elif row.kind == MailKind.CONFIRMATION:
         pairs = row.payload.get("subscriptions") or []
         subscription = session.get(Subscription, pairs[0][0]) if pairs else None
         newsletter_id = subscription.newsletter_id if subscription else None
     return Target(
         row.to_address.lower(),
-        subscriber,
+        row.subscriber_id,
         newsletter_id,
         outbox_message_id=row.id,
         sent_at=row.sent_at,
@@ -148,7 +175,7 @@ def _of_address(
 ) -> Target | None:
     for address in addresses:
         key = address.strip().lower()
-        subscriber = session.scalar(select(Subscriber).where(Subscriber.email_key == key))
+        subscriber = session.scalar(select(Subscriber.id).where(Subscriber.email_key == key))
         if subscriber is None:
             continue
         newsletter_id = None
@@ -167,11 +194,16 @@ def match(
     message_id: str | None = None,
     list_id: str | None = None,
     addresses: Iterable[str] = (),
+    known: Mapping[int, Target] | None = None,
 ) -> Target | None:
     """The mail an event is about: by its VERP tag, else the original's Message-ID, else the
-    address it names (one of ours), with the list its List-Id names."""
+    address it names (one of ours), with the list its List-Id names. `known` holds the
+    deliveries a batch's tags name, looked up together."""
     verified = links.read_tag(tag) if tag else None
-    if verified is not None:
+    if verified is not None and known is not None and verified.kind == DELIVERY:
+        if verified.row_id in known:
+            return known[verified.row_id]
+    elif verified is not None:
         if verified.kind == DELIVERY:
             found = _of_delivery(session, verified.row_id)
         else:
@@ -202,7 +234,7 @@ def _soft_limit_reached(session: Session, target: Target, rules: Rules, now: dat
         )
     ).all()
     last_good = None
-    if target.subscriber is not None:
+    if target.subscriber_id is not None:
         before = target.sent_at or now
         bounced_deliveries = {e.delivery_id for e in events if e.delivery_id}
         bounced_mails = {e.outbox_message_id for e in events if e.outbox_message_id}
@@ -210,7 +242,7 @@ def _soft_limit_reached(session: Session, target: Target, rules: Rules, now: dat
             select(func.max(Delivery.sent_at))
             .join(Subscription, Subscription.id == Delivery.subscription_id)
             .where(
-                Subscription.subscriber_id == target.subscriber.id,
+                Subscription.subscriber_id == target.subscriber_id,
                 Delivery.sent_at >= since,
                 Delivery.sent_at < before,
                 Delivery.id.not_in(bounced_deliveries or {0}),
@@ -218,7 +250,7 @@ def _soft_limit_reached(session: Session, target: Target, rules: Rules, now: dat
         )
         good_mail = session.scalar(
             select(func.max(OutboxMessage.sent_at)).where(
-                OutboxMessage.subscriber_id == target.subscriber.id,
+                OutboxMessage.subscriber_id == target.subscriber_id,
                 OutboxMessage.sent_at >= since,
                 OutboxMessage.sent_at < before,
                 OutboxMessage.id.not_in(bounced_mails or {0}),
@@ -229,103 +261,194 @@ def _soft_limit_reached(session: Session, target: Target, rules: Rules, now: dat
     return count >= rules.soft_limit
 
 
-def record(
-    session: Session,
-    target: Target,
-    kind: BounceKind,
-    *,
-    source: str,
-    rules: Rules,
-    status: str | None = None,
-    diagnostic: str | None = None,
-    event_id: str | None = None,
-    occurred_at: datetime | None = None,
-) -> BounceEvent | None:
-    """Keep one event and act on it, in the caller's transaction; None for a replay."""
-    if event_id is not None:
-        seen = session.scalar(select(BounceEvent.id).where(BounceEvent.event_id == event_id))
-        if seen is not None:
-            return None
+@dataclass(frozen=True)
+class Returned:
+    """One bounce or complaint to record: what it is, about which mail, where it came from."""
+
+    target: Target
+    kind: BounceKind
+    source: str
+    status: str | None = None
+    diagnostic: str | None = None
+    event_id: str | None = None  # the same id twice is one event
+    occurred_at: datetime | None = None
+    # Whether it may change anything: kept and counted either way. Not when anyone could
+    # have written it (see `_read`).
+    acts: bool = True
+
+
+# Each event in the consent trail of every list the person gets, or is about to.
+_TRAIL_ROWS = insert(ConsentEvent.__table__).from_select(
+    ["subscription_id", "action", "source", "text_shown", "created_at"],
+    select(
+        Subscription.id,
+        bindparam("action", type_=String),
+        bindparam("source", type_=String),
+        bindparam("text", type_=Text),
+        bindparam("now", type_=UTCDateTime),
+    ).where(
+        Subscription.subscriber_id == bindparam("subscriber"),
+        # Spelled out: an IN list cannot be run once per row of an executemany.
+        or_(*(Subscription.status == status for status in subscriptions.LIVE)),
+    ),
+)
+
+
+def record_many(session: Session, items: Sequence[Returned], rules: Rules) -> list[int | None]:
+    """Keep events and act on them, in the caller's transaction, a few statements for all.
+
+    Returns each one's event id, None for a replay (an id seen before, or earlier in `items`).
+    A hard bounce or a complaint suppresses its address; a soft bounce when the count of them
+    since the address's last good delivery reaches the limit. Each event joins the consent
+    trail of every list its reader gets or is about to. An event that does not act is only
+    kept.
+    """
     now = utcnow()
-    subscriber = target.subscriber
-    event = BounceEvent(
-        email_hash=address_hash(target.address),
-        subscriber_id=subscriber.id if subscriber else None,
-        kind=kind,
-        status=(status or None) and status[:16],
-        diagnostic=(diagnostic or None) and diagnostic[:2000],
-        newsletter_id=target.newsletter_id,
-        digest_id=target.digest_id,
-        delivery_id=target.delivery_id,
-        outbox_message_id=target.outbox_message_id,
-        source=source[:16],
-        event_id=event_id,
-        occurred_at=occurred_at,
-        created_at=now,
+    ids = {item.event_id for item in items if item.event_id is not None}
+    seen = set(session.scalars(select(BounceEvent.event_id).where(BounceEvent.event_id.in_(ids))))
+    new: list[tuple[int, Returned]] = []
+    for position, item in enumerate(items):
+        if item.event_id is not None:
+            if item.event_id in seen:
+                continue
+            seen.add(item.event_id)
+        new.append((position, item))
+    results: list[int | None] = [None] * len(items)
+    if not new:
+        return results
+    rows = [
+        {
+            "email_hash": address_hash(item.target.address),
+            "subscriber_id": item.target.subscriber_id,
+            "kind": item.kind,
+            "status": (item.status or None) and item.status[:16],
+            "diagnostic": (item.diagnostic or None) and item.diagnostic[:2000],
+            "newsletter_id": item.target.newsletter_id,
+            "digest_id": item.target.digest_id,
+            "delivery_id": item.target.delivery_id,
+            "outbox_message_id": item.target.outbox_message_id,
+            "source": item.source[:16],
+            "event_id": item.event_id,
+            "suppressed": False,
+            "occurred_at": item.occurred_at,
+            "created_at": now,
+        }
+        for _, item in new
+    ]
+    # One INSERT for all (executemany with RETURNING); a concurrent twin is an IntegrityError
+    # the caller answers by recording one at a time.
+    created = (
+        session.execute(
+            insert(BounceEvent.__table__).returning(
+                BounceEvent.__table__.c.id, sort_by_parameter_order=True
+            ),
+            rows,
+        )
+        .scalars()
+        .all()
     )
-    try:
-        with session.begin_nested():
-            session.add(event)
-    except IntegrityError:
-        return None  # the same event, recorded a moment ago by another process
-    if subscriber is not None:
-        _trail(session, subscriber, kind, source, status, diagnostic)
-    stops = kind != BounceKind.SOFT or _soft_limit_reached(session, target, rules, now)
-    if stops:
-        suppression.suppress(session, target.address, _SUPPRESSES[kind])
-        event.suppressed = True
-    return event
+    trail = [
+        {
+            "subscriber": item.target.subscriber_id,
+            "action": _TRAIL[item.kind],
+            "source": f"bounce:{item.source}"[:100],
+            "text": " ".join(p for p in (item.status, item.diagnostic) if p)[:1000] or None,
+            "now": now,
+        }
+        for _, item in new
+        if item.target.subscriber_id is not None and item.acts
+    ]
+    if trail:
+        session.execute(_TRAIL_ROWS, trail)
+    suppressing: dict[SuppressionReason, set[str]] = {}
+    stopped: list[int] = []
+    for event, (position, item) in zip(created, new, strict=True):
+        results[position] = event
+        if item.kind == BounceKind.COMPLAINT:
+            metrics.COMPLAINTS.inc()
+        else:
+            metrics.BOUNCES.labels(item.kind).inc()
+        if not item.acts:
+            continue
+        if item.kind == BounceKind.SOFT and not _soft_limit_reached(
+            session, item.target, rules, now
+        ):
+            continue
+        suppressing.setdefault(_SUPPRESSES[item.kind], set()).add(item.target.address)
+        stopped.append(event)
+    for reason, addresses in suppressing.items():
+        suppression.suppress_many(session, addresses, reason)
+    if stopped:
+        session.execute(
+            update(BounceEvent).where(BounceEvent.id.in_(stopped)).values(suppressed=True)
+        )
+    return results
 
 
-def _trail(
-    session: Session,
-    subscriber: Subscriber,
-    kind: BounceKind,
-    source: str,
-    status: str | None,
-    diagnostic: str | None,
-) -> None:
-    """The event in the consent trail of each list the person gets, or is about to."""
-    live = session.scalars(
-        select(Subscription.id).where(
-            Subscription.subscriber_id == subscriber.id,
-            Subscription.status.in_(subscriptions.LIVE),
-        )
-    ).all()
-    text = " ".join(part for part in (status, diagnostic) if part)[:1000] or None
-    session.add_all(
-        ConsentEvent(
-            subscription_id=subscription_id,
-            action=_TRAIL[kind],
-            source=f"bounce:{source}"[:100],
-            text_shown=text,
-        )
-        for subscription_id in live
-    )
+def record(session: Session, item: Returned, rules: Rules) -> int | None:
+    """Keep one event and act on it, in the caller's transaction; its id, None for a replay."""
+    return record_many(session, [item], rules)[0]
 
 
 def _mailto_unsubscribe(session: Session, report: parse.Report, links: Links) -> str:
-    """A mail to the unsubscribe address: the list its tag names, or its subject names for
-    the subscriber who sent it."""
-    subscription = None
+    """A mail to the unsubscribe address.
+
+    With its tag (the address in our List-Unsubscribe header, signed for the reader and the
+    list), it takes the reader off that list. Without, a person wrote by hand, naming the
+    list in the subject: their From proves nothing, so the list's unsubscribe link is mailed
+    to the address we have, at most once a day.
+    """
     found = links.read_unsubscribe_tag(report.tag) if report.tag else None
-    if found is not None:
-        subscriber_id, newsletter_id, signature = found
-        subscriber = session.get(Subscriber, subscriber_id)
-        if subscriber is not None and links.unsubscribe_tag_matches(
-            subscriber_id, newsletter_id, signature, subscriber.token_key
-        ):
-            subscription = next(
-                (s for s in subscriber.subscriptions if s.newsletter_id == newsletter_id), None
-            )
-    elif report.recipients:
-        subscription = _named_in_subject(session, report.recipients[0], report.diagnostic)
+    if found is None:
+        written = report.recipients and _named_in_subject(
+            session, report.recipients[0], report.diagnostic
+        )
+        return _send_leave_link(session, written) if written else "unmatched"
+    subscriber_id, newsletter_id, signature = found
+    subscriber = session.get(Subscriber, subscriber_id)
+    if subscriber is None or not links.unsubscribe_tag_matches(
+        subscriber_id, newsletter_id, signature, subscriber.token_key
+    ):
+        return "unmatched"
+    subscription = next(
+        (s for s in subscriber.subscriptions if s.newsletter_id == newsletter_id), None
+    )
     if subscription is None:
         return "unmatched"
-    origin = subscriptions.Origin(source="mailto")
     before = subscription.status
-    subscriptions.unsubscribe(session, subscription, origin)
+    subscriptions.unsubscribe(
+        session, subscription, subscriptions.Origin(source="mailto"), commit=False
+    )
     return "unsubscribe" if before in subscriptions.LIVE else "unchanged"
+
+
+# However many mails ask, a reader gets one leave link a day.
+_LEAVE_LINK_EVERY = timedelta(days=1)
+
+
+def _send_leave_link(session: Session, subscription: Subscription) -> str:
+    if not subscriptions.can_unsubscribe(subscription):
+        return "unchanged"
+    since = utcnow() - _LEAVE_LINK_EVERY
+    recent = session.scalar(
+        select(OutboxMessage.id)
+        .where(
+            OutboxMessage.subscriber_id == subscription.subscriber_id,
+            OutboxMessage.kind == MailKind.LEAVE_LINK,
+            OutboxMessage.created_at >= since,
+        )
+        .limit(1)
+    )
+    if recent is not None:
+        return "unchanged"
+    outbox.enqueue(
+        session,
+        MailKind.LEAVE_LINK,
+        subscription.subscriber_id,
+        subscription.subscriber.email,
+        {"subscription": subscription.id},
+    )
+    return "leave-link"
 
 
 def _named_in_subject(session: Session, sender: str, subject: str) -> Subscription | None:
@@ -347,28 +470,29 @@ def refused_at_send(session: Session, row_id: int, exc: Exception, rules: Rules)
     target = _of_outbox(session, session.get(OutboxMessage, row_id))
     if target is not None:
         text = str(exc)
-        record(
-            session,
-            target,
-            BounceKind.HARD,
-            source="smtp",
-            rules=rules,
-            status=parse.status_code(text),
-            diagnostic=text,
-        )
+        hard = Returned(target, BounceKind.HARD, "smtp", parse.status_code(text), text)
+        record(session, hard, rules)
         session.commit()
 
 
-def ingest_mail(session: Session, data: bytes, links: Links, rules: Rules, source: str) -> str:
-    """Classify, match and record one returned mail; commits. Returns what it was:
-    hard, soft, complaint, unsubscribe, unchanged, autoreply, other, unmatched or replay."""
-    report = parse.parse(
+def _parse(data: bytes, links: Links) -> parse.Report:
+    return parse.parse(
         data, bounce_address=links.bounce_address, unsubscribe_address=links.unsubscribe_mailto
     )
+
+
+def _read(
+    session: Session,
+    data: bytes,
+    report: parse.Report,
+    links: Links,
+    source: str,
+    known: Mapping[int, Target] | None = None,
+) -> Returned | str:
+    """What one returned mail is: an event to record, or what it was when there is none
+    (a mailto unsubscribe, applied here; an auto-reply, a reader's answer, a stranger's)."""
     if report.kind == parse.Kind.UNSUBSCRIBE:
-        outcome = _mailto_unsubscribe(session, report, links)
-        session.commit()
-        return outcome
+        return _mailto_unsubscribe(session, report, links)
     kind = _KINDS.get(report.kind)
     if kind is None:
         return str(report.kind)  # an auto-reply or a reader's answer: left alone
@@ -379,24 +503,44 @@ def ingest_mail(session: Session, data: bytes, links: Links, rules: Rules, sourc
         message_id=report.message_id,
         list_id=report.list_id,
         addresses=report.recipients,
+        known=known,
     )
     if target is None:
         log.info("returned mail (%s) matches none of ours", kind)
         return "unmatched"
+    # With VERP on, returned mail of ours comes back to an address carrying a signed tag.
+    # One without names an address or a Message-ID that anyone could write, to have a
+    # reader suppressed: it is kept for the figures and changes nothing.
+    acts = not links.bounce_address or _tagged(links, report.tag, target)
+    if not acts:
+        log.info("returned mail (%s) without our tag: kept, not acted on", kind)
     # The same bytes twice (an mbox read again) are one event.
     event_id = "mail:" + hashlib.sha256(data).hexdigest()
-    event = record(
-        session,
-        target,
-        kind,
-        source=source,
-        rules=rules,
-        status=report.status,
-        diagnostic=report.diagnostic,
-        event_id=event_id,
-    )
-    session.commit()
-    return str(kind) if event is not None else "replay"
+    return Returned(target, kind, source, report.status, report.diagnostic, event_id, acts=acts)
+
+
+def _tagged(links: Links, tag: str | None, target: Target) -> bool:
+    """Whether the mail was matched by its signed VERP tag."""
+    verified = links.read_tag(tag) if tag else None
+    if verified is None:
+        return False
+    named = target.delivery_id if verified.kind == DELIVERY else target.outbox_message_id
+    return named == verified.row_id
+
+
+def ingest_mail(
+    session: Session, data: bytes, links: Links, rules: Rules, source: str, *, commit: bool = True
+) -> str:
+    """Classify, match and record one returned mail; commits unless told not to. Returns what
+    it was: hard, soft, complaint, unsubscribe, leave-link, unchanged, autoreply, other, unmatched
+    or replay."""
+    read = _read(session, data, _parse(data, links), links, source)
+    outcome = read
+    if isinstance(read, Returned):
+        outcome = str(read.kind) if record(session, read, rules) is not None else "replay"
+    if commit:
+        session.commit()
+    return str(outcome)
 
 
 def ingest_events(
@@ -413,38 +557,103 @@ def ingest_events(
         if target is None:
             # Not a reader of ours by that address, yet the address must never be mailed.
             target = Target(item.address.strip().lower())
-        event = record(
-            session,
+        returned = Returned(
             target,
             kind,
-            source=item.provider,
-            rules=rules,
-            status=item.status,
-            diagnostic=item.diagnostic,
-            event_id=f"{item.provider}:{item.event_id}",
-            occurred_at=item.occurred_at,
+            item.provider,
+            item.status,
+            item.diagnostic,
+            f"{item.provider}:{item.event_id}",
+            item.occurred_at,
         )
+        event = record(session, returned, rules)
         counts[str(kind) if event is not None else "replay"] += 1
     session.commit()
     return counts
 
 
-def ingest_source(
-    session: Session, source: sources.Source, links: Links, rules: Rules, name: str
-) -> Counter[str]:
-    """Read every message of a source, one transaction each; a handled one is marked so."""
-    counts: Counter[str] = Counter()
-    for incoming in source:
+def _batch(
+    session: Session, chunk: Sequence[sources.Incoming], links: Links, rules: Rules, name: str
+) -> list[str]:
+    """A batch of returned mail read and its events recorded together; not committed."""
+    reports = [_parse(incoming.data, links) for incoming in chunk]
+    tags = [links.read_tag(report.tag) if report.tag else None for report in reports]
+    known = _of_deliveries(session, (t.row_id for t in tags if t and t.kind == DELIVERY))
+    reads = [
+        _read(session, incoming.data, report, links, name, known)
+        for incoming, report in zip(chunk, reports, strict=True)
+    ]
+    returned = [read for read in reads if isinstance(read, Returned)]
+    ids = iter(record_many(session, returned, rules))
+    return [
+        (str(read.kind) if next(ids) is not None else "replay")
+        if isinstance(read, Returned)
+        else read
+        for read in reads
+    ]
+
+
+def _one_by_one(
+    session: Session, chunk: Sequence[sources.Incoming], links: Links, rules: Rules, name: str
+) -> list[str]:
+    """The same batch, each message in a savepoint: one the database refuses stays unhandled."""
+    outcomes = []
+    for incoming in chunk:
         try:
-            outcome = ingest_mail(session, incoming.data, links, rules, name)
+            with session.begin_nested():
+                outcomes.append(
+                    ingest_mail(session, incoming.data, links, rules, name, commit=False)
+                )
+        except OperationalError:
+            raise
         except Exception:
-            # One message the database refuses must not stop the rest; it stays unhandled.
             log.exception("returned mail %s could not be recorded", incoming.name)
+            outcomes.append("error")
+    return outcomes
+
+
+def ingest_source(
+    session: Session,
+    source: sources.Source,
+    links: Links,
+    rules: Rules,
+    name: str,
+    *,
+    batch: int = 500,
+) -> Counter[str]:
+    """Read every message of a source; each is marked handled once its batch has committed.
+
+    A batch is one transaction and a few statements. Should one of its messages be refused
+    (another process recording the same event at that moment), the batch is done again a
+    message at a time. A crash before a commit leaves its batch unhandled, read again next
+    time; a message read twice is one event. The database away stops the run (OperationalError).
+    """
+    counts: Counter[str] = Counter()
+    chunk: list[sources.Incoming] = []
+
+    def settle() -> None:
+        try:
+            outcomes = _batch(session, chunk, links, rules, name)
+            session.commit()
+        except OperationalError:
+            raise
+        except Exception as exc:
+            log.warning("a batch of returned mail is recorded one by one: %r", exc)
             session.rollback()
-            counts["error"] += 1
-            continue
-        incoming.handled()
-        counts[outcome] += 1
+            outcomes = _one_by_one(session, chunk, links, rules, name)
+            session.commit()
+        for incoming, outcome in zip(chunk, outcomes, strict=True):
+            counts[outcome] += 1
+            if outcome != "error":
+                incoming.handled()
+        chunk.clear()
+
+    for incoming in source:
+        chunk.append(incoming)
+        if len(chunk) >= batch:
+            settle()
+    if chunk:
+        settle()
     return counts
 
 

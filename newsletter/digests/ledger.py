@@ -39,7 +39,12 @@ from newsletter.models import (
 
 # How workers take a digest's rows: bigger batches than the outbox, fewer retries, slower.
 POLICY = Policy(batch_size=200, max_attempts=8, first_retry=timedelta(minutes=1))
-LEASES = Leases(Delivery.__table__, waiting=DeliveryStatus.QUEUED, held=DeliveryStatus.SENDING)
+LEASES = Leases(
+    Delivery.__table__,
+    waiting=DeliveryStatus.QUEUED,
+    held=DeliveryStatus.SENDING,
+    failed=DeliveryStatus.FAILED,
+)
 # Statuses of a row still to be sent: waiting, or held by a worker.
 UNSENT = (DeliveryStatus.QUEUED, DeliveryStatus.SENDING)
 
@@ -72,17 +77,26 @@ def snapshot(digest_id: int, newsletter_id: int, now: datetime) -> Insert:
 
 
 def claim(
-    session: Session, digest_id: int, token: str, policy: Policy, size: int | None = None
+    session: Session,
+    digest_id: int,
+    token: str,
+    policy: Policy,
+    *,
+    size: int | None = None,
+    now: datetime | None = None,
 ) -> list[int]:
     """Take up to a batch of the digest's due rows for one claim, with a lease; commits."""
-    return LEASES.claim(session, token, policy, Delivery.digest_id == digest_id, limit=size)
+    where = Delivery.digest_id == digest_id
+    return LEASES.claim(session, token, policy, where, limit=size, now=now)
 
 
 class Recipient(NamedTuple):
     """A claimed row with what its message needs."""
 
     delivery_id: int
-    status: SubscriptionStatus  # the subscription's, now: a reader may have left since
+    # The subscription's, as last read: a reader may have left since the digest started.
+    # None once the reader was erased.
+    status: SubscriptionStatus | None
     subscriber_id: int
     address: str
     token_key: str
@@ -111,6 +125,20 @@ RECIPIENTS = (
 def recipients(session: Session, rows: Sequence[int]) -> list[Recipient]:
     """The readers of claimed rows, as `Recipient`s."""
     return [Recipient(*row) for row in session.execute(RECIPIENTS, {"rows": list(rows)})]
+
+
+# The subscriptions' statuses of rows still to send, read again while a batch goes out.
+STATUSES = (
+    select(Delivery.id, Subscription.status)
+    .join(Subscription, Subscription.id == Delivery.subscription_id)
+    .where(Delivery.id.in_(bindparam("rows", expanding=True)))
+)
+
+
+def statuses(session: Session, rows: Sequence[int]) -> dict[int, SubscriptionStatus]:
+    """Each row's subscription status now; rows whose reader was erased are missing."""
+    found = session.execute(STATUSES, {"rows": list(rows)})
+    return {row: SubscriptionStatus(status) for row, status in found}
 
 
 # Per message, the one statement a worker runs: built once; Core, not ORM (the ORM's UPDATE

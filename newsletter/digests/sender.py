@@ -22,7 +22,7 @@ from datetime import datetime
 from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
-from newsletter import languages
+from newsletter import languages, metrics
 from newsletter.bounces import ingest
 from newsletter.bounces.parse import status_code
 from newsletter.digests import ledger, states
@@ -31,13 +31,12 @@ from newsletter.digests.ledger import Recipient
 from newsletter.leases import Policy, new_claim
 from newsletter.links import DELIVERY, Links, Reader
 from newsletter.mail.outbox import server_side
-from newsletter.mail.transport import DeliveryError, Transport
+from newsletter.mail.transport import DeliveryError, TemporaryFailure, Transport
 from newsletter.models import (
     BounceKind,
     DeliveryStatus,
     Digest,
     DigestStatus,
-    Subscriber,
     SubscriptionStatus,
     utcnow,
 )
@@ -93,6 +92,14 @@ class _Claimed:
     def rest(self, position: int) -> list[int]:
         """The rows of the batch from `position` on."""
         return [r.delivery_id for r in self.recipients[position:]]
+
+    def refresh(self, session: Session, position: int) -> None:
+        """Read again the subscription statuses of the readers from `position` on."""
+        now = ledger.statuses(session, self.rest(position))
+        session.commit()
+        for at in range(position, len(self.recipients)):
+            recipient = self.recipients[at]
+            self.recipients[at] = recipient._replace(status=now.get(recipient.delivery_id))
 
 
 class DigestSender:
@@ -163,13 +170,8 @@ class DigestSender:
 
     def claim(self, session: Session, digest_id: int, token: str) -> list[int]:
         """Take up to a batch of the digest's due rows for one claim, with a lease."""
-        return ledger.LEASES.claim(
-            session,
-            token,
-            self.policy,
-            ledger.Delivery.digest_id == digest_id,
-            limit=self.batch_size,
-            now=self.clock.now(),
+        return ledger.claim(
+            session, digest_id, token, self.policy, size=self.batch_size, now=self.clock.now()
         )
 
     def send_batch(
@@ -197,7 +199,7 @@ class DigestSender:
         session.commit()
         # Rows whose subscription went (erased) between the claim and now: nothing to send.
         gone = sorted(set(ids) - {r.delivery_id for r in recipients})
-        ledger.LEASES.settle(session, gone, token, DeliveryStatus.SKIPPED, "reader erased")
+        _settle(session, gone, token, DeliveryStatus.SKIPPED, "reader erased")
         started = self.clock.monotonic()
         batch = _Claimed(
             digest_id,
@@ -218,10 +220,8 @@ class DigestSender:
                 if not self._still_ours(session, batch, position, stop):
                     break
                 if not confirmed:
-                    why = f"reader {recipient.status}"
-                    ledger.LEASES.settle(
-                        session, [recipient.delivery_id], token, DeliveryStatus.SKIPPED, why
-                    )
+                    why = f"reader {recipient.status or 'erased'}"
+                    _settle(session, [recipient.delivery_id], token, DeliveryStatus.SKIPPED, why)
                     continue
                 if not self._send(session, marks, batch, position, prepared, ahead):
                     break
@@ -238,7 +238,7 @@ class DigestSender:
         self, session: Session, digest: Digest, ids: list[int], token: str, exc: Exception
     ) -> None:
         why = f"cannot build: {exc}"
-        ledger.LEASES.settle(session, ids, token, DeliveryStatus.FAILED, why)
+        _settle(session, ids, token, DeliveryStatus.FAILED, why)
         digest.error = f"The mail of this digest cannot be built: {exc}"[:2000]
         session.commit()
 
@@ -249,6 +249,8 @@ class DigestSender:
 
         Not when the worker is stopping, the digest was paused or cancelled (looked at every
         `status_every` seconds), or the lease could not be renewed (renewed halfway through).
+        Along with the digest's status, the rest of the batch's readers are read again: one
+        who unsubscribed, bounced or complained since the claim is skipped, not mailed.
         """
         now = self.clock.monotonic()
         rest = batch.rest(position)
@@ -259,6 +261,8 @@ class DigestSender:
             session.commit()
             # Paused: the rows go back. Cancelled: the cancel has skipped them.
             go_on = status == DigestStatus.SENDING
+            if go_on:
+                batch.refresh(session, position)
         if go_on and now - batch.claimed_at >= self.policy.lease.total_seconds() / 2:
             batch.claimed_at = now
             # Stalled past the lease, or cancelled: rows this worker no longer holds may be
@@ -289,9 +293,7 @@ class DigestSender:
             log.warning(
                 "digest %s: mail to delivery %s cannot be built: %s", batch.digest_id, row, exc
             )
-            ledger.LEASES.settle(
-                session, [row], batch.token, DeliveryStatus.FAILED, f"cannot build: {exc}"
-            )
+            _settle(session, [row], batch.token, DeliveryStatus.FAILED, f"cannot build: {exc}")
             return True
         try:
             sender = self.links.envelope_sender(DELIVERY, row) or prepared.sender
@@ -312,8 +314,18 @@ class DigestSender:
                 return False
             self._failed(session, batch, recipient, exc)
             return True
+        except Exception as exc:
+            # A fault on our side of the connection, whose state is now unknown: it is
+            # dropped, and this reader's message tried again later with back-off.
+            log.exception("digest %s: delivery %s not sent", batch.digest_id, row)
+            self.transport.close()
+            self._failed(
+                session, batch, recipient, TemporaryFailure(f"{type(exc).__name__}: {exc}")
+            )
+            return True
         # Recorded at once: a crash after this line does not send it again.
         marks.execute(ledger.MARK_SENT, {"row": row, "token": batch.token, "now": self.clock.now()})
+        metrics.digest_sent()
         return True
 
     def _failed(
@@ -322,25 +334,19 @@ class DigestSender:
         row, token = recipient.delivery_id, batch.token
         log.warning("digest delivery %s not sent: %s", row, exc)
         if exc.permanent:
-            ledger.LEASES.settle(session, [row], token, DeliveryStatus.FAILED, str(exc))
+            _settle(session, [row], token, DeliveryStatus.FAILED, str(exc))
             if exc.recipient_refused:
                 # A hard bounce at the door: kept as one, and the address never mailed again.
                 target = ingest.Target(
                     recipient.address.lower(),
-                    session.get(Subscriber, recipient.subscriber_id),
+                    recipient.subscriber_id,
                     newsletter_id=batch.newsletter_id,
                     digest_id=batch.digest_id,
                     delivery_id=row,
                 )
-                ingest.record(
-                    session,
-                    target,
-                    BounceKind.HARD,
-                    source="smtp",
-                    rules=self.rules,
-                    status=status_code(str(exc)),
-                    diagnostic=str(exc),
-                )
+                text = str(exc)
+                hard = ingest.Returned(target, BounceKind.HARD, "smtp", status_code(text), text)
+                ingest.record(session, hard, self.rules)
                 session.commit()
             return
         ledger.LEASES.retry_or_fail(
@@ -353,6 +359,15 @@ class DigestSender:
             DeliveryStatus.FAILED,
             gave_up=f"gave up: {exc}",
         )
+
+
+def _settle(
+    session: Session, rows: Sequence[int], token: str, status: DeliveryStatus, error: str
+) -> None:
+    """Give rows their final status (skipped, failed) if this claim holds them; counted."""
+    settled = ledger.LEASES.settle(session, rows, token, status, error)
+    if settled:
+        metrics.MAILS_SENT.labels("digest", str(status)).inc(settled)
 
 
 @contextmanager

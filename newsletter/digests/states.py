@@ -6,6 +6,7 @@ snapshots the audience into the ledger (`ledger.py`); the workers' sender works 
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from datetime import datetime
@@ -30,6 +31,8 @@ from newsletter.models import (
     Newsletter,
     utcnow,
 )
+
+log = logging.getLogger(__name__)
 
 # How many new items a digest offers at most; an editor can add older ones by hand.
 MAX_ITEMS = 30
@@ -182,11 +185,32 @@ def edit(
         raise DigestError(_("The introduction is longer than 10,000 characters."))
     by_id = {item.id: item for item in session.scalars(select(Item).where(Item.id.in_(item_ids)))}
     order = list(dict.fromkeys(i for i in item_ids if i in by_id))
+    # Still editable at the moment of writing: a worker may have started it since it was read.
+    _hold_editable(session, digest, _("This digest is on its way and can no longer be changed."))
     digest.subject = _subject(subject)
     digest.intro = intro.replace("\r\n", "\n").strip()
     digest.entries = [DigestItem(item=by_id[i], position=n) for n, i in enumerate(order)]
     session.commit()
     return digest
+
+
+def _hold_editable(session: Session, digest: Digest, refusal: str) -> None:
+    """Lock the digest's row while it is draft or scheduled, or refuse: no start slips between.
+
+    An UPDATE that changes nothing but matches only an editable digest: on PostgreSQL it holds
+    the row until the caller's commit, on SQLite the write lock; a start that won the race
+    leaves it matching nothing.
+    """
+    held = session.execute(
+        update(Digest)
+        .where(Digest.id == digest.id, Digest.status.in_(EDITABLE))
+        .values(status=Digest.status)
+        .execution_options(synchronize_session=False)
+    )
+    if held.rowcount != 1:
+        session.rollback()
+        session.refresh(digest)
+        raise DigestError(refusal)
 
 
 def schedule(
@@ -200,20 +224,27 @@ def schedule(
     if when <= (now or utcnow()):
         raise DigestError(_("This time has passed: choose one in the future."))
     _sendable(digest)
-    digest.status = DigestStatus.SCHEDULED
-    digest.scheduled_at = when
-    session.commit()
+    _move(
+        session,
+        digest,
+        EDITABLE,
+        DigestStatus.SCHEDULED,
+        _("Only a draft can be scheduled."),
+        scheduled_at=when,
+    )
     return digest
 
 
 def unschedule(session: Session, digest: Digest) -> Digest:
     """Back to a draft; commits."""
-    if digest.status != DigestStatus.SCHEDULED:
-        raise DigestError(_("This digest is not scheduled."))
-    digest.status = DigestStatus.DRAFT
-    digest.scheduled_at = None
-    session.commit()
-    return digest
+    return _move(
+        session,
+        digest,
+        (DigestStatus.SCHEDULED,),
+        DigestStatus.DRAFT,
+        _("This digest is not scheduled."),
+        scheduled_at=None,
+    )
 
 
 def _sendable(digest: Digest) -> None:
@@ -275,7 +306,7 @@ def pause(session: Session, digest: Digest) -> Digest:
         digest,
         PAUSABLE,
         DigestStatus.PAUSED,
-        "Only a digest being sent can pause.",
+        _("Only a digest being sent can pause."),
     )
 
 
@@ -286,18 +317,22 @@ def resume(session: Session, digest: Digest) -> Digest:
         digest,
         RESUMABLE,
         DigestStatus.SENDING,
-        "Only a paused digest can resume.",
+        _("Only a paused digest can resume."),
     )
 
 
 def cancel(session: Session, digest: Digest) -> Digest:
-    """Send nothing more of this digest; what went out stays counted; commits."""
+    """Send nothing more of this digest; what went out stays counted; commits.
+
+    The state and the ledger's skipped rows change in one transaction.
+    """
     _move(
         session,
         digest,
         CANCELLABLE,
         DigestStatus.CANCELLED,
-        "This digest has already been sent or cancelled.",
+        _("This digest has already been sent or cancelled."),
+        commit=False,
     )
     # A live worker that sees the cancel brings the figures up to date (`recount`).
     session.execute(ledger.skip_unsent(digest.id, "cancelled"))
@@ -313,19 +348,24 @@ def _move(
     sources: tuple[DigestStatus, ...],
     target: DigestStatus,
     refusal: str,
+    *,
+    commit: bool = True,
+    **values: object,
 ) -> Digest:
+    """Move the digest from one of `sources` to `target` in one guarded UPDATE, or refuse."""
     moved = session.execute(
         update(Digest)
         .where(Digest.id == digest.id, Digest.status.in_(sources))
-        .values(status=target)
+        .values(status=target, **values)
         .execution_options(synchronize_session=False)
     )
     if moved.rowcount != 1:
         session.rollback()
         session.refresh(digest)
         raise DigestError(refusal)
-    session.commit()
-    session.refresh(digest)
+    if commit:
+        session.commit()
+        session.refresh(digest)
     return digest
 
 
@@ -382,13 +422,24 @@ def start_due(session: Session, now: datetime | None = None) -> list[int]:
     for digest in due:
         try:
             start(session, digest)
-        except DigestError as exc:
-            # Another worker was first, or the digest lost its items: note it on the digest.
+        except Exception as exc:
+            # Another worker was first, or the digest lost its items: note it on the digest,
+            # back to a draft. Whatever else went wrong, the other digests still start.
             session.rollback()
-            if digest.status == DigestStatus.SCHEDULED:
-                digest.status = DigestStatus.DRAFT
-                digest.error = f"Not sent at the scheduled time: {exc.message}"
-                session.commit()
+            if not isinstance(exc, DigestError):
+                log.exception("digest %s could not start", digest.id)
+            why = exc.message if isinstance(exc, DigestError) else "it could not be started"
+            try:
+                _move(
+                    session,
+                    digest,
+                    (DigestStatus.SCHEDULED,),
+                    DigestStatus.DRAFT,
+                    "",
+                    error=f"Not sent at the scheduled time: {why}"[:2000],
+                )
+            except DigestError:
+                pass  # started or changed by someone else meanwhile
             continue
         started.append(digest.id)
     return started

@@ -44,6 +44,7 @@ BATCH_SIZE = 2000
 # A running job whose lease ran out lost its worker: another worker takes it over. A batch
 # takes well under a second, and each renews the lease, so a live worker is never this late.
 POLICY = Policy(batch_size=1, lease=timedelta(minutes=5))
+# A job a worker stopped moving is given up by `jobs`, which can tell the admin why.
 LEASES = Leases(
     ImportJob.__table__, waiting=JobStatus.QUEUED, held=JobStatus.RUNNING, error_column="error"
 )

@@ -196,3 +196,28 @@ def welcome(links: Links, subscription: Subscription, message_key: str) -> Email
         reply_to=newsletter.reply_to,
         headers=list_headers(links, subscription),
     )
+
+
+def leave_link(links: Links, subscription: Subscription, message_key: str) -> EmailMessage:
+    """The unsubscribe link of one list, for a reader who wrote to the unsubscribe address.
+
+    The mail they wrote proves nothing (anyone can put any From on a mail), so the list is
+    left by the link, which only the address's owner receives.
+    """
+    newsletter = subscription.newsletter
+    reader = reader_of(subscription.subscriber)
+    urls = {
+        "unsubscribe_url": links.unsubscribe_url(reader, subscription.newsletter_id),
+        "preferences_url": links.preferences_url(reader),
+    }
+    text, html = _render("leave_link", newsletter=newsletter, **urls)
+    return build(
+        to=subscription.subscriber.email,
+        from_=sender(newsletter),
+        subject=_("Your link to leave %(name)s", name=local(newsletter, "name")),
+        text=text,
+        html=html,
+        message_key=message_key,
+        reply_to=newsletter.reply_to,
+        headers=list_headers(links, subscription),
+    )

@@ -33,6 +33,7 @@ LEASES = Leases(
     OutboxMessage.__table__,
     waiting=OutboxStatus.QUEUED,
     held=OutboxStatus.QUEUED,
+    failed=OutboxStatus.FAILED,
     order_by=lambda table: (table.c.next_attempt_at, table.c.id),
 )
 
@@ -163,6 +164,16 @@ class OutboxRunner:
                 LEASES.retry_or_fail(
                     session, row_id, token, self.policy, attempts, str(exc), OutboxStatus.FAILED
                 )
+            return None
+        except Exception as exc:
+            # Not the server's answer: a fault on our side of the connection, whose state is
+            # now unknown. It is dropped, and the mail tried again later with back-off.
+            log.exception("mail %s not sent", row_id)
+            self.transport.close()
+            error = f"{type(exc).__name__}: {exc}"
+            LEASES.retry_or_fail(
+                session, row_id, token, self.policy, attempts, error, OutboxStatus.FAILED
+            )
             return None
         # Recorded right away: a crash after this line cannot send it again.
         settle(OutboxStatus.SENT, None, sent_at=utcnow())

@@ -264,7 +264,7 @@ def pages(filled: Filled) -> list[Page]:
     person = next(n for n in range(filled.subscribers // 2, 0, -1) if filled.lists_of.get(n))
     needle = address(person).split("@")[0] + "@"
     dashboard_rows = [
-        f"<td>{filled.counts[i, 'pending']}</td><td>{filled.counts[i, 'confirmed']}</td>"
+        f"<td>{filled.counts[i, 'pending']:,}</td><td>{filled.counts[i, 'confirmed']:,}</td>"
         for i in range(len(filled.newsletters))
     ]
     return [

@@ -298,7 +298,7 @@ def check(page: Page, html: str, filled: Filled) -> str | None:
             return f"{page.label}: {snippet!r} found {html.count(snippet)} times, not {wanted}"
     if page.label == "filtered":
         name = filled.newsletters[0][1]
-        people = html.count('<a href="/admin/subscribers/')
+        people = html.count('<td><a href="/admin/subscribers/')
         confirmed = html.count(f'{name}: <span class="state state-confirmed">')
         if people != 50 or confirmed != 50:
             return "filtered: not 50 people confirmed on the largest list"

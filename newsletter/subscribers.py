@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -104,7 +105,9 @@ def people_total(session: Session, where: Filter) -> int:
         if where.search:
             query = query.where(_address_matches(where))
         return session.scalar(query) or 0
-    query = select(func.count(distinct(Subscription.subscriber_id))).where(*conditions)
+    # One subscription per person and list: with a list named, rows are people (an index count).
+    people = func.count() if where.newsletter else func.count(distinct(Subscription.subscriber_id))
+    query = select(people).where(*conditions)
     if where.search:
         query = query.where(
             Subscription.subscriber_id.in_(select(Subscriber.id).where(_address_matches(where)))
@@ -113,47 +116,63 @@ def people_total(session: Session, where: Filter) -> int:
 
 
 def people_page(
-    session: Session,
-    where: Filter,
-    total: int,
-    before: int | None = None,
-    size: int | None = None,
-) -> tuple[list[Person], int | None]:
-    """One page of people, newest first, with every list of each; and the `before` of the next
-    page, None on the last. `total` is `people_total` of the same filter."""
+    session: Session, where: Filter, before: int | None = None, size: int | None = None
+) -> tuple[list[Person], int, int | None]:
+    """One page of people, newest first, with every list of each; how many the filter matches;
+    and the `before` of the next page, None on the last."""
     size = size or PAGE_SIZE
-    query = (
-        select(Subscriber.id, Subscriber.email, Subscriber.created_at)
-        .order_by(Subscriber.id.desc())
-        .limit(size + 1)
-    )
-    if before is not None:
-        query = query.where(Subscriber.id < before)
+    conditions = _subscription_matches(where)
+    query = select(Subscriber.id).order_by(Subscriber.id.desc())
     if where.search:
         query = query.where(_address_matches(where))
-    conditions = _subscription_matches(where)
-    if conditions and total <= _FEW:
-        query = query.where(
-            Subscriber.id.in_(select(Subscription.subscriber_id).where(*conditions))
-        )
-    elif conditions:
-        query = query.where(
-            exists().where(Subscription.subscriber_id == Subscriber.id, *conditions)
-        )
-    found = session.execute(query).all()
-    more = len(found) > size
-    found = found[:size]
-    lists: dict[int, list[tuple[str, str]]] = {row.id: [] for row in found}
-    if found:
-        for subscriber_id, name, status in session.execute(
-            select(Subscription.subscriber_id, Newsletter.name, Subscription.status)
-            .join(Newsletter, Newsletter.id == Subscription.newsletter_id)
-            .where(Subscription.subscriber_id.in_(list(lists)))
-            .order_by(Newsletter.name)
-        ):
-            lists[subscriber_id].append((name, str(status)))
-    people = [Person(row.id, row.email, row.created_at, lists[row.id]) for row in found]
-    return people, (people[-1].id if more else None)
+    if where.search:
+        # A search reads the addresses once: when it finds few, they are the total and the pages.
+        found = session.scalars(_with(query, conditions, sparse=False).limit(_FEW + 1)).all()
+        if len(found) <= _FEW:
+            ids = [i for i in found if before is None or i < before][: size + 1]
+            return _people(session, ids, size), len(found), _next(ids, size)
+    total = people_total(session, where)
+    query = _with(query, conditions, sparse=total <= _FEW)
+    if before is not None:
+        query = query.where(Subscriber.id < before)
+    ids = list(session.scalars(query.limit(size + 1)))
+    return _people(session, ids, size), total, _next(ids, size)
+
+
+def _with(
+    query: Select[Any], conditions: list[ColumnElement[bool]], *, sparse: bool
+) -> Select[Any]:
+    """People with a subscription matching `conditions`: few of them are looked up by their ids,
+    many found by walking the people newest first (a match comes soon)."""
+    if not conditions:
+        return query
+    if sparse:
+        return query.where(Subscriber.id.in_(select(Subscription.subscriber_id).where(*conditions)))
+    return query.where(exists().where(Subscription.subscriber_id == Subscriber.id, *conditions))
+
+
+def _next(ids: Sequence[int], size: int) -> int | None:
+    return ids[size - 1] if len(ids) > size else None
+
+
+def _people(session: Session, ids: Sequence[int], size: int) -> list[Person]:
+    """The people of a page with every list of each, newest first."""
+    ids = list(ids[:size])
+    if not ids:
+        return []
+    lists: dict[int, list[tuple[str, str]]] = {i: [] for i in ids}
+    for subscriber_id, name, status in session.execute(
+        select(Subscription.subscriber_id, Newsletter.name, Subscription.status)
+        .join(Newsletter, Newsletter.id == Subscription.newsletter_id)
+        .where(Subscription.subscriber_id.in_(ids))
+        .order_by(Newsletter.name)
+    ):
+        lists[subscriber_id].append((name, str(status)))
+    found = session.execute(
+        select(Subscriber.id, Subscriber.email, Subscriber.created_at).where(Subscriber.id.in_(ids))
+    )
+    by_id = {row.id: row for row in found}
+    return [Person(i, by_id[i].email, by_id[i].created_at, lists[i]) for i in ids]
 
 
 def consent_trail(subscriber_id: int) -> Select[Any]:

@@ -58,8 +58,7 @@ def subscribers() -> str:
     """People, newest first, each with their lists; searched and filtered, a page at a time."""
     where = _filter()
     before = request.args.get("before", type=int)
-    total = people.people_total(db.session, where)
-    found, next_before = people.people_page(db.session, where, total, before)
+    found, total, next_before = people.people_page(db.session, where, before)
     return render_template(
         "admin/subscribers.html",
         people=found,

@@ -79,8 +79,9 @@ run-prod: $(STAMP) $(CATALOGUES)
 	echo "Production stack: $$NEWSLETTER_BASE_URL (gunicorn pid $$web, workers $$worker1 $$worker2); Ctrl-C stops it."; \
 	wait $$web
 
+# One pytest process per core (pytest-xdist); each has its own PostgreSQL and Redis database.
 test: $(STAMP) $(CATALOGUES)
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

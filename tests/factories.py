@@ -11,14 +11,15 @@ from datetime import datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from flask import current_app
 from flask.testing import FlaskClient
-from sqlalchemy import func, select
+from sqlalchemy import func, make_url, select
 from sqlalchemy.orm import Session
 from werkzeug.security import generate_password_hash
 
-from newsletter import transactional
+from newsletter import transactional, trial
 from newsletter.digests import ledger as digest_ledger
 from newsletter.digests.sender import Clock, DigestSender
 from newsletter.extensions import db as _db
@@ -36,6 +37,28 @@ from newsletter.models import (
     utcnow,
 )
 
+
+def _own_servers() -> None:
+    """Under pytest-xdist each worker process gets a PostgreSQL database and a Redis database of
+    its own (`test_gw0`, Redis db 8 + n), so that two tests at once never share rows or counts."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return
+    number = int(worker.removeprefix("gw"))
+    if database := os.environ.get("NEWSLETTER_TEST_DATABASE_URL"):
+        url = make_url(database)
+        url = url.set(database=f"{url.database}_{worker}")
+        rendered = url.render_as_string(hide_password=False)
+        trial.ensure_database(rendered)
+        os.environ["NEWSLETTER_TEST_DATABASE_URL"] = rendered
+    if redis := os.environ.get("NEWSLETTER_TEST_REDIS_URL"):
+        parts = urlsplit(redis)
+        base = int(parts.path.strip("/") or 0)
+        path = f"/{(base + 8 + number) % 16}"
+        os.environ["NEWSLETTER_TEST_REDIS_URL"] = urlunsplit(parts._replace(path=path))
+
+
+_own_servers()
 PG_URL = os.environ.get("NEWSLETTER_TEST_DATABASE_URL")
 REDIS_URL = os.environ.get("NEWSLETTER_TEST_REDIS_URL")
 BASE_URL = "https://news.example.org"

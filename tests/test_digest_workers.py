@@ -88,8 +88,14 @@ def started_digest(db, readers: int):  # type: ignore[no-untyped-def]
     return digest.id, addresses
 
 
-def finish(process: subprocess.Popen[bytes], timeout: float = 120) -> str:
-    output, _ = process.communicate(timeout=timeout)
+def finish(process: subprocess.Popen[bytes], timeout: float = 300) -> str:
+    """Wait for a worker to exit 0; one that does not is killed, never left behind."""
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+        raise AssertionError(f"the worker did not finish in {timeout:.0f} s: {output.decode()}")
     assert process.returncode == 0, output.decode()
     return output.decode()
 

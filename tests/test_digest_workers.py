@@ -92,10 +92,11 @@ def finish(process: subprocess.Popen[bytes], timeout: float = 300) -> str:
     """Wait for a worker to exit 0; one that does not is killed, never left behind."""
     try:
         output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as late:
         process.kill()
         output, _ = process.communicate()
-        raise AssertionError(f"the worker did not finish in {timeout:.0f} s: {output.decode()}")
+        message = f"the worker did not finish in {timeout:.0f} s: {output.decode()}"
+        raise AssertionError(message) from late
     assert process.returncode == 0, output.decode()
     return output.decode()
 

@@ -59,6 +59,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     from newsletter.web import (
         admin,
         api,
+        challenge,
         cors,
         errors,
         hooks,
@@ -73,6 +74,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     language.init_app(app)
     errors.register(app)
     cors.register(app)
+    challenge.init_app(app)
     security.init_app(app)
     limits.init_app(app)
     ops.init_app(app)

@@ -68,6 +68,12 @@ DEFAULTS: dict[str, object] = {
     "ALLOWED_ORIGINS": [],
     # How long a process trusts its copy of the sites admins list at /admin/sites.
     "ALLOWED_ORIGINS_CACHE_SECONDS": 10,
+    # The proof of work (ALTCHA) of the newsletters that ask for it: PBKDF2 rounds per try;
+    # tries (the browser makes between ALTCHA_WORK and twice as many: about a second on a
+    # computer, a few on an old phone); how long a challenge may be solved and sent.
+    "ALTCHA_COST": 1000,
+    "ALTCHA_WORK": 4000,
+    "ALTCHA_LIFETIME": 20 * 60,
     "SEND_RATE": None,
     # Subscriber CSVs uploaded in the admin area; every other request keeps the small limit.
     "MAX_IMPORT_BYTES": 200 * 1024 * 1024,
@@ -89,6 +95,9 @@ _INTS = {
     "READY_OUTBOX_MAX_AGE",
     "READY_WORKER_WITHIN",
     "ALLOWED_ORIGINS_CACHE_SECONDS",
+    "ALTCHA_COST",
+    "ALTCHA_WORK",
+    "ALTCHA_LIFETIME",
 }
 _OPTIONAL_INTS = {"METRICS_PORT"}
 _BOOLS = {"CHECK_DELIVERABILITY", "ALLOW_SQLITE_MULTIPROCESS"}

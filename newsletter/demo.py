@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from newsletter.models import Item, Newsletter
+from newsletter.models import Item, Newsletter, NewsletterText
 
 NEWSLETTERS = [
     {
@@ -33,8 +33,24 @@ NEWSLETTERS = [
         "name": "Editors' Picks",
         "description": "The week's best reporting, chosen by our editors.",
         "cadence": "weekly",
+        # Its boxes show the proof of work (ALTCHA), as a list bots were after would.
+        "altcha": True,
     },
 ]
+
+# The lists' names and descriptions as the newsroom's Ukrainian boxes show them.
+UKRAINIAN = {
+    "daily": ("Щоденний огляд", "Найважливіші новини з України щовечора."),
+    "explaining-ukraine": (
+        "Пояснюємо Україну з Кейт Цуркан",
+        "Щотижневий лист про історію та культуру, що стоять за заголовками.",
+    ),
+    "occupied-territories": (
+        "Під окупацією",
+        "Що відбувається на територіях під російською окупацією.",
+    ),
+    "editors-picks": ("Вибір редакції", "Найкращі матеріали тижня, відібрані нашими редакторами."),
+}
 
 ITEMS = [
     {
@@ -87,6 +103,15 @@ def load(session: Session) -> tuple[int, int]:
             session.add(newsletter)
             existing[newsletter.slug] = newsletter
             added_lists += 1
+    session.flush()
+    translated = set(session.scalars(select(NewsletterText.newsletter_id)))
+    for slug, (name, description) in UKRAINIAN.items():
+        if existing[slug].id not in translated:
+            session.add(
+                NewsletterText(
+                    newsletter_id=existing[slug].id, locale="uk", name=name, description=description
+                )
+            )
     known = set(session.scalars(select(Item.guid)))
     added_items = 0
     for data in ITEMS:

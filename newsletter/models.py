@@ -176,6 +176,8 @@ class Newsletter(db.Model):
     feed_url: Mapped[str | None] = mapped_column(String(1000))
     feed_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     feed_error: Mapped[str | None] = mapped_column(Text)
+    # Its boxes ask the reader's browser for a proof of work (ALTCHA) before a signup counts.
+    altcha: Mapped[bool] = mapped_column(default=False)
 
     def __repr__(self) -> str:
         return f"<Newsletter {self.slug}>"

@@ -29,6 +29,7 @@ FIELDS = (
     "thanks_text",
     "welcome_text",
     "welcome_enabled",
+    "altcha",
     "feed_url",
     "send_time",
     "timezone",

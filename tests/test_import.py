@@ -962,13 +962,15 @@ def test_admin_uploads_watches_and_downloads_the_report(app, client, db, admin, 
 
     waiting = client.get(f"/admin/imports/{job.id}").get_data(as_text=True)
     assert "people.csv is queued" in waiting
-    assert '<meta http-equiv="refresh" content="2">' in waiting
+    # While it waits or runs, the page's script fetches its figures again (no reload).
+    assert "<div data-import-live data-working>" in waiting
+    assert '<script src="/static/import-progress.js" defer></script>' in waiting
     assert "Queued" in waiting and "<progress" in waiting
     assert "Download the report" not in waiting
 
     assert work(app, db)
     done = client.get(f"/admin/imports/{job.id}").get_data(as_text=True)
-    assert 'http-equiv="refresh"' not in done
+    assert "<div data-import-live>" in done
     assert "Done" in done and "Download the report" in done
     assert "<dt>Added</dt><dd>1</dd>" in done and "<dt>Rejected</dt><dd>1 " in done
 

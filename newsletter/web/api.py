@@ -15,14 +15,14 @@ from flask import Blueprint, Response, abort, current_app, jsonify, render_templ
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext
 
-from newsletter import api_tokens
+from newsletter import api_tokens, challenges
 from newsletter import subscriptions as subs
 from newsletter.addresses import InvalidEmail, normalize_email
 from newsletter.digests import items
 from newsletter.extensions import csrf, db
 from newsletter.newsletters import UnknownNewsletter, by_slug, open_newsletters
 from newsletter.texts import local
-from newsletter.web import openapi, signup
+from newsletter.web import challenge, openapi, signup
 from newsletter.web.problems import TYPES, FieldError, invalid, problem
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -72,6 +72,7 @@ def newsletters() -> Response:
                     "name": local(n, "name"),
                     "description": local(n, "description"),
                     "cadence": n.cadence,
+                    "altcha": n.altcha,
                 }
                 for n in open_newsletters(db.session)
             ]
@@ -132,6 +133,7 @@ def _signup_errors(data: dict[str, Any]) -> list[FieldError]:
     for name, label, limit in (
         ("source", "source", MAX_SOURCE),
         (signup.HONEYPOT, f"{signup.HONEYPOT} field", MAX_HONEYPOT),
+        (challenge.FIELD, "ALTCHA solution", challenges.MAX_PAYLOAD),
     ):
         error = _optional_text(data, name, label, limit)
         if error:
@@ -157,6 +159,12 @@ def subscriptions() -> Response | tuple[Response, int]:
         field = "newsletters" if reply.field == "newsletter" else reply.field or "email"
         return invalid([FieldError(field, reply.message)])
     return jsonify(reply.as_json()), 202
+
+
+@bp.get("/challenge")
+def altcha_challenge() -> Response:
+    """A proof-of-work challenge for the ALTCHA widget of a box that asks for one."""
+    return challenge.challenge_response()
 
 
 def _unauthorised(message: str, error: str | None) -> Response:

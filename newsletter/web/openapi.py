@@ -62,12 +62,17 @@ SCHEMAS: dict[str, Any] = {
     },
     "Newsletter": {
         "type": "object",
-        "required": ["slug", "name", "description", "cadence"],
+        "required": ["slug", "name", "description", "cadence", "altcha"],
         "properties": {
             "slug": {"type": "string", "description": "The name used in every call."},
             "name": {"type": "string"},
             "description": {"type": "string"},
             "cadence": {"type": "string", "examples": ["daily", "weekly", "monthly"]},
+            "altcha": {
+                "type": "boolean",
+                "description": "A signup to it must carry a solved ALTCHA challenge "
+                "(GET /api/v1/challenge).",
+            },
         },
     },
     "NewsletterList": {
@@ -111,6 +116,35 @@ SCHEMAS: dict[str, Any] = {
                 "description": "A honeypot: a form field hidden from people. When it is not "
                 "empty nothing is stored, and the answer is the same 202.",
             },
+            "altcha": {
+                "type": "string",
+                "maxLength": 4000,
+                "description": "The ALTCHA widget's payload (base64) for a challenge from "
+                "GET /api/v1/challenge, solved; needed when a newsletter named has altcha "
+                "on, and good for one signup.",
+            },
+        },
+    },
+    "Challenge": {
+        "type": "object",
+        "description": "An ALTCHA proof-of-work challenge (PoW v2), signed, with its expiry.",
+        "required": ["parameters", "signature"],
+        "properties": {
+            "parameters": {
+                "type": "object",
+                "required": ["algorithm", "nonce", "salt", "cost", "keyLength", "keyPrefix"],
+                "properties": {
+                    "algorithm": {"type": "string", "examples": ["PBKDF2/SHA-256"]},
+                    "nonce": {"type": "string"},
+                    "salt": {"type": "string"},
+                    "cost": {"type": "integer"},
+                    "keyLength": {"type": "integer"},
+                    "keyPrefix": {"type": "string"},
+                    "keySignature": {"type": "string"},
+                    "expiresAt": {"type": "integer", "description": "Unix time."},
+                },
+            },
+            "signature": {"type": "string"},
         },
     },
     "SubscriptionAccepted": {
@@ -329,6 +363,17 @@ def _paths() -> dict[str, Any]:
                         },
                     }
                 },
+            }
+        },
+        "/api/v1/challenge": {
+            "get": {
+                "operationId": "getChallenge",
+                "summary": "A proof-of-work challenge for the ALTCHA widget",
+                "description": "For the newsletters with altcha on. Any page may fetch one "
+                "(Access-Control-Allow-Origin: *); each is good for one signup until it "
+                "expires.",
+                "tags": ["signups"],
+                "responses": {"200": _answer("A fresh challenge.", "Challenge")},
             }
         },
         "/api/v1/subscriptions": {

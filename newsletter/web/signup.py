@@ -19,7 +19,7 @@ from newsletter.extensions import db, limiter
 from newsletter.models import DEFAULT_THANKS
 from newsletter.newsletters import UnknownNewsletter
 from newsletter.texts import OURS, local
-from newsletter.web import language
+from newsletter.web import challenge, language
 
 HONEYPOT = "leave_blank"
 SUCCESS_TITLE = lazy_gettext("Successfully subscribed")
@@ -99,6 +99,7 @@ class SignupFields:
     honeypot: str
     source: str | None
     lang: str | None = None  # as sent: `lang` of the box (the snippet's data-lang)
+    altcha: object = None  # the proof of work's solution, when the box asks for one
 
 
 def fields(data: Mapping[str, Any], default_source: str | None = None) -> SignupFields:
@@ -117,7 +118,8 @@ def fields(data: Mapping[str, Any], default_source: str | None = None) -> Signup
 
     source = printable(text("source"), 100) or default_source
     lang = data.get("lang")
-    return SignupFields(text("email"), slugs, text(HONEYPOT), source, lang if lang else None)
+    lang = lang if lang else None
+    return SignupFields(text("email"), slugs, text(HONEYPOT), source, lang, data.get("altcha"))
 
 
 def unknown_language(lang: object) -> str | None:
@@ -141,6 +143,9 @@ def signup(given: SignupFields) -> SignupReply:
     wrong_language = unknown_language(given.lang)
     if wrong_language:
         return SignupReply(422, wrong_language, "lang")
+    unproven = challenge.refusal(given.slugs, given.altcha)
+    if unproven:
+        return SignupReply(422, unproven, "altcha")
     try:
         subs.subscribe(
             db.session,

@@ -166,3 +166,14 @@ def test_the_embed_script_works_on_a_host_page_with_a_strict_policy(
     expect(page.get_by_text("Successfully subscribed")).to_be_visible()
     expect(page).to_have_url(strict_host)
     refusals.check()
+
+
+def test_the_proof_of_work_widget_works_under_the_policy(page: Page, refusals, live_app):
+    live_app.config["ALTCHA_WORK"] = 200
+    page.goto("/")
+    box = page.locator("#box-editors-picks")
+    expect(box.get_by_text("I'm not a robot")).to_be_visible()
+    box.locator("input[name=email]").fill("reader@example.com")
+    box.get_by_role("button").click()
+    expect(box.get_by_text("Successfully subscribed")).to_be_visible()
+    refusals.check()

@@ -1,9 +1,10 @@
-"""The admin area: sign-in, dashboard, newsletters, items, digests, subscribers, tokens, sites."""
+"""The admin area: sign-in, dashboard, newsletters, boxes, items, digests, subscribers, sites."""
 
 from newsletter.web.admin import (
     auth,
     dashboard,
     digests,
+    embed,
     imports,
     items,
     language,
@@ -20,6 +21,7 @@ __all__ = [
     "auth",
     "dashboard",
     "digests",
+    "embed",
     "imports",
     "items",
     "language",

@@ -186,6 +186,14 @@ class NewsletterForm(FlaskForm):
     welcome_enabled = BooleanField(
         lazy_gettext("Send a welcome mail after confirmation"), default=True
     )
+    altcha = BooleanField(
+        lazy_gettext("Ask for a proof of work (ALTCHA)"),
+        description=lazy_gettext(
+            "Keeps bots out without a third party: the reader's browser works for about a "
+            "second before the signup counts. Readers need JavaScript for it."
+        ),
+        default=False,
+    )
     feed_url = URLField(
         lazy_gettext("Feed URL"),
         description=lazy_gettext(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import current_app, flash, redirect, render_template, url_for
+from flask import flash, redirect, render_template, url_for
 from flask_babel import gettext as _
 from flask_babel import ngettext
 from werkzeug.wrappers import Response
@@ -13,6 +13,8 @@ from newsletter.addresses import InvalidSender
 from newsletter.digests import feeds
 from newsletter.extensions import db
 from newsletter.models import Newsletter
+from newsletter.web import challenge
+from newsletter.web.admin import embed
 from newsletter.web.admin.core import admin_only, bp
 from newsletter.web.admin.forms import (
     OTHER_LANGUAGES,
@@ -62,6 +64,7 @@ def _edit(newsletter: Newsletter | None, form: NewsletterForm) -> str | Response
         else:
             for lang in OTHER_LANGUAGES:
                 texts.save(db.session, saved, lang, form.version_values(lang))
+            challenge.forget()
             flash(_("Saved %(name)s.", name=saved.name))
             return redirect(url_for("admin.newsletter", newsletter_id=saved.id))
     status = 422 if form.errors else 200
@@ -78,11 +81,11 @@ def _edit(newsletter: Newsletter | None, form: NewsletterForm) -> str | Response
 def newsletter(newsletter_id: int) -> str:
     """One newsletter: its settings and the snippet a site developer pastes."""
     newsletter = db.get_or_404(Newsletter, newsletter_id)
-    snippet = render_template(
-        "embed/snippet.html", newsletter=newsletter, service=current_app.config["BASE_URL"]
-    )
-    return render_template(
-        "admin/newsletter.html", newsletter=newsletter, snippet=snippet, weekdays=WEEKDAYS
+    return embed.render_section(
+        "admin/newsletter.html",
+        newsletter=newsletter,
+        snippet=embed.newsletter_snippet(newsletter),
+        weekdays=WEEKDAYS,
     )
 
 
@@ -92,6 +95,7 @@ def newsletter_archive(newsletter_id: int) -> Response:
     """Close a newsletter to new signups, or open it again."""
     newsletter = db.get_or_404(Newsletter, newsletter_id)
     lists.set_archived(db.session, newsletter, not newsletter.archived)
+    challenge.forget()
     if newsletter.archived:
         flash(_("%(name)s is archived.", name=newsletter.name))
     else:

@@ -108,10 +108,14 @@ def item_edit(item_id: int) -> Response | tuple[str, int]:
     return _show(form, item)
 
 
-@bp.post("/items/<int:item_id>/delete")
-def item_delete(item_id: int) -> Response:
-    """Delete an item; it leaves every newsletter and digest it was in."""
+@bp.route("/items/<int:item_id>/delete", methods=["GET", "POST"])
+def item_delete(item_id: int) -> str | Response:
+    """Ask first, then delete an item; it leaves every newsletter and digest it was in."""
     item = db.get_or_404(Item, item_id)
+    if request.method == "GET" or request.form.get("confirm") != "yes":
+        return render_template(
+            "admin/item_delete.html", item=item, digests=items.unsent_digests_with(db.session, item)
+        )
     title = item.title
     items.delete_item(db.session, item)
     flash(_("Deleted %(title)s.", title=title))

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import re
 
-from flask import Blueprint, Response, current_app, jsonify, redirect, render_template, request
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    send_from_directory,
+)
 from flask_babel import gettext
 from sqlalchemy import select
 
@@ -35,6 +44,12 @@ def home() -> str:
     return render_template(
         "public/home.html", newsletters=open_newsletters(db.session), items=items
     )
+
+
+@bp.get("/favicon.ico")
+def favicon() -> Response:
+    """The icon browsers ask for at the root even on pages that name none."""
+    return send_from_directory(str(current_app.static_folder), "favicon.ico", max_age=86400)
 
 
 @bp.post("/subscribe")

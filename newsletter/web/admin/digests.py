@@ -86,6 +86,10 @@ def digest(digest_id: int) -> str | Response | tuple[str, int]:
         try:
             if local is not None:
                 states.check_time(_in_utc(local, digest.newsletter))
+        except states.DigestError as exc:
+            schedule_form.when.errors = [*schedule_form.when.errors, exc.message]
+            return _edit_page(digest, form, schedule_form, chosen)
+        try:
             states.edit(
                 db.session,
                 digest,
@@ -95,8 +99,7 @@ def digest(digest_id: int) -> str | Response | tuple[str, int]:
             )
         except states.DigestError as exc:
             db.session.rollback()
-            wrong = schedule_form.when if local is not None else form.subject
-            wrong.errors = [*wrong.errors, exc.message]
+            form.subject.errors = [*form.subject.errors, exc.message]
         else:
             return _go_on(digest, then, local)
     return _edit_page(digest, form, schedule_form, chosen)

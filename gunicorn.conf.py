@@ -83,9 +83,7 @@ def when_ready(server) -> None:  # type: ignore[no-untyped-def]
     # Its own engine, no pool: the master forks workers and must hold no open connection.
     engine = create_engine(config["SQLALCHEMY_DATABASE_URI"], poolclass=NullPool)
     within = timedelta(seconds=int(config["READY_WORKER_WITHIN"]))
-    metrics.serve(
-        config, metrics.DatabaseCollector(lambda: engine, within), every_process=True
-    )
+    metrics.serve(config, metrics.DatabaseCollector(lambda: engine, within), every_process=True)
 
 
 def child_exit(server, worker) -> None:  # type: ignore[no-untyped-def]

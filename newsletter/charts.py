@@ -6,7 +6,8 @@ import hashlib
 from datetime import date
 
 from babel.numbers import format_decimal as _format_decimal
-from flask_babel import get_locale
+from flask import has_app_context
+from flask_babel import format_number
 from flask_babel import gettext as _
 from markupsafe import Markup
 
@@ -15,8 +16,11 @@ _LEFT, _RIGHT, _TOP, _BOTTOM = 56, 8, 10, 22
 
 
 def format_decimal(value: int) -> str:
-    """A count as the reader's language writes it (English outside a request)."""
-    return _format_decimal(value, locale=get_locale() or "en")
+    """A count as the page's table beside the chart writes it: Flask-Babel's format_number,
+    the `numberformat` filter (English outside an app)."""
+    if has_app_context():
+        return format_number(value)
+    return _format_decimal(value, locale="en")
 
 
 def growth_svg(

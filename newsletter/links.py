@@ -94,6 +94,10 @@ class UnsubscribeLink:
     newsletter_id: int
 
 
+# Whom the links of an editor's test copy or preview name: nobody. Their pages say it was a test.
+TEST_READER = Reader(0, "test")
+
+
 def reader_of(subscriber: Any) -> Reader:
     """The `Reader` of a subscriber row."""
     return Reader(subscriber.id, subscriber.token_key)

@@ -17,11 +17,20 @@ from newsletter.models import (
     DigestStatus,
     MailKind,
     OutboxMessage,
+    Subscription,
     SubscriptionStatus,
     utcnow,
 )
 
-from factories import add_item, add_reader, csrf_token, make_newsletter, send_all, sign_in
+from factories import (
+    add_item,
+    add_reader,
+    csrf_token,
+    make_newsletter,
+    send_all,
+    sign_in,
+    text_part,
+)
 
 EDITOR = "writer@news.example.org"
 
@@ -41,6 +50,27 @@ def signed_in(client, editor):  # type: ignore[no-untyped-def]
 def post(client, path, data=None):  # type: ignore[no-untyped-def]
     """Post a form as the browser does, with the page's CSRF token."""
     return client.post(path, data={"csrf_token": csrf_token(client, "/admin/"), **(data or {})})
+
+
+def confirmation_form(response):  # type: ignore[no-untyped-def]
+    """The hidden fields of a confirmation page's form, as a browser would post them."""
+    page = response.get_data(as_text=True)
+    return dict(re.findall(r'<input type="hidden" name="([a-z_]+)" value="([^"]*)">', page))
+
+
+def send_now(client, digest_id):  # type: ignore[no-untyped-def]
+    """Press "Send now", then confirm on the confirmation page."""
+    asked = client.get(f"/admin/digests/{digest_id}/send")
+    assert asked.status_code == 200
+    return client.post(f"/admin/digests/{digest_id}/start", data=confirmation_form(asked))
+
+
+def edit_form(digest, **fields):  # type: ignore[no-untyped-def]
+    """The edit form as it stands for this digest, with these fields changed."""
+    data = {"subject": digest.subject, "intro": digest.intro}
+    for n, item in enumerate(digest.items, start=1):
+        data[f"position-{item.id}"] = str(n)
+    return {**data, **fields}
 
 
 def draft(db, newsletter, *titles):  # type: ignore[no-untyped-def]
@@ -245,13 +275,18 @@ def test_preview_shows_the_html_in_a_sandboxed_frame_and_the_text(signed_in, db,
     assert "default-src 'none'" in policy and "sandbox" in policy
     mail_html = frame_response.get_data(as_text=True)
     assert "Hello, readers." in mail_html
-    assert "https://news.example.org/unsubscribe/preview" in mail_html
+    # The preview's links are a test's: they say so and change nothing.
+    unsubscribe = re.search(r'href="https://news.example.org(/unsubscribe/[^"]+)"', mail_html)
+    assert unsubscribe is not None
+    followed = signed_in.get(unsubscribe.group(1))
+    assert followed.status_code == 200
+    assert "This was a test copy" in page_text(followed)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in mail_html
     text = re.search(r"<pre[^>]*>(.*?)</pre>", raw, re.S)
     assert text is not None
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp;amp; more" not in text.group(1)
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in text.group(1)
-    assert "https://news.example.org/unsubscribe/preview" in text.group(1)
+    assert "https://news.example.org/unsubscribe/" in text.group(1)
 
 
 def test_send_a_test_queues_one_mail_to_the_signed_in_editor(signed_in, db, daily):
@@ -286,7 +321,7 @@ def test_send_a_test_of_an_empty_digest_says_why_not(signed_in, db, daily):
     assert db.session.scalar(select(func.count(OutboxMessage.id))) == 0
 
 
-def test_send_now_names_the_readers_and_fills_the_ledger(signed_in, db, daily):
+def test_send_now_asks_first_then_fills_the_ledger(signed_in, db, daily):
     digest = draft(db, daily, "Story")
     add_reader(db, daily, "one@example.com")
     add_reader(db, daily, "two@example.com")
@@ -294,7 +329,23 @@ def test_send_now_names_the_readers_and_fills_the_ledger(signed_in, db, daily):
     page = page_text(signed_in.get(f"/admin/digests/{digest.id}"))
     assert "Send now to 2 confirmed readers" in page
 
-    response = post(signed_in, f"/admin/digests/{digest.id}/start")
+    # The button saves the form, then asks.
+    pressed = post(signed_in, f"/admin/digests/{digest.id}", edit_form(digest, then="send"))
+    assert pressed.status_code == 302
+    assert pressed.headers["Location"] == f"/admin/digests/{digest.id}/send"
+    asked = signed_in.get(pressed.headers["Location"])
+    assert asked.status_code == 200
+    question = page_text(asked)
+    assert "Send this digest now?" in question
+    assert "<dt>Newsletter</dt><dd>Daily Briefing</dd>" in question
+    assert "<dt>Subject</dt><dd>Daily Briefing: Story</dd>" in question
+    assert '<strong data-figure="readers">2</strong>' in question
+    assert "(Europe/Kyiv time)" in question
+    assert "Yes, send it now to 2 readers" in question
+    assert reread(db, digest).status == DigestStatus.DRAFT
+    assert db.session.scalar(select(func.count(Delivery.id))) == 0
+
+    response = signed_in.post(f"/admin/digests/{digest.id}/start", data=confirmation_form(asked))
     assert response.status_code == 302
     assert response.headers["Location"] == f"/admin/digests/{digest.id}"
     saved = reread(db, digest)
@@ -307,24 +358,145 @@ def test_send_now_names_the_readers_and_fills_the_ledger(signed_in, db, daily):
     assert 'data-progress-url="/admin/digests/1/progress"' in progress
     assert ">Pause</button>" in progress
 
-    again = post(signed_in, f"/admin/digests/{digest.id}/start")
+    # The same confirmation once more: already sent, refused, nothing twice.
+    again = signed_in.post(f"/admin/digests/{digest.id}/start", data=confirmation_form(asked))
     assert again.status_code == 302
     assert "already been sent" in page_text(signed_in.get(again.headers["Location"]))
     assert db.session.scalar(select(func.count(Delivery.id))) == 2
+
+
+def test_the_confirmation_counts_only_readers_who_may_be_mailed(signed_in, db, daily):
+    from newsletter import suppression
+    from newsletter.models import SuppressionReason
+
+    digest = draft(db, daily, "Story")
+    add_reader(db, daily, "one@example.com")
+    add_reader(db, daily, "bounced@example.com")
+    add_reader(db, daily, "left@example.com", SubscriptionStatus.UNSUBSCRIBED)
+    suppression.suppress(db.session, "bounced@example.com", SuppressionReason.BOUNCED)
+    db.session.commit()
+    asked = signed_in.get(f"/admin/digests/{digest.id}/send")
+    assert '<strong data-figure="readers">1</strong>' in page_text(asked)
+    signed_in.post(f"/admin/digests/{digest.id}/start", data=confirmation_form(asked))
+    assert reread(db, digest).recipients == 1
+
+
+@pytest.mark.parametrize(
+    "confirmation",
+    [None, "", "forged.token.value"],
+    ids=["missing", "empty", "forged"],
+)
+def test_a_send_without_a_valid_confirmation_sends_nothing(signed_in, db, daily, confirmation):
+    digest = draft(db, daily, "Story")
+    add_reader(db, daily, "one@example.com")
+    data = {} if confirmation is None else {"confirmation": confirmation}
+    response = post(signed_in, f"/admin/digests/{digest.id}/start", data)
+    assert response.status_code == 302
+    assert response.headers["Location"] == f"/admin/digests/{digest.id}/send"
+    assert reread(db, digest).status == DigestStatus.DRAFT
+    assert db.session.scalar(select(func.count(Delivery.id))) == 0
+    page = page_text(signed_in.get(response.headers["Location"]))
+    assert "Send this digest now?" in page
+    assert "confirm" in page.lower()
+
+
+def test_a_confirmation_for_another_digest_sends_nothing(signed_in, db, daily):
+    first = draft(db, daily, "Story")
+    second = states.compose(db.session, daily, items=first.items)
+    add_reader(db, daily, "one@example.com")
+    asked = signed_in.get(f"/admin/digests/{first.id}/send")
+    response = signed_in.post(f"/admin/digests/{second.id}/start", data=confirmation_form(asked))
+    assert response.headers["Location"] == f"/admin/digests/{second.id}/send"
+    assert reread(db, second).status == DigestStatus.DRAFT
+    assert "not valid" in page_text(signed_in.get(response.headers["Location"]))
+
+
+def test_a_stale_confirmation_is_refused_with_a_message(signed_in, db, daily):
+    digest = draft(db, daily, "Story", "Other")
+    add_reader(db, daily, "one@example.com")
+    asked = signed_in.get(f"/admin/digests/{digest.id}/send")
+    # Another editor changes the subject meanwhile.
+    post(signed_in, f"/admin/digests/{digest.id}", edit_form(digest, subject="Changed"))
+    response = signed_in.post(f"/admin/digests/{digest.id}/start", data=confirmation_form(asked))
+    assert response.status_code == 302
+    assert response.headers["Location"] == f"/admin/digests/{digest.id}"
+    assert "changed after you were asked to confirm" in page_text(
+        signed_in.get(response.headers["Location"])
+    )
+    saved = reread(db, digest)
+    assert saved.status == DigestStatus.DRAFT and saved.subject == "Changed"
+    assert db.session.scalar(select(func.count(Delivery.id))) == 0
+
+
+def test_an_item_changed_since_the_confirmation_makes_it_stale(signed_in, db, daily):
+    digest = draft(db, daily, "Story")
+    asked = signed_in.get(f"/admin/digests/{digest.id}/send")
+    item = digest.items[0]
+    item.title = "Story, corrected"
+    db.session.commit()
+    signed_in.post(f"/admin/digests/{digest.id}/start", data=confirmation_form(asked))
+    assert reread(db, digest).status == DigestStatus.DRAFT
 
 
 def test_send_now_without_items_says_why_not(signed_in, db, daily):
     # Every item removed by the editor.
     digest = states.compose(db.session, daily, items=[])
     add_reader(db, daily, "one@example.com")
-    response = post(signed_in, f"/admin/digests/{digest.id}/start")
-    assert "has no items" in page_text(signed_in.get(response.headers["Location"]))
+    response = post(signed_in, f"/admin/digests/{digest.id}", edit_form(digest, then="send"))
+    asked = signed_in.get(response.headers["Location"])
+    assert asked.status_code == 302
+    assert "has no items" in page_text(signed_in.get(asked.headers["Location"]))
     assert reread(db, digest).status == DigestStatus.DRAFT
+
+
+def test_save_and_preview_shows_what_is_in_the_form(signed_in, db, daily):
+    digest = draft(db, daily, "Story")
+    response = post(
+        signed_in,
+        f"/admin/digests/{digest.id}",
+        edit_form(digest, subject="Fresh subject", intro="Typed just now.", then="preview"),
+    )
+    assert response.status_code == 302
+    assert response.headers["Location"] == f"/admin/digests/{digest.id}/preview"
+    page = page_text(signed_in.get(response.headers["Location"]))
+    assert "Saved. The preview shows the digest as saved." in page
+    assert "Fresh subject" in page and "Typed just now." in page
+
+
+def test_save_and_send_a_test_sends_what_is_in_the_form(signed_in, db, daily, mailbox):
+    digest = draft(db, daily, "Story")
+    add_reader(db, daily, EDITOR)
+    response = post(
+        signed_in,
+        f"/admin/digests/{digest.id}",
+        edit_form(digest, subject="Fresh subject", then="test"),
+    )
+    assert response.status_code == 302
+    assert response.headers["Location"] == f"/admin/digests/{digest.id}"
+    assert f"Saved, and a test copy of the saved digest is queued for {EDITOR}" in page_text(
+        signed_in.get(response.headers["Location"])
+    )
+    sent = mailbox.deliver()
+    assert [m["Subject"] for m in sent] == ["[Test] Fresh subject"]
+    assert reread(db, digest).status == DigestStatus.DRAFT
+    # The test copy's unsubscribe link says it is a test, and the editor stays on the list.
+    unsubscribe = re.search(r"https://news.example.org(/unsubscribe/\S+)", text_part(sent[0]))
+    assert unsubscribe is not None
+    for follow in (signed_in.get, signed_in.post):
+        answer = follow(unsubscribe.group(1))
+        assert answer.status_code == 200
+        assert "This was a test copy" in page_text(answer)
+    db.session.expire_all()
+    assert [s.status for s in db.session.scalars(select(Subscription))] == ["confirmed"]
 
 
 def test_schedule_in_the_past_is_refused(signed_in, db, daily):
     digest = draft(db, daily, "Story")
-    response = post(signed_in, f"/admin/digests/{digest.id}/schedule", {"when": "2020-01-01T08:00"})
+    response = post(
+        signed_in,
+        f"/admin/digests/{digest.id}",
+        edit_form(digest, then="schedule", when="2020-01-01T08:00"),
+    )
     assert response.status_code == 422
     assert "This time has passed" in page_text(response)
     assert 'value="Daily Briefing: Story"' in page_text(response)
@@ -335,7 +507,9 @@ def test_schedule_in_the_past_is_refused(signed_in, db, daily):
 @pytest.mark.parametrize("when", ["", "tomorrow", "2030-13-01T08:00"], ids=["empty", "word", "bad"])
 def test_schedule_without_a_valid_time_is_refused(signed_in, db, daily, when):
     digest = draft(db, daily, "Story")
-    response = post(signed_in, f"/admin/digests/{digest.id}/schedule", {"when": when})
+    response = post(
+        signed_in, f"/admin/digests/{digest.id}", edit_form(digest, then="schedule", when=when)
+    )
     assert response.status_code == 422
     assert reread(db, digest).status == DigestStatus.DRAFT
 
@@ -343,16 +517,38 @@ def test_schedule_without_a_valid_time_is_refused(signed_in, db, daily, when):
 def test_schedule_without_items_shows_why(signed_in, db, daily):
     # Every item removed by the editor.
     digest = states.compose(db.session, daily, items=[])
-    response = post(signed_in, f"/admin/digests/{digest.id}/schedule", {"when": "2030-07-01T09:30"})
-    assert response.status_code == 422
-    assert "This digest has no items" in page_text(response)
+    asked = signed_in.get(f"/admin/digests/{digest.id}/schedule?when=2030-07-01T09:30")
+    assert asked.status_code == 302
+    assert "This digest has no items" in page_text(signed_in.get(asked.headers["Location"]))
 
 
-def test_schedule_reads_the_time_in_the_newsletters_zone(signed_in, db, daily):
+def test_schedule_asks_first_with_the_time_in_the_newsletters_zone(signed_in, db, daily):
     digest = draft(db, daily, "Story")
+    add_reader(db, daily, "one@example.com")
     page = page_text(signed_in.get(f"/admin/digests/{digest.id}"))
     assert "(Europe/Kyiv time)" in page
-    response = post(signed_in, f"/admin/digests/{digest.id}/schedule", {"when": "2030-07-01T09:30"})
+    pressed = post(
+        signed_in,
+        f"/admin/digests/{digest.id}",
+        edit_form(digest, then="schedule", when="2030-07-01T09:30"),
+    )
+    assert pressed.status_code == 302
+    assert pressed.headers["Location"] == (
+        f"/admin/digests/{digest.id}/schedule?when=2030-07-01T09:30"
+    )
+    asked = signed_in.get(pressed.headers["Location"])
+    question = page_text(asked)
+    assert "Schedule this digest?" in question
+    assert "<strong>1 July 2030, 09:30</strong> (Europe/Kyiv time), 06:30 UTC" in question
+    assert '<strong data-figure="readers">1</strong>' in question
+    assert reread(db, digest).status == DigestStatus.DRAFT
+
+    # Without the page's token: nothing scheduled, the question again.
+    direct = post(signed_in, f"/admin/digests/{digest.id}/schedule", {"when": "2030-07-01T09:30"})
+    assert direct.status_code == 302 and "/schedule?when=" in direct.headers["Location"]
+    assert reread(db, digest).status == DigestStatus.DRAFT
+
+    response = signed_in.post(f"/admin/digests/{digest.id}/schedule", data=confirmation_form(asked))
     assert response.status_code == 302
     saved = reread(db, digest)
     assert saved.status == DigestStatus.SCHEDULED
@@ -385,20 +581,31 @@ def test_pause_resume_and_cancel(signed_in, db, daily):
     post(signed_in, f"{url}/resume")
     assert reread(db, digest).status == DigestStatus.SENDING
 
-    post(signed_in, f"{url}/cancel")
+    asked = signed_in.get(f"{url}/cancel")
+    assert asked.status_code == 200
+    assert "Readers not mailed yet get nothing of it" in page_text(asked)
+    assert reread(db, digest).status == DigestStatus.SENDING
+    post(signed_in, f"{url}/cancel", {"confirm": "yes"})
     saved = reread(db, digest)
     assert saved.status == DigestStatus.CANCELLED and saved.skipped_count == 1
     page = page_text(signed_in.get(url))
     assert "Cancelled" in page and ">Resume</button>" not in page
 
-    again = post(signed_in, f"{url}/cancel")
+    again = post(signed_in, f"{url}/cancel", {"confirm": "yes"})
     assert again.status_code == 302
     assert "already been sent or cancelled" in page_text(signed_in.get(url))
 
 
-def test_a_draft_can_be_cancelled(signed_in, db, daily):
+def test_a_draft_is_cancelled_only_once_confirmed(signed_in, db, daily):
     digest = draft(db, daily, "Story")
-    post(signed_in, f"/admin/digests/{digest.id}/cancel")
+    page = page_text(signed_in.get(f"/admin/digests/{digest.id}"))
+    assert f'href="/admin/digests/{digest.id}/cancel">Cancel this digest</a>' in page
+    # A post without the answer only asks.
+    asked = post(signed_in, f"/admin/digests/{digest.id}/cancel")
+    assert asked.status_code == 200
+    assert "Cancel this digest?" in page_text(asked) and "Yes, cancel it" in page_text(asked)
+    assert reread(db, digest).status == DigestStatus.DRAFT
+    post(signed_in, f"/admin/digests/{digest.id}/cancel", {"confirm": "yes"})
     assert reread(db, digest).status == DigestStatus.CANCELLED
 
 
@@ -406,7 +613,7 @@ def test_progress_json_follows_the_ledger(signed_in, db, daily):
     digest = draft(db, daily, "Story")
     for n in range(3):
         add_reader(db, daily, f"r{n}@example.com")
-    post(signed_in, f"/admin/digests/{digest.id}/start")
+    send_now(signed_in, digest.id)
 
     before = signed_in.get(f"/admin/digests/{digest.id}/progress")
     assert before.status_code == 200 and before.headers["Cache-Control"] == "no-store"

@@ -13,7 +13,7 @@ from newsletter import api_tokens
 from newsletter.digests import items
 from newsletter.models import ApiToken, Item, Newsletter
 
-from factories import csrf_token, make_newsletter, sign_in
+from factories import add_item, csrf_token, make_newsletter, sign_in
 
 ITEM = {
     "title": "Moldova's Sandu advances to presidential run-off",
@@ -414,11 +414,32 @@ def test_editor_adds_edits_and_deletes_an_item(client, db, editor, newsletters):
     assert item.title == "Kyiv marks its Independence Day"
     assert [n.slug for n in item.newsletters] == ["daily"]
 
+    # Delete asks first: the list's button opens a question, a post without the answer asks.
+    listing = client.get("/admin/items").get_data(as_text=True)
+    assert f'href="/admin/items/{item.id}/delete"' in listing
+    asked = client.get(f"/admin/items/{item.id}/delete")
+    assert asked.status_code == 200
+    assert "Delete this item?" in asked.get_data(as_text=True)
+    token = csrf_token(client, "/admin/items")
+    unanswered = client.post(f"/admin/items/{item.id}/delete", data={"csrf_token": token})
+    assert unanswered.status_code == 200 and count_items(db) == 1
     deleted = client.post(
-        f"/admin/items/{item.id}/delete", data={"csrf_token": csrf_token(client, "/admin/items")}
+        f"/admin/items/{item.id}/delete", data={"csrf_token": token, "confirm": "yes"}
     )
     assert deleted.status_code == 302
     assert count_items(db) == 0
+
+
+def test_deleting_an_item_names_the_unsent_digests_it_leaves(client, db, editor, newsletters):
+    from newsletter.digests import states
+
+    daily = newsletters[0]
+    item = add_item(db, daily, "In a draft")
+    digest = states.compose(db.session, daily)
+    sign_in(client, "writer@news.example.org")
+    page = client.get(f"/admin/items/{item.id}/delete").get_data(as_text=True)
+    assert "It is in these digests not yet sent" in page
+    assert f'href="/admin/digests/{digest.id}">{digest.subject}</a>' in page
 
 
 @pytest.mark.parametrize(

@@ -232,7 +232,7 @@ def test_digest_frame_in_each_readers_language(db, daily):
     assert "Ви отримуєте розсилку «Daily Briefing», бо підписалися на неї" in text_part(uk)
     assert "Читати далі" in html_part(uk) and "Керувати підписками" in html_part(uk)
     # Dates as the language writes them: the month's name in Ukrainian, in the genitive.
-    month = re.search(r"\d{1,2} (\w+) \d{4}, \d\d:\d\d UTC", text_part(uk))
+    month = re.search(r"\d{1,2} (\w+) \d{4}, \d\d:\d\d", text_part(uk))
     assert month and month.group(1) in {
         "січня", "лютого", "березня", "квітня", "травня", "червня",
         "липня", "серпня", "вересня", "жовтня", "листопада", "грудня",

@@ -237,3 +237,20 @@ def test_settings_are_checked(tmp_path):
     # A single string, as instance/config.py might give it, is one key, not one per letter.
     app = create_app({**base, "ENV": "testing", "SECRET_KEY_FALLBACKS": "old1,old2"})
     assert app.config["SECRET_KEY_FALLBACKS"] == ["old1", "old2"]
+
+
+def test_public_and_admin_pages_name_the_favicon_which_is_served(client, db):
+    for path in ("/", "/admin/login"):
+        page = client.get(path).get_data(as_text=True)
+        assert '<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">' in page
+        assert '<link rel="icon" href="/static/favicon.ico"' in page
+    # Files are streamed: each response is closed once read.
+    with client.get("/static/favicon.svg") as svg:
+        assert svg.status_code == 200 and svg.mimetype == "image/svg+xml"
+        assert svg.get_data().startswith(b"<svg")
+    for path in ("/static/favicon.ico", "/favicon.ico"):
+        with client.get(path) as icon:
+            assert icon.status_code == 200
+            assert icon.mimetype in ("image/vnd.microsoft.icon", "image/x-icon")
+            # An ICO header: reserved 0, type 1 (icon), three images.
+            assert icon.get_data()[:6] == b"\x00\x00\x01\x00\x03\x00"

@@ -15,7 +15,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from newsletter.errors import UserError
-from newsletter.models import Item, Newsletter, item_newsletter, utcnow
+from newsletter.models import (
+    Digest,
+    DigestItem,
+    DigestStatus,
+    Item,
+    Newsletter,
+    item_newsletter,
+    utcnow,
+)
 
 MAX_TITLE = 500
 MAX_URL = 1000
@@ -275,6 +283,21 @@ def update_item(
         session.rollback()
         raise UrlTaken() from exc
     return item
+
+
+def unsent_digests_with(session: Session, item: Item) -> list[Digest]:
+    """The drafts and scheduled digests the item is in: deleting it takes it out of them."""
+    return list(
+        session.scalars(
+            select(Digest)
+            .join(DigestItem, DigestItem.digest_id == Digest.id)
+            .where(
+                DigestItem.item_id == item.id,
+                Digest.status.in_((DigestStatus.DRAFT, DigestStatus.SCHEDULED)),
+            )
+            .order_by(Digest.id)
+        )
+    )
 
 
 def delete_item(session: Session, item: Item) -> None:

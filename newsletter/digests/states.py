@@ -6,6 +6,9 @@ snapshots the audience into the ledger (`ledger.py`); the workers' sender works 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import logging
 import re
 from collections.abc import Sequence
@@ -67,6 +70,18 @@ class DigestError(UserError):
     """A digest action the rules refuse; the message is fit to show an editor."""
 
 
+class StaleConfirmation(DigestError):
+    """The editor confirmed a digest that has changed since it was shown to them."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            _(
+                "This digest changed after you were asked to confirm, so nothing was done. "
+                "Check it and confirm again."
+            )
+        )
+
+
 class NoNewItems(DigestError):
     """Nothing new to send since the newsletter's last digest."""
 
@@ -91,6 +106,32 @@ def actions(digest: Digest) -> frozenset[str]:
         "cancel": digest.status in CANCELLABLE,
     }
     return frozenset(name for name, ok in allowed.items() if ok)
+
+
+def fingerprint(digest: Digest) -> str:
+    """What an editor confirms: the digest's list, its time, and everything its mail says.
+
+    Any change to it (an edit, a new time, an item changed) makes an earlier confirmation stale.
+    """
+    scheduled = digest.scheduled_at.isoformat() if digest.scheduled_at else None
+    items = [(item.id, item.title, item.url, item.summary) for item in digest.items]
+    facts = [digest.id, digest.newsletter_id, digest.subject, digest.intro, scheduled, items]
+    return hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:32]
+
+
+def ready(digest: Digest) -> None:
+    """Refuse a digest that could not go now: on its way already, no items, an archived list."""
+    if not editable(digest):
+        raise DigestError(_("This digest has already been sent or cancelled."))
+    _sendable(digest)
+
+
+def check_time(when: datetime, now: datetime | None = None) -> None:
+    """Refuse a send time without a zone, or one that has passed."""
+    if when.tzinfo is None:
+        raise DigestError(_("The time to send needs a time zone."))
+    if when <= (now or utcnow()):
+        raise DigestError(_("This time has passed: choose one in the future."))
 
 
 def last_sent(session: Session, newsletter: Newsletter) -> Digest | None:
@@ -213,17 +254,38 @@ def _hold_editable(session: Session, digest: Digest, refusal: str) -> None:
         raise DigestError(refusal)
 
 
+def _hold_as_seen(session: Session, digest: Digest, seen: str | None, refusal: str) -> None:
+    """Lock the editable digest, then refuse it if it is no longer what the editor confirmed.
+
+    Read again under the lock: an edit that committed a moment ago counts, one that waits
+    for the lock finds the digest on its way and is refused.
+    """
+    _hold_editable(session, digest, refusal)
+    if seen is None:
+        return
+    session.expire_all()
+    if not hmac.compare_digest(fingerprint(digest), seen):
+        session.rollback()
+        raise StaleConfirmation()
+
+
 def schedule(
-    session: Session, digest: Digest, when: datetime, now: datetime | None = None
+    session: Session,
+    digest: Digest,
+    when: datetime,
+    now: datetime | None = None,
+    *,
+    seen: str | None = None,
 ) -> Digest:
-    """Send the digest at `when`, in the future (a worker starts it then); commits."""
+    """Send the digest at `when`, in the future (a worker starts it then); commits.
+
+    `seen`: the fingerprint of the digest the editor confirmed; refused when it changed since.
+    """
     if not editable(digest):
         raise DigestError(_("Only a draft can be scheduled."))
-    if when.tzinfo is None:
-        raise DigestError(_("The time to send needs a time zone."))
-    if when <= (now or utcnow()):
-        raise DigestError(_("This time has passed: choose one in the future."))
+    check_time(when, now)
     _sendable(digest)
+    _hold_as_seen(session, digest, seen, _("Only a draft can be scheduled."))
     _move(
         session,
         digest,
@@ -261,15 +323,16 @@ def audience_size(session: Session, newsletter: Newsletter) -> int:
     return session.scalar(ledger.audience_size(newsletter.id)) or 0
 
 
-def start(session: Session, digest: Digest) -> int:
+def start(session: Session, digest: Digest, *, seen: str | None = None) -> int:
     """Snapshot the audience into the ledger and start sending; returns the readers; commits.
 
     One INSERT … SELECT, in the same transaction as the change of state, guarded by it:
     two callers (an editor's click and a worker's schedule) cannot both snapshot.
+    `seen`: the fingerprint of the digest the editor confirmed; refused when it changed since.
     """
-    if not editable(digest):
-        raise DigestError(_("This digest has already been sent or cancelled."))
-    _sendable(digest)
+    ready(digest)
+    if seen is not None:
+        _hold_as_seen(session, digest, seen, _("This digest has already been sent or cancelled."))
     now = utcnow()
     taken = session.execute(
         update(Digest)

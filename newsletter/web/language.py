@@ -10,7 +10,7 @@ from flask_babel import get_babel, get_locale, refresh
 from flask_babel.speaklater import LazyString
 from werkzeug.exceptions import HTTPException
 
-from newsletter import languages, texts
+from newsletter import languages, localtime, texts
 from newsletter.extensions import babel
 from newsletter.languages import DEFAULT, LANGUAGES
 
@@ -97,6 +97,7 @@ def init_app(app: Flask) -> None:
     # {% trans %} blocks written over several lines are one sentence (babel.cfg trims too).
     app.jinja_env.policies["ext.i18n.trimmed"] = True
     app.jinja_env.filters["local"] = texts.local
+    app.jinja_env.filters["in_zone"] = localtime.in_zone
     app.jinja_env.finalize = _as_text
     app.before_request(_forget)
     app.teardown_request(lambda _exc: _forget())

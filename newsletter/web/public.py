@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import re
 
-from flask import Blueprint, Response, current_app, jsonify, redirect, render_template, request
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    send_from_directory,
+)
 from flask_babel import gettext
 from sqlalchemy import select
 
@@ -35,6 +44,12 @@ def home() -> str:
     return render_template(
         "public/home.html", newsletters=open_newsletters(db.session), items=items
     )
+
+
+@bp.get("/favicon.ico")
+def favicon() -> Response:
+    """The icon browsers ask for at the root even on pages that name none."""
+    return send_from_directory(str(current_app.static_folder), "favicon.ico", max_age=86400)
 
 
 @bp.post("/subscribe")
@@ -163,10 +178,30 @@ def _list_subscription(token: str) -> Subscription:
     return subs.list_subscription(db.session, _links().read_unsubscribe(token))
 
 
+def _test_link_page() -> str:
+    """The page of a link in an editor's test copy or preview: it names nobody, so says so."""
+    return render_template(
+        "public/message.html",
+        title=gettext("This was a test copy"),
+        text=gettext(
+            "This link comes from an editor's test copy or preview of a newsletter, not from a "
+            "mail sent to a reader: it unsubscribes nobody and changes nothing. In the mails "
+            "readers get, this link unsubscribes them in one click."
+        ),
+    )
+
+
+def _is_test(read: links.UnsubscribeLink | links.Reader) -> bool:
+    reader = read.reader if isinstance(read, links.UnsubscribeLink) else read
+    return reader == links.TEST_READER
+
+
 @bp.get(PATHS[links.UNSUBSCRIBE] + "<token>")
 def unsubscribe(token: str) -> str | tuple[str, int]:
     """Ask before leaving: a GET (a link scanner, a prefetch) changes nothing."""
     try:
+        if _is_test(_links().read_unsubscribe(token)):
+            return _test_link_page()
         subscription = _list_subscription(token)
     except links.LinkError as exc:
         return _link_error(exc)
@@ -177,6 +212,8 @@ def unsubscribe(token: str) -> str | tuple[str, int]:
 def unsubscribe_post(token: str) -> str | tuple[str, int]:
     """Leave at once: the RFC 8058 one-click POST from a mail client, or the page's button."""
     try:
+        if _is_test(_links().read_unsubscribe(token)):
+            return _test_link_page()
         subscription = _list_subscription(token)
     except links.LinkError as exc:
         return _link_error(exc)
@@ -190,6 +227,8 @@ def unsubscribe_post(token: str) -> str | tuple[str, int]:
 def preferences(token: str) -> str | tuple[str, int]:
     """Every list with the reader's state; change them, or leave all."""
     try:
+        if _is_test(_links().read_preferences(token)):
+            return _test_link_page()
         subscriber = subs.reader(db.session, _links().read_preferences(token))
     except links.LinkError as exc:
         return _link_error(exc)

@@ -100,12 +100,12 @@ def test_digest_is_sent_while_the_bar_fills(page: Page, live_app: Flask) -> None
     page.set_viewport_size({"width": 390, "height": 844})
     screenshot(page, "digest-01-edit-phone")
     page.set_viewport_size({"width": 1280, "height": 900})
-    page.get_by_role("button", name="Save").click()
+    page.get_by_role("button", name="Save", exact=True).click()
     expect(page.get_by_text("Saved.")).to_be_visible()
     expect(items.nth(0).locator("strong")).to_have_text(second)
     expect(items.nth(1).locator("strong")).to_have_text(first)
 
-    page.get_by_role("link", name="Preview and send a test to me").click()
+    page.get_by_role("button", name="Save and preview").click()
     expect(page.locator('iframe[sandbox=""]')).to_be_visible()
     frame = page.frame_locator("iframe.digest-preview")
     expect(frame.get_by_text(second).first).to_be_visible()
@@ -115,6 +115,10 @@ def test_digest_is_sent_while_the_bar_fills(page: Page, live_app: Flask) -> None
     transport = MemoryTransport()
     with _sending_digests(live_app, transport):
         page.get_by_role("button", name=f"Send now to {READERS} confirmed readers").click()
+        # Nothing goes until the editor confirms on the page that names the list and readers.
+        expect(page.get_by_role("heading", name="Send this digest now?")).to_be_visible()
+        screenshot(page, "digest-03-confirm")
+        page.get_by_role("button", name=f"Yes, send it now to {READERS} readers").click()
         bar = page.get_by_role("progressbar")
         expect(bar).to_be_visible()
         seen: list[int] = []
@@ -124,13 +128,13 @@ def test_digest_is_sent_while_the_bar_fills(page: Page, live_app: Flask) -> None
             if not seen or seen[-1] != value:
                 seen.append(value)
                 if 0 < value < 100 and len(seen) == 2:
-                    screenshot(page, "digest-03-sending")
+                    screenshot(page, "digest-04-sending")
             if value == 100:
                 break
             page.wait_for_timeout(100)
         expect(bar).to_have_attribute("aria-valuenow", "100")
         expect(page.get_by_role("status").filter(has_text="Sent")).to_be_visible()
-    screenshot(page, "digest-04-sent")
+    screenshot(page, "digest-05-sent")
 
     assert any(0 < value < 100 for value in seen), seen
     assert seen == sorted(seen), seen

@@ -9,6 +9,7 @@ from flask import Flask
 from playwright.sync_api import Browser, Page
 from sqlalchemy import select
 
+from newsletter import accounts
 from newsletter.digests import states
 from newsletter.extensions import db
 from newsletter.models import (
@@ -20,6 +21,7 @@ from newsletter.models import (
     Item,
     JobStatus,
     Newsletter,
+    Role,
     Subscriber,
     Subscription,
     SubscriptionStatus,
@@ -85,7 +87,15 @@ def _fill(app: Flask) -> dict[str, object]:
         )
         db.session.add(job)
         db.session.commit()
+        draft = states.compose(db.session, newsletter, items=[item])
+        # An account waiting for its owner to choose a password, with its link.
+        newcomer = accounts.create_admin(
+            db.session, "new.editor.with.a.long.address@news.example.org", None, Role.EDITOR
+        )
         return {
+            "draft_id": draft.id,
+            "account_id": newcomer.id,
+            "token": accounts.password_token(newcomer, app.config["SECRET_KEY"]),
             "newsletter_id": newsletter.id,
             "digest_id": digest.id,
             "subscriber_id": reader.id,
@@ -145,7 +155,15 @@ def test_admin_pages_and_the_mailbox_fit_a_phone(browser: Browser, live_app: Fla
         ids["name"] = names[0] if names else "none"
         too_wide = []
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        for endpoint, path in _paths(live_app, ids):
+        draft = ids["draft_id"]
+        # A draft's pages besides the URL map's: its edit form and the questions asked first.
+        asked = [
+            ("draft.edit", f"/admin/digests/{draft}"),
+            ("draft.confirm_send", f"/admin/digests/{draft}/send"),
+            ("draft.confirm_schedule", f"/admin/digests/{draft}/schedule?when=2030-07-01T09:30"),
+            ("draft.cancel", f"/admin/digests/{draft}/cancel"),
+        ]
+        for endpoint, path in _paths(live_app, ids) + asked:
             response = page.goto(path)
             assert response is not None and response.status == 200, (path, response)
             page.screenshot(path=SCREENSHOTS / f"{endpoint}.png", full_page=True)

@@ -1,6 +1,8 @@
-"""The admin area: sign-in, dashboard, newsletters, boxes, items, digests, subscribers, sites."""
+"""The admin area: sign-in, dashboard, newsletters, boxes, items, digests, subscribers, sites,
+accounts."""
 
 from newsletter.web.admin import (
+    accounts,
     auth,
     dashboard,
     digests,
@@ -18,6 +20,7 @@ from newsletter.web.admin.core import bp
 
 __all__ = [
     "bp",
+    "accounts",
     "auth",
     "dashboard",
     "digests",

@@ -14,7 +14,7 @@ from newsletter.extensions import db, login
 from newsletter.models import AdminUser
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
-OPEN_ENDPOINTS = {"admin.login"}
+OPEN_ENDPOINTS = {"admin.login", "admin.set_password"}
 
 
 @login.user_loader

@@ -15,10 +15,14 @@ from newsletter.web.admin.core import bp
 
 @bp.get("/")
 def dashboard() -> str:
-    """Per newsletter: subscribers by state, recent signups and departures, growth."""
+    """Per newsletter: subscribers by state, recent signups and departures, growth of all
+    open newsletters together and of each one."""
     now = utcnow()
     open_lists = [n for n in lists.all_newsletters(db.session) if not n.archived]
     growth = stats.growth(db.session, now)
+    # One chart per open newsletter besides the combined one: a list can shrink while the
+    # total grows.
+    growth_of = {n.id: stats.growth(db.session, now, newsletter_id=n.id) for n in open_lists}
     return render_template(
         "admin/dashboard.html",
         newsletters=open_lists,
@@ -29,4 +33,13 @@ def dashboard() -> str:
         complaint_line=figures.COMPLAINT_LINE,
         bounce_line=figures.BOUNCE_LINE,
         chart=charts.growth_svg(growth, title=_("Confirmed subscribers, last 90 days")),
+        growth_of=growth_of,
+        charts_of={
+            n.id: charts.growth_svg(
+                growth_of[n.id],
+                title=_("Confirmed subscribers of %(name)s, last 90 days", name=n.name),
+                height=160,
+            )
+            for n in open_lists
+        },
     )

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import UTC, tzinfo
+from datetime import UTC, datetime, tzinfo
 
 from flask import current_app, flash, jsonify, redirect, render_template, request, url_for
 from flask_babel import format_datetime, format_decimal, ngettext
 from flask_babel import gettext as _
 from flask_login import current_user
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from sqlalchemy.orm import Session
 from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Response
@@ -19,13 +20,17 @@ from newsletter.digests import cadence, progress, states
 from newsletter.digests import compose as digest_mail
 from newsletter.digests import items as news_items
 from newsletter.extensions import db
-from newsletter.links import PREFERENCES, UNSUBSCRIBE, Links
+from newsletter.links import TEST_READER, Links
 from newsletter.models import Digest, Item, Newsletter, utcnow
 from newsletter.web.admin.core import bp
 from newsletter.web.admin.forms import DigestForm, ScheduleForm
 
 # How many of the newsletter's latest items the edit page offers to add.
 ADDABLE = 50
+# How long a confirmation page's button stays good, in seconds.
+CONFIRMATION_MAX_AGE = 3600
+# What the edit form's buttons do once the changes are saved.
+NEXT_STEPS = ("save", "preview", "test", "send", "schedule")
 
 
 @bp.get("/digests")
@@ -56,7 +61,11 @@ def digest_new() -> Response:
 
 @bp.route("/digests/<int:digest_id>", methods=["GET", "POST"])
 def digest(digest_id: int) -> str | Response | tuple[str, int]:
-    """A draft or scheduled digest to edit and send; any other, its progress and figures."""
+    """A draft or scheduled digest to edit and send; any other, its progress and figures.
+
+    Every button of the edit form saves it first, then goes on: preview, test copy, or the
+    confirmation of a send or a schedule. Nothing ever uses a version older than the form.
+    """
     digest = db.get_or_404(Digest, digest_id)
     if not states.editable(digest):
         if request.method == "POST":
@@ -64,10 +73,22 @@ def digest(digest_id: int) -> str | Response | tuple[str, int]:
             return redirect(url_for("admin.digest", digest_id=digest.id))
         return _progress_page(digest)
     form = DigestForm(obj=digest)
+    then = request.form.get("then", "save")
+    then = then if then in NEXT_STEPS else "save"
+    schedule_form = ScheduleForm(
+        formdata=request.form if then == "schedule" else None, meta={"csrf": False}
+    )
     chosen = list(digest.items)
     if request.method == "POST":
         chosen = _chosen_items(request.form, chosen, _addable(digest, chosen))
-    if form.validate_on_submit():
+    if form.validate_on_submit() and (then != "schedule" or schedule_form.validate()):
+        local = schedule_form.when.data if then == "schedule" else None
+        try:
+            if local is not None:
+                states.check_time(_in_utc(local, digest.newsletter))
+        except states.DigestError as exc:
+            schedule_form.when.errors = [*schedule_form.when.errors, exc.message]
+            return _edit_page(digest, form, schedule_form, chosen)
         try:
             states.edit(
                 db.session,
@@ -80,9 +101,43 @@ def digest(digest_id: int) -> str | Response | tuple[str, int]:
             db.session.rollback()
             form.subject.errors = [*form.subject.errors, exc.message]
         else:
-            flash(_("Saved."))
-            return redirect(url_for("admin.digest", digest_id=digest.id))
-    return _edit_page(digest, form, ScheduleForm(formdata=None), chosen)
+            return _go_on(digest, then, local)
+    return _edit_page(digest, form, schedule_form, chosen)
+
+
+def _go_on(digest: Digest, then: str, local: datetime | None) -> Response:
+    """After saving: the next step the editor's button asked for."""
+    if then == "preview":
+        flash(_("Saved. The preview shows the digest as saved."))
+        return redirect(url_for("admin.digest_preview", digest_id=digest.id))
+    if then == "test":
+        try:
+            states.send_test(db.session, digest, current_user.email)
+        except states.DigestError as exc:
+            flash(_("Saved, but no test copy was sent: %(why)s", why=exc.message))
+        else:
+            flash(
+                _(
+                    "Saved, and a test copy of the saved digest is queued for %(email)s; "
+                    "the worker sends it shortly.",
+                    email=current_user.email,
+                )
+            )
+        return redirect(url_for("admin.digest", digest_id=digest.id))
+    if then == "send":
+        flash(_("Saved. Check the details and confirm to send."))
+        return redirect(url_for("admin.digest_confirm_send", digest_id=digest.id))
+    if then == "schedule" and local is not None:
+        flash(_("Saved. Check the details and confirm to schedule."))
+        return redirect(
+            url_for(
+                "admin.digest_confirm_schedule",
+                digest_id=digest.id,
+                when=local.strftime("%Y-%m-%dT%H:%M"),
+            )
+        )
+    flash(_("Saved."))
+    return redirect(url_for("admin.digest", digest_id=digest.id))
 
 
 def _edit_page(
@@ -134,6 +189,11 @@ def _chosen_items(
     return [item for _, item in ranked] + [item for item in addable if item.id in wanted]
 
 
+def _in_utc(local: datetime, newsletter: Newsletter) -> datetime:
+    """A wall-clock time in the newsletter's time zone, as a moment in UTC."""
+    return local.replace(tzinfo=_zone(newsletter)).astimezone(UTC)
+
+
 def _zone(newsletter: Newsletter) -> tzinfo:
     """The newsletter's time zone; UTC if its name is not one this machine knows."""
     try:
@@ -146,8 +206,11 @@ def _rendered(digest: Digest) -> tuple[str, str]:
     """The digest's text and HTML parts as a reader gets them, with placeholder links."""
     links = Links.from_config(current_app.config)
     content = digest_mail.Content(digest.newsletter, digest.subject, digest.intro, digest.items)
+    # A test's links: they open a page that says so rather than touch anyone's subscription.
     return digest_mail.render(
-        content, links.prefix(UNSUBSCRIBE) + "preview", links.prefix(PREFERENCES) + "preview"
+        content,
+        links.unsubscribe_url(TEST_READER, digest.newsletter_id),
+        links.preferences_url(TEST_READER),
     )
 
 
@@ -184,49 +247,154 @@ def digest_test(digest_id: int) -> Response:
     return redirect(url_for("admin.digest_preview", digest_id=digest.id))
 
 
-@bp.post("/digests/<int:digest_id>/start")
-def digest_start(digest_id: int) -> Response:
-    """Snapshot the confirmed readers and start sending."""
-    digest = db.get_or_404(Digest, digest_id)
-    try:
-        readers = states.start(db.session, digest)
-    except states.DigestError as exc:
-        flash(exc.message)
-    else:
-        flash(
-            ngettext(
-                "Sending to %(readers)s reader.",
-                "Sending to %(readers)s readers.",
-                readers,
-                readers=format_decimal(readers),
-            )
+class _BadConfirmation(Exception):
+    """A confirmation token that is missing, forged, for something else, or too old."""
+
+
+def _confirmations() -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(
+        current_app.config["SECRET_KEY"], salt="newsletter.digest-confirmation"
+    )
+
+
+def _confirmation(digest: Digest, action: str, when: datetime | None) -> str:
+    """The token of one confirmation page's button: this digest as shown, this editor, this act."""
+    return str(
+        _confirmations().dumps(
+            {
+                "d": digest.id,
+                "a": action,
+                "f": states.fingerprint(digest),
+                "w": when.isoformat() if when else None,
+                "u": current_user.id,
+            }
         )
+    )
+
+
+def _confirmed(digest: Digest, action: str) -> tuple[str, datetime | None]:
+    """The fingerprint and time the editor confirmed, read from the posted token."""
+    token = request.form.get("confirmation") or ""
+    if not token:
+        raise _BadConfirmation(_("Confirm on this page first: nothing has been done yet."))
+    try:
+        payload = _confirmations().loads(token, max_age=CONFIRMATION_MAX_AGE)
+    except SignatureExpired as exc:
+        raise _BadConfirmation(
+            _("That confirmation was more than an hour old: check the details and confirm again.")
+        ) from exc
+    except BadSignature as exc:
+        raise _BadConfirmation(_("That confirmation was not valid: confirm again.")) from exc
+    if (
+        not isinstance(payload, dict)
+        or payload.get("d") != digest.id
+        or payload.get("a") != action
+        or payload.get("u") != current_user.id
+        or not isinstance(payload.get("f"), str)
+    ):
+        raise _BadConfirmation(_("That confirmation was not valid: confirm again."))
+    when = payload.get("w")
+    return payload["f"], datetime.fromisoformat(when) if isinstance(when, str) else None
+
+
+def _confirm_page(digest: Digest, action: str, when: datetime | None) -> str:
+    """What the editor is about to do, with the one button that does it."""
+    zone = _zone(digest.newsletter)
+    moment = (when or utcnow()).astimezone(zone)
+    return render_template(
+        "admin/digest_confirm.html",
+        digest=digest,
+        action=action,
+        readers=states.audience_size(db.session, digest.newsletter),
+        local=moment,
+        utc=when,
+        zone_name=digest.newsletter.timezone or "UTC",
+        confirmation=_confirmation(digest, action, when),
+        when_value=moment.strftime("%Y-%m-%dT%H:%M") if when else None,
+    )
+
+
+def _refused(digest: Digest, message: str) -> Response:
+    flash(message)
     return redirect(url_for("admin.digest", digest_id=digest.id))
 
 
-@bp.post("/digests/<int:digest_id>/schedule")
-def digest_schedule(digest_id: int) -> Response | tuple[str, int]:
-    """Schedule the digest at a time in the newsletter's time zone."""
+@bp.get("/digests/<int:digest_id>/send")
+def digest_confirm_send(digest_id: int) -> str | Response:
+    """Ask before sending: the newsletter, the readers it reaches, the subject, the time."""
     digest = db.get_or_404(Digest, digest_id)
-    if not states.editable(digest):
-        flash(_("Only a draft can be scheduled."))
-        return redirect(url_for("admin.digest", digest_id=digest.id))
-    form = ScheduleForm()
-    if form.validate_on_submit():
-        zone = _zone(digest.newsletter)
-        when = form.when.data.replace(tzinfo=zone).astimezone(UTC)
-        try:
-            states.schedule(db.session, digest, when)
-        except states.DigestError as exc:
-            form.when.errors.append(exc.message)
-        else:
-            local = when.astimezone(zone)
-            when = format_datetime(local, "d MMMM y, HH:mm", rebase=False)
-            zone = digest.newsletter.timezone
-            flash(_("Scheduled for %(when)s (%(zone)s).", when=when, zone=zone))
-            return redirect(url_for("admin.digest", digest_id=digest.id))
-    # The other form shows the saved digest, not this request's fields.
-    return _edit_page(digest, DigestForm(formdata=None, obj=digest), form, digest.items)
+    try:
+        states.ready(digest)
+    except states.DigestError as exc:
+        return _refused(digest, exc.message)
+    return _confirm_page(digest, "send", None)
+
+
+@bp.post("/digests/<int:digest_id>/start")
+def digest_start(digest_id: int) -> Response:
+    """Snapshot the confirmed readers and start sending: only with the confirmation's token."""
+    digest = db.get_or_404(Digest, digest_id)
+    try:
+        seen, _when = _confirmed(digest, "send")
+    except _BadConfirmation as exc:
+        flash(str(exc))
+        return redirect(url_for("admin.digest_confirm_send", digest_id=digest.id))
+    try:
+        readers = states.start(db.session, digest, seen=seen)
+    except states.DigestError as exc:
+        return _refused(digest, exc.message)
+    flash(
+        ngettext(
+            "Sending to %(readers)s reader.",
+            "Sending to %(readers)s readers.",
+            readers,
+            readers=format_decimal(readers),
+        )
+    )
+    return redirect(url_for("admin.digest", digest_id=digest.id))
+
+
+@bp.get("/digests/<int:digest_id>/schedule")
+def digest_confirm_schedule(digest_id: int) -> str | Response:
+    """Ask before scheduling: the newsletter, the readers, the subject, the time in its zone."""
+    digest = db.get_or_404(Digest, digest_id)
+    form = ScheduleForm(formdata=request.args, meta={"csrf": False})
+    if not form.validate():
+        return _refused(digest, _("Choose a day and a time."))
+    when = _in_utc(form.when.data, digest.newsletter)
+    try:
+        states.ready(digest)
+        states.check_time(when)
+    except states.DigestError as exc:
+        return _refused(digest, exc.message)
+    return _confirm_page(digest, "schedule", when)
+
+
+@bp.post("/digests/<int:digest_id>/schedule")
+def digest_schedule(digest_id: int) -> Response:
+    """Schedule the digest at the confirmed time: only with the confirmation's token."""
+    digest = db.get_or_404(Digest, digest_id)
+    try:
+        seen, when = _confirmed(digest, "schedule")
+    except _BadConfirmation as exc:
+        flash(str(exc))
+        return redirect(
+            url_for(
+                "admin.digest_confirm_schedule",
+                digest_id=digest.id,
+                when=request.form.get("when") or None,
+            )
+        )
+    if when is None:
+        return _refused(digest, _("Choose a day and a time."))
+    try:
+        states.schedule(db.session, digest, when, seen=seen)
+    except states.DigestError as exc:
+        return _refused(digest, exc.message)
+    local = when.astimezone(_zone(digest.newsletter))
+    shown = format_datetime(local, "d MMMM y, HH:mm", rebase=False)
+    flash(_("Scheduled for %(when)s (%(zone)s).", when=shown, zone=digest.newsletter.timezone))
+    return redirect(url_for("admin.digest", digest_id=digest.id))
 
 
 @bp.post("/digests/<int:digest_id>/unschedule")
@@ -247,9 +415,19 @@ def digest_resume(digest_id: int) -> Response:
     return _action(digest_id, states.resume, _("Sending again."))
 
 
-@bp.post("/digests/<int:digest_id>/cancel")
-def digest_cancel(digest_id: int) -> Response:
-    """Send nothing more of this digest."""
+@bp.route("/digests/<int:digest_id>/cancel", methods=["GET", "POST"])
+def digest_cancel(digest_id: int) -> str | Response:
+    """Ask first, then send nothing more of this digest."""
+    digest = db.get_or_404(Digest, digest_id)
+    if "cancel" not in states.actions(digest):
+        return _refused(digest, _("This digest has already been sent or cancelled."))
+    if request.method == "GET" or request.form.get("confirm") != "yes":
+        return render_template(
+            "admin/digest_cancel.html",
+            digest=digest,
+            label=str(states.LABELS[digest.status]),
+            readers=digest.recipients,
+        )
     return _action(digest_id, states.cancel, _("Cancelled. Nothing more of it is sent."))
 
 

@@ -76,8 +76,8 @@ def _web_address(form: FlaskForm, field: StringField) -> None:
 
 @cache
 def time_zone_names() -> list[str]:
-    """The IANA zone names, offered as the time zone field's suggestions."""
-    return sorted(available_timezones())
+    """The IANA zone names this machine knows, offered as the time zone field's choices."""
+    return sorted(available_timezones() - {"localtime"})
 
 
 def _time_zone(form: FlaskForm, field: StringField) -> None:
@@ -214,12 +214,16 @@ class NewsletterForm(FlaskForm):
             ),
         ],
     )
-    timezone = StringField(
+    timezone = SelectField(
         lazy_gettext("Time zone"),
         default="UTC",
-        description=lazy_gettext("An IANA name, such as Europe/Kyiv."),
-        validators=[DataRequired(), Length(max=64), _time_zone],
-        render_kw={"list": "time-zones", "autocomplete": "off"},
+        description=lazy_gettext(
+            "Where the newsroom is: send times, schedules and item times are in this zone."
+        ),
+        choices=time_zone_names,
+        # The zone check says what is wrong in words an editor reads.
+        validate_choice=False,
+        validators=[DataRequired(), _time_zone],
     )
     send_weekday = SelectField(
         lazy_gettext("Weekday (weekly lists)"),
@@ -285,11 +289,13 @@ class ItemForm(FlaskForm):
         validators=[Length(max=items.MAX_SUMMARY)],
     )
     published_at = DateTimeLocalField(
-        lazy_gettext("Published (UTC)"),
+        lazy_gettext("Published"),
         format=["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M"],
         description=lazy_gettext("Empty: now."),
         validators=[Optional()],
     )
+    # The zones of the open newsletters: the publication time is read in the one chosen.
+    zone = SelectField(lazy_gettext("Time zone of that time"), validators=[DataRequired()])
     newsletters = SelectMultipleField(
         lazy_gettext("Newsletters"),
         widget=ListWidget(prefix_label=False),

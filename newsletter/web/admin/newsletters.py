@@ -20,7 +20,6 @@ from newsletter.web.admin.forms import (
     OTHER_LANGUAGES,
     WEEKDAYS,
     NewsletterForm,
-    time_zone_names,
 )
 
 
@@ -72,7 +71,6 @@ def _edit(newsletter: Newsletter | None, form: NewsletterForm) -> str | Response
         "admin/newsletter_form.html",
         form=form,
         newsletter=newsletter,
-        time_zones=time_zone_names(),
     )
     return page, status
 

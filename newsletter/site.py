@@ -184,7 +184,7 @@ def check(values: Mapping[str, str | None], dkim_domain: str | None = None) -> d
         if name == "postal_address":
             value = "\n".join(line.strip() for line in value.replace("\r\n", "\n").split("\n"))
             value = re.sub(r"\n{3,}", "\n\n", value)
-        if len(value) > LIMITS[name]:
+        if len(value) > LIMITS[name] and name != "accent_colour":
             errors[name] = _("At most %(n)d characters.", n=LIMITS[name])
         elif _CONTROL.search(value) or ("\n" in value and name != "postal_address"):
             # The sender's name goes into the From header of every mail: one line, always.

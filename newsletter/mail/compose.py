@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import idna
 from babel.lists import format_list
 from flask import current_app, render_template
-from flask_babel import get_locale
+from flask_babel import get_locale, ngettext
 from flask_babel import gettext as _
 
 from newsletter import site
@@ -181,7 +181,12 @@ def confirmation(
     newsletters = [s.newsletter for s, _ in pending]
     names = local_names(newsletters)
     if imported:
-        subject = _("Do you want to keep receiving %(names)s?", names=names)
+        subject = ngettext(
+            "Do you want to keep receiving %(names)s?",
+            "Do you want to keep receiving these newsletters: %(names)s?",
+            len(newsletters),
+            names=names,
+        )
     elif len(newsletters) == 1:
         subject = _("Please confirm your subscription to %(name)s", name=names)
     else:
@@ -261,8 +266,12 @@ class ListLinks:
 
 def welcome(links: Links, subscriptions: Sequence[Subscription], message_key: str) -> EmailMessage:
     """The one note a reader gets once they have confirmed, naming every list they confirmed."""
-    names = local_names([s.newsletter for s in subscriptions])
-    subject = _("Welcome to %(names)s", names=names)
+    if len(subscriptions) == 1:
+        subject = _("Welcome to %(name)s", name=local(subscriptions[0].newsletter, "name"))
+    else:
+        subject = _(
+            "Welcome to %(names)s", names=local_names([s.newsletter for s in subscriptions])
+        )
     return _reader_mail("welcome", links, subscriptions, subject, message_key)
 
 

@@ -1,4 +1,4 @@
-"""The site's brand: the admin's settings page, the pages' header, the mails' masthead and footer."""
+"""The site's brand: the admin's settings page, the pages' header, the mails' masthead, footer."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from newsletter.mail.transport import MemoryTransport
 from newsletter.models import AuditEvent, MailKind, SiteSettings, Subscription
 
 from factories import (
-    Mailbox,
     add_item,
     add_reader,
     csrf_token,

@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from newsletter import create_app, site
 from newsletter.digests import states
+from newsletter.extensions import db
 from newsletter.mail import outbox
 from newsletter.mail.transport import MemoryTransport
 from newsletter.models import AuditEvent, MailKind, SiteSettings, Subscription
@@ -160,6 +161,8 @@ def test_another_process_sees_a_change_when_its_copy_expires(
         clock[0] += 10
         page = other.test_client().get("/").get_data(as_text=True)
         assert "Back to The Kyiv Independent" in page
+        db.session.remove()
+        db.engine.dispose()
 
 
 # -- public pages ---------------------------------------------------------------------------
@@ -197,20 +200,27 @@ def test_every_public_page_has_the_header_and_the_way_back(client, newsletters, 
         assert '<a class="site-back" href="https://kyiv.example/">Back to The Kyiv Independent' in (
             header.group(1)
         ), name
-        # The accent colour, in the one inline style the policy allows by its nonce.
-        assert re.search(r'<style nonce="[^"]+">:root \{ --accent: #a4262c;', page), name
+        # The accent colour, as a stylesheet whose address changes with the colour.
+        assert '<link rel="stylesheet" href="/theme.css?v=a4262c">' in page, name
         # The logo's origin, and no other, may serve the page an image.
         csp = response.headers["Content-Security-Policy"]
         assert "img-src 'self' data: https://cdn.kyiv.example;" in csp, name
         seen.append(name)
     assert len(seen) == 11
+    theme = client.get("/theme.css?v=a4262c")
+    assert theme.mimetype == "text/css"
+    assert theme.get_data(as_text=True) == ":root { --accent: #a4262c; --nl-accent: #a4262c; }\n"
+    assert theme.cache_control.max_age == 365 * 24 * 3600
+    # An old colour's address is answered with the colour of the moment, kept briefly.
+    assert client.get("/theme.css?v=0b57d0").cache_control.max_age == 60
 
 
 def test_without_settings_the_header_names_the_base_urls_host(client, newsletters):
     page = client.get("/").get_data(as_text=True)
     assert '<a class="site-brand" href="https://news.example.org/">news.example.org</a>' in page
     assert "Back to news.example.org" in page
-    assert "--accent: #0b57d0;" in page
+    assert '<link rel="stylesheet" href="/theme.css?v=0b57d0">' in page
+    assert "--accent: #0b57d0;" in client.get("/theme.css").get_data(as_text=True)
 
 
 # -- mail -------------------------------------------------------------------------------
@@ -271,11 +281,13 @@ def test_every_kind_of_mail_carries_the_masthead_and_the_postal_address(
 def trial(app, tmp_path: Path, database_url: str):  # type: ignore[no-untyped-def]
     """An app as `make run` starts it: on 127.0.0.1, no site settings (on the test database,
     in context above the test app's)."""
-    app = create_app(
+    trial_app = create_app(
         make_config(database_url, tmp_path / "trial", BASE_URL="http://127.0.0.1:5000")
     )
-    with app.app_context():
-        yield app
+    with trial_app.app_context():
+        yield trial_app
+        db.session.remove()
+        db.engine.dispose()
 
 
 def test_no_footer_names_127_0_0_1(trial, db, daily):
@@ -301,6 +313,7 @@ def test_the_default_sender_is_at_the_base_urls_domain(tmp_path, database_url):
     assert app.config["DEFAULT_FROM_ADDRESS"] == "newsletter@letters.kyiv.example"
     with app.app_context():
         assert site.current().from_address == "newsletter@letters.kyiv.example"
+        db.engine.dispose()
 
 
 def test_a_sender_name_written_into_the_table_by_hand_cannot_inject_a_header(

@@ -8,7 +8,7 @@ from flask import Blueprint, Response, current_app, jsonify, redirect, render_te
 from flask_babel import gettext
 from sqlalchemy import select
 
-from newsletter import languages, links, metrics
+from newsletter import languages, links, metrics, site
 from newsletter import subscriptions as subs
 from newsletter.extensions import csrf, db
 from newsletter.links import PATHS, Links
@@ -35,6 +35,20 @@ def home() -> str:
     return render_template(
         "public/home.html", newsletters=open_newsletters(db.session), items=items
     )
+
+
+@bp.get("/theme.css")
+def theme() -> Response:
+    """The site's accent colour as CSS variables, for the pages and the signup boxes."""
+    accent = site.current().accent  # a checked #rrggbb: nothing else reaches the stylesheet
+    response = Response(
+        f":root {{ --accent: {accent}; --nl-accent: {accent}; }}\n", mimetype="text/css"
+    )
+    # The pages ask for it with the colour in the address: a new colour is a new address.
+    fresh = request.args.get("v") == accent.lstrip("#")
+    response.cache_control.public = True
+    response.cache_control.max_age = 365 * 24 * 3600 if fresh else 60
+    return response
 
 
 @bp.post("/subscribe")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Flask
 
@@ -63,8 +65,12 @@ DEFAULTS: dict[str, object] = {
     "BOUNCE_WEBHOOK_SECRET": None,
     "SES_TOPIC_ARNS": [],
     "LIST_ID_DOMAIN": None,
-    "DEFAULT_FROM_ADDRESS": "newsletter@localhost",
+    # Unset: newsletter@ the base URL's host (newsletter@localhost when that is an IP address).
+    # The admin's site settings (/admin/settings) override both.
+    "DEFAULT_FROM_ADDRESS": None,
     "DEFAULT_FROM_NAME": "Newsletter",
+    # How long a process trusts its copy of the site settings (name, logo, colour, address).
+    "SITE_CACHE_SECONDS": 10,
     "ALLOWED_ORIGINS": [],
     # How long a process trusts its copy of the sites admins list at /admin/sites.
     "ALLOWED_ORIGINS_CACHE_SECONDS": 10,
@@ -95,6 +101,7 @@ _INTS = {
     "READY_OUTBOX_MAX_AGE",
     "READY_WORKER_WITHIN",
     "ALLOWED_ORIGINS_CACHE_SECONDS",
+    "SITE_CACHE_SECONDS",
     "ALTCHA_COST",
     "ALTCHA_WORK",
     "ALTCHA_LIFETIME",
@@ -138,6 +145,24 @@ def from_environ(environ: os._Environ[str] | dict[str, str]) -> dict[str, object
     return found
 
 
+def site_host(base_url: str) -> str | None:
+    """The base URL's host when it is a name a reader knows the site by: not an IP address,
+    not localhost."""
+    host = (urlsplit(base_url).hostname or "").rstrip(".").lower()
+    if not host or host == "localhost" or "." not in host:
+        return None
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    return None
+
+
+def default_sender(base_url: str) -> str:
+    """newsletter@ the base URL's host; newsletter@localhost for a trial on an IP address."""
+    return f"newsletter@{site_host(base_url) or 'localhost'}"
+
+
 def _dev_secret_key(instance: Path) -> str:
     """Generate the development secret key once and keep it in the instance folder."""
     path = instance / "secret_key"
@@ -178,6 +203,8 @@ def finish(app: Flask) -> None:
     if not cfg["BASE_URL"]:
         cfg["BASE_URL"] = "http://127.0.0.1:5000"
     cfg["BASE_URL"] = str(cfg["BASE_URL"]).rstrip("/")
+    if not cfg.get("DEFAULT_FROM_ADDRESS"):
+        cfg["DEFAULT_FROM_ADDRESS"] = default_sender(cfg["BASE_URL"])
     for name in _ADDRESSES:
         if cfg.get(name):
             try:

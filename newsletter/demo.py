@@ -7,7 +7,18 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from newsletter import site
 from newsletter.models import Item, Newsletter, NewsletterText
+
+# The newsroom of the page whose boxes we serve (the seed page), with an address of the kind a
+# publisher gives at the foot of its mail. The home page stays this service's own front page:
+# in the demo, the article with the boxes.
+SITE = {
+    "name": "The Kyiv Independent",
+    "accent_colour": "#a4262c",
+    "postal_address": "vul. Prykladna 1, office 12\nKyiv 01001\nUkraine",
+    "from_name": "The Kyiv Independent",
+}
 
 NEWSLETTERS = [
     {
@@ -121,4 +132,6 @@ def load(session: Session) -> tuple[int, int]:
         session.add(Item(**fields, source="demo", newsletters=[existing[s] for s in data["lists"]]))
         added_items += 1
     session.commit()
+    # Only when no admin has saved settings: loading the demo again changes nothing.
+    site.set_defaults(session, SITE)
     return added_lists, added_items

@@ -609,3 +609,26 @@ class NewsletterText(db.Model):
 
     def __repr__(self) -> str:
         return f"<NewsletterText {self.newsletter_id} {self.locale}>"
+
+
+class SiteSettings(db.Model):
+    """The site's brand, one row: what every public page and every mail shows of it.
+
+    An empty field means "not set": newsletter/site.py fills it from the configuration.
+    """
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), default="")
+    logo_url: Mapped[str] = mapped_column(String(1000), default="")
+    accent_colour: Mapped[str] = mapped_column(String(7), default="")
+    home_url: Mapped[str] = mapped_column(String(1000), default="")
+    postal_address: Mapped[str] = mapped_column(String(500), default="")
+    from_name: Mapped[str] = mapped_column(String(100), default="")
+    from_address: Mapped[str] = mapped_column(String(254), default="")
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_by_id: Mapped[int | None] = mapped_column(
+        ForeignKey("admin_user.id", ondelete="SET NULL")
+    )
+
+    def __repr__(self) -> str:
+        return f"<SiteSettings {self.name!r}>"

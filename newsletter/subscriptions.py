@@ -52,6 +52,9 @@ NOT_SUBSCRIBED = lazy_gettext("not subscribed")
 # language the reader saw them in.
 CONFIRM_TEXT = lazy_gettext("Confirm subscription")
 PREFERENCES_TEXT = lazy_gettext("ticked on the preferences page [Save my choices]")
+# The source of subscriptions an import made, and the reason its confirmation mails give:
+# the reader did not sign up here, so the mail asks them to confirm to keep receiving.
+IMPORTED = "import"
 # What a newsletter slug may look like; anything else names no newsletter.
 SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
@@ -229,6 +232,7 @@ def _confirmation(
     limit: ConfirmationLimit,
     *,
     new_address: bool = False,
+    reason: str | None = None,
 ) -> list[dict[str, object]]:
     """Queue one mail confirming every pending (subscription id, nonce), within the limit.
 
@@ -240,13 +244,10 @@ def _confirmation(
         sent = confirmations_sent_since(session, subscriber_id, utcnow() - limit.window)
         if sent >= limit.count:
             return []
-    outbox.enqueue(
-        session,
-        MailKind.CONFIRMATION,
-        subscriber_id,
-        to_address,
-        {"subscriptions": [[sid, nonce] for sid, nonce in pending]},
-    )
+    payload: dict[str, object] = {"subscriptions": [[sid, nonce] for sid, nonce in pending]}
+    if reason:
+        payload["reason"] = reason
+    outbox.enqueue(session, MailKind.CONFIRMATION, subscriber_id, to_address, payload)
     return [_event_row(sid, ConsentAction.CONFIRMATION_SENT, origin) for sid, _ in pending]
 
 
@@ -387,15 +388,21 @@ def _mark_confirmed(
     subscription.unsubscribed_at = None
     subscription.nonce = new_nonce()
     _event(session, subscription, ConsentAction.CONFIRMED, origin, text)
-    if subscription.newsletter.welcome_enabled:
-        session.flush()  # a subscription made just now needs its id in the payload
-        outbox.enqueue(
-            session,
-            MailKind.WELCOME,
-            subscription.subscriber_id,
-            subscription.subscriber.email,
-            {"subscription": subscription.id},
-        )
+
+
+def _welcome(session: Session, confirmed: Sequence[Subscription]) -> None:
+    """Queue one welcome mail naming every list just confirmed that sends one."""
+    welcomed = [s for s in confirmed if s.newsletter.welcome_enabled]
+    if not welcomed:
+        return
+    session.flush()  # a subscription made just now needs its id in the payload
+    outbox.enqueue(
+        session,
+        MailKind.WELCOME,
+        welcomed[0].subscriber_id,
+        welcomed[0].subscriber.email,
+        {"subscriptions": [s.id for s in welcomed]},
+    )
 
 
 def confirmation_preview(session: Session, link: ConfirmLink) -> ConfirmResult:
@@ -425,6 +432,7 @@ def confirm(session: Session, link: ConfirmLink, origin: Origin) -> ConfirmResul
     result.confirmed = taken
     for subscription in taken:
         _mark_confirmed(session, subscription, origin, str(CONFIRM_TEXT))
+    _welcome(session, taken)
     session.commit()
     return result
 
@@ -462,7 +470,11 @@ def send_confirmation(
     if not pending:
         raise NothingToConfirm()
     pairs = [(s.id, s.nonce) for s in pending]
-    events = _confirmation(session, subscriber.id, subscriber.email, pairs, origin, limit)
+    # Readers an import put on the lists never asked here: theirs is still a re-permission.
+    reason = IMPORTED if all(s.source == IMPORTED for s in pending) else None
+    events = _confirmation(
+        session, subscriber.id, subscriber.email, pairs, origin, limit, reason=reason
+    )
     if not events:
         raise TooManyConfirmations()
     session.connection().execute(INSERT_EVENTS, events)
@@ -598,6 +610,7 @@ def update_preferences(
             assert subscription is not None
             _mark_unsubscribed(session, subscription, origin)
             left.append(subscription)
+    _welcome(session, joined)
     session.commit()
     return joined, left
 

@@ -6,6 +6,7 @@ was erased since the row was queued gets nothing that no longer applies.
 
 from __future__ import annotations
 
+from datetime import datetime
 from email import message_from_bytes
 from email.message import EmailMessage
 
@@ -55,20 +56,45 @@ def _for_reader(
     if row.kind == MailKind.CONFIRMATION:
         pairs = [(sid, str(nonce)) for sid, nonce in row.payload.get("subscriptions", [])]  # type: ignore[union-attr]
         pending = subscriptions.still_confirmable(subscriber, pairs)
-        return (
-            compose.confirmation(links, subscriber, pending, row.message_key) if pending else None
+        if not pending:
+            return None
+        imported = row.payload.get("reason") == subscriptions.IMPORTED
+        return compose.confirmation(
+            links,
+            subscriber,
+            pending,
+            row.message_key,
+            imported=imported,
+            since=_on_list_since([s for s, _ in pending], row) if imported else None,
         )
     if row.kind == MailKind.WELCOME:
-        subscription = session.get(Subscription, row.payload.get("subscription"))
-        if subscription is None or subscription.status != SubscriptionStatus.CONFIRMED:
-            return None
-        return compose.welcome(links, subscription, row.message_key)
+        confirmed = [
+            s
+            for s in _welcomed(session, row.payload)
+            if s.status == SubscriptionStatus.CONFIRMED and s.subscriber_id == subscriber.id
+        ]
+        return compose.welcome(links, confirmed, row.message_key) if confirmed else None
     if row.kind == MailKind.LEAVE_LINK:
         subscription = session.get(Subscription, row.payload.get("subscription"))
         if subscription is None or not subscriptions.can_unsubscribe(subscription):
             return None  # left already: nothing to ask
         return compose.leave_link(links, subscription, row.message_key)
     raise ValueError(f"unknown mail kind {row.kind!r}")
+
+
+def _welcomed(session: Session, payload: dict[str, object]) -> list[Subscription]:
+    """The subscriptions a welcome row is about: {"subscriptions": [ids]}, or one (older rows)."""
+    ids = payload.get("subscriptions")
+    if not isinstance(ids, list):
+        ids = [payload.get("subscription")]
+    found = (session.get(Subscription, sid) for sid in ids if isinstance(sid, int))
+    return [s for s in found if s is not None]
+
+
+def _on_list_since(pending: list[Subscription], row: OutboxMessage) -> datetime | None:
+    """When an imported reader was on the lists from, if the import gave a date before it ran."""
+    since = min(s.subscribed_at for s in pending)
+    return since if since.date() < row.created_at.date() else None
 
 
 def _digest_test(session: Session, row: OutboxMessage, links: Links) -> EmailMessage | None:

@@ -31,7 +31,8 @@ def test_one_mail_for_several_lists_with_different_senders(client, mailbox, news
     signup(client, "reader@example.com", "daily", "explaining-ukraine", "culture")
     (mail,) = mailbox.deliver()
     assert mail["Subject"] == "Please confirm your newsletter subscriptions"
-    assert mail["From"] == "Newsletter <newsletter@localhost>"
+    # The default sender is at the base URL's domain, not localhost.
+    assert mail["From"] == "Newsletter <newsletter@news.example.org>"
     body = text_part(mail)
     for name in ("Daily Briefing", "Explaining Ukraine with Kate Tsurkan", "Culture"):
         assert name in body

@@ -143,7 +143,10 @@ def _of_outbox(session: Session, row: OutboxMessage | None) -> Target | None:
         return None
     newsletter_id = None
     if row.kind in (MailKind.WELCOME, MailKind.LEAVE_LINK):
-        subscription = session.get(Subscription, row.payload.get("subscription"))
+        # A welcome names its lists ({"subscriptions": [ids]}); older ones and leave links one.
+        ids = row.payload.get("subscriptions") or [row.payload.get("subscription")]
+        first = ids[0] if isinstance(ids, list) and ids else None
+        subscription = session.get(Subscription, first) if isinstance(first, int) else None
         newsletter_id = subscription.newsletter_id if subscription else None
     elif row.kind == MailKind.CONFIRMATION:
         pairs = row.payload.get("subscriptions") or []

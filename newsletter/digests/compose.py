@@ -23,9 +23,10 @@ from urllib.parse import quote, urlsplit
 
 import css_inline
 from dkim import canonicalization
-from flask import current_app, render_template
+from flask import render_template
 from flask_babel import force_locale
 
+from newsletter import site
 from newsletter.languages import DEFAULT
 from newsletter.links import PREFERENCES, UNSUBSCRIBE, Links, Reader
 from newsletter.mail import compose
@@ -67,7 +68,6 @@ def render(content: Content, unsubscribe_url: str, preferences_url: str) -> tupl
         "intro": content.intro.strip(),
         "items": content.items,
         "link": safe_link,
-        "site": urlsplit(current_app.config["BASE_URL"]).hostname,
         "unsubscribe_url": unsubscribe_url,
         "preferences_url": preferences_url,
     }
@@ -140,12 +140,11 @@ class PreparedDigest:
         locale: str = DEFAULT,
     ) -> None:
         newsletter = content.newsletter
-        cfg = current_app.config
         self.domain = compose.mail_domain()
         self.message_key = message_key
         self.signer = signer
         self.links = ReaderLinks(links, newsletter.id)
-        self.sender = compose.wire_address(newsletter.from_address or cfg["DEFAULT_FROM_ADDRESS"])
+        self.sender = compose.wire_address(newsletter.from_address or site.current().from_address)
 
         # Placeholders nobody can have typed into an item: random for every digest.
         marker = secrets.token_hex(8)

@@ -52,8 +52,9 @@ from newsletter.models import (
     Suppression,
     UTCDateTime,
 )
+from newsletter.subscriptions import IMPORTED
 
-SOURCE = "import"
+SOURCE = IMPORTED
 FIELDS = ("number", "address", "key", "locale", "subscribed_at", "hash", "name")
 
 
@@ -96,13 +97,19 @@ def random_key(dialect: Dialect) -> ColumnElement[str]:
 
 
 def confirmation_payload(dialect: Dialect) -> ColumnElement[Any]:
-    """A confirmation's outbox payload as a signup queues it, {"subscriptions": [[id, nonce]]}."""
+    """An imported reader's confirmation payload, {"subscriptions": [[id, nonce]], "reason":
+    "import"}: the mail asks them to confirm to keep receiving (subscriptions.IMPORTED)."""
     pair = (Subscription.id, Subscription.nonce)
     if dialect.name == "postgresql":
         return func.json_build_object(
-            "subscriptions", func.json_build_array(func.json_build_array(*pair))
+            "subscriptions",
+            func.json_build_array(func.json_build_array(*pair)),
+            "reason",
+            cast(literal(IMPORTED), Text),
         )
-    return func.json_object("subscriptions", func.json_array(func.json_array(*pair)))
+    return func.json_object(
+        "subscriptions", func.json_array(func.json_array(*pair)), "reason", IMPORTED
+    )
 
 
 NOW = bindparam("now", type_=UTCDateTime)

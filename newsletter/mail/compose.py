@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from email import policy
 from email.header import Header
 from email.headerregistry import Address
@@ -12,9 +14,12 @@ from email.utils import format_datetime, formataddr
 from urllib.parse import urlsplit
 
 import idna
+from babel.lists import format_list
 from flask import current_app, render_template
+from flask_babel import get_locale, ngettext
 from flask_babel import gettext as _
 
+from newsletter import site
 from newsletter.links import Links, reader_of
 from newsletter.models import Newsletter, Subscriber, Subscription, utcnow
 from newsletter.texts import local
@@ -76,11 +81,21 @@ def mailbox(name: str, display: str, address: str) -> str:
 
 
 def sender(newsletter: Newsletter | None) -> str:
-    """The From header of a newsletter, falling back to the service's default."""
-    cfg = current_app.config
-    name = (newsletter and newsletter.from_name) or cfg["DEFAULT_FROM_NAME"]
-    address = (newsletter and newsletter.from_address) or cfg["DEFAULT_FROM_ADDRESS"]
+    """The From header of a newsletter, falling back to the site's default sender."""
+    brand = site.current()
+    name = (newsletter and newsletter.from_name) or brand.from_name
+    address = (newsletter and newsletter.from_address) or brand.from_address
     return mailbox("From", name, header_value(address, 254))
+
+
+def _senders(newsletters: Sequence[Newsletter]) -> tuple[str, str | None]:
+    """From and Reply-To of a mail about these lists: theirs when they share one sender,
+    else the site's default sender and no Reply-To."""
+    first = newsletters[0]
+    same = all(
+        (n.from_name, n.from_address) == (first.from_name, first.from_address) for n in newsletters
+    )
+    return (sender(first), first.reply_to) if same else (sender(None), None)
 
 
 def list_headers_static(newsletter: Newsletter) -> dict[str, str]:
@@ -153,49 +168,111 @@ def confirmation(
     subscriber: Subscriber,
     pending: Sequence[tuple[Subscription, str]],
     message_key: str,
+    *,
+    imported: bool = False,
+    since: datetime | None = None,
 ) -> EmailMessage:
-    """The one double opt-in mail for every list of a signup."""
+    """The one double opt-in mail for every list of a signup.
+
+    `imported`: the reader was put on the lists by an import, not by a signup of their own:
+    the mail asks them to confirm to keep receiving (re-permission), `since` when they were
+    on the list from, if the import said so.
+    """
     newsletters = [s.newsletter for s, _ in pending]
-    first = newsletters[0]
-    same_sender = all(
-        (n.from_name, n.from_address) == (first.from_name, first.from_address) for n in newsletters
-    )
-    if len(newsletters) == 1:
-        subject = _("Please confirm your subscription to %(name)s", name=local(first, "name"))
+    names = local_names(newsletters)
+    if imported:
+        subject = ngettext(
+            "Do you want to keep receiving %(names)s?",
+            "Do you want to keep receiving these newsletters: %(names)s?",
+            len(newsletters),
+            names=names,
+        )
+    elif len(newsletters) == 1:
+        subject = _("Please confirm your subscription to %(name)s", name=names)
     else:
         subject = _("Please confirm your newsletter subscriptions")
     url = links.confirm_url(reader_of(subscriber), [(s.id, nonce) for s, nonce in pending])
-    text, html = _render("confirmation", newsletters=newsletters, confirm_url=url)
+    text, html = _render(
+        "confirmation",
+        newsletters=newsletters,
+        n=len(newsletters),
+        confirm_url=url,
+        imported=imported,
+        since=since,
+    )
+    from_, reply_to = _senders(newsletters)
     return build(
         to=subscriber.email,
-        from_=sender(first if same_sender else None),
+        from_=from_,
         subject=subject,
         text=text,
         html=html,
         message_key=message_key,
-        reply_to=first.reply_to if same_sender else None,
+        reply_to=reply_to,
     )
 
 
-def welcome(links: Links, subscription: Subscription, message_key: str) -> EmailMessage:
-    """The short note a list sends once a reader has confirmed."""
-    newsletter = subscription.newsletter
-    reader = reader_of(subscription.subscriber)
-    urls = {
-        "unsubscribe_url": links.unsubscribe_url(reader, subscription.newsletter_id),
-        "preferences_url": links.preferences_url(reader),
-    }
-    text, html = _render("welcome", newsletter=newsletter, **urls)
+def local_names(newsletters: Sequence[Newsletter]) -> str:
+    """The lists' names in the current language, as a list in a sentence: "A, B and C"."""
+    return format_list([local(n, "name") for n in newsletters], locale=str(get_locale() or "en"))
+
+
+def _reader_mail(
+    template: str,
+    links: Links,
+    subscriptions: Sequence[Subscription],
+    subject: str,
+    message_key: str,
+) -> EmailMessage:
+    """A mail to one reader about some of their lists, with each list's leave link.
+
+    About one list, it carries that list's headers (List-Id, one-click List-Unsubscribe);
+    about several, none: no header can name several lists, so each list's link is in the body.
+    """
+    subscriber = subscriptions[0].subscriber
+    reader = reader_of(subscriber)
+    lists = [
+        ListLinks(s.newsletter, links.unsubscribe_url(reader, s.newsletter_id))
+        for s in subscriptions
+    ]
+    text, html = _render(
+        template,
+        lists=lists,
+        n=len(lists),
+        newsletter=lists[0].newsletter,
+        unsubscribe_url=lists[0].unsubscribe_url,
+        preferences_url=links.preferences_url(reader),
+    )
+    from_, reply_to = _senders([entry.newsletter for entry in lists])
     return build(
-        to=subscription.subscriber.email,
-        from_=sender(newsletter),
-        subject=_("Welcome to %(name)s", name=local(newsletter, "name")),
+        to=subscriber.email,
+        from_=from_,
+        subject=subject,
         text=text,
         html=html,
         message_key=message_key,
-        reply_to=newsletter.reply_to,
-        headers=list_headers(links, subscription),
+        reply_to=reply_to,
+        headers=list_headers(links, subscriptions[0]) if len(subscriptions) == 1 else None,
     )
+
+
+@dataclass(frozen=True)
+class ListLinks:
+    """A list a mail is about, and the reader's link to leave it."""
+
+    newsletter: Newsletter
+    unsubscribe_url: str
+
+
+def welcome(links: Links, subscriptions: Sequence[Subscription], message_key: str) -> EmailMessage:
+    """The one note a reader gets once they have confirmed, naming every list they confirmed."""
+    if len(subscriptions) == 1:
+        subject = _("Welcome to %(name)s", name=local(subscriptions[0].newsletter, "name"))
+    else:
+        subject = _(
+            "Welcome to %(names)s", names=local_names([s.newsletter for s in subscriptions])
+        )
+    return _reader_mail("welcome", links, subscriptions, subject, message_key)
 
 
 def leave_link(links: Links, subscription: Subscription, message_key: str) -> EmailMessage:
@@ -204,20 +281,5 @@ def leave_link(links: Links, subscription: Subscription, message_key: str) -> Em
     The mail they wrote proves nothing (anyone can put any From on a mail), so the list is
     left by the link, which only the address's owner receives.
     """
-    newsletter = subscription.newsletter
-    reader = reader_of(subscription.subscriber)
-    urls = {
-        "unsubscribe_url": links.unsubscribe_url(reader, subscription.newsletter_id),
-        "preferences_url": links.preferences_url(reader),
-    }
-    text, html = _render("leave_link", newsletter=newsletter, **urls)
-    return build(
-        to=subscription.subscriber.email,
-        from_=sender(newsletter),
-        subject=_("Your link to leave %(name)s", name=local(newsletter, "name")),
-        text=text,
-        html=html,
-        message_key=message_key,
-        reply_to=newsletter.reply_to,
-        headers=list_headers(links, subscription),
-    )
+    subject = _("Your link to leave %(name)s", name=local(subscription.newsletter, "name"))
+    return _reader_mail("leave_link", links, [subscription], subject, message_key)

@@ -17,7 +17,7 @@ from flask import (
 from flask_babel import gettext
 from sqlalchemy import select
 
-from newsletter import languages, links, metrics
+from newsletter import languages, links, metrics, site
 from newsletter import subscriptions as subs
 from newsletter.extensions import csrf, db
 from newsletter.links import PATHS, Links
@@ -50,6 +50,20 @@ def home() -> str:
 def favicon() -> Response:
     """The icon browsers ask for at the root even on pages that name none."""
     return send_from_directory(str(current_app.static_folder), "favicon.ico", max_age=86400)
+
+
+@bp.get("/theme.css")
+def theme() -> Response:
+    """The site's accent colour as CSS variables, for the pages and the signup boxes."""
+    accent = site.current().accent  # a checked #rrggbb: nothing else reaches the stylesheet
+    response = Response(
+        f":root {{ --accent: {accent}; --nl-accent: {accent}; }}\n", mimetype="text/css"
+    )
+    # The pages ask for it with the colour in the address: a new colour is a new address.
+    fresh = request.args.get("v") == accent.lstrip("#")
+    response.cache_control.public = True
+    response.cache_control.max_age = 365 * 24 * 3600 if fresh else 60
+    return response
 
 
 @bp.post("/subscribe")

@@ -6,6 +6,8 @@ import secrets
 
 from flask import Flask, Response, current_app, g, request
 
+from newsletter import site
+
 # Pages showing one person's data: a shared computer's browser cache must not keep them.
 _PERSONAL_PUBLIC = {
     "public.confirm",
@@ -28,8 +30,8 @@ def csp_nonce() -> str:
     return str(g.csp_nonce)
 
 
-def policy(nonce: str, endpoint: str | None) -> str:
-    """The Content-Security-Policy of one response."""
+def policy(nonce: str, endpoint: str | None, image_origin: str | None = None) -> str:
+    """The Content-Security-Policy of one response; `image_origin`: the site's logo's."""
     if endpoint == MAIL_PREVIEW:
         # A mail: inline styles as mail clients render them, no script, images from anywhere.
         return (
@@ -39,9 +41,10 @@ def policy(nonce: str, endpoint: str | None) -> str:
     style = f"'self' 'nonce-{nonce}'"
     if endpoint in _MAIL_PAGES:
         style = "'self' 'unsafe-inline'"
+    images = f"'self' data: {image_origin}" if image_origin else "'self' data:"
     return (
         f"default-src 'self'; script-src 'self' 'nonce-{nonce}'; style-src {style}; "
-        "img-src 'self' data:; connect-src 'self'; frame-src 'self'; object-src 'none'; "
+        f"img-src {images}; connect-src 'self'; frame-src 'self'; object-src 'none'; "
         "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
     )
 
@@ -54,7 +57,9 @@ def _new_nonce() -> None:
 def _headers(response: Response) -> Response:
     endpoint = request.endpoint
     headers = response.headers
-    headers.setdefault("Content-Security-Policy", policy(csp_nonce(), endpoint))
+    # Only pages show the logo: a JSON answer or a file need not read the settings.
+    logo = site.current().image_origin if response.mimetype == "text/html" else None
+    headers.setdefault("Content-Security-Policy", policy(csp_nonce(), endpoint, logo))
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("Referrer-Policy", "same-origin")
     headers.setdefault("X-Frame-Options", "SAMEORIGIN" if endpoint == MAIL_PREVIEW else "DENY")

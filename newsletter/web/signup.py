@@ -23,6 +23,10 @@ from newsletter.web import challenge, language
 
 HONEYPOT = "leave_blank"
 SUCCESS_TITLE = lazy_gettext("Successfully subscribed")
+THANKS_SEVERAL = lazy_gettext(
+    "Thank you for signing up for these newsletters. We\u2019ve sent you one confirmation "
+    "email for all of them."
+)
 # Control characters (NUL among them) never reach the database or a page.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -130,9 +134,15 @@ def unknown_language(lang: object) -> str | None:
 
 
 def _thanks(slugs: list[str]) -> SignupReply:
+    """The thank-you text of the lists chosen: a list's own; for several, ours in the plural
+    unless they all say the same words of an editor's."""
     chosen = subs.signup_newsletters(db.session, slugs)
-    default = str(OURS[DEFAULT_THANKS])
-    return SignupReply(200, local(chosen[0], "thanks_text") if chosen else default)
+    if len(chosen) == 1:
+        return SignupReply(200, local(chosen[0], "thanks_text"))
+    own = {local(n, "thanks_text") for n in chosen if n.thanks_text != DEFAULT_THANKS}
+    if len(own) == 1 and all(n.thanks_text != DEFAULT_THANKS for n in chosen):
+        return SignupReply(200, own.pop())
+    return SignupReply(200, str(THANKS_SEVERAL if chosen else OURS[DEFAULT_THANKS]))
 
 
 def signup(given: SignupFields) -> SignupReply:

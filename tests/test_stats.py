@@ -17,7 +17,7 @@ from sqlalchemy import event, text
 from newsletter.charts import growth_svg
 from newsletter.extensions import db as _db
 from newsletter.models import Newsletter, Subscriber, Subscription
-from newsletter.stats import Activity, activity, growth, status_counts
+from newsletter.stats import Activity, activity, combined, growth, growth_each, status_counts
 
 from factories import make_newsletter
 
@@ -182,6 +182,24 @@ def test_growth_of_all_newsletters_and_of_one(db, newsletters):
     )
 
 
+def test_growth_of_each_newsletter_in_one_pass_adds_up_to_the_whole(db, newsletters, statements):
+    daily, ukraine, culture = newsletters
+    add(daily, "confirmed", confirmed=ago(40))
+    add(daily, "confirmed", confirmed=ago(10))
+    add(daily, "unsubscribed", confirmed=ago(9), unsubscribed=ago(2))
+    add(culture, "confirmed", confirmed=ago(3))
+    db.session.commit()
+    statements.clear()
+
+    each = growth_each(db.session, NOW, days=30)
+    # Two statements, however many newsletters there are.
+    assert len(statements) == 2
+    for newsletter in newsletters:
+        assert each[newsletter.id] == growth(db.session, NOW, days=30, newsletter_id=newsletter.id)
+    assert combined(each) == growth(db.session, NOW, days=30)
+    assert each[daily.id][-1] == (TODAY, 2) and each[ukraine.id][-1] == (TODAY, 0)
+
+
 def test_growth_days_are_utc_days_whatever_the_zones(db, newsletters):
     yesterday_end = datetime.combine(TODAY, datetime.min.time(), UTC) - timedelta(microseconds=1)
     add(newsletters[0], "confirmed", confirmed=yesterday_end)
@@ -234,7 +252,8 @@ def test_every_count_reads_one_covering_index_range(db, newsletters, statements)
     activity(db.session, NOW)
     growth(db.session, NOW)
     growth(db.session, NOW, newsletter_id=daily_id)
-    assert len(statements) == 6
+    growth_each(db.session, NOW)
+    assert len(statements) == 8
 
     conn = db.session.connection()
     for statement, parameters in list(statements):

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from email.utils import getaddresses
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -103,8 +104,11 @@ def running_raw_smtp() -> Iterator[tuple[RawHandler, int]]:
 
 def header_faults(mail_from: str, rcpt_tos: Sequence[str], raw: bytes) -> list[str]:
     """What is wrong in one message's envelope and headers: CR, LF or NUL inside a value,
-    a line over 998 characters, a bare CR or LF, or a header the parser reports broken."""
+    a line over 998 characters, a bare CR or LF, a header the parser reports broken, or a
+    recipient or header that a value broke out into (a Cc, a Bcc, a second To or Subject)."""
     faults = []
+    if len(rcpt_tos) != 1:
+        faults.append(f"{len(rcpt_tos)} envelope recipients")
     for who in [mail_from, *rcpt_tos]:
         if any(c in who for c in "\r\n\x00"):
             faults.append(f"envelope address {who[:80]!r}")
@@ -124,6 +128,15 @@ def header_faults(mail_from: str, rcpt_tos: Sequence[str], raw: bytes) -> list[s
             faults.append(f"{name}: a value of {len(value)} characters")
         for defect in getattr(value, "defects", ()):
             faults.append(f"{name}: {type(defect).__name__}")
+    for name in ("Cc", "Bcc"):
+        if name in message:
+            faults.append(f"a {name} header")
+    for name in ("From", "To", "Subject", "Reply-To", "Message-ID", "List-Unsubscribe"):
+        if len(message.get_all(name) or []) > 1:
+            faults.append(f"{name} twice")
+    recipients = getaddresses([str(v) for v in message.get_all("To") or []])
+    if len(recipients) != 1:
+        faults.append(f"To names {len(recipients)} addresses")
     return faults
 
 

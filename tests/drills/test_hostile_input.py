@@ -211,6 +211,15 @@ class Hostile:
             headers = {"Content-Type": "application/json", "Accept": accept}
             self.send("POST", "/subscribe", body=body, headers=headers)
 
+    def signup_address(self, data: st.DataObject) -> None:
+        """A box filled in right but for the address: most are taken, and mailed."""
+        fields = {
+            "email": data.draw(emails()),
+            "newsletter": data.draw(st.lists(st.sampled_from(SLUGS), min_size=1, unique=True)),
+            "source": data.draw(nasty_text()),
+        }
+        self.send("POST", "/subscribe", form=fields, headers={"Accept": "application/json"})
+
     def signup_raw(self, data: st.DataObject) -> None:
         body = data.draw(
             st.one_of(
@@ -341,6 +350,8 @@ def _latin1(value: str) -> bool:
 TARGETS = [
     "signup_form",
     "signup_form",
+    "signup_address",
+    "signup_address",
     "signup_raw",
     "confirm",
     "confirm_genuine",
@@ -465,3 +476,29 @@ _LIMITS = {
     "LOGIN_ADDRESS_RATE_LIMIT": "1000000 per minute",
     "LOGIN_ACCOUNT_RATE_LIMIT": "1000000 per minute",
 }
+
+
+GOOD = (
+    b"From: Daily <news@news.example.org>\r\nTo: reader@example.com\r\n"
+    b"Subject: Please confirm\r\nMessage-ID: <1@news.example.org>\r\n\r\nBody\r\n"
+)
+
+
+@pytest.mark.drill
+@pytest.mark.parametrize(
+    ("raw", "rcpt"),
+    [
+        (GOOD.replace(b"To: reader@example.com", b"To: reader@example.com\r\nBcc: x@y.org"), 1),
+        (GOOD.replace(b"To: reader@example.com", b"To: reader@example.com, x@y.org"), 1),
+        (GOOD.replace(b"Subject: Please", b"Subject: Please\nX-Injected: 1\r\nSubject: x"), 1),
+        (GOOD.replace(b"reader@", b"read\x00er@"), 1),
+        (GOOD.replace(b"Please confirm", b"x" * 1200), 1),
+        (GOOD, 2),
+    ],
+    ids=["bcc", "second-to", "bare-lf", "nul", "long-line", "two-recipients"],
+)
+def test_the_header_check_sees_an_injected_or_broken_header(raw, rcpt):
+    """The drill's check on every mail finds what an injection leaves, and passes a good mail."""
+    recipients = ["reader@example.com", "x@y.org"][:rcpt]
+    assert header_faults("bounces@news.example.org", recipients, raw)
+    assert header_faults("bounces@news.example.org", ["reader@example.com"], GOOD) == []

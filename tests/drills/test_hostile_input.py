@@ -208,6 +208,9 @@ class Hostile:
         if data.draw(st.booleans()):
             self.send("POST", "/subscribe", form=fields, headers={"Accept": accept})
         else:
+            # JSON carries more than text: any field may be a number, a list, an object.
+            names = ("email", "newsletter", "newsletters", "lang", "source", "altcha")
+            fields.update(data.draw(form(**{name: json_values() for name in names})))
             body = json.dumps(fields).encode()
             headers = {"Content-Type": "application/json", "Accept": accept}
             self.send("POST", "/subscribe", body=body, headers=headers)

@@ -197,7 +197,12 @@ class Browser:
         for attempt in (1, 2):
             conn = self._connection()
             try:
-                conn.request(method, path, body=body, headers=sent_headers)
+                try:
+                    conn.request(method, path, body=body, headers=sent_headers)
+                except (BrokenPipeError, ConnectionResetError):
+                    # The server stopped reading: gunicorn answers a request line or header
+                    # over its limits at once and closes. Its answer is read below.
+                    pass
                 response = conn.getresponse()
                 data = response.read()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):

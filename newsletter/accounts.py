@@ -122,7 +122,9 @@ def account_events(session: Session, limit: int = 20) -> list[AuditEvent]:
 def authenticate(session: Session, email: str, password: str) -> AdminUser | None:
     """The account these credentials open, or None; records the sign-in; commits."""
     key = (email or "").strip().lower()
-    user = session.scalar(select(AdminUser).where(AdminUser.email == key)) if key else None
+    # No account's address has a control character (PostgreSQL cannot even compare a NUL).
+    lookup = key and key.isprintable()
+    user = session.scalar(select(AdminUser).where(AdminUser.email == key)) if lookup else None
     if user is None:
         check_password_hash(_NO_ACCOUNT, password or "")
         return None

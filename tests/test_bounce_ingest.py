@@ -31,6 +31,7 @@ from newsletter.models import (
     Digest,
     Subscription,
     SubscriptionStatus,
+    Suppression,
     SuppressionReason,
 )
 from newsletter.web import hooks
@@ -633,3 +634,52 @@ def test_erasing_a_reader_keeps_their_bounces_counted_without_the_servers_words(
     event = db.session.scalars(select(BounceEvent)).one()
     assert (event.kind, event.diagnostic, event.subscriber_id) == ("hard", None, None)
     assert suppression.reason(db.session, "reader@example.com") == SuppressionReason.BOUNCED
+
+
+def _postmark(client, **record: object):  # type: ignore[no-untyped-def]
+    record = {
+        "RecordType": "Bounce",
+        "Type": "HardBounce",
+        "ID": 42,
+        "Email": "reader@example.com",
+        "Details": "smtp;550 5.1.1 The email account does not exist",
+        **record,
+    }
+    right = base64.b64encode(f"newsletter:{SECRET}".encode()).decode()
+    return client.post(
+        "/hooks/bounces/postmark",
+        data=json.dumps(record).encode(),
+        headers={"Authorization": f"Basic {right}"},
+    )
+
+
+@pytest.mark.parametrize(
+    "record_id", ["a\x00b", "x" * 5000, "\r\n42", 10**300], ids=["nul", "long", "break", "huge"]
+)
+def test_a_postmark_record_id_of_any_kind_is_kept_and_known_again(client, db, sent, record_id):
+    answer = _postmark(client, ID=record_id)
+    assert answer.status_code == 200 and answer.json["events"] == {"hard": 1}
+    assert suppression.unmailable(db.session, "reader@example.com")
+    (event_id,) = db.session.scalars(select(BounceEvent.event_id)).all()
+    assert len(event_id) <= 200 and event_id.isprintable()
+    # The same record again is the same event.
+    assert _postmark(client, ID=record_id).json["events"] == {"replay": 1}
+
+
+def test_a_generic_event_id_as_long_as_the_form_allows_is_kept(client, db, sent):
+    data = json.dumps(
+        {"events": [{"type": "hard", "email": "reader@example.com", "id": "e" * 200}]}
+    ).encode()
+    answer = client.post(
+        "/hooks/bounces/generic",
+        data=data,
+        headers={"X-Newsletter-Signature": webhooks.sign(data, SECRET)},
+    )
+    assert answer.status_code == 200 and answer.json["events"] == {"hard": 1}
+
+
+def test_an_address_longer_than_mail_allows_is_refused(client, db, sent):
+    answer = _postmark(client, Email="reader@" + "d" * 250 + ".example")
+    assert answer.status_code == 400
+    assert db.session.scalar(select(func.count(BounceEvent.id))) == 0
+    assert db.session.scalar(select(func.count(Suppression.id))) == 0

@@ -190,6 +190,22 @@ def test_a_lang_we_do_not_write_is_refused_and_nothing_is_stored(client, db, new
     assert db.session.scalar(select(Subscriber)) is None
 
 
+@pytest.mark.parametrize("lang", [["uk"], {"uk": 1}, [[]]], ids=["list", "object", "nested"])
+def test_a_lang_that_is_not_text_is_refused_and_nothing_is_stored(client, db, newsletters, lang):
+    api = client.post(
+        "/api/v1/subscriptions",
+        json={"email": "r@example.com", "newsletters": ["daily"], "lang": lang},
+    )
+    assert api.status_code == 422
+    assert [e["field"] for e in api.get_json()["errors"]] == ["lang"]
+    box = client.post(
+        "/subscribe", json={"email": "r@example.com", "newsletter": "daily", "lang": lang}
+    )
+    assert box.status_code == 422
+    assert box.get_json()["field"] == "lang"
+    assert db.session.scalar(select(Subscriber)) is None
+
+
 def test_the_reader_changes_their_language_on_the_preferences_page(
     client, db, mailbox, newsletters
 ):

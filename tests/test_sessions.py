@@ -170,3 +170,13 @@ def test_a_successful_sign_in_uses_up_nothing(app):
     for _ in range(8):
         client = app.test_client()
         assert _login(client, OWNER, PASSWORD, "198.51.100.8").status_code == 302
+
+
+@pytest.mark.parametrize(
+    "email", ["editor\x00@news.example.org", "\x00", "editor@news.example.org\x00"]
+)
+def test_a_nul_in_the_address_is_a_wrong_sign_in_not_a_server_error(client, admin, email):
+    # PostgreSQL refuses a NUL in any text it is asked to compare.
+    response = _login(client, email, PASSWORD, "192.0.2.1")
+    assert response.status_code == 401
+    assert "Wrong email or password." in response.get_data(as_text=True)

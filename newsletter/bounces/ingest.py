@@ -546,6 +546,20 @@ def ingest_mail(
     return str(outcome)
 
 
+# The longest event id the table keeps.
+EVENT_ID_LENGTH = BounceEvent.__table__.c.event_id.type.length
+
+
+def event_key(provider: str, event_id: str) -> str:
+    """How a provider's event is kept: its id as sent when that fits on one line in the column,
+    else a digest of it, so that a replay of the same event still matches."""
+    key = f"{provider}:{event_id}"
+    if len(key) <= EVENT_ID_LENGTH and key.isprintable():
+        return key
+    digest = hashlib.sha256(event_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{provider}:sha256:{digest}"
+
+
 def ingest_events(
     session: Session, events: Iterable[webhooks.Event], links: Links, rules: Rules
 ) -> Counter[str]:
@@ -566,7 +580,7 @@ def ingest_events(
             item.provider,
             item.status,
             item.diagnostic,
-            f"{item.provider}:{item.event_id}",
+            event_key(item.provider, item.event_id),
             item.occurred_at,
         )
         event = record(session, returned, rules)

@@ -21,6 +21,7 @@ from enum import StrEnum
 from flufl.bounce import all_failures
 
 DIAGNOSTIC_LENGTH = 500
+MAX_ADDRESS_LENGTH = 254
 
 
 class Kind(StrEnum):
@@ -520,6 +521,9 @@ def clean_address(value: str | None) -> str | None:
     value = _mailbox(value)
     local, at, domain = value.rpartition("@")
     if not at or not local or not domain or _CONTROL.search(value) or " " in value:
+        return None
+    if len(value) > MAX_ADDRESS_LENGTH:
+        # Longer than any address mail can go to (RFC 5321's path limit).
         return None
     return f"{local}@{domain.lower()}"
 

@@ -128,7 +128,7 @@ def fields(data: Mapping[str, Any], default_source: str | None = None) -> Signup
 
 def unknown_language(lang: object) -> str | None:
     """What is wrong with a box's `lang`, or None when it is absent or one of ours."""
-    if lang is None or lang in languages.LANGUAGES:
+    if lang is None or (isinstance(lang, str) and lang in languages.LANGUAGES):
         return None
     return gettext("We write in English (en) or Ukrainian (uk) only.")
 

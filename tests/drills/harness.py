@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -455,3 +456,28 @@ def quiet(smtp: SmtpLog, seconds: float, within: float) -> int:
             return len(smtp.mails())
         time.sleep(0.25)
     raise AssertionError(f"the SMTP server was still taking mail after {within:.0f} s")
+
+
+class Burst(threading.Thread):
+    """Signups of new readers, one after another, each from its own client address, until
+    `count` are sent: what a busy site's boxes send while a drill breaks something."""
+
+    def __init__(self, stack: Stack, prefix: str, count: int, every: float = 0.1) -> None:
+        super().__init__(daemon=True)
+        self.stack, self.prefix, self.count, self.every = stack, prefix, count, every
+        # (address, when it was sent on the monotonic clock, the reply)
+        self.sent: list[tuple[str, float, Reply]] = []
+
+    def run(self) -> None:
+        for n in range(self.count):
+            email = f"{self.prefix}{n}@signups.example"
+            when = time.monotonic()
+            reply = self.stack.signup(email, f"192.0.2.{n % 250 + 1}")
+            self.sent.append((email, when, reply))
+            time.sleep(self.every)
+
+    def taken(self) -> list[str]:
+        return [email for email, _, reply in self.sent if accepted(reply)]
+
+    def refused(self) -> list[Reply]:
+        return [reply for _, _, reply in self.sent if not accepted(reply)]

@@ -41,4 +41,6 @@ def test_redis_gone(stack: Stack, private_redis: Redis, smtp_log, record_propert
         f"address got it {victim_mails} mails (cap {CAP})",
     )
     assert 1 <= victim_mails <= CAP
+    # The web processes did lose Redis (and said so): the drill broke what it meant to.
+    assert "cannot be reached" in stack.log_text()
     assert "Traceback" not in "".join(r.body for r in replies)

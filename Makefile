@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run run-prod test lint bench install clean translations
+.PHONY: run run-prod test drills lint bench install clean translations
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -80,8 +80,13 @@ run-prod: $(STAMP) $(CATALOGUES)
 	wait $$web
 
 # One pytest process per core (pytest-xdist); each has its own PostgreSQL and Redis database.
+# The drills that take over a minute are left out (`long`); `make drills` runs them.
 test: $(STAMP) $(CATALOGUES)
-	$(BIN)/pytest -n auto
+	$(BIN)/pytest -n auto -m "not long"
+
+# The fault drills, long ones too, one at a time on servers of their own (docs/drills.md).
+drills: $(STAMP) $(CATALOGUES)
+	$(BIN)/pytest tests/drills -m drill
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

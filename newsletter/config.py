@@ -218,6 +218,10 @@ def finish(app: Flask) -> None:
     # Redis away: count in this process's memory rather than refuse signups (web/limits.py
     # says so in the log and the metrics); short timeouts so a lost Redis costs no request.
     cfg["RATELIMIT_IN_MEMORY_FALLBACK_ENABLED"] = True
+    # A request already counting on Redis when another one switched to memory fails as well:
+    # it goes through unlimited (and logged) rather than as a 500. The per-address cap is in
+    # the database and holds either way.
+    cfg["RATELIMIT_SWALLOW_ERRORS"] = True
     cfg.setdefault(
         "RATELIMIT_STORAGE_OPTIONS", {"socket_connect_timeout": 0.5, "socket_timeout": 0.5}
     )

@@ -156,5 +156,6 @@ def newsletters(app: Flask) -> list[Newsletter]:
     ]
 
 
-# The SMTP server (aiosmtpd) and IMAP server (Dovecot) fixtures live in modules of their own.
-pytest_plugins = ["smtp_server", "dovecot_server"]
+# The SMTP server (aiosmtpd) and IMAP server (Dovecot) fixtures live in modules of their own;
+# the drills' table is printed by this process even when pytest-xdist's workers run the drills.
+pytest_plugins = ["smtp_server", "dovecot_server", "drills.table"]

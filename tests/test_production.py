@@ -255,6 +255,27 @@ def test_signups_go_on_when_redis_is_unreachable(tmp_path, database_url, caplog)
     assert after == before + 4
 
 
+def test_a_signup_caught_as_redis_goes_is_served(tmp_path, database_url, monkeypatch):
+    # Two requests at once when Redis dies: one switches to memory, the other was already
+    # counting on Redis and fails there too; the reader still gets the page, not a 500.
+    redis = f"redis://127.0.0.1:{_closed_port()}/0"
+    app = _app(tmp_path, database_url, REDIS_URL=redis)
+    with app.app_context():
+        make_newsletter("daily")
+        limiter._storage_dead = True
+
+        def redis_gone(*args, **kwargs):  # type: ignore[no-untyped-def]
+            raise ConnectionError("Connection closed by server.")
+
+        assert limiter._fallback_limiter is not None
+        monkeypatch.setattr(limiter._fallback_limiter, "hit", redis_gone)
+        response = app.test_client().post(
+            "/subscribe", data={"email": "reader@example.com", "newsletter": "daily"}
+        )
+    assert response.status_code == 200
+    assert "Thank you for signing up" in response.get_data(as_text=True)
+
+
 def test_the_per_address_cap_holds_without_redis(tmp_path, database_url):
     redis = f"redis://127.0.0.1:{_closed_port()}/0"
     app = _app(tmp_path, database_url, REDIS_URL=redis)

@@ -8,7 +8,8 @@ from flask import Flask, Response, jsonify, render_template, request
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext
 from flask_wtf.csrf import CSRFError
-from werkzeug.exceptions import HTTPException, InternalServerError
+from sqlalchemy.exc import InterfaceError, OperationalError
+from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
 
 from newsletter.web import problems
 
@@ -23,7 +24,10 @@ MESSAGES = {
     429: lazy_gettext(
         "Too many requests from your network. Please wait a few minutes and try again."
     ),
+    503: lazy_gettext("The service is briefly unavailable. Please try again in a minute."),
 }
+# Seconds a client is asked to wait when the database cannot be reached.
+RETRY_AFTER = 30
 # The titles of the error pages: werkzeug's names of the statuses, in the reader's language.
 TITLES = {
     400: lazy_gettext("Bad Request"),
@@ -34,6 +38,7 @@ TITLES = {
     413: lazy_gettext("Request Entity Too Large"),
     429: lazy_gettext("Too Many Requests"),
     500: lazy_gettext("Internal Server Error"),
+    503: lazy_gettext("Service Unavailable"),
 }
 
 
@@ -84,6 +89,19 @@ def register(app: Flask) -> None:
                 if name in headers:
                     response.headers[name] = headers[name]
         return response, code
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)
+    def _database_away(exc: Exception):  # type: ignore[no-untyped-def]
+        # A restarted or unreachable database: nothing was taken, the client may try again.
+        log.warning("database unavailable on %s %s: %s", request.method, request.path, exc)
+        if problems.is_api_request():
+            response = problems.from_http_error(ServiceUnavailable())
+        else:
+            response = _reply(ServiceUnavailable())
+        response = app.make_response(response)
+        response.headers["Retry-After"] = str(RETRY_AFTER)
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):  # type: ignore[no-untyped-def]

@@ -803,3 +803,25 @@ def test_a_digest_whose_mail_cannot_be_built_fails_its_rows_and_finishes(db, dai
     assert "cannot be built" in digest.error
     failed = db.session.scalars(select(Delivery.last_error)).all()
     assert all(error.startswith("cannot build:") for error in failed)
+
+
+def test_signed_digest_goes_to_everyone_when_the_worker_commits_mid_batch(db, daily, dkim_key):
+    """Mails are built and signed in threads: they must not touch the worker's session, which
+    has no application in those threads and expires what it loaded at every commit."""
+    signer, _, _ = dkim_key
+    add_item(db, daily, "Story")
+    for n in range(12):
+        add_reader(db, daily, f"r{n}@example.com")
+    digest = states.compose(db.session, daily)
+    states.start(db.session, digest)
+    transport = MemoryTransport()
+    # status_every=0: the digest's status is read, and the session committed, before each mail.
+    digest_sender = sender(transport, signer=signer, status_every=0)
+    # The worker's own session (Flask-SQLAlchemy's), as `newsletter worker` passes it.
+    while digest_sender.step(db.session):
+        pass
+
+    assert ledger(db, digest) == {"sent": 12}
+    assert sorted(to for _, [to] in transport.envelopes) == sorted(
+        f"r{n}@example.com" for n in range(12)
+    )

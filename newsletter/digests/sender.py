@@ -9,11 +9,10 @@ unrecorded, and its other rows come back when the lease runs out.
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -193,9 +192,9 @@ class DigestSender:
             self._cannot_build(session, digest, ids, token, exc)
             return len(ids)
         recipients = ledger.recipients(session, ids)
-        # Rendered here, not in the signing threads: rendering needs the app context.
-        for locale in {r.locale for r in recipients}:
-            self.prepared(digest, locale)
+        # Rendered here, not in the signing threads: rendering needs the app context, and the
+        # digest row, expired at every commit, would be loaded again through the session.
+        by_locale = {r.locale: self.prepared(digest, r.locale) for r in recipients}
         session.commit()
         # Rows whose subscription went (erased) between the claim and now: nothing to send.
         gone = sorted(set(ids) - {r.delivery_id for r in recipients})
@@ -209,7 +208,7 @@ class DigestSender:
             claimed_at=started,
             checked_at=started,
         )
-        ahead = _Ahead(recipients, functools.partial(self.prepared, digest), self._pool)
+        ahead = _Ahead(recipients, by_locale, self._pool)
         with _marks_connection(session) as marks:
             for position, recipient in enumerate(recipients):
                 confirmed = recipient.status == SubscriptionStatus.CONFIRMED
@@ -400,7 +399,7 @@ class _Ahead:
     def __init__(
         self,
         recipients: Sequence[Recipient],
-        prepared: Callable[[str | None], PreparedDigest],
+        prepared: Mapping[str | None, PreparedDigest],
         pool: ThreadPoolExecutor | None,
     ) -> None:
         self.recipients = recipients
@@ -410,7 +409,7 @@ class _Ahead:
 
     def _build(self, position: int) -> bytes:
         r = self.recipients[position]
-        prepared = self.prepared(r.locale)
+        prepared = self.prepared[r.locale]
         return prepared.message(r.delivery_id, r.address, Reader(r.subscriber_id, r.token_key))
 
     def get(self, position: int) -> bytes:

@@ -825,3 +825,33 @@ def test_signed_digest_goes_to_everyone_when_the_worker_commits_mid_batch(db, da
     assert sorted(to for _, [to] in transport.envelopes) == sorted(
         f"r{n}@example.com" for n in range(12)
     )
+
+
+def test_each_mail_is_marked_sent_before_the_next_one_is_accepted(db, daily, smtp_pipelining):
+    """Marks are made while the next message's envelope goes; the message itself waits for them,
+    so a worker killed at any moment leaves at most one accepted mail unmarked."""
+    for n in range(30):
+        add_reader(db, daily, f"r{n}@example.com")
+    add_item(db, daily, "Story")
+    digest = states.compose(db.session, daily)
+    states.start(db.session, digest)
+    handler = smtp_pipelining.handler
+    accept = handler.handle_DATA
+    marked_before: list[int] = []
+    engine = db.engine  # the server's thread has no application context
+
+    async def counting(server, session, envelope):  # type: ignore[no-untyped-def]
+        with engine.connect() as conn:
+            marked_before.append(
+                conn.scalar(
+                    select(func.count()).select_from(Delivery).where(Delivery.status == "sent")
+                )
+            )
+        return await accept(server, session, envelope)
+
+    handler.handle_DATA = counting
+    transport = SMTPTransport("127.0.0.1", smtp_pipelining.port)
+    send_all(db, transport)
+
+    assert ledger(db, digest) == {"sent": 30}
+    assert marked_before == list(range(30))

@@ -11,8 +11,11 @@ dropped and made again), a Redis database of its own (`--redis`) and an instance
 temporary folder; all mail goes to Postfix's smtp-sink, whose log of the envelope names each
 recipient. A separate process posts the signup form at a steady rate (open loop: each request
 leaves at its time whether or not the earlier ones were answered; its latency counts from that
-time), and `--digest-after` seconds in, a digest of 10 items to `--readers` confirmed readers
-is started. Then it waits (at most `--settle` seconds) for the mail, and checks:
+time), each from a reader address of its own in X-Forwarded-For as a proxy would send it, so
+the per-IP limit counts in Redis. After `--warmup` seconds (checked, not timed) come the
+`--seconds` that are timed; `--digest-after` seconds into them a digest of 10 items to
+`--readers` confirmed readers is started. Then it waits (at most `--settle` seconds) for the
+mail, and checks:
 
   * every request was answered 200 (errors: anything else, a timeout, a dropped connection);
   * every accepted signup is a pending subscription in the database and got exactly one
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import re
 import secrets
@@ -43,6 +47,7 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,6 +57,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(1, str(BENCH_DIR))
+
+import digest  # noqa: E402  (bench/digest.py: the same newsletter, items and readers)
 
 BIN = Path(sys.executable).parent
 SLUG = "daily"  # the list digest.populate makes, and the one readers sign up to
@@ -278,9 +285,10 @@ def _wait_http(stack: Stack, path: str, timeout: float) -> None:
 
 
 @contextmanager
-def running_stack(args: argparse.Namespace, workdir: Path) -> Iterator[Stack]:
+def running_stack(
+    args: argparse.Namespace, workdir: Path, app_side: ProcessPoolExecutor
+) -> Iterator[Stack]:
     """smtp-sink, gunicorn and the workers on a fresh database, stopped at the end."""
-    import digest  # bench/digest.py: the same newsletter, items and readers
     from sqlalchemy import create_engine, text
 
     base = args.postgres.rstrip("/")
@@ -317,7 +325,7 @@ def running_stack(args: argparse.Namespace, workdir: Path) -> Iterator[Stack]:
         check=True,
         capture_output=True,
     )
-    digest.populate(env, args.readers)
+    app_side.submit(digest.populate, env, args.readers).result()
     took = time.perf_counter() - began
     print(f"database {args.database}: {args.readers:,} readers in {took:.1f} s")
     with ExitStack() as stop:
@@ -396,6 +404,7 @@ def _percentile(values: Sequence[float], share: float) -> float:
 
 
 def _digest_state(env: dict[str, str], digest_id: int) -> tuple[str, int, dict[str, int]]:
+    """The digest's status, its count of mails sent, and its ledger's rows by status."""
     from sqlalchemy import text
 
     engine = _engine(env)
@@ -412,6 +421,17 @@ def _digest_state(env: dict[str, str], digest_id: int) -> tuple[str, int, dict[s
     return str(status), int(sent or 0), {str(k): int(v) for k, v in ledger.items()}
 
 
+def _digest_window(env: dict[str, str], digest_id: int) -> list[float]:
+    """When the digest started, and finished if it did (seconds since the epoch)."""
+    from sqlalchemy import text
+
+    with _engine(env).connect() as conn:
+        row = conn.execute(
+            text("SELECT started_at, finished_at FROM digest WHERE id = :id"), {"id": digest_id}
+        ).one()
+    return [moment.timestamp() for moment in row if moment is not None]
+
+
 _ENGINES: dict[str, Any] = {}
 
 
@@ -422,6 +442,19 @@ def _engine(env: dict[str, str]) -> Any:
     if url not in _ENGINES:
         _ENGINES[url] = create_engine(url, pool_size=1)
     return _ENGINES[url]
+
+
+def _server_times(access_log: Path) -> list[float]:
+    """Seconds gunicorn spent on each signup, from its access log (JSON lines)."""
+    times = []
+    for line in access_log.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("path") == "/subscribe" and entry.get("method") == "POST":
+            times.append(float(entry["duration_ms"]) / 1000)
+    return times
 
 
 def _signed_up(env: dict[str, str], tag: str) -> Counter[str]:
@@ -451,13 +484,17 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for tool in ("smtp-sink",):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is needed: apt-get install postfix")
-    import digest
-
     workdir = Path(tempfile.mkdtemp(prefix="bench-load-"))
     tag = secrets.token_hex(4)
+    # The app is made (tables filled, the digest started) in a process of its own: a caller
+    # that imports this module keeps its environment, logging and app as they were.
+    spawn = multiprocessing.get_context("spawn")
     try:
-        with running_stack(args, workdir) as stack:
-            return _measure(args, stack, tag, digest)
+        with (
+            ProcessPoolExecutor(max_workers=1, mp_context=spawn) as app_side,
+            running_stack(args, workdir, app_side) as stack,
+        ):
+            return _measure(args, stack, tag, app_side)
     finally:
         for engine in _ENGINES.values():
             engine.dispose()
@@ -468,7 +505,9 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _measure(args: argparse.Namespace, stack: Stack, tag: str, digest: Any) -> dict[str, Any]:
+def _measure(
+    args: argparse.Namespace, stack: Stack, tag: str, app_side: ProcessPoolExecutor
+) -> dict[str, Any]:
     sink = SinkLog(stack.sink_log)
     results = stack.workdir / "samples.json"
     generator = [
@@ -488,19 +527,12 @@ def _measure(args: argparse.Namespace, stack: Stack, tag: str, digest: Any) -> d
         f"{args.connections} connections); digest to {args.readers:,} readers "
         f"{args.digest_after:g} s in; {args.workers} workers"
     )
-    digest_window: list[float] = []
     with sink.watched():
         loader = subprocess.Popen(generator, cwd=ROOT)
         time.sleep(args.warmup + args.digest_after)
         stack.check_alive()
-        digest_id, readers, _ = digest.start_digest(stack.env)
-        digest_window.append(time.time())
-        state = "sending"
-        while loader.poll() is None:
-            if state == "sending" and _digest_state(stack.env, digest_id)[0] == "sent":
-                state = "sent"
-                digest_window.append(time.time())
-            time.sleep(0.25)
+        digest_id, readers, _ = app_side.submit(digest.start_digest, stack.env).result()
+        loader.wait()
         if loader.returncode != 0:
             raise SystemExit(f"the load generator failed ({loader.returncode})")
         load = json.loads(results.read_text())
@@ -516,9 +548,6 @@ def _measure(args: argparse.Namespace, stack: Stack, tag: str, digest: Any) -> d
         while time.monotonic() < deadline:
             stack.check_alive()
             status = _digest_state(stack.env, digest_id)[0]
-            if state == "sending" and status == "sent":
-                state = "sent"
-                digest_window.append(time.time())
             waiting = sum(1 for a in accepted if a not in sink.counts)
             if waiting == 0 and status == "sent":
                 break
@@ -527,7 +556,9 @@ def _measure(args: argparse.Namespace, stack: Stack, tag: str, digest: Any) -> d
         time.sleep(args.grace)
     settled_after = time.time() - (load["start"] + args.seconds)
     digest_status, digest_sent, ledger = _digest_state(stack.env, digest_id)
+    digest_window = _digest_window(stack.env, digest_id)
     in_db = _signed_up(stack.env, tag)
+    server = _server_times(stack.workdir / "access.log")
     return report(
         args,
         samples,
@@ -540,6 +571,7 @@ def _measure(args: argparse.Namespace, stack: Stack, tag: str, digest: Any) -> d
         (digest_status, digest_sent, ledger, readers, digest_window),
         in_db,
         settled_after,
+        server,
     )
 
 
@@ -555,6 +587,7 @@ def report(
     digest_info: tuple[str, int, dict[str, int], int, list[float]],
     in_db: Counter[str],
     settled_after: float,
+    server: list[float],
 ) -> dict[str, Any]:
     """Print the figures and the checks; the summary as a dict (also printed as JSON)."""
     failures: list[str] = []
@@ -631,6 +664,8 @@ def report(
         "p50_ms": round(_percentile(latencies, 0.50) * ms, 1),
         "p99_ms": round(_percentile(latencies, 0.99) * ms, 1),
         "max_ms": round(max(latencies, default=float("nan")) * ms, 1),
+        "server_p50_ms": round(_percentile(server, 0.50) * ms, 1),
+        "server_p99_ms": round(_percentile(server, 0.99) * ms, 1),
         "during_digest": {
             "requests": len(during),
             "p50_ms": round(_percentile(during, 0.50) * ms, 1),
@@ -673,6 +708,10 @@ def report(
     print(
         f"latency: p50 {summary['p50_ms']:.1f} ms, p99 {summary['p99_ms']:.1f} ms, "
         f"max {summary['max_ms']:.1f} ms"
+    )
+    print(
+        f"  in gunicorn (its access log, warm-up included): p50 {summary['server_p50_ms']:.1f} ms, "
+        f"p99 {summary['server_p99_ms']:.1f} ms"
     )
     inside, other = summary["during_digest"], summary["outside_digest"]
     print(

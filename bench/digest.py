@@ -335,6 +335,9 @@ def main() -> None:
     parser.add_argument("--readers", type=int, default=20_000)
     parser.add_argument("--big", type=int, default=200_000, help="readers for the RSS check")
     parser.add_argument("--postgres", help="a PostgreSQL server URL instead of SQLite")
+    parser.add_argument(
+        "--database", default="bench_digest", help="the scratch database's name with --postgres"
+    )
     parser.add_argument("--no-rss", action="store_true", help="skip the --big RSS check")
     parser.add_argument("--rounds", type=int, default=3, help="measurements of each rate")
     args = parser.parse_args()
@@ -347,10 +350,10 @@ def main() -> None:
         base = args.postgres.rstrip("/")
         admin = create_engine(f"{base}/postgres", isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
-            conn.execute(text("DROP DATABASE IF EXISTS bench_digest"))
-            conn.execute(text("CREATE DATABASE bench_digest"))
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{args.database}"'))
+            conn.execute(text(f'CREATE DATABASE "{args.database}"'))
         admin.dispose()
-        database_url = f"{base}/bench_digest"
+        database_url = f"{base}/{args.database}"
     else:
         database_url = f"sqlite:///{workdir / 'bench.db'}"
     port = free_port()

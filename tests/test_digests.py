@@ -803,3 +803,55 @@ def test_a_digest_whose_mail_cannot_be_built_fails_its_rows_and_finishes(db, dai
     assert "cannot be built" in digest.error
     failed = db.session.scalars(select(Delivery.last_error)).all()
     assert all(error.startswith("cannot build:") for error in failed)
+
+
+def test_signed_digest_goes_to_everyone_when_the_worker_commits_mid_batch(db, daily, dkim_key):
+    """Mails are built and signed in threads: they must not touch the worker's session, which
+    has no application in those threads and expires what it loaded at every commit."""
+    signer, _, _ = dkim_key
+    add_item(db, daily, "Story")
+    for n in range(12):
+        add_reader(db, daily, f"r{n}@example.com")
+    digest = states.compose(db.session, daily)
+    states.start(db.session, digest)
+    transport = MemoryTransport()
+    # status_every=0: the digest's status is read, and the session committed, before each mail.
+    digest_sender = sender(transport, signer=signer, status_every=0)
+    # The worker's own session (Flask-SQLAlchemy's), as `newsletter worker` passes it.
+    while digest_sender.step(db.session):
+        pass
+
+    assert ledger(db, digest) == {"sent": 12}
+    assert sorted(to for _, [to] in transport.envelopes) == sorted(
+        f"r{n}@example.com" for n in range(12)
+    )
+
+
+def test_each_mail_is_marked_sent_before_the_next_one_is_accepted(db, daily, smtp_pipelining):
+    """Marks are made while the next message's envelope goes; the message itself waits for them,
+    so a worker killed at any moment leaves at most one accepted mail unmarked."""
+    for n in range(30):
+        add_reader(db, daily, f"r{n}@example.com")
+    add_item(db, daily, "Story")
+    digest = states.compose(db.session, daily)
+    states.start(db.session, digest)
+    handler = smtp_pipelining.handler
+    accept = handler.handle_DATA
+    marked_before: list[int] = []
+    engine = db.engine  # the server's thread has no application context
+
+    async def counting(server, session, envelope):  # type: ignore[no-untyped-def]
+        with engine.connect() as conn:
+            marked_before.append(
+                conn.scalar(
+                    select(func.count()).select_from(Delivery).where(Delivery.status == "sent")
+                )
+            )
+        return await accept(server, session, envelope)
+
+    handler.handle_DATA = counting
+    transport = SMTPTransport("127.0.0.1", smtp_pipelining.port)
+    send_all(db, transport)
+
+    assert ledger(db, digest) == {"sent": 30}
+    assert marked_before == list(range(30))

@@ -68,3 +68,22 @@ def test_the_builder_needs_no_request_or_url_map():
     made = Links("https://news.example.org/newsletters/", "key")
     url = made.unsubscribe_url(READER, 3)
     assert url.startswith("https://news.example.org/newsletters/unsubscribe/")
+
+
+def test_links_read_the_same_as_plain_itsdangerous_tokens_both_ways():
+    from itsdangerous import URLSafeTimedSerializer
+
+    made = Links("https://news.example.org", "k" * 40)
+    plain = URLSafeTimedSerializer(["k" * 40], salt="newsletter.unsubscribe")
+    reader = Reader(7, "key-of-seven")
+    # Links mailed before (compressed when zlib made them shorter) still open.
+    payload = {"s": 7, "k": "key-of-seven", "l": 3, "pad": "a" * 200}
+    old = plain.dumps(payload)
+    assert old.startswith(".")  # compressed
+    assert made._loads(links.UNSUBSCRIBE, old) == payload
+    # And ours are plain itsdangerous tokens.
+    token = made.unsubscribe_token(reader, 3)
+    assert plain.loads(token) == {"s": 7, "k": "key-of-seven", "l": 3}
+    assert made.read_unsubscribe(token).newsletter_id == 3
+    # A longer payload is still offered to zlib, as before.
+    assert made.token(links.UNSUBSCRIBE, payload).startswith(".")

@@ -433,6 +433,34 @@ def test_send_raw_on_a_fresh_connection_that_drops_is_temporary(smtp, transport)
     assert [r.message["Subject"] for r in smtp.received] == ["after"]
 
 
+def test_before_data_runs_once_the_envelope_is_taken_and_before_the_message(smtp, transport):
+    seen: list[int] = []
+    transport.send_raw(
+        "daily@news.example.org",
+        ["reader@example.com"],
+        raw_mail("first"),
+        before_data=lambda: seen.append(len(smtp.received)),
+    )
+    assert seen == [0]
+    assert [r.message["Subject"] for r in smtp.received] == ["first"]
+
+
+def test_what_before_data_raises_ends_the_session_and_sends_nothing(smtp, transport):
+    transport.send_raw("daily@news.example.org", ["reader@example.com"], raw_mail("first"))
+
+    def fails() -> None:
+        raise RuntimeError("the database went away")
+
+    with pytest.raises(RuntimeError, match="went away"):
+        transport.send_raw(
+            "daily@news.example.org", ["reader@example.com"], raw_mail("lost"), before_data=fails
+        )
+    transport.send_raw("daily@news.example.org", ["reader@example.com"], raw_mail("after"))
+    assert [r.message["Subject"] for r in smtp.received] == ["first", "after"]
+    # The session in the middle of a message was dropped, a new one carried the next.
+    assert smtp.connections == 2
+
+
 def test_send_raw_to_a_closed_port_is_a_connection_failure():
     transport = SMTPTransport(HOST, free_port(), timeout=5)
     with pytest.raises(ConnectionFailure, match="ConnectionRefusedError"):

@@ -9,11 +9,10 @@ unrecorded, and its other rows come back when the lease runs out.
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from newsletter.digests.ledger import Recipient
 from newsletter.leases import Policy, new_claim
 from newsletter.links import DELIVERY, Links, Reader
 from newsletter.mail.outbox import server_side
-from newsletter.mail.transport import DeliveryError, TemporaryFailure, Transport
+from newsletter.mail.transport import DeliveryError, SMTPTransport, TemporaryFailure, Transport
 from newsletter.models import (
     BounceKind,
     DeliveryStatus,
@@ -136,6 +135,8 @@ class DigestSender:
         # With DKIM, the next messages are built and signed in threads while this one is on
         # the wire: OpenSSL's RSA lets go of the GIL, and a signature costs as much as a send.
         self._pool = ThreadPoolExecutor(max_workers=2) if signer is not None else None
+        # Marks go to a database server from a thread of their own (see _Marks).
+        self._marking = ThreadPoolExecutor(max_workers=1, thread_name_prefix="marks")
 
     def prepared(self, digest: Digest, locale: str | None = None) -> PreparedDigest:
         """The digest rendered once per language for this worker; it does not change while
@@ -182,20 +183,18 @@ class DigestSender:
         ids = self.claim(session, digest_id, token)
         if not ids:
             return 0
-        digest = session.get(Digest, digest_id, populate_existing=True)
-        assert digest is not None
+        recipients = ledger.recipients(session, ids)
         try:
-            prepared = self.prepared(digest)
+            # Rendered here, not in the signing threads: rendering needs the app context, and
+            # the digest row, expired at every commit, would be loaded again through the session.
+            by_locale = self._prepared_for(session, digest_id, {r.locale for r in recipients})
         except Exception as exc:
             # Not one reader's mail can be built (settings that cannot go into a header):
             # every row fails with the reason, and the digest finishes instead of hanging.
             log.exception("digest %s cannot be built", digest_id)
-            self._cannot_build(session, digest, ids, token, exc)
+            self._cannot_build(session, digest_id, ids, token, exc)
             return len(ids)
-        recipients = ledger.recipients(session, ids)
-        # Rendered here, not in the signing threads: rendering needs the app context.
-        for locale in {r.locale for r in recipients}:
-            self.prepared(digest, locale)
+        prepared = by_locale[None]
         session.commit()
         # Rows whose subscription went (erased) between the claim and now: nothing to send.
         gone = sorted(set(ids) - {r.delivery_id for r in recipients})
@@ -203,14 +202,14 @@ class DigestSender:
         started = self.clock.monotonic()
         batch = _Claimed(
             digest_id,
-            digest.newsletter_id,
+            prepared.links.newsletter_id,
             token,
             recipients,
             claimed_at=started,
             checked_at=started,
         )
-        ahead = _Ahead(recipients, functools.partial(self.prepared, digest), self._pool)
-        with _marks_connection(session) as marks:
+        ahead = _Ahead(recipients, by_locale, self._pool)
+        with _marks_connection(session) as conn, _Marks(conn, self._marking) as marks:
             for position, recipient in enumerate(recipients):
                 confirmed = recipient.status == SubscriptionStatus.CONFIRMED
                 if confirmed:
@@ -226,6 +225,7 @@ class DigestSender:
                 if not self._send(session, marks, batch, position, prepared, ahead):
                     break
         # Cancelled while this batch went: the figures the cancel kept miss what was sent since.
+        # (Every mark of the batch has been made: leaving _Marks waits for the last one.)
         if (
             session.scalar(select(Digest.status).where(Digest.id == digest_id))
             == DigestStatus.CANCELLED
@@ -234,11 +234,28 @@ class DigestSender:
         session.commit()
         return len(ids)
 
+    def _prepared_for(
+        self, session: Session, digest_id: int, locales: set[str | None]
+    ) -> dict[str | None, PreparedDigest]:
+        """The digest prepared for each of these languages, and for None (the default one);
+        the digest is read from the database only when one of them is not prepared yet."""
+        wanted = {None, *locales}
+        keys = {
+            locale: (digest_id, languages.known(locale) or languages.DEFAULT) for locale in wanted
+        }
+        if all(key in self._prepared for key in keys.values()):
+            return {locale: self._prepared[key] for locale, key in keys.items()}
+        digest = session.get(Digest, digest_id, populate_existing=True)
+        assert digest is not None
+        return {locale: self.prepared(digest, locale) for locale in wanted}
+
     def _cannot_build(
-        self, session: Session, digest: Digest, ids: list[int], token: str, exc: Exception
+        self, session: Session, digest_id: int, ids: list[int], token: str, exc: Exception
     ) -> None:
         why = f"cannot build: {exc}"
         _settle(session, ids, token, DeliveryStatus.FAILED, why)
+        digest = session.get(Digest, digest_id)
+        assert digest is not None
         digest.error = f"The mail of this digest cannot be built: {exc}"[:2000]
         session.commit()
 
@@ -277,7 +294,7 @@ class DigestSender:
     def _send(
         self,
         session: Session,
-        marks: Connection,
+        marks: _Marks,
         batch: _Claimed,
         position: int,
         prepared: PreparedDigest,
@@ -297,7 +314,16 @@ class DigestSender:
             return True
         try:
             sender = self.links.envelope_sender(DELIVERY, row) or prepared.sender
-            self.transport.send_raw(sender, [prepared.recipient(recipient.address)], data)
+            to = [prepared.recipient(recipient.address)]
+            if marks.overlapped and isinstance(self.transport, SMTPTransport):
+                # The last reader's mark is waited for only once the server has answered this
+                # message's envelope, just before its body goes: the two round trips overlap.
+                self.transport.send_raw(sender, to, data, before_data=marks.wait)
+            else:
+                marks.wait()
+                self.transport.send_raw(sender, to, data)
+        except _MarkFailed:
+            raise
         except DeliveryError as exc:
             if server_side(exc):
                 # The server is away, refuses our sender, or is shutting down (421): not this
@@ -323,8 +349,9 @@ class DigestSender:
                 session, batch, recipient, TemporaryFailure(f"{type(exc).__name__}: {exc}")
             )
             return True
-        # Recorded at once: a crash after this line does not send it again.
-        marks.execute(ledger.MARK_SENT, {"row": row, "token": batch.token, "now": self.clock.now()})
+        # Recorded at once, and before the next message can be accepted: a worker killed at any
+        # moment leaves at most one accepted message unmarked, which goes again.
+        marks.mark(row, batch.token, self.clock.now())
         metrics.digest_sent()
         return True
 
@@ -392,6 +419,57 @@ def _marks_connection(session: Session) -> Iterator[Connection]:
                 marks.exec_driver_sql("RESET synchronous_commit")
 
 
+class _MarkFailed(Exception):
+    """Marking a row sent failed: the batch stops, as when the database goes away."""
+
+
+class _Marks:
+    """Marks rows sent, each in its own transaction, one at a time and in order.
+
+    On a database server a mark is a round trip. It is made in a thread while the worker
+    builds the next message and the mail server answers its envelope; `wait` returns once the
+    mark has been committed. The sender waits before the next message's body goes, so the
+    server never accepts a message while an earlier one is unmarked. On SQLite, a write to a
+    local file, each mark is made at once.
+    """
+
+    def __init__(self, conn: Connection, pool: ThreadPoolExecutor) -> None:
+        self.conn = conn
+        self.overlapped = conn.dialect.name != "sqlite"
+        self.pool = pool
+        self.pending: Future[object] | None = None
+
+    def mark(self, row: int, token: str, now: datetime) -> None:
+        """Mark the row sent; in a thread on a database server (the last mark waited for)."""
+        self.wait()
+        params = {"row": row, "token": token, "now": now}
+        if self.overlapped:
+            self.pending = self.pool.submit(self.conn.execute, ledger.MARK_SENT, params)
+        else:
+            self.conn.execute(ledger.MARK_SENT, params)
+
+    def wait(self) -> None:
+        """Return once every mark made so far is committed; raises `_MarkFailed` if one failed."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            try:
+                pending.result()
+            except Exception as exc:
+                raise _MarkFailed(f"{type(exc).__name__}: {exc}") from exc
+
+    def __enter__(self) -> _Marks:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        # The last mark is waited for even when the batch ends with an error: the connection
+        # goes back to the pool only once no thread uses it.
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            done = pending.exception()
+            if done is not None and exc_info[0] is None:
+                raise _MarkFailed(f"{type(done).__name__}: {done}") from done
+
+
 class _Ahead:
     """Each reader's message of a batch, built (and signed) a few readers ahead in a pool."""
 
@@ -400,7 +478,7 @@ class _Ahead:
     def __init__(
         self,
         recipients: Sequence[Recipient],
-        prepared: Callable[[str | None], PreparedDigest],
+        prepared: Mapping[str | None, PreparedDigest],
         pool: ThreadPoolExecutor | None,
     ) -> None:
         self.recipients = recipients
@@ -410,7 +488,7 @@ class _Ahead:
 
     def _build(self, position: int) -> bytes:
         r = self.recipients[position]
-        prepared = self.prepared(r.locale)
+        prepared = self.prepared[r.locale]
         return prepared.message(r.delivery_id, r.address, Reader(r.subscriber_id, r.token_key))
 
     def get(self, position: int) -> bytes:

@@ -7,7 +7,7 @@ import smtplib
 import ssl
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from email import message_from_bytes
 from email.message import EmailMessage, Message
@@ -232,15 +232,24 @@ class SMTPTransport(_Sender):
             raise
         return smtp
 
-    def send_raw(self, sender: str, recipients: Sequence[str], data: bytes) -> None:
+    def send_raw(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        data: bytes,
+        *,
+        before_data: Callable[[], None] | None = None,
+    ) -> None:
+        """Send finished bytes; `before_data` is called once the server has taken the envelope,
+        just before the message itself goes (what it raises ends the session and goes up)."""
         reused = self._smtp is not None
         try:
-            self._deliver(sender, recipients, data)
+            self._deliver(sender, recipients, data, before_data)
         except _Disconnected:
             if not reused:
                 raise
             # The server closed the kept-open connection while it idled: one fresh try.
-            self._deliver(sender, recipients, data)
+            self._deliver(sender, recipients, data, before_data)
 
     def _open(self) -> smtplib.SMTP:
         try:
@@ -251,7 +260,13 @@ class SMTPTransport(_Sender):
             code = getattr(exc, "smtp_code", None)
             raise ConnectionFailure(f"{type(exc).__name__}: {exc}", code) from exc
 
-    def _deliver(self, sender: str, recipients: Sequence[str], data: bytes) -> None:
+    def _deliver(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        data: bytes,
+        before_data: Callable[[], None] | None,
+    ) -> None:
         if self._smtp is None:
             self._smtp = self._open()
         options: list[str] = []
@@ -260,8 +275,10 @@ class SMTPTransport(_Sender):
             options = ["SMTPUTF8", "BODY=8BITMIME"]
         try:
             if not options and self._smtp.has_extn("pipelining"):
-                refused = _pipelined(self._smtp, sender, recipients, data)
+                refused = _pipelined(self._smtp, sender, recipients, data, before_data)
             else:
+                if before_data is not None:
+                    before_data()
                 refused = self._smtp.sendmail(sender, list(recipients), data, mail_options=options)
         except smtplib.SMTPRecipientsRefused as exc:
             self._reset()
@@ -288,6 +305,13 @@ class SMTPTransport(_Sender):
         except (smtplib.SMTPException, OSError) as exc:
             self.close()
             raise TemporaryFailure(f"{type(exc).__name__}: {exc}") from exc
+        except BaseException:
+            # Not the server's doing (what before_data raised, an interrupt): the session may be
+            # in the middle of a message, so it is dropped without a word.
+            smtp, self._smtp = self._smtp, None
+            if smtp is not None:
+                smtp.close()
+            raise
         if refused:
             raise _refused(refused)
 
@@ -310,7 +334,11 @@ class SMTPTransport(_Sender):
 
 
 def _pipelined(
-    smtp: smtplib.SMTP, sender: str, recipients: Sequence[str], data: bytes
+    smtp: smtplib.SMTP,
+    sender: str,
+    recipients: Sequence[str],
+    data: bytes,
+    before_data: Callable[[], None] | None = None,
 ) -> dict[str, tuple[int, bytes]]:
     """MAIL, RCPT and DATA in one write, their replies read after (RFC 2920), then the message.
 
@@ -337,6 +365,8 @@ def _pipelined(
         raise smtplib.SMTPRecipientsRefused(refused)
     if data_code != 354:
         raise smtplib.SMTPDataError(data_code, data_reply)
+    if before_data is not None:
+        before_data()
     if data.count(b"\n") != data.count(b"\r\n"):
         data = _BARE_LF.sub(b"\r\n", data)
     # Dot-stuffing (RFC 5321 4.5.2): a line that starts with a dot gets a second one.

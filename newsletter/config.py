@@ -30,6 +30,10 @@ DEFAULTS: dict[str, object] = {
     "CONFIRMATIONS_PER_ADDRESS": 3,
     "CONFIRMATION_WINDOW": 24 * 3600,
     "SUBSCRIBE_RATE_LIMIT": "20 per minute;200 per hour",
+    # The preferences page: every request per IP, and the changes made through one reader's
+    # link (it is in every mail and travels with each forward) from anywhere.
+    "PREFERENCES_RATE_LIMIT": "30 per minute;300 per day",
+    "PREFERENCES_LINK_RATE_LIMIT": "10 per hour;30 per day",
     # Failed sign-ins per (account, client address); from one address whatever the account;
     # and per account from everywhere, high enough that guesses from a few places do not lock
     # its owner out (see web/admin/auth.py).

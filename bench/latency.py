@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import http.client
+import os
 import secrets
 import shutil
 import signal
@@ -115,6 +116,11 @@ def _percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
 
 
+def _sink_user() -> list[str]:
+    """smtp-sink refuses to run as root without a user to switch to (Postfix's own)."""
+    return ["-u", "postfix"] if os.geteuid() == 0 else []
+
+
 def benchmark(args: argparse.Namespace, workdir: Path) -> int:
     sink = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
     if not Path(sink).exists():
@@ -140,13 +146,19 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> int:
         with (workdir / "sink.log").open("wb") as out:
             procs.append(
                 subprocess.Popen(
-                    [sink, "-c", f"127.0.0.1:{smtp_port}", "256"], stdout=out, stderr=out
+                    [sink, *_sink_user(), "-c", f"127.0.0.1:{smtp_port}", "256"],
+                    stdout=out,
+                    stderr=out,
                 )
             )
         with (workdir / "worker.log").open("wb") as out:
             procs.append(
                 subprocess.Popen([newsletter, "worker"], stdout=out, stderr=subprocess.STDOUT)
             )
+        time.sleep(0.5)
+        if procs[0].poll() is not None:
+            print(f"smtp-sink did not start: {(workdir / 'sink.log').read_text()}")
+            return 2
         with common.gunicorn("latency", common.NEWSLETTER_APP, args.workers, workdir) as server:
             port = int(urllib.parse.urlsplit(server.url).port or 80)
             answered = load(port, addresses, args.rate)

@@ -146,8 +146,10 @@ def gunicorn(name: str, app_spec: str, workers: int, workdir: Path) -> Iterator[
     ]
     with log.open("wb") as out:
         # Its own session: Ctrl-C in the terminal reaches us, and we stop it in order.
+        # Started in the work folder: gunicorn would read the project's ./gunicorn.conf.py,
+        # whose settings (threads, access log, its checks) are not the same for both apps.
         process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=workdir
         )
     server = Server(name, f"http://127.0.0.1:{port}/subscribe", process, log)
     try:

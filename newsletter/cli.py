@@ -108,7 +108,8 @@ def worker(drain: bool, batch_size: int, poll: float) -> None:
         click.echo(f"Worker sending to {where}; Ctrl-C to stop.")
     handled = process.run(drain=drain)
     waiting = outbox.pending_count(db.session)
-    click.echo(f"Signups applied: {handled['signups']}.")
+    if handled["signups"]:
+        click.echo(f"Signups applied: {handled['signups']}.")
     click.echo(f"Messages handled: {handled['outbox']}; waiting for a retry: {waiting}.")
 
 

@@ -191,7 +191,7 @@ def finish(app: Flask) -> None:
     cfg["INSTANCE_PATH"] = str(instance)
     cfg.setdefault("OUTBOX_DIR", str(instance / "outbox"))
     cfg["SQLALCHEMY_ENGINE_OPTIONS"] = _engine_options(cfg["SQLALCHEMY_DATABASE_URI"])
-    cfg["RATELIMIT_STORAGE_URI"] = cfg["REDIS_URL"] or "memory://"
+    cfg["RATELIMIT_STORAGE_URI"] = cfg["REDIS_URL"] or "newsletter-memory://"
     # Redis away: count in this process's memory rather than refuse signups (web/limits.py
     # says so in the log and the metrics); short timeouts so a lost Redis costs no request.
     cfg["RATELIMIT_IN_MEMORY_FALLBACK_ENABLED"] = True

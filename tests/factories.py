@@ -199,9 +199,13 @@ def statuses(db) -> dict[str, str]:  # type: ignore[no-untyped-def]
     return {s.newsletter.slug: s.status for s in db.session.scalars(select(Subscription))}
 
 
-def signup(client: FlaskClient, email: str, *slugs: str, **extra: str):  # type: ignore[no-untyped-def]
-    """Post a signup box as a browser without JavaScript does."""
-    return client.post("/subscribe", data={"email": email, "newsletter": list(slugs), **extra})
+def signup(client: FlaskClient, email: str, *slugs: str, apply: bool = True, **extra: str):  # type: ignore[no-untyped-def]
+    """Post a signup box as a browser without JavaScript does; then, unless told not to, let
+    the worker's signup runner apply what the request queued (`apply_signups`)."""
+    response = client.post("/subscribe", data={"email": email, "newsletter": list(slugs), **extra})
+    if apply:
+        apply_signups()
+    return response
 
 
 def add_reader(db, newsletter, email, status=SubscriptionStatus.CONFIRMED):  # type: ignore[no-untyped-def]

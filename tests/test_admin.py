@@ -113,7 +113,7 @@ def test_admin_creates_edits_and_archives_a_newsletter(client, db, admin):
     page = client.get(created.headers["Location"]).get_data(as_text=True)
     assert "Saved Kyiv Weekly." in page
     # The snippet is shown as text, ready to copy, posting to this service.
-    assert 'method=&#34;post&#34; action=&#34;https://news.example.org/subscribe&#34;' in page
+    assert "method=&#34;post&#34; action=&#34;https://news.example.org/subscribe&#34;" in page
     assert "value=&#34;kyiv-weekly&#34;" in page
     assert "&lt;script src=&#34;https://news.example.org/static/embed.js&#34; defer&gt;" in page
 

@@ -55,9 +55,7 @@ def allow(app: Flask, url: str) -> None:
 @pytest.fixture
 def no_script(browser: Browser, live_app: Flask) -> Iterator[Page]:
     """A tab with JavaScript off."""
-    context = browser.new_context(
-        java_script_enabled=False, base_url=live_app.config["BASE_URL"]
-    )
+    context = browser.new_context(java_script_enabled=False, base_url=live_app.config["BASE_URL"])
     context.set_default_timeout(10_000)
     try:
         yield context.new_page()

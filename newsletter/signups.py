@@ -105,9 +105,26 @@ class SignupRunner:
         self.policy = policy
 
     def step(self, session: Session, stop: threading.Event | None = None) -> int:
-        """Claim and apply one batch; return how many rows it claimed."""
+        """Claim and apply one batch; return how many rows it claimed.
+
+        The batch is applied in one transaction; should any row fail, it is applied again
+        one row per transaction, so one bad signup holds up no other.
+        """
         token = new_claim()
         ids = LEASES.claim(session, token, self.policy)
+        if not ids:
+            return 0
+        if stop is not None and stop.is_set():
+            LEASES.release(session, ids, token)
+            return len(ids)
+        try:
+            for row_id in ids:
+                self._apply_once(session, row_id, token)
+            session.commit()
+        except Exception:
+            session.rollback()
+        else:
+            return len(ids)
         for position, row_id in enumerate(ids):
             if stop is not None and stop.is_set():
                 LEASES.release(session, ids[position:], token)

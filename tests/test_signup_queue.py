@@ -232,3 +232,22 @@ def test_other_domains_keep_their_dots(client, db, mailbox, newsletters):
         signup(client, address, "daily")
     # a.b@ (with its +tags) is one mailbox, ab@ another: 3 + 1.
     assert len(mailbox.deliver()) == 4
+
+
+def test_a_signup_that_cannot_be_applied_holds_up_no_other(client, db, mailbox, newsletters):
+    signup(client, "first@example.com", "daily", apply=False)
+    signup(client, "broken@example.com", "daily", apply=False)
+    signup(client, "last@example.com", "daily", apply=False)
+    broken = db.session.scalars(
+        select(QueuedSignup).where(QueuedSignup.email == "broken@example.com")
+    ).one()
+    broken.newsletters = [["not a newsletter id", "text"]]
+    db.session.commit()
+    sent = sorted(m["To"] for m in mailbox.deliver())
+    assert sent == ["first@example.com", "last@example.com"]
+    db.session.expire_all()
+    left = db.session.scalars(select(QueuedSignup)).one()
+    # Kept, to be tried again later with back-off, and said why.
+    assert left.email == "broken@example.com" and left.status == "queued"
+    assert left.attempts == 1 and "ValueError" in left.last_error
+    assert left.next_attempt_at > utcnow()

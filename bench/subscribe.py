@@ -3,10 +3,13 @@
 Run from the project root:
 
     .venv/bin/python bench/subscribe.py [--duration 10] [--connections 8]
+    .venv/bin/python bench/subscribe.py --postgres [--redis redis://127.0.0.1:6379/0]
 
 Both apps run under gunicorn with the same flags (2 sync workers on 127.0.0.1) on a fresh
-SQLite database in a temporary instance folder; wrk (bench/subscribe.lua) posts the signup form
-with a new address on every request. The two are measured in turns, and the medians compared.
+SQLite database in a temporary instance folder (with --postgres: a scratch PostgreSQL database,
+and Redis for the rate limits); wrk (bench/subscribe.lua) posts the signup form with a new
+address on every request. The two are measured in turns, and the medians compared. The
+signups the app queued are applied afterwards, as the worker would, and checked.
 """
 
 from __future__ import annotations
@@ -143,8 +146,10 @@ def gunicorn(name: str, app_spec: str, workers: int, workdir: Path) -> Iterator[
     ]
     with log.open("wb") as out:
         # Its own session: Ctrl-C in the terminal reaches us, and we stop it in order.
+        # Started in the work folder: gunicorn would read the project's ./gunicorn.conf.py,
+        # whose settings (threads, access log, its checks) are not the same for both apps.
         process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=workdir
         )
     server = Server(name, f"http://127.0.0.1:{port}/subscribe", process, log)
     try:
@@ -202,31 +207,76 @@ def _wrk_version() -> str:
     return (done.stdout or done.stderr).split("Copyright")[0].strip()
 
 
-def _environment(instance: Path) -> dict[str, str]:
-    """NEWSLETTER_* settings for a production-like app on a fresh SQLite file."""
-    return {
+DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/newsletter_bench"
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+
+
+def _environment(
+    instance: Path, database_url: str | None = None, redis_url: str | None = None
+) -> dict[str, str]:
+    """NEWSLETTER_* settings for a production-like app on a fresh SQLite file, or on the
+    PostgreSQL database and Redis given."""
+    env = {
         "NEWSLETTER_ENV": "production",
         "NEWSLETTER_INSTANCE_PATH": str(instance),
-        "NEWSLETTER_DATABASE_URL": f"sqlite:///{instance / 'newsletter.db'}",
+        "NEWSLETTER_DATABASE_URL": database_url or f"sqlite:///{instance / 'newsletter.db'}",
         "NEWSLETTER_SECRET_KEY": secrets.token_urlsafe(32),
         "NEWSLETTER_BASE_URL": "https://news.example.org",
         # Measure the signup, not the 429 page.
         "NEWSLETTER_SUBSCRIBE_RATE_LIMIT": "1000000 per minute",
     }
+    if redis_url:
+        env["NEWSLETTER_REDIS_URL"] = redis_url
+    return env
+
+
+def use_environment(env: dict[str, str]) -> None:
+    """Replace this process's NEWSLETTER_* settings (the servers it starts inherit them)."""
+    for name in [n for n in os.environ if n.startswith("NEWSLETTER_")]:
+        del os.environ[name]
+    os.environ.update(env)
 
 
 def prepare_database() -> None:
-    """Create the tables and load the demo newsletters (as init-db and seed-demo do)."""
+    """Create the tables and load the demo newsletters (as init-db and seed-demo do); a
+    PostgreSQL database is emptied first, and Redis's counts cleared."""
     from flask_migrate import upgrade
+    from sqlalchemy import text
 
-    from newsletter import create_app, demo
+    from newsletter import create_app, demo, trial
+    from newsletter.extensions import db, limiter
+
+    url = os.environ["NEWSLETTER_DATABASE_URL"]
+    if url.startswith("postgresql"):
+        trial.ensure_database(url)
+    app = create_app()
+    with app.app_context():
+        if db.engine.dialect.name == "postgresql":
+            with db.engine.begin() as conn:
+                conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+        upgrade()
+        demo.load(db.session)
+        if os.environ.get("NEWSLETTER_REDIS_URL"):
+            limiter.reset()
+        db.engine.dispose()
+
+
+def apply_queued_signups() -> int:
+    """Apply every queued signup, as `newsletter worker` does; return how many."""
+    from sqlalchemy.orm import Session
+
+    from newsletter import create_app, signups
     from newsletter.extensions import db
 
     app = create_app()
+    applied = 0
     with app.app_context():
-        upgrade()
-        demo.load(db.session)
+        runner = signups.SignupRunner()
+        with Session(db.engine) as session:
+            while found := runner.step(session):
+                applied += found
         db.engine.dispose()
+    return applied
 
 
 @dataclass
@@ -326,9 +376,7 @@ def _line(label: str, result: WrkResult) -> str:
 def benchmark(args: argparse.Namespace, workdir: Path) -> int:
     """Start both servers, measure them in turns, verify the database, print the summary."""
     instance = workdir / "instance"
-    for name in [n for n in os.environ if n.startswith("NEWSLETTER_")]:
-        del os.environ[name]
-    os.environ.update(_environment(instance))
+    use_environment(_environment(instance, args.postgres, args.redis if args.postgres else None))
     prepare_database()
 
     token = secrets.token_hex(4)
@@ -344,10 +392,14 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> int:
         f"{min(args.threads, args.connections)} threads, {args.duration:g} s per run after "
         f"{args.warmup:g} s warm-up, {args.rounds} rounds"
     )
+    where = (
+        f"PostgreSQL ({args.postgres}) and Redis ({args.redis})"
+        if args.postgres
+        else f"SQLite in {instance}{' (kept)' if args.keep else ''}"
+    )
     print(
-        f"servers: gunicorn, {args.workers} sync workers each, 127.0.0.1; "
-        f"SQLite in {instance}{' (kept)' if args.keep else ''}; sync workers close every "
-        "connection, so there is no keep-alive"
+        f"servers: gunicorn, {args.workers} sync workers each, 127.0.0.1; {where}; sync "
+        "workers close every connection, so there is no keep-alive"
     )
     bare_runs: list[WrkResult] = []
     signup_runs: list[WrkResult] = []
@@ -369,6 +421,10 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> int:
                 (bare_runs if server is bare else signup_runs).append(result)
                 print(_line(label, result), flush=True)
     # Stopped gracefully: the last in-flight requests have been committed.
+    started = time.monotonic()
+    applied = apply_queued_signups()
+    took = time.monotonic() - started
+    print(f"queued signups applied afterwards, as the worker does: {applied} in {took:.1f} s")
     problems = verify(signup_runs, count_rows())
     measured = signup_runs[-args.rounds :]
     bare_rate = statistics.median(r.rate for r in bare_runs)
@@ -395,6 +451,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=2, help="seconds of warm-up [2]")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers per app [2]")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument(
+        "--postgres",
+        nargs="?",
+        const=DEFAULT_POSTGRES,
+        help=f"on PostgreSQL and Redis instead of SQLite [{DEFAULT_POSTGRES}]; emptied first",
+    )
+    parser.add_argument("--redis", default=DEFAULT_REDIS, help=f"with --postgres [{DEFAULT_REDIS}]")
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.connections < 1 or args.rounds < 1 or args.workers < 1:
         parser.error("--duration, --connections, --rounds and --workers must be positive")

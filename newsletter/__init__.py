@@ -60,6 +60,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     from newsletter.web import (
         admin,
         api,
+        bodies,
         challenge,
         cors,
         errors,
@@ -72,6 +73,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
         security,
     )
 
+    bodies.init_app(app)
     language.init_app(app)
     errors.register(app)
     cors.register(app)

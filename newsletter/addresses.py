@@ -39,6 +39,25 @@ def normalize_email(raw: str, *, check_deliverability: bool = False) -> tuple[st
     return result.normalized, result.normalized.lower()
 
 
+# Providers that deliver name.surname@ and namesurname@ to one mailbox; googlemail.com is
+# gmail.com under another name.
+DOTLESS_DOMAINS = {"gmail.com": "gmail.com", "googlemail.com": "gmail.com"}
+
+
+def mailbox_key(email_key: str) -> str:
+    """The mailbox an address reaches, for limits: its `+tag` dropped and, at the providers
+    that ignore them, the dots of its local part; googlemail.com as gmail.com.
+
+    Only for counting: the address itself is kept and mailed as the reader typed it.
+    """
+    local, _at, domain = email_key.lower().rpartition("@")
+    base = local.split("+", 1)[0] or local
+    if domain in DOTLESS_DOMAINS:
+        domain = DOTLESS_DOMAINS[domain]
+        base = base.replace(".", "") or base
+    return f"{base}@{domain}"
+
+
 def mask(address: str) -> str:
     """An address as a list shows it without giving it away: j***@example.org."""
     local, _at, domain = address.rpartition("@")

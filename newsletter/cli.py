@@ -90,10 +90,11 @@ def seed_demo() -> None:
 @cli.command("worker")
 @click.option("--drain", is_flag=True, help="Send everything due, then exit.")
 @click.option("--batch-size", default=50, show_default=True, help="Messages claimed at once.")
-@click.option("--poll", default=1.0, show_default=True, help="Seconds between looks when idle.")
+@click.option("--poll", default=0.5, show_default=True, help="Seconds between looks when idle.")
 @with_appcontext
 def worker(drain: bool, batch_size: int, poll: float) -> None:
-    """Send mail and digests, run imports and cadences until stopped (Ctrl-C, SIGTERM: clean)."""
+    """Apply signups, send mail and digests, run imports and cadences until stopped (Ctrl-C,
+    SIGTERM: clean)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg = current_app.config
     metrics.serve(cfg)
@@ -107,6 +108,8 @@ def worker(drain: bool, batch_size: int, poll: float) -> None:
         click.echo(f"Worker sending to {where}; Ctrl-C to stop.")
     handled = process.run(drain=drain)
     waiting = outbox.pending_count(db.session)
+    if handled["signups"]:
+        click.echo(f"Signups applied: {handled['signups']}.")
     click.echo(f"Messages handled: {handled['outbox']}; waiting for a retry: {waiting}.")
 
 

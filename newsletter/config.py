@@ -32,6 +32,10 @@ DEFAULTS: dict[str, object] = {
     "CONFIRMATIONS_PER_ADDRESS": 3,
     "CONFIRMATION_WINDOW": 24 * 3600,
     "SUBSCRIBE_RATE_LIMIT": "20 per minute;200 per hour",
+    # The preferences page: every request per IP, and the changes made through one reader's
+    # link (it is in every mail and travels with each forward) from anywhere.
+    "PREFERENCES_RATE_LIMIT": "30 per minute;300 per day",
+    "PREFERENCES_LINK_RATE_LIMIT": "10 per hour;30 per day",
     # Failed sign-ins per (account, client address); from one address whatever the account;
     # and per account from everywhere, high enough that guesses from a few places do not lock
     # its owner out (see web/admin/auth.py).
@@ -214,7 +218,7 @@ def finish(app: Flask) -> None:
     cfg["INSTANCE_PATH"] = str(instance)
     cfg.setdefault("OUTBOX_DIR", str(instance / "outbox"))
     cfg["SQLALCHEMY_ENGINE_OPTIONS"] = _engine_options(cfg["SQLALCHEMY_DATABASE_URI"])
-    cfg["RATELIMIT_STORAGE_URI"] = cfg["REDIS_URL"] or "memory://"
+    cfg["RATELIMIT_STORAGE_URI"] = cfg["REDIS_URL"] or "newsletter-memory://"
     # Redis away: count in this process's memory rather than refuse signups (web/limits.py
     # says so in the log and the metrics); short timeouts so a lost Redis costs no request.
     cfg["RATELIMIT_IN_MEMORY_FALLBACK_ENABLED"] = True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from flask_babel import Babel, lazy_gettext
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
@@ -9,6 +11,7 @@ from flask_login import LoginManager
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf import CSRFProtect
+from limits.storage import MemoryStorage
 from sqlalchemy import MetaData
 from sqlalchemy.orm import DeclarativeBase
 
@@ -24,6 +27,27 @@ _NAMING = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=_NAMING)
+
+
+class SweptMemoryStorage(MemoryStorage):
+    """limits' in-process storage (`newsletter-memory://`, used when no Redis is set) without
+    its timer thread: that storage starts a thread 10 ms after each idle spell to drop expired
+    counts, which under steady traffic cost about 1 ms per request. Here they are dropped in
+    passing, at most once a second; a count past its expiry never counts anyway."""
+
+    STORAGE_SCHEME = ["newsletter-memory"]
+    SWEEP_EVERY = 1.0  # seconds
+
+    def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, **options: str):
+        super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
+        self.timer.cancel()
+        self._swept = time.monotonic()
+
+    def _MemoryStorage__schedule_expiry(self) -> None:
+        now = time.monotonic()
+        if now - self._swept >= self.SWEEP_EVERY:
+            self._swept = now
+            self._MemoryStorage__expire_events()  # type: ignore[attr-defined]
 
 
 db = SQLAlchemy(model_class=Base)

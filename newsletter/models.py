@@ -87,6 +87,11 @@ class BounceKind(enum.StrEnum):
     COMPLAINT = "complaint"  # the reader marked a mail as spam
 
 
+class SignupStatus(enum.StrEnum):
+    QUEUED = "queued"  # waiting for the worker, or held by one under a lease
+    FAILED = "failed"  # the rules could not be applied, its attempts used up
+
+
 class OutboxStatus(enum.StrEnum):
     QUEUED = "queued"
     SENT = "sent"
@@ -189,6 +194,9 @@ class Subscriber(db.Model):
     email: Mapped[str] = mapped_column(String(254))
     # Lowercased copy: Reader@Example.COM and reader@example.com are one person.
     email_key: Mapped[str] = mapped_column(String(254), unique=True)
+    # The mailbox the address reaches, its variants folded (`addresses.mailbox_key`): the
+    # confirmation limit counts per mailbox. None for rows an import wrote.
+    mailbox_key: Mapped[str | None] = mapped_column(String(254), index=True)
     # How the reader is addressed, when an import or the admin gave a name.
     name: Mapped[str | None] = mapped_column(String(200))
     locale: Mapped[str | None] = mapped_column(String(16))
@@ -292,6 +300,37 @@ class OutboxMessage(db.Model):
 
     def __repr__(self) -> str:
         return f"<OutboxMessage {self.id} {self.kind} {self.status}>"
+
+
+class QueuedSignup(db.Model):
+    """A signup as the request took it, waiting for the worker to apply the rules to it.
+
+    Holds the consent evidence of the moment (address, lists and the box texts shown, IP,
+    user agent, source, language, time); the row goes once the worker has applied it.
+    """
+
+    __tablename__ = "signup_queue"
+    __table_args__ = (Index("ix_signup_queue_due", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(254))  # normalised, as the reader typed it
+    email_key: Mapped[str] = mapped_column(String(254))
+    # [[newsletter id, the text the box showed], ...] in the site's order.
+    newsletters: Mapped[list[list[object]]] = mapped_column(JSON)
+    locale: Mapped[str | None] = mapped_column(String(16))
+    ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(400))
+    source: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    status: Mapped[SignupStatus] = mapped_column(String(16), default=SignupStatus.QUEUED)
+    attempts: Mapped[int] = mapped_column(default=0)
+    # Doubles as the claim lease, as in the outbox.
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    claim: Mapped[str | None] = mapped_column(String(32))
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    def __repr__(self) -> str:
+        return f"<QueuedSignup {self.id} {self.status}>"
 
 
 item_newsletter = Table(

@@ -12,7 +12,7 @@ from flask_babel import lazy_gettext
 from sqlalchemy import ColumnElement, Select, delete, distinct, exists, func, select, update
 from sqlalchemy.orm import Session
 
-from newsletter import suppression
+from newsletter import signups, suppression
 from newsletter.addresses import address_hash, mask, normalize_email
 from newsletter.errors import UserError
 from newsletter.models import (
@@ -319,6 +319,7 @@ def erase(session: Session, subscriber: Subscriber, admin_user_id: int | None) -
     """
     subscriber_id, email_key = subscriber.id, subscriber.email_key
     session.execute(delete(OutboxMessage).where(OutboxMessage.subscriber_id == subscriber_id))
+    signups.forget(session, email_key)
     session.delete(subscriber)  # subscriptions and consent events cascade
     # Returned mail stays counted in the figures, without the server's words: they often
     # quote the address.

@@ -9,12 +9,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flask_babel import lazy_gettext
-from sqlalchemy import Row, bindparam, func, insert, select, update
+from sqlalchemy import Integer, Row, bindparam, func, insert, select, union, update
+from sqlalchemy import text as sql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from newsletter import suppression
-from newsletter.addresses import normalize_email
+from newsletter.addresses import mailbox_key, normalize_email
 from newsletter.errors import UserError
 from newsletter.links import ConfirmLink, LinkNoLongerValid, Reader, UnsubscribeLink
 from newsletter.mail import outbox
@@ -39,6 +40,9 @@ UNSUBSCRIBED = SubscriptionStatus.UNSUBSCRIBED
 LIVE = (PENDING, CONFIRMED)
 # States of an address that may never be mailed again: the reader cannot change them.
 STOPPED = (SubscriptionStatus.BOUNCED, SubscriptionStatus.COMPLAINED)
+# A newsletter's welcome mail goes at most once per subscription in this time, however often
+# the reader ticks and unticks the list.
+WELCOME_EVERY = timedelta(hours=24)
 # How each state reads to the reader, on the preferences page.
 READER_LABELS = {
     CONFIRMED: lazy_gettext("subscribed"),
@@ -91,6 +95,8 @@ class Origin:
     source: str
     ip: str | None = None
     user_agent: str | None = None
+    # When the reader asked: a queued signup is applied later, its trail keeps this moment.
+    at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -104,7 +110,6 @@ class ConfirmationLimit:
 @dataclass
 class SignupResult:
     subscriber_id: int | None  # None when the address may not be mailed: nothing was written
-    thanks_text: str
     pending: list[int] = field(default_factory=list)  # subscription ids awaiting confirmation
     mail_queued: bool = False
 
@@ -175,6 +180,19 @@ REOPEN_SUBSCRIPTION = (
     )
 )
 INSERT_EVENTS = insert(ConsentEvent.__table__)
+# Confirmation mails to one mailbox, whichever of its addresses they went to.
+# The address's own row counts even without a mailbox key (an import wrote it); a UNION,
+# not an OR, so both sides use their index.
+CONFIRMATIONS_SINCE = select(func.count(OutboxMessage.id)).where(
+    OutboxMessage.subscriber_id.in_(
+        union(
+            select(Subscriber.id).where(Subscriber.mailbox_key == bindparam("mailbox")),
+            select(bindparam("sid", type_=Integer)),
+        )
+    ),
+    OutboxMessage.kind == MailKind.CONFIRMATION,
+    OutboxMessage.created_at >= bindparam("since"),
+)
 
 
 def signup_newsletters(session: Session, slugs: Sequence[str]) -> list[Row[Any]]:
@@ -184,7 +202,11 @@ def signup_newsletters(session: Session, slugs: Sequence[str]) -> list[Row[Any]]
 
 
 def _event_row(
-    subscription_id: int, action: ConsentAction, origin: Origin, text: str | None = None
+    subscription_id: int,
+    action: ConsentAction,
+    origin: Origin,
+    text: str | None = None,
+    at: datetime | None = None,
 ) -> dict[str, object]:
     return {
         "subscription_id": subscription_id,
@@ -193,7 +215,7 @@ def _event_row(
         "user_agent": (origin.user_agent or "")[:400] or None,
         "source": origin.source[:100],
         "text_shown": text,
-        "created_at": utcnow(),
+        "created_at": at or origin.at or utcnow(),
     }
 
 
@@ -209,18 +231,26 @@ def _event(
     session.connection().execute(INSERT_EVENTS, [_event_row(subscription.id, action, origin, text)])
 
 
-def confirmations_sent_since(session: Session, subscriber_id: int, since: datetime) -> int:
-    """How many confirmation mails were queued for this person since a moment."""
-    return (
-        session.scalar(
-            select(func.count(OutboxMessage.id)).where(
-                OutboxMessage.subscriber_id == subscriber_id,
-                OutboxMessage.kind == MailKind.CONFIRMATION,
-                OutboxMessage.created_at >= since,
-            )
+def confirmations_sent_since(
+    session: Session, subscriber_id: int, address: str, since: datetime
+) -> int:
+    """How many confirmation mails went to this address's mailbox since a moment.
+
+    Its `+tag` forms and, at Gmail, its dotted forms count as the same mailbox.
+    """
+    values = {"mailbox": mailbox_key(address), "sid": subscriber_id, "since": since}
+    return session.connection().execute(CONFIRMATIONS_SINCE, values).scalar() or 0
+
+
+def _lock_mailbox(session: Session, address: str) -> None:
+    """On PostgreSQL, signups for one mailbox take turns, whichever form of it they use, so
+    its limit holds against workers applying them at once; SQLite writes one at a time."""
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            sql("SELECT pg_advisory_xact_lock(hashtext(:mailbox))"),
+            {"mailbox": mailbox_key(address)},
         )
-        or 0
-    )
 
 
 def _confirmation(
@@ -231,7 +261,6 @@ def _confirmation(
     origin: Origin,
     limit: ConfirmationLimit,
     *,
-    new_address: bool = False,
     reason: str | None = None,
 ) -> list[dict[str, object]]:
     """Queue one mail confirming every pending (subscription id, nonce), within the limit.
@@ -240,15 +269,15 @@ def _confirmation(
     """
     if not pending:
         return []
-    if not new_address:
-        sent = confirmations_sent_since(session, subscriber_id, utcnow() - limit.window)
-        if sent >= limit.count:
-            return []
+    now = utcnow()
+    sent = confirmations_sent_since(session, subscriber_id, to_address, now - limit.window)
+    if sent >= limit.count:
+        return []
     payload: dict[str, object] = {"subscriptions": [[sid, nonce] for sid, nonce in pending]}
     if reason:
         payload["reason"] = reason
     outbox.enqueue(session, MailKind.CONFIRMATION, subscriber_id, to_address, payload)
-    return [_event_row(sid, ConsentAction.CONFIRMATION_SENT, origin) for sid, _ in pending]
+    return [_event_row(sid, ConsentAction.CONFIRMATION_SENT, origin, at=now) for sid, _ in pending]
 
 
 def subscribe(
@@ -269,52 +298,64 @@ def subscribe(
     newsletters = signup_newsletters(session, wanted)
     if len(newsletters) != len(wanted):
         raise UnknownNewsletter()
+    chosen = [(n.id, box_text(n)) for n in newsletters]
     try:
-        result = _subscribe(session, address, key, newsletters, origin, limit, locale)
+        result = apply_signup(session, address, key, chosen, origin, limit, locale)
     except IntegrityError:
         # Two signups for the same new address raced; the other one's rows exist now.
         session.rollback()
-        result = _subscribe(session, address, key, newsletters, origin, limit, locale)
+        result = apply_signup(session, address, key, chosen, origin, limit, locale)
     session.commit()
     return result
 
 
-def _subscribe(
+def apply_signup(
     session: Session,
     address: str,
     key: str,
-    newsletters: Sequence[Row[Any]],
+    chosen: Sequence[tuple[int, str]],
     origin: Origin,
     limit: ConfirmationLimit,
     locale: str | None,
 ) -> SignupResult:
+    """The rules of a signup to these (newsletter id, box text) lists, in the caller's
+    transaction: the suppression, each list's state, the consent trail, the confirmation
+    mail within the limit. The caller commits, or rolls back and tries again on an
+    IntegrityError (another signup for the same new address came first)."""
     conn = session.connection()
-    now = utcnow()
+    now = origin.at or utcnow()
     if suppression.unmailable(session, key):
         # Bounced or complained: no mail of any kind, and the same reply as any signup.
-        return SignupResult(None, newsletters[0].thanks_text)
+        return SignupResult(None)
+    _lock_mailbox(session, address)
     subscriber_id = conn.execute(SUBSCRIBER_BY_KEY, {"key": key}).scalar()
     new_address = subscriber_id is None
     existing = {}
     if subscriber_id is None:
         subscriber_id = conn.execute(
             INSERT_SUBSCRIBER,
-            {"email": address, "email_key": key, "locale": locale, "created_at": now},
+            {
+                "email": address,
+                "email_key": key,
+                "mailbox_key": mailbox_key(key),
+                "locale": locale,
+                "created_at": now,
+            },
         ).scalar_one()
     else:
         rows = conn.execute(SUBSCRIPTIONS_OF, {"subscriber_id": subscriber_id})
         existing = {row.newsletter_id: row for row in rows}
     pending: list[tuple[int, str]] = []
     events = []
-    for newsletter in newsletters:
-        current = existing.get(newsletter.id)
+    for newsletter_id, text_shown in chosen:
+        current = existing.get(newsletter_id)
         if current is None:
             nonce = new_nonce()
             subscription_id = conn.execute(
                 INSERT_SUBSCRIPTION,
                 {
                     "subscriber_id": subscriber_id,
-                    "newsletter_id": newsletter.id,
+                    "newsletter_id": newsletter_id,
                     "status": PENDING,
                     "nonce": nonce,
                     "source": origin.source,
@@ -341,27 +382,18 @@ def _subscribe(
             # Confirmed readers get nothing new.
             continue
         pending.append((subscription_id, nonce))
-        events.append(
-            _event_row(subscription_id, ConsentAction.SIGNUP, origin, box_text(newsletter))
-        )
+        events.append(_event_row(subscription_id, ConsentAction.SIGNUP, origin, text_shown))
     if not pending:
-        return SignupResult(subscriber_id, newsletters[0].thanks_text)
+        return SignupResult(subscriber_id)
     if not new_address:
         # A first write: on SQLite it takes the database's write lock, so counting this
         # address's confirmations below cannot interleave with another signup's.
         conn.execute(INSERT_EVENTS, events)
         events = []
-    sent = _confirmation(
-        session, subscriber_id, address, pending, origin, limit, new_address=new_address
-    )
+    sent = _confirmation(session, subscriber_id, address, pending, origin, limit)
     if events or sent:
         conn.execute(INSERT_EVENTS, events + sent)
-    return SignupResult(
-        subscriber_id,
-        newsletters[0].thanks_text,
-        [sid for sid, _ in pending],
-        mail_queued=bool(sent),
-    )
+    return SignupResult(subscriber_id, [sid for sid, _ in pending], mail_queued=bool(sent))
 
 
 def reader(session: Session, who: Reader) -> Subscriber:
@@ -391,11 +423,13 @@ def _mark_confirmed(
 
 
 def _welcome(session: Session, confirmed: Sequence[Subscription]) -> None:
-    """Queue one welcome mail naming every list just confirmed that sends one."""
-    welcomed = [s for s in confirmed if s.newsletter.welcome_enabled]
+    """Queue one welcome mail naming every list just confirmed that sends one and was not
+    welcomed within WELCOME_EVERY."""
+    session.flush()  # a subscription made just now needs its id in the payload
+    lately = _welcomed_lately(session, confirmed)
+    welcomed = [s for s in confirmed if s.newsletter.welcome_enabled and s.id not in lately]
     if not welcomed:
         return
-    session.flush()  # a subscription made just now needs its id in the payload
     outbox.enqueue(
         session,
         MailKind.WELCOME,
@@ -403,6 +437,27 @@ def _welcome(session: Session, confirmed: Sequence[Subscription]) -> None:
         welcomed[0].subscriber.email,
         {"subscriptions": [s.id for s in welcomed]},
     )
+
+
+def _welcomed_lately(session: Session, subscriptions: Sequence[Subscription]) -> set[int]:
+    """Which of these subscriptions had a welcome mail queued within WELCOME_EVERY.
+
+    Ticking a list on and off on the preferences page confirms it each time: one welcome
+    a day is what the reader gets of it.
+    """
+    if not subscriptions:
+        return set()
+    payloads = session.scalars(
+        select(OutboxMessage.payload).where(
+            OutboxMessage.subscriber_id == subscriptions[0].subscriber_id,
+            OutboxMessage.kind == MailKind.WELCOME,
+            OutboxMessage.created_at >= utcnow() - WELCOME_EVERY,
+        )
+    )
+    welcomed: set[int] = set()
+    for payload in payloads:
+        welcomed.update(payload.get("subscriptions") or [payload.get("subscription")])
+    return welcomed
 
 
 def confirmation_preview(session: Session, link: ConfirmLink) -> ConfirmResult:

@@ -1,10 +1,11 @@
 """The worker process: `newsletter worker` runs the runners until it is stopped.
 
 Each kind of work is a runner with one `step(session, stop) -> int` that does one batch of
-it and says how much it found: the outbox (transactional mail), the automatic digests'
-cadence, the digests' ledger, the import jobs. The worker steps them in that order, over
-and over; transactional mail comes first and a digest goes one batch at a time, so a
-confirmation never waits behind a million-reader digest. When a round finds nothing, the
+it and says how much it found: the signup queue, the outbox (transactional mail), the
+automatic digests' cadence, the digests' ledger, the import jobs. The worker steps them in
+that order, over and over; a signup's confirmation mail is queued and sent in the same round,
+and a digest goes one batch at a time, so a confirmation never waits behind a
+million-reader digest. When a round finds nothing, the
 worker idles for a moment, or with `drain` returns. SIGTERM and SIGINT stop it after the
 batch in hand, whose unsent rows go back to their queue.
 """
@@ -17,12 +18,13 @@ import signal
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
-from newsletter import heartbeats, transactional
+from newsletter import heartbeats, signups, transactional
 from newsletter.bounces import ingest
 from newsletter.digests import ledger
 from newsletter.digests.cadence import CadenceRunner
@@ -32,6 +34,7 @@ from newsletter.leases import Policy
 from newsletter.links import Links
 from newsletter.mail import dkim, outbox, transport
 from newsletter.mail.outbox import OutboxRunner
+from newsletter.subscriptions import ConfirmationLimit
 
 log = logging.getLogger(__name__)
 HEARTBEAT_EVERY = 10.0  # seconds between two writes of this worker's sign of life
@@ -47,7 +50,9 @@ class Runner(Protocol):
 class Settings:
     """How a worker paces itself."""
 
-    poll_interval: float = 1.0  # seconds between rounds when one found nothing
+    # Seconds between rounds when one found nothing: a signup waits at most this long.
+    poll_interval: float = 0.5
+    signups: Policy = signups.POLICY
     outbox: Policy = outbox.POLICY
     ledger: Policy = ledger.POLICY
     cadence_every: float = 15.0  # seconds between looks for due automatic digests
@@ -121,8 +126,8 @@ def build(
 
     `newsletter worker`, `newsletter worker --drain` and `newsletter digest send --wait`
     alike; `mail` replaces the configured transport, `kinds` names the runners to keep
-    (all of them by default: outbox, automatic digests, digest sending, imports, and returned
-    mail when NEWSLETTER_BOUNCE_IMAP_URL is set).
+    (all of them by default: signups, outbox, automatic digests, digest sending, imports, and
+    returned mail when NEWSLETTER_BOUNCE_IMAP_URL is set).
     """
     settings = settings or Settings()
     signer = dkim.Signer.from_config(config)
@@ -140,7 +145,12 @@ def build(
         signer=signer,
         rules=rules,
     )
+    limit = ConfirmationLimit(
+        count=int(config.get("CONFIRMATIONS_PER_ADDRESS") or 3),
+        window=timedelta(seconds=int(config.get("CONFIRMATION_WINDOW") or 24 * 3600)),
+    )
     runners: list[tuple[str, Runner]] = [
+        ("signups", signups.SignupRunner(limit, settings.signups)),
         ("outbox", OutboxRunner(mail, build_mail, links, settings.outbox, refused=refused)),
         ("automatic digests", CadenceRunner(settings.cadence_every)),
         ("digest sending", sender),

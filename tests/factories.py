@@ -19,7 +19,7 @@ from sqlalchemy import func, make_url, select
 from sqlalchemy.orm import Session
 from werkzeug.security import generate_password_hash
 
-from newsletter import transactional, trial
+from newsletter import signups, subscriptions, transactional, trial
 from newsletter.digests import ledger as digest_ledger
 from newsletter.digests.sender import Clock, DigestSender
 from newsletter.extensions import db as _db
@@ -100,14 +100,32 @@ class Mailbox:
         return OutboxRunner(self.transport, build, links, **options)
 
     def deliver(self) -> list[EmailMessage]:
-        """Send everything due, as `newsletter worker --drain` would; return the new mails."""
+        """Apply the queued signups and send everything due, as `newsletter worker --drain`
+        would; return the new mails."""
         before = len(self.messages)
+        apply_signups()
         runner = self.runner()
         # Its own session, as the worker process has: the test's objects stay as they were.
         with Session(_db.engine) as session:
             while runner.step(session):
                 pass
         return self.messages[before:]
+
+
+def apply_signups() -> int:
+    """Apply every queued signup, as the worker's signup runner does; return how many."""
+    cfg = current_app.config
+    limit = subscriptions.ConfirmationLimit(
+        count=int(cfg["CONFIRMATIONS_PER_ADDRESS"]),
+        window=timedelta(seconds=int(cfg["CONFIRMATION_WINDOW"])),
+    )
+    runner = signups.SignupRunner(limit)
+    applied = 0
+    # Its own session, as the worker process has.
+    with Session(_db.engine) as session:
+        while found := runner.step(session):
+            applied += found
+    return applied
 
 
 PASSWORD = "correct horse battery staple"
@@ -181,9 +199,13 @@ def statuses(db) -> dict[str, str]:  # type: ignore[no-untyped-def]
     return {s.newsletter.slug: s.status for s in db.session.scalars(select(Subscription))}
 
 
-def signup(client: FlaskClient, email: str, *slugs: str, **extra: str):  # type: ignore[no-untyped-def]
-    """Post a signup box as a browser without JavaScript does."""
-    return client.post("/subscribe", data={"email": email, "newsletter": list(slugs), **extra})
+def signup(client: FlaskClient, email: str, *slugs: str, apply: bool = True, **extra: str):  # type: ignore[no-untyped-def]
+    """Post a signup box as a browser without JavaScript does; then, unless told not to, let
+    the worker's signup runner apply what the request queued (`apply_signups`)."""
+    response = client.post("/subscribe", data={"email": email, "newsletter": list(slugs), **extra})
+    if apply:
+        apply_signups()
+    return response
 
 
 def add_reader(db, newsletter, email, status=SubscriptionStatus.CONFIRMED):  # type: ignore[no-untyped-def]

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from newsletter.cli import cli
 from newsletter.models import Item, Newsletter, Subscription, SubscriptionStatus
 
-from factories import signup
+from factories import apply_signups, signup
 
 
 @pytest.fixture
@@ -97,6 +97,7 @@ def test_export_neutralises_formulas(invoke, client, newsletters, start):
             "source": source,
         },
     )
+    apply_signups()
     (row,) = rows(invoke("subscribers", "export").output)
     assert row["source"] == "'" + source
     if start != "@":

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from newsletter.models import Newsletter, Subscription
+from newsletter.models import ConsentEvent, MailKind, Newsletter, OutboxMessage, Subscription
 
 from factories import links, signup, statuses
 
@@ -116,3 +116,57 @@ def test_joining_on_the_page_records_what_the_reader_did(client, db, prefs_link)
     assert [e.action for e in events] == ["signup", "confirmed"]
     assert all("preferences page" in e.text_shown for e in events)
     assert culture.source == "public.preferences"
+
+
+def test_ticking_a_list_on_and_off_sends_its_welcome_once_a_day(
+    client, db, mailbox, newsletters, prefs_link
+):
+    ids = newsletter_ids(db)
+    # Nine changes: within the link's limit of ten an hour.
+    for _ in range(4):
+        client.post(prefs_link, data={"newsletter": [ids["daily"], ids["culture"]]})
+        client.post(prefs_link, data={"newsletter": [ids["daily"]]})
+    client.post(prefs_link, data={"newsletter": [ids["daily"], ids["culture"]]})
+    assert statuses(db)["culture"] == "confirmed"
+    welcomes = [m["Subject"] for m in mailbox.deliver()]
+    assert welcomes == ["Welcome to Culture"]
+    queued = select(func.count()).where(OutboxMessage.kind == MailKind.WELCOME)
+    assert db.session.scalar(queued) == 2  # Daily Briefing's, at its confirmation, and this one
+    # Each change is still in the consent trail: five joins and four departures.
+    culture = db.session.scalars(
+        select(Subscription).where(Subscription.newsletter_id == ids["culture"])
+    ).one()
+    actions = [
+        e.action
+        for e in db.session.scalars(
+            select(ConsentEvent)
+            .where(ConsentEvent.subscription_id == culture.id)
+            .order_by(ConsentEvent.id)
+        )
+    ]
+    assert actions == ["signup", "confirmed", "unsubscribed"] * 4 + ["signup", "confirmed"]
+
+
+def test_changes_through_one_link_are_limited_wherever_they_come_from(
+    client, db, newsletters, prefs_link
+):
+    ids = newsletter_ids(db)
+    answers = [
+        client.post(
+            prefs_link,
+            data={"newsletter": [ids["daily"]]},
+            environ_base={"REMOTE_ADDR": f"198.51.100.{n}"},
+        ).status_code
+        for n in range(11)
+    ]
+    assert answers == [200] * 10 + [429]
+    # Reading the page stays possible.
+    assert client.get(prefs_link).status_code == 200
+
+
+def test_the_page_is_limited_per_ip(client, prefs_link):
+    answers = [client.get(prefs_link).status_code for _ in range(31)]
+    assert answers == [200] * 30 + [429]
+    # Another network is not held up by it.
+    other = client.get(prefs_link, environ_base={"REMOTE_ADDR": "203.0.113.7"})
+    assert other.status_code == 200

@@ -20,7 +20,7 @@ from newsletter.extensions import db, limiter
 from newsletter.imports import jobs as imports
 from newsletter.models import ConsentEvent, ImportMode
 
-from factories import make_newsletter
+from factories import apply_signups, make_newsletter
 
 GOOD_KEY = secrets.token_urlsafe(48)
 
@@ -158,6 +158,7 @@ def test_the_consent_trail_records_the_readers_address_only_through_a_trusted_pr
     with app.app_context():
         make_newsletter("daily")
         assert _signup_through_proxy(app.test_client(), "r@example.com", READER).status_code == 200
+        apply_signups()
         ips = set(db.session.scalars(select(ConsentEvent.ip)))
     assert ips == {recorded}
 
@@ -288,6 +289,7 @@ def test_the_per_address_cap_holds_without_redis(tmp_path, database_url):
                 data={"email": "victim@example.com", "newsletter": "daily"},
                 environ_base={"REMOTE_ADDR": f"198.51.100.{n}"},
             )
+            apply_signups()
         from newsletter.models import OutboxMessage
 
         assert len(db.session.scalars(select(OutboxMessage)).all()) == 3

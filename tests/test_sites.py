@@ -9,7 +9,7 @@ from newsletter import create_app
 from newsletter.config import ConfigError
 from newsletter.models import AllowedOrigin, AuditEvent, Subscription
 
-from factories import csrf_token, make_config, sign_in
+from factories import apply_signups, csrf_token, make_config, sign_in
 
 SITE = "https://site.example"
 EVIL = "https://evil.example"
@@ -200,11 +200,14 @@ def test_editors_are_told_to_ask_an_admin(client, editor, newsletters):
 
 
 def post_box(client, return_to: str, email: str = "reader@example.com"):  # type: ignore[no-untyped-def]
-    return client.post(
+    """Post a box of the site, then let the worker apply the signup."""
+    response = client.post(
         "/subscribe",
         data={"email": email, "newsletter": "daily", "return_to": return_to},
         headers={"Origin": SITE},
     )
+    apply_signups()
+    return response
 
 
 def test_a_box_on_an_allowed_site_sends_the_reader_back(app, client, db, newsletters):

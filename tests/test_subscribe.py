@@ -13,7 +13,7 @@ from newsletter.models import (
     SubscriptionStatus,
 )
 
-from factories import links, signup, text_part
+from factories import apply_signups, links, signup, text_part
 
 THANKS = "Thank you for signing up for this newsletter. We\u2019ve sent you a confirmation email."
 THANKS_SEVERAL = (
@@ -158,6 +158,7 @@ def test_consent_trail_records_the_signup(client, db, newsletters):
         data={"email": "reader@example.com", "newsletter": "daily", "source": "article-box"},
         headers={"User-Agent": "TestBrowser/1.0"},
     )
+    apply_signups()
     events = db.session.scalars(select(ConsentEvent).order_by(ConsentEvent.id)).all()
     assert [e.action for e in events] == ["signup", "confirmation_sent"]
     signup_event = events[0]

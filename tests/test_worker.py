@@ -330,12 +330,13 @@ def run_worker(runner) -> Iterator[Callable[..., Result]]:  # type: ignore[no-un
 
 
 def test_worker_command_without_smtp_url_writes_eml_files(app, client, db, newsletters, run_worker):
-    signup(client, "reader@example.com", "daily")
+    # Queued only: the drain applies the signup, then sends its confirmation.
+    signup(client, "reader@example.com", "daily", apply=False)
 
     result = run_worker("--drain")
 
     assert result.exit_code == 0, result.output
-    assert result.output == "Messages handled: 1; waiting for a retry: 0.\n"
+    assert result.output == "Signups applied: 1.\nMessages handled: 1; waiting for a retry: 0.\n"
     [path] = Path(app.config["OUTBOX_DIR"]).glob("*.eml")
     mail = message_from_bytes(path.read_bytes(), policy=policy.default)
     assert mail["To"] == "reader@example.com"

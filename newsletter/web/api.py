@@ -105,7 +105,7 @@ def _slugs(value: object) -> list[str] | FieldError:
     wanted = list(dict.fromkeys(s.strip() for s in value if s.strip()))
     if not wanted:
         return FieldError("newsletters", str(subs.NoNewsletterChosen.message))
-    known = {row.slug for row in subs.signup_newsletters(db.session, wanted)}
+    known = {row.slug for row in signup.open_lists(wanted)}
     for slug in wanted:
         if slug not in known:
             return FieldError(

@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from newsletter import languages, links, metrics, site
 from newsletter import subscriptions as subs
-from newsletter.extensions import csrf, db
+from newsletter.extensions import csrf, db, limiter
 from newsletter.links import PATHS, Links
 from newsletter.models import Item, Subscriber, Subscription, SubscriptionStatus
 from newsletter.newsletters import open_newsletters
@@ -237,7 +237,27 @@ def unsubscribe_post(token: str) -> str | tuple[str, int]:
     return _unsubscribe_page(subscription, True)
 
 
+def _preferences_limit() -> str:
+    return str(current_app.config["PREFERENCES_RATE_LIMIT"])
+
+
+def _preferences_link_limit() -> str:
+    return str(current_app.config["PREFERENCES_LINK_RATE_LIMIT"])
+
+
+def _preferences_link_key() -> str:
+    # The link travels with every forwarded mail: its changes are counted per reader,
+    # wherever they come from.
+    token = (request.view_args or {}).get("token", "")
+    try:
+        return f"preferences:{_links().read_preferences(token).subscriber_id}"
+    except links.LinkError:
+        return "preferences:broken"
+
+
 @bp.route(PATHS[links.PREFERENCES] + "<token>", methods=["GET", "POST"])
+@limiter.limit(_preferences_limit, scope="preferences")
+@limiter.limit(_preferences_link_limit, methods=["POST"], key_func=_preferences_link_key)
 def preferences(token: str) -> str | tuple[str, int]:
     """Every list with the reader's state; change them, or leave all."""
     try:

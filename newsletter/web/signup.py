@@ -3,25 +3,34 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from flask import current_app, request
 from flask_babel import gettext, lazy_gettext
+from sqlalchemy import Row
 from werkzeug.datastructures import MultiDict
 
-from newsletter import languages, metrics
+from newsletter import languages, metrics, signups, texts
 from newsletter import subscriptions as subs
-from newsletter.addresses import InvalidEmail
+from newsletter.addresses import InvalidEmail, normalize_email
 from newsletter.extensions import db, limiter
-from newsletter.models import DEFAULT_THANKS
+from newsletter.models import DEFAULT_THANKS, utcnow
 from newsletter.newsletters import UnknownNewsletter
-from newsletter.texts import OURS, local
+from newsletter.texts import OURS
 from newsletter.web import challenge, language
 
 HONEYPOT = "leave_blank"
+# How long a process trusts its copy of the open lists and their texts; an editor's change
+# in this process clears it at once (`forget`), a slug it does not know reads them again.
+LISTS_CACHE_SECONDS = 10.0
+# The least time between two reads for a slug the copy does not know: a flood of unknown
+# slugs costs one read a second.
+LISTS_REREAD_SECONDS = 1.0
 SUCCESS_TITLE = lazy_gettext("Successfully subscribed")
 THANKS_SEVERAL = lazy_gettext(
     "Thank you for signing up for these newsletters. We\u2019ve sent you one confirmation "
@@ -45,12 +54,83 @@ def printable(value: str | None, limit: int) -> str:
 
 
 def consent_origin(source: str | None = None) -> subs.Origin:
-    """Who is asking, for the consent trail."""
+    """Who is asking, and when, for the consent trail."""
     return subs.Origin(
         source=printable(source or request.endpoint or "web", 100),
         ip=request.remote_addr,
         user_agent=printable(request.headers.get("User-Agent"), 400) or None,
+        at=utcnow(),
     )
+
+
+@dataclass
+class _OpenLists:
+    """The open lists as last read, their thank-you texts per language, and when to read
+    them again."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    rows: list[Row[Any]] = field(default_factory=list)
+    thanks: dict[str, dict[int, str]] = field(default_factory=dict)
+    read_at: float = float("-inf")
+    expires: float = 0.0
+
+
+def _lists_state() -> _OpenLists:
+    return current_app.extensions.setdefault("newsletter.open_lists", _OpenLists())  # type: ignore[no-any-return]
+
+
+def _read_lists(state: _OpenLists, now: float) -> None:
+    rows = list(db.session.connection().execute(subs.OPEN_NEWSLETTERS))
+    with state.lock:
+        state.rows, state.thanks = rows, {}
+        state.read_at, state.expires = now, now + LISTS_CACHE_SECONDS
+
+
+def forget_lists() -> None:
+    """Read the open lists again on this process's next signup (an editor changed one)."""
+    _lists_state().expires = 0.0
+
+
+def open_lists(slugs: Sequence[str] = ()) -> list[Row[Any]]:
+    """The open lists with their box texts, in the site's order, from this process's copy.
+
+    The copy is read again when it is old, or when it lacks one of `slugs` (a list made
+    since) and was not read in the last second.
+    """
+    state = _lists_state()
+    now = time.monotonic()
+    if now >= state.expires:
+        _read_lists(state, now)
+    elif slugs and now - state.read_at >= LISTS_REREAD_SECONDS:
+        known = {row.slug for row in state.rows}
+        if any(slug not in known for slug in slugs):
+            _read_lists(state, now)
+    return state.rows
+
+
+def chosen_lists(slugs: Sequence[str]) -> list[Row[Any]]:
+    """The open lists of these slugs, in the site's order; NoNewsletterChosen when none is
+    named, UnknownNewsletter when one is not an open list."""
+    wanted = list(dict.fromkeys(s.strip() for s in slugs if s and s.strip()))
+    if not wanted:
+        raise subs.NoNewsletterChosen()
+    chosen = [row for row in open_lists(wanted) if row.slug in wanted]
+    if len(chosen) != len(wanted):
+        raise UnknownNewsletter()
+    return chosen
+
+
+def thanks_text(newsletter: Row[Any]) -> str:
+    """A list's thank-you text in the answer's language, from this process's copy."""
+    state = _lists_state()
+    locale = language.current()
+    by_id = state.thanks.get(locale)
+    if by_id is None:
+        versions = texts.versions(db.session, locale)
+        by_id = {row.id: texts.text(row, "thanks_text", versions.get(row.id)) for row in state.rows}
+        state.thanks[locale] = by_id
+    found = by_id.get(newsletter.id)
+    return found if found is not None else texts.text(newsletter, "thanks_text", None)
 
 
 def confirmation_limit() -> subs.ConfirmationLimit:
@@ -135,18 +215,24 @@ def unknown_language(lang: object) -> str | None:
 
 def _thanks(slugs: list[str]) -> SignupReply:
     """The thank-you text of the lists chosen: a list's own; for several, ours in the plural
-    unless they all say the same words of an editor's."""
-    chosen = subs.signup_newsletters(db.session, slugs)
+    unless they all say the same words of an editor's. Read from this process's copy."""
+    wanted = set(slugs)
+    chosen = [row for row in open_lists() if row.slug in wanted]
     if len(chosen) == 1:
-        return SignupReply(200, local(chosen[0], "thanks_text"))
-    own = {local(n, "thanks_text") for n in chosen if n.thanks_text != DEFAULT_THANKS}
+        return SignupReply(200, thanks_text(chosen[0]))
+    own = {thanks_text(n) for n in chosen if n.thanks_text != DEFAULT_THANKS}
     if len(own) == 1 and all(n.thanks_text != DEFAULT_THANKS for n in chosen):
         return SignupReply(200, own.pop())
     return SignupReply(200, str(THANKS_SEVERAL if chosen else OURS[DEFAULT_THANKS]))
 
 
 def signup(given: SignupFields) -> SignupReply:
-    """Run a signup from any form or API call and say what the reader should see."""
+    """Take a signup from any form or API call and say what the reader should see.
+
+    What is checked here reads nothing about the address: it is queued with its consent
+    evidence and the worker applies the rules (`newsletter/signups.py`), so the answer takes
+    the same time whoever the address belongs to.
+    """
     if given.honeypot:
         # Bots get the normal reply, so they learn nothing; nothing is stored.
         return _thanks(given.slugs)
@@ -156,19 +242,17 @@ def signup(given: SignupFields) -> SignupReply:
     unproven = challenge.refusal(given.slugs, given.altcha)
     if unproven:
         return SignupReply(422, unproven, "altcha")
+    check = bool(current_app.config["CHECK_DELIVERABILITY"])
     try:
-        subs.subscribe(
-            db.session,
-            given.email,
-            given.slugs,
-            consent_origin(given.source),
-            limit=confirmation_limit(),
-            check_deliverability=bool(current_app.config["CHECK_DELIVERABILITY"]),
-            locale=language.current(),
-        )
+        address, key = normalize_email(given.email, check_deliverability=check)
     except InvalidEmail as exc:
         return SignupReply(422, exc.message, "email")
+    try:
+        chosen = chosen_lists(given.slugs)
     except (subs.NoNewsletterChosen, UnknownNewsletter) as exc:
         return SignupReply(422, exc.message, "newsletter")
-    metrics.signed_up(given.slugs)
-    return _thanks(given.slugs)
+    boxes = [(row.id, subs.box_text(row)) for row in chosen]
+    origin = consent_origin(given.source)
+    signups.enqueue(db.session, address, key, boxes, origin, language.current())
+    metrics.signed_up(row.slug for row in chosen)
+    return _thanks([row.slug for row in chosen])

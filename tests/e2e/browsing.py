@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from werkzeug.serving import make_server
 
 from newsletter.extensions import db
-from newsletter.models import ConsentEvent, Subscriber, Subscription
+from newsletter.models import ConsentEvent, QueuedSignup, Subscriber, Subscription
 from newsletter.newsletters import by_slug
 from newsletter.web.admin import embed
 
@@ -174,8 +174,21 @@ def sideways(page: Page, name: str) -> str | None:
     return None
 
 
+def applied(app: Flask, within: float = 10.0) -> None:
+    """Wait until the worker has applied every queued signup, as it does within a second."""
+    deadline = time.monotonic() + within
+    with app.app_context():
+        while db.session.scalar(select(func.count()).select_from(QueuedSignup)):
+            db.session.remove()
+            assert time.monotonic() < deadline, "queued signups not applied in time"
+            time.sleep(0.1)
+        db.session.remove()
+
+
 def counts(app: Flask, email: str | None = None) -> tuple[int, int]:
-    """Readers and signups stored (of one address, when given)."""
+    """Readers and signups stored (of one address, when given), once the worker has applied
+    the queued ones."""
+    applied(app)
     with app.app_context():
         readers = select(func.count()).select_from(Subscriber)
         signups = select(func.count()).select_from(ConsentEvent).join(Subscription)
@@ -189,7 +202,8 @@ def counts(app: Flask, email: str | None = None) -> tuple[int, int]:
 
 
 def reader_locale(app: Flask, email: str) -> str | None:
-    """The language kept with a reader."""
+    """The language kept with a reader, once the worker has applied the queued signups."""
+    applied(app)
     with app.app_context():
         locale = db.session.scalar(select(Subscriber.locale).where(Subscriber.email == email))
         db.session.remove()

@@ -44,10 +44,12 @@ def _serving(app: Flask, listener: socket.socket) -> Iterator[None]:
 
 @contextmanager
 def _sending(app: Flask) -> Iterator[None]:
-    """Run the worker's outbox, writing .eml files where /_mailbox reads them."""
+    """Run the worker's signup queue and outbox, writing .eml files where /_mailbox reads them."""
     settings = worker.Settings(poll_interval=0.2)
     with app.app_context():
-        process = worker.build(app.config, lambda: db.session, settings, kinds=["outbox"])
+        process = worker.build(
+            app.config, lambda: db.session, settings, kinds=["signups", "outbox"]
+        )
     stop = process.stop
 
     def work() -> None:

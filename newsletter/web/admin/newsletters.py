@@ -13,7 +13,7 @@ from newsletter.addresses import InvalidSender
 from newsletter.digests import feeds
 from newsletter.extensions import db
 from newsletter.models import Newsletter
-from newsletter.web import challenge
+from newsletter.web import challenge, signup
 from newsletter.web.admin import embed
 from newsletter.web.admin.core import admin_only, bp
 from newsletter.web.admin.forms import (
@@ -64,6 +64,7 @@ def _edit(newsletter: Newsletter | None, form: NewsletterForm) -> str | Response
             for lang in OTHER_LANGUAGES:
                 texts.save(db.session, saved, lang, form.version_values(lang))
             challenge.forget()
+            signup.forget_lists()
             flash(_("Saved %(name)s.", name=saved.name))
             return redirect(url_for("admin.newsletter", newsletter_id=saved.id))
     status = 422 if form.errors else 200
@@ -94,6 +95,7 @@ def newsletter_archive(newsletter_id: int) -> Response:
     newsletter = db.get_or_404(Newsletter, newsletter_id)
     lists.set_archived(db.session, newsletter, not newsletter.archived)
     challenge.forget()
+    signup.forget_lists()
     if newsletter.archived:
         flash(_("%(name)s is archived.", name=newsletter.name))
     else:

@@ -1,0 +1,178 @@
+"""The signup queue: a request writes one row and answers; the worker applies the rules.
+
+A signup box's request checks what it can check without looking the address up (the fields,
+the honeypot, the proof of work, the per-IP limit, the lists), writes the signup with its
+consent evidence to this queue, commits and answers. The answer thus takes the same time
+whether the address is new, waiting, confirmed, gone or suppressed: nothing about it is read.
+The worker's `SignupRunner` claims queued rows with a lease (`leases.py`) and applies the
+subscription rules to each (`subscriptions.apply_signup`: suppression, states, the consent
+trail, the confirmation mail and its limit) in one transaction that also deletes the row, so
+no signup is applied twice, and none is lost while no worker runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import bindparam, delete, func, insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from newsletter import subscriptions as subs
+from newsletter.leases import Leases, Policy, new_claim
+from newsletter.models import Newsletter, QueuedSignup, SignupStatus, utcnow
+
+log = logging.getLogger(__name__)
+
+# Small batches: the confirmation of the first row should not wait for the fiftieth.
+POLICY = Policy(batch_size=50, max_attempts=12)
+LEASES = Leases(
+    QueuedSignup.__table__,
+    waiting=SignupStatus.QUEUED,
+    held=SignupStatus.QUEUED,
+    failed=SignupStatus.FAILED,
+)
+
+_TABLE = QueuedSignup.__table__
+_INSERT = insert(_TABLE)
+_HELD = select(_TABLE).where(_TABLE.c.id == bindparam("row"), _TABLE.c.claim == bindparam("token"))
+_TAKE = delete(_TABLE).where(_TABLE.c.id == bindparam("row"), _TABLE.c.claim == bindparam("token"))
+_OPEN_AMONG = select(Newsletter.id).where(
+    Newsletter.id.in_(bindparam("ids", expanding=True)), Newsletter.archived.is_(False)
+)
+
+
+def enqueue(
+    session: Session,
+    address: str,
+    key: str,
+    chosen: Sequence[tuple[int, str]],
+    origin: subs.Origin,
+    locale: str | None,
+) -> None:
+    """Queue a checked signup to these (newsletter id, box text) lists; commits, so the
+    signup is kept before the reader is told it was taken."""
+    session.connection().execute(
+        _INSERT,
+        {
+            "email": address,
+            "email_key": key,
+            "newsletters": [[newsletter_id, text] for newsletter_id, text in chosen],
+            "locale": locale,
+            "ip": origin.ip,
+            "user_agent": origin.user_agent,
+            "source": origin.source,
+            "created_at": origin.at or utcnow(),
+            "status": SignupStatus.QUEUED,
+            "attempts": 0,
+            "next_attempt_at": utcnow(),
+        },
+    )
+    session.commit()
+
+
+def waiting_count(session: Session) -> int:
+    """How many signups wait for a worker."""
+    count = select(func.count(QueuedSignup.id)).where(QueuedSignup.status == SignupStatus.QUEUED)
+    return session.scalar(count) or 0
+
+
+def oldest_waiting(session: Session) -> datetime | None:
+    """When the oldest signup still waiting was taken."""
+    oldest = select(func.min(QueuedSignup.created_at)).where(
+        QueuedSignup.status == SignupStatus.QUEUED
+    )
+    return session.scalar(oldest)
+
+
+def forget(session: Session, email_key: str) -> None:
+    """Drop the queued signups of an address (its owner asked to be erased); no commit."""
+    session.execute(delete(QueuedSignup).where(QueuedSignup.email_key == email_key))
+
+
+class SignupRunner:
+    """The worker's runner for the signup queue: one batch of queued signups per step."""
+
+    def __init__(
+        self,
+        limit: subs.ConfirmationLimit | None = None,
+        policy: Policy = POLICY,
+    ) -> None:
+        self.limit = limit or subs.ConfirmationLimit()
+        self.policy = policy
+
+    def step(self, session: Session, stop: threading.Event | None = None) -> int:
+        """Claim and apply one batch; return how many rows it claimed.
+
+        The batch is applied in one transaction; should any row fail, it is applied again
+        one row per transaction, so one bad signup holds up no other.
+        """
+        token = new_claim()
+        ids = LEASES.claim(session, token, self.policy)
+        if not ids:
+            return 0
+        if stop is not None and stop.is_set():
+            LEASES.release(session, ids, token)
+            return len(ids)
+        try:
+            for row_id in ids:
+                self._apply_once(session, row_id, token)
+            session.commit()
+        except Exception:
+            session.rollback()
+        else:
+            return len(ids)
+        for position, row_id in enumerate(ids):
+            if stop is not None and stop.is_set():
+                LEASES.release(session, ids[position:], token)
+                break
+            try:
+                self._apply(session, row_id, token)
+            except Exception as exc:
+                # One signup that cannot be applied must not hold up those behind it.
+                log.exception("signup %s not applied", row_id)
+                session.rollback()
+                attempts = session.scalar(select(_TABLE.c.attempts).where(_TABLE.c.id == row_id))
+                LEASES.retry_or_fail(
+                    session,
+                    row_id,
+                    token,
+                    self.policy,
+                    attempts or 0,
+                    f"{type(exc).__name__}: {exc}",
+                    SignupStatus.FAILED,
+                )
+        return len(ids)
+
+    def _apply(self, session: Session, row_id: int, token: str) -> None:
+        """Apply one held signup and delete it, in one transaction; commits."""
+        for attempt in range(2):
+            try:
+                self._apply_once(session, row_id, token)
+            except IntegrityError:
+                # Another worker wrote the same new address first: its rows exist now.
+                session.rollback()
+                if attempt:
+                    raise
+            else:
+                session.commit()
+                return
+
+    def _apply_once(self, session: Session, row_id: int, token: str) -> None:
+        conn = session.connection()
+        row = conn.execute(_HELD, {"row": row_id, "token": token}).first()
+        if row is None or conn.execute(_TAKE, {"row": row_id, "token": token}).rowcount != 1:
+            return  # taken over by another claim since ours
+        wanted = [(int(n), str(text)) for n, text in row.newsletters]
+        still_open = set(conn.execute(_OPEN_AMONG, {"ids": [n for n, _ in wanted]}).scalars())
+        # A list archived since the signup takes no one new; the others still count.
+        chosen = [(n, text) for n, text in wanted if n in still_open]
+        if not chosen:
+            return
+        origin = subs.Origin(
+            source=row.source or "web", ip=row.ip, user_agent=row.user_agent, at=row.created_at
+        )
+        subs.apply_signup(session, row.email, row.email_key, chosen, origin, self.limit, row.locale)

@@ -140,6 +140,9 @@ class PreparedDigest:
         locale: str = DEFAULT,
     ) -> None:
         newsletter = content.newsletter
+        # Prepared once per send: it shows the brand as it stands now, not as this process
+        # last read it (an editor who changes the brand and sends at once sees it in the mail).
+        site.forget()
         self.domain = compose.mail_domain()
         self.message_key = message_key
         self.signer = signer

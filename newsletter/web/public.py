@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import re
+from types import SimpleNamespace
 
 from flask import (
     Blueprint,
@@ -85,7 +87,7 @@ def subscribe() -> Response | tuple[str, int]:
         back = cors.return_url(request.form.get("return_to"))
         if back:
             return redirect(back, 303)
-        return render_template("public/thanks.html", reply=reply), reply.status
+        return _thanks_page(reply), reply.status
     newsletters = open_newsletters(db.session)
     return (
         render_template(
@@ -96,6 +98,22 @@ def subscribe() -> Response | tuple[str, int]:
             email=given.email,
         ),
         reply.status,
+    )
+
+
+def _thanks_page(reply: signup.SignupReply) -> str:
+    """The thank-you page. It is the same for every reader given the same words in the same
+    language and brand, so each process renders it once for each: the answer to a signup
+    stays short, and alike whoever signs up."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    return _rendered_thanks(app, language.current(), site.current(), reply.title, reply.message)
+
+
+@functools.lru_cache(maxsize=256)
+def _rendered_thanks(app: object, locale: str, brand: site.Site, title: str, message: str) -> str:
+    del app, locale, brand  # the key: what the page depends on besides the words
+    return render_template(
+        "public/thanks.html", reply=SimpleNamespace(title=title, message=message)
     )
 
 

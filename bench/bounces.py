@@ -397,7 +397,7 @@ def benchmark(
         print(
             f"  round {number}: email.message_from_bytes {base_rates[-1]:,.0f} msg/s,"
             f" ingest {our_rates[-1]:,.0f} msg/s, ratio {our_rates[-1] / base_rates[-1]:.2f}"
-            f" (by CPU time {cpu_ratios[-1]:.2f})"
+            + ("" if args.postgres else f" (by CPU time {cpu_ratios[-1]:.2f})")
         )
         if Counter(run["kinds"]) != expected:  # type: ignore[arg-type]
             print(f"    outcomes {run['kinds']} != expected {dict(expected)}")

@@ -275,6 +275,8 @@ class OutboxMessage(db.Model):
     __table_args__ = (
         Index("ix_outbox_due", "status", "next_attempt_at"),
         Index("ix_outbox_recipient", "subscriber_id", "kind", "created_at"),
+        # Returned mail and providers' events name an outbox mail by its Message-ID.
+        Index("ix_outbox_message_key", "message_key"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

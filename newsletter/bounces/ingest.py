@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, Text, bindparam, func, insert, or_, select, update
+from sqlalchemy import String, Text, bindparam, insert, or_, select, update
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from newsletter import metrics, subscriptions, suppression
 from newsletter.addresses import address_hash
@@ -219,49 +219,80 @@ def match(
 # --- what an event does -------------------------------------------------------------------------
 
 
-def _soft_limit_reached(session: Session, target: Target, rules: Rules, now: datetime) -> bool:
-    """Whether this address's soft bounces since its last good delivery reach the limit.
+def _soft_limits_reached(
+    session: Session, targets: Sequence[Target], rules: Rules, now: datetime
+) -> list[bool]:
+    """Whether each address's soft bounces since its last good delivery reach the limit.
 
     A good delivery is a mail sent to the address in the window, before the one this bounce
-    answers, for which no bounce came back.
+    answers, for which no bounce came back. Three statements for all the targets: the soft
+    bounces of their addresses, the deliveries and the outbox mails of their readers.
     """
+    if not targets:
+        return []
     since = now - rules.window
-    hashed = address_hash(target.address)
-    events = session.execute(
-        select(
-            BounceEvent.created_at, BounceEvent.delivery_id, BounceEvent.outbox_message_id
-        ).where(
-            BounceEvent.email_hash == hashed,
-            BounceEvent.kind == BounceKind.SOFT,
-            BounceEvent.created_at >= since,
-        )
-    ).all()
-    last_good = None
-    if target.subscriber_id is not None:
-        before = target.sent_at or now
-        bounced_deliveries = {e.delivery_id for e in events if e.delivery_id}
-        bounced_mails = {e.outbox_message_id for e in events if e.outbox_message_id}
-        good_delivery = session.scalar(
-            select(func.max(Delivery.sent_at))
-            .join(Subscription, Subscription.id == Delivery.subscription_id)
-            .where(
-                Subscription.subscriber_id == target.subscriber_id,
-                Delivery.sent_at >= since,
-                Delivery.sent_at < before,
-                Delivery.id.not_in(bounced_deliveries or {0}),
+    hashes = [address_hash(target.address) for target in targets]
+    events: dict[str, list[Any]] = {}
+    for row in session.execute(_SOFT_EVENTS, {"hashes": sorted(set(hashes)), "since": since}):
+        events.setdefault(row.email_hash, []).append(row)
+    readers = sorted({t.subscriber_id for t in targets if t.subscriber_id is not None})
+    deliveries: dict[int, list[Any]] = {}
+    mails: dict[int, list[Any]] = {}
+    if readers:
+        wanted = {"readers": readers, "since": since}
+        for row in session.execute(_SENT_DELIVERIES, wanted):
+            deliveries.setdefault(row.subscriber_id, []).append(row)
+        for row in session.execute(_SENT_MAILS, wanted):
+            mails.setdefault(row.subscriber_id, []).append(row)
+    reached = []
+    for target, hashed in zip(targets, hashes, strict=True):
+        found = events.get(hashed, [])
+        last_good = None
+        if target.subscriber_id is not None:
+            before = target.sent_at or now
+            bounced_deliveries = {e.delivery_id for e in found if e.delivery_id}
+            bounced_mails = {e.outbox_message_id for e in found if e.outbox_message_id}
+            last_good = max(
+                (
+                    row.sent_at
+                    for sent, bounced in (
+                        (deliveries.get(target.subscriber_id, []), bounced_deliveries),
+                        (mails.get(target.subscriber_id, []), bounced_mails),
+                    )
+                    for row in sent
+                    if row.sent_at < before and row.id not in bounced
+                ),
+                default=None,
             )
-        )
-        good_mail = session.scalar(
-            select(func.max(OutboxMessage.sent_at)).where(
-                OutboxMessage.subscriber_id == target.subscriber_id,
-                OutboxMessage.sent_at >= since,
-                OutboxMessage.sent_at < before,
-                OutboxMessage.id.not_in(bounced_mails or {0}),
-            )
-        )
-        last_good = max((t for t in (good_delivery, good_mail) if t is not None), default=None)
-    count = sum(1 for e in events if last_good is None or e.created_at > last_good)
-    return count >= rules.soft_limit
+        count = sum(1 for e in found if last_good is None or e.created_at > last_good)
+        reached.append(count >= rules.soft_limit)
+    return reached
+
+
+# The soft bounces of some addresses, since a moment.
+_SOFT_EVENTS = select(
+    BounceEvent.email_hash,
+    BounceEvent.created_at,
+    BounceEvent.delivery_id,
+    BounceEvent.outbox_message_id,
+).where(
+    BounceEvent.email_hash.in_(bindparam("hashes", expanding=True)),
+    BounceEvent.kind == BounceKind.SOFT,
+    BounceEvent.created_at >= bindparam("since", type_=UTCDateTime),
+)
+# Digest deliveries and outbox mails sent to some readers since a moment.
+_SENT_DELIVERIES = (
+    select(Subscription.subscriber_id, Delivery.id, Delivery.sent_at)
+    .join(Subscription, Subscription.id == Delivery.subscription_id)
+    .where(
+        Subscription.subscriber_id.in_(bindparam("readers", expanding=True)),
+        Delivery.sent_at >= bindparam("since", type_=UTCDateTime),
+    )
+)
+_SENT_MAILS = select(OutboxMessage.subscriber_id, OutboxMessage.id, OutboxMessage.sent_at).where(
+    OutboxMessage.subscriber_id.in_(bindparam("readers", expanding=True)),
+    OutboxMessage.sent_at >= bindparam("since", type_=UTCDateTime),
+)
 
 
 @dataclass(frozen=True)
@@ -340,16 +371,7 @@ def record_many(session: Session, items: Sequence[Returned], rules: Rules) -> li
     ]
     # One INSERT for all (executemany with RETURNING); a concurrent twin is an IntegrityError
     # the caller answers by recording one at a time.
-    created = (
-        session.execute(
-            insert(BounceEvent.__table__).returning(
-                BounceEvent.__table__.c.id, sort_by_parameter_order=True
-            ),
-            rows,
-        )
-        .scalars()
-        .all()
-    )
+    created = _insert_events(session, rows)
     trail = [
         {
             "subscriber": item.target.subscriber_id,
@@ -363,6 +385,8 @@ def record_many(session: Session, items: Sequence[Returned], rules: Rules) -> li
     ]
     if trail:
         session.execute(_TRAIL_ROWS, trail)
+    soft = [item.target for _, item in new if item.acts and item.kind == BounceKind.SOFT]
+    reached = iter(_soft_limits_reached(session, soft, rules, now))
     suppressing: dict[SuppressionReason, set[str]] = {}
     stopped: list[int] = []
     for event, (position, item) in zip(created, new, strict=True):
@@ -373,9 +397,7 @@ def record_many(session: Session, items: Sequence[Returned], rules: Rules) -> li
             metrics.BOUNCES.labels(item.kind).inc()
         if not item.acts:
             continue
-        if item.kind == BounceKind.SOFT and not _soft_limit_reached(
-            session, item.target, rules, now
-        ):
+        if item.kind == BounceKind.SOFT and not next(reached):
             continue
         suppressing.setdefault(_SUPPRESSES[item.kind], set()).add(item.target.address)
         stopped.append(event)
@@ -386,6 +408,19 @@ def record_many(session: Session, items: Sequence[Returned], rules: Rules) -> li
             update(BounceEvent).where(BounceEvent.id.in_(stopped)).values(suppressed=True)
         )
     return results
+
+
+def _insert_events(session: Session, rows: Sequence[dict[str, Any]]) -> list[int]:
+    """Insert event rows; their ids, in the order of `rows`."""
+    table = BounceEvent.__table__
+    if all(row["event_id"] is not None for row in rows):
+        # Told apart by their (unique) event ids, the rows may come back in any order, which
+        # lets SQLite insert them many to a statement rather than one at a time.
+        statement = insert(table).returning(table.c.id, table.c.event_id)
+        ids = {event_id: id_ for id_, event_id in session.execute(statement, rows)}
+        return [ids[row["event_id"]] for row in rows]
+    statement = insert(table).returning(table.c.id, sort_by_parameter_order=True)
+    return list(session.execute(statement, rows).scalars())
 
 
 def record(session: Session, item: Returned, rules: Rules) -> int | None:
@@ -596,10 +631,13 @@ def _batch(
     reports = [_parse(incoming.data, links) for incoming in chunk]
     tags = [links.read_tag(report.tag) if report.tag else None for report in reports]
     known = _of_deliveries(session, (t.row_id for t in tags if t and t.kind == DELIVERY))
+    # Held while the batch is read: the session keeps loaded rows only while they are used.
+    readers = _unsubscribing(session, reports, links)
     reads = [
         _read(session, incoming.data, report, links, name, known)
         for incoming, report in zip(chunk, reports, strict=True)
     ]
+    del readers
     returned = [read for read in reads if isinstance(read, Returned)]
     ids = iter(record_many(session, returned, rules))
     return [
@@ -608,6 +646,28 @@ def _batch(
         else read
         for read in reads
     ]
+
+
+def _unsubscribing(
+    session: Session, reports: Sequence[parse.Report], links: Links
+) -> list[Subscriber]:
+    """The readers a batch's tagged mailto unsubscribes name, with their subscriptions, loaded
+    in one statement: each unsubscribe then finds them in the session, and the changes of all
+    go to the database together."""
+    ids = set()
+    for report in reports:
+        if report.kind == parse.Kind.UNSUBSCRIBE and report.tag:
+            found = links.read_unsubscribe_tag(report.tag)
+            if found is not None:
+                ids.add(found[0])
+    if not ids:
+        return []
+    query = (
+        select(Subscriber)
+        .where(Subscriber.id.in_(sorted(ids)))
+        .options(selectinload(Subscriber.subscriptions))
+    )
+    return list(session.scalars(query))
 
 
 def _one_by_one(
@@ -636,14 +696,17 @@ def ingest_source(
     rules: Rules,
     name: str,
     *,
-    batch: int = 500,
+    batch: int = 1000,
 ) -> Counter[str]:
     """Read every message of a source; each is marked handled once its batch has committed.
 
-    A batch is one transaction and a few statements. Should one of its messages be refused
-    (another process recording the same event at that moment), the batch is done again a
-    message at a time. A crash before a commit leaves its batch unhandled, read again next
-    time; a message read twice is one event. The database away stops the run (OperationalError).
+    A batch is one transaction and a few statements. Its events land at random places in the
+    tables' indexes (an address's hash, an event id), so a larger batch writes fewer pages per
+    message; 1000 holds a SQLite write lock for a fraction of a second. Should one of its
+    messages be refused (another process recording the same event at that moment), the batch
+    is done again a message at a time. A crash before a commit leaves its batch unhandled,
+    read again next time; a message read twice is one event. The database away stops the
+    run (OperationalError).
     """
     counts: Counter[str] = Counter()
     chunk: list[sources.Incoming] = []

@@ -102,11 +102,12 @@ def parse(
 
 
 def _parse(msg: Message, bounce_address: str | None, unsubscribe_address: str | None) -> Report:
-    unsubscribe, unsubscribe_tag = _delivered_to(msg, unsubscribe_address)
+    delivered = _delivery_addresses(msg) if unsubscribe_address or bounce_address else []
+    unsubscribe, unsubscribe_tag = _delivered_to(delivered, unsubscribe_address)
     subject = one_line(_decoded(_header(msg, "Subject")))
     if unsubscribe:
         return _personal(msg, Kind.UNSUBSCRIBE, subject, unsubscribe_tag)
-    _, tag = _delivered_to(msg, bounce_address)
+    _, tag = _delivered_to(delivered, bounce_address)
     report = msg.get_content_type() == "multipart/report" and msg.is_multipart()
     if report:
         found = _report(msg, tag, bounce_address)
@@ -351,19 +352,25 @@ def _status_blocks(part: Message) -> list[Message]:
     return blocks
 
 
-def _delivered_to(msg: Message, address: str | None) -> tuple[bool, str | None]:
+def _delivery_addresses(msg: Message) -> list[str]:
+    """The addresses in the headers that say where the mail was delivered, most reliable first."""
+    return [
+        found for name in _DELIVERY_HEADERS for found in _ADDRESS.findall(" ".join(_all(msg, name)))
+    ]
+
+
+def _delivered_to(delivered: list[str], address: str | None) -> tuple[bool, str | None]:
     """Whether the mail came to this address (with or without a +tag), and the tag if any."""
     if not address or "@" not in address:
         return False, None
     local, _, domain = address.strip().rpartition("@")
     local, domain = local.lower(), domain.lower()
     seen = False
-    for name in _DELIVERY_HEADERS:
-        for found in _ADDRESS.findall(" ".join(_all(msg, name))):
-            matched, tag = _match(found, local, domain)
-            if matched and tag:
-                return True, tag
-            seen = seen or matched
+    for found in delivered:
+        matched, tag = _match(found, local, domain)
+        if matched and tag:
+            return True, tag
+        seen = seen or matched
     return seen, None
 
 

@@ -152,21 +152,22 @@ class Maildir(Source):
             raise SourceError(f"{self.path} is not a Maildir (it needs new/, cur/ and tmp/).")
 
     def __iter__(self) -> Iterator[Incoming]:
+        cur = os.path.join(self.path, "cur")
         for folder in ("new", "cur"):
-            with os.scandir(self.path / folder) as entries:
+            with os.scandir(os.path.join(self.path, folder)) as entries:
                 for entry in entries:
                     if entry.name.startswith(".") or not entry.is_file():
                         continue
                     if folder == "cur" and "S" in _flags(entry.name):
                         continue
                     try:
-                        data = Path(entry.path).read_bytes()
+                        with open(entry.path, "rb") as file:
+                            data = file.read()
                     except FileNotFoundError:
                         # Another reader took it between the listing and now.
                         continue
-                    yield Incoming(
-                        data, f"{folder}/{entry.name}", _Seen(self.path, folder, entry.name)
-                    )
+                    seen = _Seen(entry.path, cur, entry.name)
+                    yield Incoming(data, f"{folder}/{entry.name}", seen)
 
     def close(self) -> None:
         """Each message file is open only while it is read."""
@@ -182,8 +183,9 @@ def _flags(name: str) -> str:
 class _Seen:
     """Move one Maildir message to cur/ with the Seen flag added to those it has."""
 
-    path: Path
-    folder: str
+    # Plain strings, not Path objects: joined once per message, for a cheap rename.
+    path: str
+    cur: str
     name: str
 
     def __call__(self) -> None:
@@ -191,9 +193,7 @@ class _Seen:
         unique = self.name.partition(colon)[0] if colon in self.name else self.name
         flags = "".join(sorted(set(_flags(self.name)) | {"S"}))
         try:
-            os.rename(
-                self.path / self.folder / self.name, self.path / "cur" / f"{unique}{colon}2,{flags}"
-            )
+            os.rename(self.path, f"{self.cur}{os.sep}{unique}{colon}2,{flags}")
         except FileNotFoundError:
             # Another reader handled it first.
             pass

@@ -1,0 +1,24 @@
+"""outbox mails found by their Message-ID without reading the whole outbox
+
+Revision ID: 0018_bounce_indexes
+Revises: 0014_altcha
+Create Date: 2026-12-05 11:20:00
+
+"""
+from alembic import op
+
+
+revision = '0018_bounce_indexes'
+down_revision = '0014_altcha'
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    with op.batch_alter_table('outbox_message', schema=None) as batch_op:
+        batch_op.create_index('ix_outbox_message_key', ['message_key'], unique=False)
+
+
+def downgrade():
+    with op.batch_alter_table('outbox_message', schema=None) as batch_op:
+        batch_op.drop_index('ix_outbox_message_key')

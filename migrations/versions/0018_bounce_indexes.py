@@ -1,7 +1,7 @@
 """outbox mails found by their Message-ID without reading the whole outbox
 
 Revision ID: 0018_bounce_indexes
-Revises: 0014_altcha
+Revises: 0017_signup_queue
 Create Date: 2026-12-05 11:20:00
 
 """
@@ -9,7 +9,7 @@ from alembic import op
 
 
 revision = '0018_bounce_indexes'
-down_revision = '0014_altcha'
+down_revision = "0017_signup_queue"
 branch_labels = None
 depends_on = None
 

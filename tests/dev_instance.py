@@ -140,5 +140,17 @@ def make_run(tmp_path: Path) -> Iterator[Instance]:
             os.killpg(run.pid, signal.SIGKILL)
             run.wait()
         log.close()
-    left = subprocess.run(["pgrep", "-g", str(run.pid)], capture_output=True, text=True)
-    assert left.stdout.split() == [], log_path.read_text()
+    # make returns on Ctrl-C while the worker may still be finishing its current message.
+    left = wait_for_exit(run.pid)
+    assert left == [], log_path.read_text()
+
+
+def wait_for_exit(group: int, within: float = 30.0) -> list[str]:
+    """The processes of a process group still running after `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        found = subprocess.run(["pgrep", "-g", str(group)], capture_output=True, text=True)
+        left = found.stdout.split()
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.2)

@@ -74,7 +74,11 @@ def _rows(stack: Stack) -> dict[str, int]:
     db.session.add_all([digest, job, site])
     db.session.commit()
     token, _ = api_tokens.create_token(db.session, "site", None)
+    colleague = make_admin("colleague@news.example.org", "editor")
     return {
+        "account_id": colleague.id,
+        # A set-password link's token: the page is open to anyone holding a link.
+        "token": "not-a-real-set-password-token",
         "newsletter_id": daily.id,
         "subscriber_id": subscriber.id,
         "subscription_id": subscription.id,
@@ -93,7 +97,7 @@ def _admin_urls(stack: Stack, ids: dict[str, int]) -> list[tuple[Rule, str]]:
     for rule in stack.app.url_map.iter_rules():
         if not rule.endpoint.startswith("admin."):
             continue
-        values = {name: ids[name] for name in rule.arguments}
+        values = {name: ids[name] for name in rule.arguments}  # a new kind of id: add it above
         found.append((rule, adapter.build(rule.endpoint, values)))
     assert len(found) > 40
     return found

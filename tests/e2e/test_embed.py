@@ -15,6 +15,8 @@ from werkzeug.serving import make_server
 from newsletter.extensions import db
 from newsletter.models import ConsentEvent, OutboxMessage
 
+from e2e.browsing import applied
+
 HOST_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>Host site</title></head>
 <body><h1>A host site's article</h1>
 <form method="post" action="{service}/subscribe" novalidate data-newsletter-box>
@@ -73,4 +75,5 @@ def test_box_on_another_site_signs_up_once(page: Page, live_app: Flask, host_sit
     else:
         # The browser refused the script's request before it was sent; the form posted itself.
         expect(page).to_have_url(f"{live_app.config['BASE_URL']}/subscribe")
+    applied(live_app)
     assert _counts(live_app) == (1, 1)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Protocol
 
 from flask import g, has_request_context
@@ -36,6 +38,10 @@ OURS: Mapping[str, Any] = {
 
 # Where a request keeps the versions it read: web/language.py forgets them after it.
 CACHE = "newsletter_texts"
+# Where the worker keeps them while it builds one mail (`one_reading`).
+_READING: ContextVar[dict[str, dict[int, NewsletterText]] | None] = ContextVar(
+    "newsletter_texts_reading", default=None
+)
 
 
 class HasTexts(Protocol):
@@ -62,12 +68,28 @@ def text(newsletter: HasTexts, field: str, version: NewsletterText | None) -> st
     return str(ours) if ours is not None else own
 
 
+@contextmanager
+def one_reading() -> Iterator[None]:
+    """Within it, outside a request, each language's versions are read once: a mail's
+    subject, text and HTML parts name a list several times, and read what is there now."""
+    token = _READING.set({})
+    try:
+        yield
+    finally:
+        _READING.reset(token)
+
+
 def _current_versions() -> dict[int, NewsletterText]:
     locale = str(get_locale() or DEFAULT)
     if not has_request_context():
-        # The worker's app context lives for hours: no cache there, editors change texts.
-        return versions(db.session, locale)
-    cached = g.setdefault(CACHE, {})
+        # The worker's app context lives for hours: no cache there beyond one mail
+        # (`one_reading`), editors change texts.
+        reading = _READING.get()
+        if reading is None:
+            return versions(db.session, locale)
+        cached = reading
+    else:
+        cached = g.setdefault(CACHE, {})
     if locale not in cached:
         cached[locale] = versions(db.session, locale)
     return cached[locale]

@@ -15,7 +15,7 @@ from flask_babel import gettext as _
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from newsletter import subscriptions, suppression
+from newsletter import subscriptions, suppression, texts
 from newsletter.digests.compose import Content, PreparedDigest
 from newsletter.languages import DEFAULT, known
 from newsletter.links import TEST_READER, Links
@@ -36,6 +36,11 @@ def build(session: Session, row: OutboxMessage, links: Links) -> EmailMessage | 
 
     Withheld when its address may not be mailed at all: whatever the kind, whoever queued it.
     """
+    with texts.one_reading():
+        return _build(session, row, links)
+
+
+def _build(session: Session, row: OutboxMessage, links: Links) -> EmailMessage | None:
     why = suppression.reason(session, row.to_address)
     if why in suppression.STOPS_MAIL:
         raise Withheld(f"address suppressed: {why}")

@@ -761,9 +761,9 @@ def test_a_throttled_row_is_still_leased_when_it_goes(db, daily):
 
 
 def test_marks_leave_pooled_connections_as_they_found_them(db, daily):
-    from newsletter.digests.sender import _marks_connection
+    from newsletter.leases import autocommit
 
-    with Session(db.engine) as session, _marks_connection(session) as marks:
+    with Session(db.engine) as session, autocommit(session) as marks:
         assert marks.get_execution_options()["isolation_level"] == "AUTOCOMMIT"
     with db.engine.connect() as conn:
         assert conn.get_isolation_level() != "AUTOCOMMIT"
@@ -772,12 +772,12 @@ def test_marks_leave_pooled_connections_as_they_found_them(db, daily):
 def test_marks_skip_the_wal_flush_on_their_own_connection_only(db, daily, postgresql_only):
     from sqlalchemy import text
 
-    from newsletter.digests.sender import _marks_connection
+    from newsletter.leases import autocommit
 
-    with Session(db.engine) as session, _marks_connection(session) as marks:
+    with Session(db.engine) as session, autocommit(session) as marks:
         assert marks.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
     with db.engine.connect() as conn:
-        # Web requests and the outbox, on the same pool, keep waiting for the disk.
+        # Web requests, on the same pool, keep waiting for the disk.
         assert conn.execute(text("SHOW synchronous_commit")).scalar() == "on"
 
 

@@ -13,12 +13,21 @@ from typing import Any
 import pytest
 from click.testing import Result
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from newsletter import subscribers, suppression
 from newsletter.cli import worker
 from newsletter.leases import Policy
 from newsletter.mail import outbox
 from newsletter.mail.transport import SMTPTransport
-from newsletter.models import OutboxMessage, Subscription, SubscriptionStatus, utcnow
+from newsletter.models import (
+    OutboxMessage,
+    Subscriber,
+    Subscription,
+    SubscriptionStatus,
+    SuppressionReason,
+    utcnow,
+)
 from newsletter.worker import Worker
 
 from factories import Mailbox, links, signup
@@ -267,6 +276,113 @@ def test_a_slow_worker_whose_lease_ran_out_does_not_send_what_another_took(
     ]
     assert len(received) == 4  # the stalled message twice, the other two once each
     assert set(db.session.scalars(select(OutboxMessage.status))) == {"sent"}
+
+
+class MidBatch:
+    """Sends through `transport`, and after the first message does `then` (from elsewhere)."""
+
+    def __init__(self, transport: SMTPTransport, then: Callable[[], None]) -> None:
+        self.transport, self.then, self.done = transport, then, False
+
+    def send(self, message, sender=None) -> None:  # type: ignore[no-untyped-def]
+        self.transport.send(message, sender)
+        if not self.done:
+            self.done = True
+            self.then()
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+def three_signups(client, db) -> list[int]:  # type: ignore[no-untyped-def]
+    for n in range(3):
+        signup(client, f"reader{n}@example.com", "daily")
+    return list(db.session.scalars(select(OutboxMessage.id).order_by(OutboxMessage.id)))
+
+
+def test_a_row_another_worker_took_mid_batch_is_not_sent_by_the_first(
+    app, client, db, newsletters, smtp, transport
+):
+    """The batch's rows are read once, but each one's claim is looked at before it goes."""
+    ids = three_signups(client, db)
+
+    def take_over() -> None:
+        # The second row's lease ran out (a stall) and another worker claimed it.
+        with Session(db.engine) as other:
+            row = other.get(OutboxMessage, ids[1])
+            assert row is not None
+            row.next_attempt_at = utcnow() - timedelta(seconds=1)
+            other.commit()
+            assert outbox.LEASES.claim(other, "other-worker", outbox.POLICY) == [ids[1]]
+
+    assert work(db, MidBatch(transport, take_over)) == 3
+    assert [r.rcpt_tos[0] for r in smtp.received] == ["reader0@example.com", "reader2@example.com"]
+    db.session.expire_all()
+    taken = db.session.get(OutboxMessage, ids[1])
+    assert taken is not None
+    assert (taken.status, taken.claim, taken.sent_at) == ("queued", "other-worker", None)
+
+
+def test_a_reader_erased_mid_batch_gets_nothing(app, client, db, newsletters, smtp, transport):
+    ids = three_signups(client, db)
+
+    def erase() -> None:
+        with Session(db.engine) as other:
+            reader = other.scalars(
+                select(Subscriber).where(Subscriber.email == "reader1@example.com")
+            ).one()
+            subscribers.erase(other, reader, None)
+
+    assert work(db, MidBatch(transport, erase)) == 3
+    assert [r.rcpt_tos[0] for r in smtp.received] == ["reader0@example.com", "reader2@example.com"]
+    db.session.expire_all()
+    assert db.session.get(OutboxMessage, ids[1]) is None
+    statuses = db.session.scalars(select(OutboxMessage.status).order_by(OutboxMessage.id))
+    assert list(statuses) == ["sent", "sent"]
+
+
+def test_an_address_suppressed_mid_batch_is_withheld(app, client, db, newsletters, smtp, transport):
+    ids = three_signups(client, db)
+
+    def bounce() -> None:
+        with Session(db.engine) as other:
+            suppression.suppress(other, "reader1@example.com", SuppressionReason.BOUNCED)
+            other.commit()
+
+    assert work(db, MidBatch(transport, bounce)) == 3
+    assert [r.rcpt_tos[0] for r in smtp.received] == ["reader0@example.com", "reader2@example.com"]
+    db.session.expire_all()
+    withheld = db.session.get(OutboxMessage, ids[1])
+    assert withheld is not None
+    assert withheld.status == "skipped" and withheld.sent_at is None
+    assert withheld.last_error == "address suppressed: bounced"
+
+
+def test_a_lease_is_renewed_before_sending_only_once_half_of_it_has_gone(
+    app, client, db, newsletters, smtp, transport
+):
+    ids = three_signups(client, db)
+    soon = utcnow() + outbox.POLICY.lease / 4
+
+    def stall() -> None:
+        # The third row's lease is nearly over (the worker was slow); the second's is not.
+        with Session(db.engine) as other:
+            row = other.get(OutboxMessage, ids[2])
+            assert row is not None
+            row.next_attempt_at = soon
+            other.commit()
+
+    before = utcnow()
+    assert work(db, MidBatch(transport, stall)) == 3
+    assert len(smtp.received) == 3
+    db.session.expire_all()
+    rows = [db.session.get(OutboxMessage, i) for i in ids]
+    assert [r.status for r in rows if r is not None] == ["sent", "sent", "sent"]
+    second, third = rows[1], rows[2]
+    assert second is not None and third is not None
+    # The second went under the claim's lease, unwritten; the third's was renewed first.
+    assert second.next_attempt_at < third.next_attempt_at
+    assert third.next_attempt_at >= before + outbox.POLICY.lease
 
 
 @pytest.mark.parametrize("status", [SubscriptionStatus.CONFIRMED, SubscriptionStatus.UNSUBSCRIBED])

@@ -12,9 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -27,7 +26,7 @@ from newsletter.bounces.parse import status_code
 from newsletter.digests import ledger, states
 from newsletter.digests.compose import BodySigner, Content, PreparedDigest
 from newsletter.digests.ledger import Recipient
-from newsletter.leases import Policy, new_claim
+from newsletter.leases import Policy, autocommit, new_claim
 from newsletter.links import DELIVERY, Links, Reader
 from newsletter.mail.outbox import server_side
 from newsletter.mail.transport import DeliveryError, SMTPTransport, TemporaryFailure, Transport
@@ -209,7 +208,7 @@ class DigestSender:
             checked_at=started,
         )
         ahead = _Ahead(recipients, by_locale, self._pool)
-        with _marks_connection(session) as conn, _Marks(conn, self._marking) as marks:
+        with autocommit(session) as conn, _Marks(conn, self._marking) as marks:
             for position, recipient in enumerate(recipients):
                 confirmed = recipient.status == SubscriptionStatus.CONFIRMED
                 if confirmed:
@@ -395,28 +394,6 @@ def _settle(
     settled = ledger.LEASES.settle(session, rows, token, status, error)
     if settled:
         metrics.MAILS_SENT.labels("digest", str(status)).inc(settled)
-
-
-@contextmanager
-def _marks_connection(session: Session) -> Iterator[Connection]:
-    """The connection that marks rows sent: one statement, one transaction, per message.
-
-    Of its own, because a Session's bookkeeping costs more than the write itself. In
-    autocommit, so a mark is one round trip. On PostgreSQL without waiting for the WAL to
-    reach the disk (synchronous_commit off, as SQLite's synchronous=NORMAL in WAL mode): a
-    worker that dies loses no mark; only a crash of the database machine itself can forget
-    the last fraction of a second of them, and those readers get a second copy.
-    """
-    with session.get_bind().connect() as conn:
-        marks = conn.execution_options(isolation_level="AUTOCOMMIT")
-        postgres = conn.dialect.name == "postgresql"
-        if postgres:
-            marks.exec_driver_sql("SET synchronous_commit TO off")
-        try:
-            yield marks
-        finally:
-            if postgres and not conn.invalidated:
-                marks.exec_driver_sql("RESET synchronous_commit")
 
 
 class _MarkFailed(Exception):

@@ -1,10 +1,11 @@
 """The outbox: transactional mails queued in the database and sent by the worker's runner.
 
 A mail is queued in the same transaction as the change that causes it, so it exists exactly
-when the change does. The worker's `OutboxRunner` claims due rows with a lease, builds each
-mail at the last moment (`transactional.build`: a reader who left meanwhile gets nothing),
-sends it, and records the outcome at once. An outage of the mail server delays mail and
-loses none.
+when the change does. The worker's `OutboxRunner` claims due rows with a lease, reads them in
+one query, and for each checks that its claim still holds it (renewing the lease only once
+half of it has gone), builds the mail at the last moment (`transactional.build`: a reader who
+left meanwhile gets nothing), sends it, and records the outcome at once. An outage of the mail
+server delays mail and loses none.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import threading
 from collections.abc import Callable
 from email.message import EmailMessage
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import Connection, bindparam, func, insert, select
 from sqlalchemy.orm import Session
 
 from newsletter import metrics
-from newsletter.leases import Leases, Policy, new_claim
+from newsletter.leases import Leases, Policy, autocommit, new_claim
 from newsletter.links import OUTBOX, Links
 from newsletter.mail.transport import ConnectionFailure, DeliveryError, Transport
 from newsletter.models import MailKind, OutboxMessage, OutboxStatus, utcnow
@@ -38,6 +39,15 @@ LEASES = Leases(
 )
 
 _INSERT = insert(OutboxMessage.__table__)
+_TABLE = OutboxMessage.__table__
+# Per message: when its lease runs out, if this claim still holds it (None if not).
+_HELD_UNTIL = select(_TABLE.c.next_attempt_at).where(
+    _TABLE.c.id == bindparam("row"),
+    _TABLE.c.claim == bindparam("token"),
+    _TABLE.c.status == OutboxStatus.QUEUED,
+)
+# Core, in autocommit: the ORM's UPDATE and commit cost more than the write itself.
+_MARK_SENT = LEASES.settle_statement(OutboxStatus.SENT, one=True, sent_at=bindparam("now"))
 
 # What a row stands for, built when it is sent: None when the reason for it has gone.
 Build = Callable[[Session, OutboxMessage], EmailMessage | None]
@@ -108,34 +118,55 @@ class OutboxRunner:
         """Claim and send one batch; return how many rows it claimed."""
         token = new_claim()
         ids = LEASES.claim(session, token, self.policy)
-        for position, row_id in enumerate(ids):
-            if stop is not None and stop.is_set():
-                LEASES.release(session, ids[position:], token)
-                break
-            if not LEASES.renew(session, [row_id], token, self.policy):
-                continue  # sent, skipped or taken over since the claim
-            refused = self._send(session, row_id, token)
-            if refused is not None:
-                # The server is down, will not let us in, refuses our sender or is closing
-                # (421): not this message's fault, and the rest of the batch would fail the
-                # same way. Try again soon; an outage loses nothing.
-                log.warning("mail server refuses mail for now, batch put back: %s", refused)
-                LEASES.release(
-                    session,
-                    ids[position:],
-                    token,
-                    delay=self.policy.first_retry,
-                    error=str(refused),
-                )
-                break
+        if not ids:
+            return 0
+        rows = _load(session, ids)
+        with autocommit(session) as marks:
+            for position, row_id in enumerate(ids):
+                if stop is not None and stop.is_set():
+                    LEASES.release(session, ids[position:], token)
+                    break
+                row = rows.get(row_id)
+                if row is None or not self._still_held(session, row_id, token):
+                    continue  # sent, skipped, erased or taken over since the claim
+                refused = self._send(session, marks, row, token)
+                if refused is not None:
+                    # The server is down, will not let us in, refuses our sender or is
+                    # closing (421): not this message's fault, and the rest of the batch would
+                    # fail the same way. Try again soon; an outage loses nothing.
+                    log.warning("mail server refuses mail for now, batch put back: %s", refused)
+                    LEASES.release(
+                        session,
+                        ids[position:],
+                        token,
+                        delay=self.policy.first_retry,
+                        error=str(refused),
+                    )
+                    break
         return len(ids)
 
-    def _send(self, session: Session, row_id: int, token: str) -> DeliveryError | None:
+    def _still_held(self, session: Session, row_id: int, token: str) -> bool:
+        """Whether this claim still holds the row, its lease renewed if half of it has gone.
+
+        A read, not a write, for most messages: a worker that stalled past its lease finds
+        out here that another took the row, and sends nothing. Ends the transaction, so what
+        the build reads next is as it is now.
+        """
+        until = session.scalar(_HELD_UNTIL, {"row": row_id, "token": token})
+        if until is None:
+            session.commit()
+            return False
+        if until - utcnow() < self.policy.lease / 2:
+            return LEASES.renew(session, [row_id], token, self.policy)
+        session.commit()
+        return True
+
+    def _send(
+        self, session: Session, marks: Connection, row: OutboxMessage, token: str
+    ) -> DeliveryError | None:
         """Build and send one held row and record how it went; the server's refusal when it
         takes no mail for now (the row is left held for the caller to put back)."""
-        row = session.get(OutboxMessage, row_id, populate_existing=True)
-        assert row is not None
-        attempts, to_address, kind = row.attempts, row.to_address, str(row.kind)
+        row_id, attempts, to_address, kind = row.id, row.attempts, row.to_address, str(row.kind)
         settle = functools.partial(self._settle, session, row_id, token, kind)
         try:
             message = self.build(session, row)
@@ -175,8 +206,11 @@ class OutboxRunner:
                 session, row_id, token, self.policy, attempts, error, OutboxStatus.FAILED
             )
             return None
-        # Recorded right away: a crash after this line cannot send it again.
-        settle(OutboxStatus.SENT, None, sent_at=utcnow())
+        # Recorded right away, in a write of its own: a crash after this line cannot send it
+        # again.
+        marked = marks.execute(_MARK_SENT, {"row": row_id, "token": token, "now": utcnow()})
+        if marked.rowcount:
+            metrics.MAILS_SENT.labels(kind, str(OutboxStatus.SENT)).inc()
         return None
 
     @staticmethod
@@ -191,3 +225,11 @@ class OutboxRunner:
     ) -> None:
         if LEASES.settle(session, [row_id], token, status, error, **values):
             metrics.MAILS_SENT.labels(kind, str(status)).inc()
+
+
+def _load(session: Session, ids: list[int]) -> dict[int, OutboxMessage]:
+    """The claimed rows in one query, as objects of their own (no session keeps or expires
+    them): each is what was queued, its claim and lease are checked apart before it goes."""
+    found = session.execute(select(_TABLE).where(_TABLE.c.id.in_(ids))).mappings().all()
+    session.commit()
+    return {row["id"]: OutboxMessage(**row) for row in found}

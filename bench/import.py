@@ -21,6 +21,7 @@ import json
 import os
 import random
 import resource
+import secrets
 import shutil
 import subprocess
 import sys
@@ -184,7 +185,8 @@ def child(workdir: Path, csv_path: Path, mode: str, inline: bool) -> None:
     app = create_app(
         {
             "ENV": "production",
-            "SECRET_KEY": "bench",
+            # Production's checks hold here too: a key as long as they ask for.
+            "SECRET_KEY": secrets.token_urlsafe(32),
             "BASE_URL": "https://news.example.org",
             "INSTANCE_PATH": str(workdir / "instance"),
         }

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -275,8 +276,15 @@ class OutboxMessage(db.Model):
     __table_args__ = (
         Index("ix_outbox_due", "status", "next_attempt_at"),
         Index("ix_outbox_recipient", "subscriber_id", "kind", "created_at"),
-        # Returned mail and providers' events name an outbox mail by its Message-ID.
-        Index("ix_outbox_message_key", "message_key"),
+        # Returned mail and providers' events name an outbox mail by its Message-ID; only sent
+        # mail comes back, and leaving queued rows out keeps an import's million confirmations
+        # from writing this (random) index as they are queued.
+        Index(
+            "ix_outbox_message_key",
+            "message_key",
+            sqlite_where=text("status = 'sent'"),
+            postgresql_where=text("status = 'sent'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -23,12 +23,16 @@ from newsletter.bounces.parse import parse
 from newsletter.cli import cli
 from newsletter.digests import states
 from newsletter.links import DELIVERY, Links, Reader
+from newsletter.mail import outbox
 from newsletter.mail.transport import MemoryTransport
 from newsletter.models import (
     BounceEvent,
     ConsentEvent,
     Delivery,
     Digest,
+    MailKind,
+    OutboxMessage,
+    OutboxStatus,
     Subscription,
     SubscriptionStatus,
     Suppression,
@@ -683,3 +687,43 @@ def test_an_address_longer_than_mail_allows_is_refused(client, db, sent):
     assert answer.status_code == 400
     assert db.session.scalar(select(func.count(BounceEvent.id))) == 0
     assert db.session.scalar(select(func.count(Suppression.id))) == 0
+
+
+def test_an_outbox_mail_is_found_by_its_message_id_through_the_index(db):
+    """The index holds sent mail only, so an import's queued confirmations do not write it;
+    the lookup names that condition so the index serves it."""
+    if db.engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL plans tiny test tables with sequential scans")
+    statements: list[tuple[str, object]] = []
+
+    def keep(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if "outbox_message" in statement and "message_key" in statement:
+            statements.append((statement, parameters))
+
+    from sqlalchemy import event
+
+    event.listen(db.engine, "before_cursor_execute", keep)
+    try:
+        assert ingest._of_message_id(db.session, "<nobody-sent-this@news.example.org>") is None
+    finally:
+        event.remove(db.engine, "before_cursor_execute", keep)
+    (statement, parameters), *_ = statements
+    plan = db.session.connection().exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)
+    steps = " ".join(str(row[-1]) for row in plan)
+    assert "ix_outbox_message_key" in steps, steps
+
+
+def test_a_returned_outbox_mail_is_found_by_its_message_id_once_sent(db, daily):
+    reader = add_reader(db, daily, "reader@example.com")
+    subscription = reader.subscriptions[0]
+    outbox.enqueue(
+        db.session, MailKind.WELCOME, reader.id, reader.email, {"subscriptions": [subscription.id]}
+    )
+    row = db.session.scalars(select(OutboxMessage)).one()
+    returned = f"<{row.message_key}@news.example.org>"
+    # Still queued: nothing of ours went out under that Message-ID.
+    assert ingest._of_message_id(db.session, returned) is None
+    row.status = OutboxStatus.SENT
+    db.session.commit()
+    found = ingest._of_message_id(db.session, returned)
+    assert found is not None and found.outbox_message_id == row.id

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, Text, bindparam, insert, or_, select, update
+from sqlalchemy import String, Text, bindparam, insert, or_, select, text, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, selectinload
 
@@ -169,8 +169,20 @@ def _of_message_id(session: Session, message_id: str | None) -> Target | None:
     key, dot, number = local.rpartition(".")
     if dot and number.isdigit() and key:
         return _of_delivery(session, int(number), key)
-    row = session.scalar(select(OutboxMessage).where(OutboxMessage.message_key == local))
+    row = session.get(OutboxMessage, found) if (found := _sent_outbox_id(session, local)) else None
     return _of_outbox(session, row)
+
+
+# Only sent mail comes back: the partial index holds sent mail alone, and the condition is
+# written as in the index so that it can answer. SQLite is told to use it (without statistics
+# it may walk every sent row by status instead).
+_SENT_BY_KEY = "SELECT id FROM outbox_message {hint} WHERE message_key = :key AND status = 'sent'"
+
+
+def _sent_outbox_id(session: Session, key: str) -> int | None:
+    conn = session.connection()
+    hint = "INDEXED BY ix_outbox_message_key" if conn.dialect.name == "sqlite" else ""
+    return conn.execute(text(_SENT_BY_KEY.format(hint=hint)), {"key": key}).scalar()
 
 
 def _of_address(

@@ -10,7 +10,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from newsletter import config as settings
-from newsletter import logs, site
+from newsletter import logs
 from newsletter.extensions import csrf, db, limiter, login, migrate
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -55,6 +55,9 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     csrf.init_app(app)
     limiter.init_app(app)
     login.init_app(app)
+    # Imported here: the import's checker process loads this package without the models.
+    from newsletter import site
+
     site.init_app(app)
 
     from newsletter.web import (

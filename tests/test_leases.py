@@ -34,12 +34,15 @@ def row(db, row_id: int) -> OutboxMessage:  # type: ignore[no-untyped-def]
 
 def test_a_claim_takes_a_batch_and_counts_an_attempt(db, app):
     ids = queue(db, 3)
+    before = utcnow()
     assert outbox.LEASES.claim(db.session, "a", POLICY) == ids[:2]
+    after = utcnow()
     assert outbox.LEASES.claim(db.session, "b", POLICY) == ids[2:]
     assert outbox.LEASES.claim(db.session, "c", POLICY) == []
     held = row(db, ids[0])
     assert (held.claim, held.attempts) == ("a", 1)
-    assert held.next_attempt_at > utcnow() + timedelta(minutes=4)
+    # Held for the policy's lease from the moment of the claim.
+    assert before + POLICY.lease <= held.next_attempt_at <= after + POLICY.lease
 
 
 def test_only_the_holding_claim_renews_settles_or_releases(db, app):
@@ -79,9 +82,14 @@ def test_retry_backs_off_then_gives_up(db, app):
     [first] = queue(db, 1)
     policy = Policy(batch_size=1, max_attempts=2, first_retry=timedelta(seconds=30))
     outbox.LEASES.claim(db.session, "a", policy)
+    before = utcnow()
     assert outbox.LEASES.retry_or_fail(db.session, first, "a", policy, 1, "451 busy", "failed")
+    after = utcnow()
     waiting = row(db, first)
-    assert waiting.status == "queued" and waiting.next_attempt_at > utcnow() + timedelta(seconds=25)
+    # Put back for the policy's first retry, counted from the moment of the failure.
+    delay = policy.retry_delay(1)
+    assert waiting.status == "queued"
+    assert before + delay <= waiting.next_attempt_at <= after + delay
     db.session.execute(update(OutboxMessage).values(next_attempt_at=utcnow()))
     db.session.commit()
     outbox.LEASES.claim(db.session, "b", policy)

@@ -161,24 +161,11 @@ def changes_per_day_each(first: date, days: int) -> Select[Any]:
     per list anyway), so every list's series costs what the combined one does.
     """
     bounds = _day_bounds(first, days)
-    not_pending = Subscription.status.in_(NOT_PENDING)
     return (
         select(
             bounds.c.day,
             Newsletter.id,
-            _count(
-                _OF_THE_ROW,
-                not_pending,
-                Subscription.confirmed_at >= bounds.c.since,
-                Subscription.confirmed_at < bounds.c.until,
-            ),
-            _count(
-                _OF_THE_ROW,
-                not_pending,
-                Subscription.confirmed_at.is_not(None),
-                Subscription.unsubscribed_at >= bounds.c.since,
-                Subscription.unsubscribed_at < bounds.c.until,
-            ),
+            *_joined_and_left(_OF_THE_ROW, bounds),
         )
         .select_from(bounds)
         .join(Newsletter, true())
@@ -194,34 +181,28 @@ def changes_per_day(first: date, days: int, newsletter_id: int | None = None) ->
     Leaving a list that was never confirmed changes no confirmed count, hence confirmed_at.
     Indexes: as confirmed_before's.
     """
-    bounds = (
-        values(
-            column("day", Date),
-            column("since", UTCDateTime),
-            column("until", UTCDateTime),
-            name="days",
-        )
-        .data([(day, _midnight(day), _midnight(day + DAY)) for day in _days(first, days)])
-        .cte("days")
-    )
+    bounds = _day_bounds(first, days)
     lists = Subscription.newsletter_id.in_(select(Newsletter.id).where(_chosen(newsletter_id)))
+    return select(bounds.c.day, *_joined_and_left(lists, bounds)).order_by(bounds.c.day)
+
+
+def _joined_and_left(scope: Any, bounds: Any) -> tuple[Any, Any]:
+    """A day's confirmations and departures of confirmed subscriptions, within `scope`."""
     not_pending = Subscription.status.in_(NOT_PENDING)
-    return select(
-        bounds.c.day,
-        _count(
-            lists,
-            not_pending,
-            Subscription.confirmed_at >= bounds.c.since,
-            Subscription.confirmed_at < bounds.c.until,
-        ),
-        _count(
-            lists,
-            not_pending,
-            Subscription.confirmed_at.is_not(None),
-            Subscription.unsubscribed_at >= bounds.c.since,
-            Subscription.unsubscribed_at < bounds.c.until,
-        ),
-    ).order_by(bounds.c.day)
+    joined = _count(
+        scope,
+        not_pending,
+        Subscription.confirmed_at >= bounds.c.since,
+        Subscription.confirmed_at < bounds.c.until,
+    )
+    left = _count(
+        scope,
+        not_pending,
+        Subscription.confirmed_at.is_not(None),
+        Subscription.unsubscribed_at >= bounds.c.since,
+        Subscription.unsubscribed_at < bounds.c.until,
+    )
+    return joined, left
 
 
 def status_counts(session: Session) -> dict[int, dict[str, int]]:

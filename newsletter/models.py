@@ -184,6 +184,11 @@ class Newsletter(db.Model):
     feed_error: Mapped[str | None] = mapped_column(Text)
     # Its boxes ask the reader's browser for a proof of work (ALTCHA) before a signup counts.
     altcha: Mapped[bool] = mapped_column(default=False)
+    # How often readers may choose to hear from it (newsletter/frequencies.py): a comma-
+    # separated choice of alert, daily and weekly; empty offers no choice, only the cadence.
+    frequencies: Mapped[str] = mapped_column(String(32), default="")
+    # The choice preselected in a box; None means the cadence.
+    default_frequency: Mapped[str | None] = mapped_column(String(8))
 
     def __repr__(self) -> str:
         return f"<Newsletter {self.slug}>"
@@ -201,6 +206,8 @@ class Subscriber(db.Model):
     # How the reader is addressed, when an import or the admin gave a name.
     name: Mapped[str | None] = mapped_column(String(200))
     locale: Mapped[str | None] = mapped_column(String(16))
+    # One mail per edition for every list they follow at that frequency, not one per list.
+    combined: Mapped[bool] = mapped_column(default=False)
     # Part of every link for this person, so a reused row id cannot inherit old links.
     token_key: Mapped[str] = mapped_column(String(32), default=lambda: secrets.token_urlsafe(12))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -241,6 +248,8 @@ class Subscription(db.Model):
     subscribed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     unsubscribed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The reader's choice among the list's frequencies; None keeps the list's cadence.
+    frequency: Mapped[str | None] = mapped_column(String(8))
 
     # Joined: nearly every use of a subscription needs its list's name or its reader's address.
     subscriber: Mapped[Subscriber] = relationship(back_populates="subscriptions", lazy="joined")
@@ -364,6 +373,10 @@ class Item(db.Model):
     # api, feed, admin or demo: where the item came from.
     source: Mapped[str] = mapped_column(String(16), default="admin")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # An editor's pick: first in a weekly edition.
+    pick: Mapped[bool] = mapped_column(default=False)
+    # Breaking news: mailed at once to the readers who chose alerts.
+    alert: Mapped[bool] = mapped_column(default=False)
 
     # Selectin: a page of items shows their lists without a query per item.
     newsletters: Mapped[list[Newsletter]] = relationship(secondary=item_newsletter, lazy="selectin")
@@ -499,6 +512,8 @@ class Digest(db.Model):
     status: Mapped[DigestStatus] = mapped_column(String(16), default=DigestStatus.DRAFT)
     # Composed by the cadence rather than by an editor.
     automatic: Mapped[bool] = mapped_column(default=False)
+    # The edition (newsletter/frequencies.py) whose readers it goes to; None: every reader.
+    frequency: Mapped[str | None] = mapped_column(String(8))
     created_by: Mapped[int | None] = mapped_column(ForeignKey("admin_user.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     scheduled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

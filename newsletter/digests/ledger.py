@@ -28,6 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from newsletter import frequencies
 from newsletter.leases import Leases, Policy
 from newsletter.models import (
     Delivery,
@@ -49,20 +50,53 @@ LEASES = Leases(
 UNSENT = (DeliveryStatus.QUEUED, DeliveryStatus.SENDING)
 
 
-def audience(newsletter_id: int) -> ColumnElement[bool]:
-    """The newsletter's confirmed readers: everyone bounced, complained or left is not."""
-    return and_(
+def audience(
+    newsletter_id: int, frequency: str | None = None, cadence: str | None = None
+) -> ColumnElement[bool]:
+    """The readers of a digest of the list: confirmed, and of its edition when it has one.
+
+    Everyone bounced, complained or left is out. A digest of no edition (`frequency` None,
+    an editor's mailing to the whole list) goes to every confirmed reader; one of alerts to
+    those who chose alerts; one of an edition to the readers of that edition
+    (`frequencies.edition_of`, `cadence` being the list's), except those who get the
+    combined daily or weekly mail instead.
+    """
+    where = [
         Subscription.newsletter_id == newsletter_id,
         Subscription.status == SubscriptionStatus.CONFIRMED,
+    ]
+    if frequency == frequencies.ALERT:
+        where.append(Subscription.frequency == frequencies.ALERT)
+    elif frequency is not None:
+        where.append(frequencies.edition_of(cadence or frequency) == frequency)
+        if frequency in frequencies.EDITIONS:
+            where.append(~combined_reader())
+    return and_(*where)
+
+
+def combined_reader() -> Exists:
+    """Whether the subscription's reader chose one combined mail per edition."""
+    return exists().where(Subscriber.id == Subscription.subscriber_id, Subscriber.combined)
+
+
+def audience_size(
+    newsletter_id: int, frequency: str | None = None, cadence: str | None = None
+) -> Select[tuple[int]]:
+    """How many readers a digest of the list would go to if it started now."""
+    return (
+        select(func.count())
+        .select_from(Subscription)
+        .where(audience(newsletter_id, frequency, cadence))
     )
 
 
-def audience_size(newsletter_id: int) -> Select[tuple[int]]:
-    """How many readers a digest of the newsletter would go to if it started now."""
-    return select(func.count()).select_from(Subscription).where(audience(newsletter_id))
-
-
-def snapshot(digest_id: int, newsletter_id: int, now: datetime) -> Insert:
+def snapshot(
+    digest_id: int,
+    newsletter_id: int,
+    now: datetime,
+    frequency: str | None = None,
+    cadence: str | None = None,
+) -> Insert:
     """One INSERT … SELECT: a queued row for every reader in the audience now."""
     return insert(Delivery).from_select(
         ["digest_id", "subscription_id", "status", "attempts", "next_attempt_at"],
@@ -72,7 +106,7 @@ def snapshot(digest_id: int, newsletter_id: int, now: datetime) -> Insert:
             literal(DeliveryStatus.QUEUED.value),
             literal(0),
             literal(now, Delivery.next_attempt_at.type),
-        ).where(audience(newsletter_id)),
+        ).where(audience(newsletter_id, frequency, cadence)),
     )
 
 

@@ -318,9 +318,10 @@ def _sendable(digest: Digest) -> None:
         )
 
 
-def audience_size(session: Session, newsletter: Newsletter) -> int:
-    """How many readers a digest of the newsletter would go to if it started now."""
-    return session.scalar(ledger.audience_size(newsletter.id)) or 0
+def audience_size(session: Session, newsletter: Newsletter, frequency: str | None = None) -> int:
+    """How many readers a digest of the newsletter (and edition) would go to if it started now."""
+    statement = ledger.audience_size(newsletter.id, frequency, newsletter.cadence)
+    return session.scalar(statement) or 0
 
 
 def start(session: Session, digest: Digest, *, seen: str | None = None) -> int:
@@ -344,7 +345,9 @@ def start(session: Session, digest: Digest, *, seen: str | None = None) -> int:
         session.rollback()
         raise DigestError(_("This digest has already been started."))
     added = session.execute(
-        ledger.snapshot(digest.id, digest.newsletter_id, now),
+        ledger.snapshot(
+            digest.id, digest.newsletter_id, now, digest.frequency, digest.newsletter.cadence
+        ),
         # An INSERT's row count is kept only when asked for (psycopg would say -1).
         execution_options={"preserve_rowcount": True},
     ).rowcount

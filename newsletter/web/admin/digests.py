@@ -152,7 +152,7 @@ def _edit_page(
         schedule_form=schedule_form,
         entries=chosen,
         addable=_addable(digest, chosen),
-        readers=states.audience_size(db.session, digest.newsletter),
+        readers=states.audience_size(db.session, digest.newsletter, digest.frequency),
         scheduled_local=digest.scheduled_at.astimezone(zone) if digest.scheduled_at else None,
     )
     return page, 422 if form.errors or schedule_form.errors else 200
@@ -305,7 +305,7 @@ def _confirm_page(digest: Digest, action: str, when: datetime | None) -> str:
         "admin/digest_confirm.html",
         digest=digest,
         action=action,
-        readers=states.audience_size(db.session, digest.newsletter),
+        readers=states.audience_size(db.session, digest.newsletter, digest.frequency),
         local=moment,
         utc=when,
         zone_name=digest.newsletter.timezone or "UTC",

@@ -63,6 +63,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     from newsletter.web import (
         admin,
         api,
+        archive,
         bodies,
         challenge,
         cors,
@@ -85,6 +86,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     limits.init_app(app)
     ops.init_app(app)
     app.register_blueprint(public.bp)
+    app.register_blueprint(archive.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(hooks.bp)
     app.register_blueprint(admin.bp)

@@ -25,12 +25,16 @@ from newsletter.languages import lazy_gettext
 CONFIRM = "confirm"
 UNSUBSCRIBE = "unsubscribe"
 PREFERENCES = "preferences"
+ARCHIVE = "archive"
 # Where each kind of link points, under the base URL; web/public.py routes these paths.
+# An archive link is a list's page under ARCHIVE's path with the token as its `key` argument.
 PATHS = {
     CONFIRM: "/confirm/",
     UNSUBSCRIBE: "/unsubscribe/",
     PREFERENCES: "/preferences/",
+    ARCHIVE: "/archive/",
 }
+ARCHIVE_KEY = "key"
 
 
 # What a VERP tag names: one digest delivery, or one outbox mail.
@@ -134,6 +138,19 @@ def _unsubscribe(payload: Any) -> UnsubscribeLink:
     if not isinstance(newsletter_id, int):
         raise LinkNoLongerValid()
     return UnsubscribeLink(reader, newsletter_id)
+
+
+@dataclass(frozen=True)
+class ArchiveLink:
+    """A reader's key to one list's private archive."""
+
+    reader: Reader
+    newsletter_id: int
+
+
+def _archive(payload: Any) -> ArchiveLink:
+    link = _unsubscribe(payload)
+    return ArchiveLink(link.reader, link.newsletter_id)
 
 
 @dataclass(frozen=True)
@@ -289,6 +306,15 @@ class Links:
         """The token of `preferences_url`."""
         return self.token(PREFERENCES, self._payload(reader))
 
+    def archive_url(self, path: str, reader: Reader, newsletter_id: int) -> str:
+        """A page of a list's readers-only archive (`path`: under the base URL) for a reader."""
+        token = self.archive_token(reader, newsletter_id)
+        return f"{self.base_url}{path}?{ARCHIVE_KEY}={token}"
+
+    def archive_token(self, reader: Reader, newsletter_id: int) -> str:
+        """The reader's key to one list's archive, for the `key` argument of its pages."""
+        return self.token(ARCHIVE, self._payload(reader, l=newsletter_id))
+
     @staticmethod
     def _payload(reader: Reader, **extra: object) -> dict[str, object]:
         return {"s": reader.subscriber_id, "k": reader.key, **extra}
@@ -300,6 +326,10 @@ class Links:
     def read_unsubscribe(self, token: str) -> UnsubscribeLink:
         """An unsubscribe link's contents; they never expire."""
         return _unsubscribe(self._loads(UNSUBSCRIBE, token))
+
+    def read_archive(self, token: str) -> ArchiveLink:
+        """Whose key to which list's archive this is; it never expires."""
+        return _archive(self._loads(ARCHIVE, token))
 
     def read_preferences(self, token: str) -> Reader:
         """Whom a preferences link was made for; it never expires."""

@@ -189,6 +189,8 @@ class Newsletter(db.Model):
     frequencies: Mapped[str] = mapped_column(String(32), default="")
     # The choice preselected in a box; None means the cadence.
     default_frequency: Mapped[str | None] = mapped_column(String(8))
+    # Its sent editions are on the web for anyone; when not, a reader's signed link opens them.
+    archive_public: Mapped[bool] = mapped_column(default=True)
 
     def __repr__(self) -> str:
         return f"<Newsletter {self.slug}>"

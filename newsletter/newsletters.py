@@ -30,6 +30,7 @@ FIELDS = (
     "welcome_text",
     "welcome_enabled",
     "altcha",
+    "archive_public",
     "feed_url",
     "send_time",
     "timezone",

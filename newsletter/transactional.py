@@ -15,7 +15,7 @@ from flask_babel import gettext as _
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from newsletter import subscriptions, suppression, texts
+from newsletter import archive, subscriptions, suppression, texts
 from newsletter.digests.compose import Content, PreparedDigest
 from newsletter.languages import DEFAULT, known
 from newsletter.links import TEST_READER, Links
@@ -114,7 +114,9 @@ def _digest_test(session: Session, row: OutboxMessage, links: Links) -> EmailMes
     locale = known(reader.locale if reader else None) or DEFAULT
     with force_locale(locale):
         subject = _("[Test] %(subject)s", subject=digest.subject)
-    content = Content(digest.newsletter, subject, digest.intro, digest.items)
+    content = Content(
+        digest.newsletter, subject, digest.intro, digest.items, archive.mail_path(digest)
+    )
     # Test links, even for a tester who reads the list: following one leaves nothing, and
     # its page says why.
     prepared = PreparedDigest(content, row.message_key, links, locale=locale)

@@ -2,7 +2,7 @@
 
 Rendering Jinja, inlining CSS and encoding MIME cost milliseconds; a digest to a million
 readers does them once. What differs per reader (the address, the Message-ID, the date and
-two links) is put into ready-made bytes. The links sit on lines of their own in the
+two links, three when the list's archive is for its readers only) is put into ready-made bytes. The links sit on lines of their own in the
 quoted-printable parts (soft line breaks around them, invisible once decoded), so every
 other line of the body is the same for every reader, and a DKIM body hash needs only the
 personal lines canonicalised per message.
@@ -28,7 +28,7 @@ from flask_babel import force_locale
 
 from newsletter import site
 from newsletter.languages import DEFAULT
-from newsletter.links import PREFERENCES, UNSUBSCRIBE, Links, Reader
+from newsletter.links import ARCHIVE, ARCHIVE_KEY, PREFERENCES, UNSUBSCRIBE, Links, Reader
 from newsletter.mail import compose
 from newsletter.models import Item, Newsletter, utcnow
 
@@ -51,6 +51,8 @@ class Content:
     subject: str
     intro: str
     items: Sequence[Item]
+    # Where "View in browser" leads, under the base URL (archive.mail_path); None: nowhere.
+    web_path: str | None = None
 
 
 def safe_link(url: str | None) -> str | None:
@@ -60,22 +62,40 @@ def safe_link(url: str | None) -> str | None:
     return quote(url, safe=":/?#[]@!$&()*+,;=%~-._")
 
 
-def render(content: Content, unsubscribe_url: str, preferences_url: str) -> tuple[str, str]:
-    """The text and the HTML of a digest, CSS inlined, with these links."""
-    context = {
+def _context(content: Content, **links: str | None) -> dict[str, object]:
+    return {
         "newsletter": content.newsletter,
         "subject": content.subject,
         "intro": content.intro.strip(),
         "items": content.items,
         "link": safe_link,
-        "unsubscribe_url": unsubscribe_url,
-        "preferences_url": preferences_url,
+        **links,
     }
+
+
+def render(
+    content: Content, unsubscribe_url: str, preferences_url: str, view_url: str | None = None
+) -> tuple[str, str]:
+    """The text and the HTML of a digest, CSS inlined, with these links."""
+    context = _context(
+        content,
+        unsubscribe_url=unsubscribe_url,
+        preferences_url=preferences_url,
+        view_url=view_url,
+    )
     text = render_template("mail/digest.txt", **context)
     html = _INLINER.inline(render_template("mail/digest.html", **context))
     # Blank lines left by template tags say nothing and cost bytes a million times over.
     text = re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
     return text, html
+
+
+def render_web(content: Content, archive_url: str) -> str:
+    """The digest's web version: the mail's HTML with no personal link, and a way to the
+    list's other editions. Browsers read its <style>: nothing to inline."""
+    return render_template(
+        "mail/digest.html", web=True, archive_url=archive_url, **_context(content)
+    )
 
 
 def _qp(text: str) -> bytes:
@@ -113,6 +133,16 @@ class ReaderLinks:
         self.newsletter_id = newsletter_id
         self.unsubscribe_prefix = links.prefix(UNSUBSCRIBE)
         self.preferences_prefix = links.prefix(PREFERENCES)
+        self.archive_prefix: str | None = None
+
+    def view_in_browser(self, web_path: str) -> None:
+        """Make the web version's link personal: the list's archive is for its readers only."""
+        self.archive_prefix = f"{self.links.base_url}{web_path}?{ARCHIVE_KEY}="
+
+    def archive_url(self, reader: Reader) -> str:
+        """The reader's link to the web version of a readers-only archive."""
+        assert self.archive_prefix is not None
+        return self.archive_prefix + self.links.archive_token(reader, self.newsletter_id)
 
     def urls(self, reader: Reader) -> tuple[str, str]:
         """The reader's one-click unsubscribe link for this list, and their preferences link."""
@@ -152,10 +182,19 @@ class PreparedDigest:
         # Placeholders nobody can have typed into an item: random for every digest.
         marker = secrets.token_hex(8)
         holes = {UNSUBSCRIBE: f"U{marker}U", PREFERENCES: f"P{marker}P"}
+        # "View in browser": the same link for every reader of a public archive; a link of
+        # their own (a hole) when only readers may open it.
+        view_url = None
+        if content.web_path is not None:
+            if newsletter.archive_public:
+                view_url = links.base_url + content.web_path
+            else:
+                self.links.view_in_browser(content.web_path)
+                view_url = holes[ARCHIVE] = f"A{marker}A"
         # Its frame (footer, links, dates) in one language: a digest is prepared once per
         # language its readers read.
         with force_locale(locale):
-            text, html = render(content, holes[UNSUBSCRIBE], holes[PREFERENCES])
+            text, html = render(content, holes[UNSUBSCRIBE], holes[PREFERENCES], view_url)
 
         boundary = f"=_{secrets.token_hex(12)}"
         lines = [f"From: {compose.sender(newsletter)}"]
@@ -184,15 +223,15 @@ class PreparedDigest:
         # The body as fixed blocks with holes between them: (bytes, None) or (None, hole).
         pieces: list[tuple[bytes | None, str | None]] = []
         pending = b""
+        purposes = {placeholder: purpose for purpose, placeholder in holes.items()}
         for subtype, body in (("plain", text), ("html", html)):
             pending += part(subtype)
-            split = re.split(f"({holes[UNSUBSCRIBE]}|{holes[PREFERENCES]})", body)
+            split = re.split(f"({'|'.join(purposes)})", body)
             for index, chunk in enumerate(split):
                 if index % 2:
                     pieces.append((pending, None))
                     pending = b""
-                    hole = UNSUBSCRIBE if chunk == holes[UNSUBSCRIBE] else PREFERENCES
-                    pieces.append((None, hole))
+                    pieces.append((None, purposes[chunk]))
                 else:
                     encoded = _qp(chunk)
                     if index + 1 < len(split):
@@ -219,6 +258,8 @@ class PreparedDigest:
         """The whole mail for one reader, ready for SMTP (and signed, with a signer)."""
         unsubscribe, preferences = self.links.urls(reader)
         filled = {UNSUBSCRIBE: _qp_link(unsubscribe), PREFERENCES: _qp_link(preferences)}
+        if self.links.archive_prefix is not None:
+            filled[ARCHIVE] = _qp_link(self.links.archive_url(reader))
         body = b"".join(block if block is not None else filled[hole] for block, hole in self.pieces)
         headers = (
             f"To: {compose.header_value(compose.wire_address(to), 254)}\r\n"

@@ -20,7 +20,7 @@ from datetime import datetime
 from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
-from newsletter import languages, metrics
+from newsletter import archive, languages, metrics
 from newsletter.bounces import ingest
 from newsletter.bounces.parse import status_code
 from newsletter.digests import ledger, states
@@ -143,7 +143,13 @@ class DigestSender:
         key = (digest.id, languages.known(locale) or languages.DEFAULT)
         found = self._prepared.get(key)
         if found is None:
-            content = Content(digest.newsletter, digest.subject, digest.intro, digest.items)
+            content = Content(
+                digest.newsletter,
+                digest.subject,
+                digest.intro,
+                digest.items,
+                archive.mail_path(digest),
+            )
             found = PreparedDigest(
                 content, digest.message_key, self.links, signer=self.signer, locale=key[1]
             )

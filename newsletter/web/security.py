@@ -18,6 +18,8 @@ _PERSONAL_PUBLIC = {
 }
 # The digest's HTML as a reader's mail client shows it: framed by the admin's preview page.
 MAIL_PREVIEW = "admin.digest_preview_html"
+# A list's edition on the web: the mail's HTML (its inline styles), no script at all.
+ARCHIVE_EDITION = "archive.edition"
 # The development mailbox shows mails (their inline styles) in a frame of its own page.
 _MAIL_PAGES = {"mailbox.show"}
 HSTS = "max-age=31536000"
@@ -38,10 +40,15 @@ def policy(nonce: str, endpoint: str | None, image_origin: str | None = None) ->
             "default-src 'none'; style-src 'unsafe-inline'; img-src https: http: data:; "
             "font-src https:; frame-ancestors 'self'; base-uri 'none'; form-action 'none'; sandbox"
         )
+    images = f"'self' data: {image_origin}" if image_origin else "'self' data:"
+    if endpoint == ARCHIVE_EDITION:
+        return (
+            f"default-src 'none'; style-src 'unsafe-inline'; img-src {images}; "
+            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+        )
     style = f"'self' 'nonce-{nonce}'"
     if endpoint in _MAIL_PAGES:
         style = "'self' 'unsafe-inline'"
-    images = f"'self' data: {image_origin}" if image_origin else "'self' data:"
     return (
         f"default-src 'self'; script-src 'self' 'nonce-{nonce}'; style-src {style}; "
         f"img-src {images}; connect-src 'self'; frame-src 'self'; object-src 'none'; "

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Response
 
+from newsletter import archive
 from newsletter import newsletters as lists
 from newsletter.bounces import figures as returned
 from newsletter.digests import cadence, progress, states
@@ -207,10 +208,17 @@ def _rendered(digest: Digest) -> tuple[str, str]:
     links = Links.from_config(current_app.config)
     content = digest_mail.Content(digest.newsletter, digest.subject, digest.intro, digest.items)
     # A test's links: they open a page that says so rather than touch anyone's subscription.
+    web_path = archive.mail_path(digest)
+    view_url = None
+    if web_path is not None and digest.newsletter.archive_public:
+        view_url = links.base_url + web_path
+    elif web_path is not None:
+        view_url = links.archive_url(web_path, TEST_READER, digest.newsletter_id)
     return digest_mail.render(
         content,
         links.unsubscribe_url(TEST_READER, digest.newsletter_id),
         links.preferences_url(TEST_READER),
+        view_url,
     )
 
 

@@ -194,6 +194,14 @@ class NewsletterForm(FlaskForm):
         ),
         default=False,
     )
+    archive_public = BooleanField(
+        lazy_gettext("Public archive"),
+        description=lazy_gettext(
+            "Sent editions are on the web for anyone, with an Atom feed. Unticked, only "
+            "readers open them, through the link in their mails."
+        ),
+        default=True,
+    )
     feed_url = URLField(
         lazy_gettext("Feed URL"),
         description=lazy_gettext(

@@ -27,12 +27,12 @@ from factories import (
     add_item,
     add_reader,
     app_links,
+    csrf_token,
     html_part,
+    make_admin,
     make_newsletter,
     send_all,
     sign_in,
-    make_admin,
-    csrf_token,
     text_part,
 )
 

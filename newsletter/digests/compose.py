@@ -2,10 +2,10 @@
 
 Rendering Jinja, inlining CSS and encoding MIME cost milliseconds; a digest to a million
 readers does them once. What differs per reader (the address, the Message-ID, the date and
-two links, three when the list's archive is for its readers only) is put into ready-made bytes. The links sit on lines of their own in the
-quoted-printable parts (soft line breaks around them, invisible once decoded), so every
-other line of the body is the same for every reader, and a DKIM body hash needs only the
-personal lines canonicalised per message.
+two links, three when the list's archive is for its readers only) is put into ready-made
+bytes. The links sit on lines of their own in the quoted-printable parts (soft line breaks
+around them, invisible once decoded), so every other line of the body is the same for every
+reader, and a DKIM body hash needs only the personal lines canonicalised per message.
 """
 
 from __future__ import annotations

@@ -13,7 +13,13 @@ from sqlalchemy import select
 from newsletter.digests import items, states
 from newsletter.extensions import db
 from newsletter.imports.jobs import create_job
-from newsletter.models import ImportMode, Newsletter, Subscriber, SuppressionReason
+from newsletter.models import (
+    DigestStatus,
+    ImportMode,
+    Newsletter,
+    Subscriber,
+    SuppressionReason,
+)
 from newsletter.suppression import suppress
 
 from e2e.browsing import (
@@ -126,6 +132,41 @@ def test_the_other_public_pages_pass_axe(page: Page, live_app: Flask) -> None:
     check_axe(page, "problem-type")
     page.goto("/?lang=uk")
     check_axe(page, "home-uk")
+
+
+def _sent_edition(app: Flask) -> None:
+    """A sent edition of the Daily Briefing, and a list whose archive is for its readers."""
+    with app.app_context():
+        newsletter = db.session.scalar(select(Newsletter).where(Newsletter.slug == "daily"))
+        digest = states.compose(db.session, newsletter, intro="Good morning.")
+        states.start(db.session, digest)
+        digest.status = DigestStatus.SENT
+        private = db.session.scalar(select(Newsletter).where(Newsletter.slug != "daily"))
+        private.archive_public = False
+        db.session.commit()
+        db.session.remove()
+
+
+def test_the_archive_pages_pass_axe(page: Page, live_app: Flask) -> None:
+    """A list's archive, an edition's web version, and the page of an archive for readers."""
+    _sent_edition(live_app)
+    page.goto("/")
+    _keyboard_open(page, "Daily Briefing: the archive")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Daily Briefing: the archive")
+    check_axe(page, "archive")
+    page.locator("ol.archive a").first.click()
+    expect(page.get_by_text("This is the web version of an edition")).to_be_visible()
+    check_axe(page, "archive-edition")
+    screenshot(page, "a11y-08-archive-edition")
+    page.goto("/archive/daily?lang=uk")
+    check_axe(page, "archive-uk")
+    with live_app.app_context():
+        private = db.session.scalar(select(Newsletter).where(Newsletter.archive_public.is_(False)))
+        slug = private.slug
+        db.session.remove()
+    response = page.goto(f"/archive/{slug}")
+    assert response is not None and response.status == 403
+    check_axe(page, "archive-readers-only")
 
 
 def _admin_rows(app: Flask) -> dict[str, int]:
@@ -245,7 +286,13 @@ def test_pages_fit_narrow_screens(browser: Browser, live_app: Flask, width: int,
             expect(page.get_by_text("Я не робот")).to_be_visible()
             no_horizontal_scroll(page, "host page")
             screenshot(page, f"a11y-05-host-{width}px")
-        for path in ("/", "/?lang=uk", "/confirm/not-a-token", "/_mailbox/"):
+        _sent_edition(live_app)
+        edition = page.goto("/archive/daily")
+        assert edition is not None and edition.status == 200
+        page.locator("ol.archive a").first.click()
+        expect(page.get_by_text("This is the web version of an edition")).to_be_visible()
+        no_horizontal_scroll(page, "an edition's web version")
+        for path in ("/", "/?lang=uk", "/confirm/not-a-token", "/_mailbox/", "/archive/daily"):
             page.goto(path)
             no_horizontal_scroll(page, path)
         page.goto("/")

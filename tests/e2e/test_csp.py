@@ -14,7 +14,13 @@ from werkzeug.serving import make_server
 
 from newsletter.digests import states
 from newsletter.extensions import db
-from newsletter.models import Newsletter, Subscriber, Subscription, SubscriptionStatus
+from newsletter.models import (
+    DigestStatus,
+    Newsletter,
+    Subscriber,
+    Subscription,
+    SubscriptionStatus,
+)
 
 from factories import PASSWORD, make_admin
 
@@ -111,6 +117,27 @@ def test_the_admin_works_under_the_policy(page: Page, refusals, live_app):
     expect(bar).to_be_attached()
     width = bar.evaluate("el => getComputedStyle(el.parentElement).width")
     assert width != "auto"
+    refusals.check()
+
+
+def test_the_archive_works_under_its_policies(page: Page, refusals, live_app):
+    """The list's page under the site's policy; an edition, the mail's HTML, under its own."""
+    with live_app.app_context():
+        newsletter = db.session.scalar(select(Newsletter).where(Newsletter.slug == "daily"))
+        digest = states.compose(db.session, newsletter, intro="Good morning.")
+        states.start(db.session, digest)
+        digest.status = DigestStatus.SENT
+        db.session.commit()
+        db.session.remove()
+    page.goto("/archive/daily")
+    edition = page.locator("ol.archive a").first
+    expect(edition).to_be_visible()
+    edition.click()
+    expect(page.get_by_text("Good morning.")).to_be_visible()
+    # The mail's styles apply: its <style> element and inline styles are allowed.
+    sheet = page.locator("table.sheet")
+    assert sheet.evaluate("el => getComputedStyle(el).backgroundColor") == "rgb(255, 255, 255)"
+    assert sheet.evaluate("el => getComputedStyle(el).maxWidth") == "600px"
     refusals.check()
 
 

@@ -380,3 +380,19 @@ def test_the_editor_keeps_an_archive_for_readers(db, client, daily):
     db.session.refresh(daily)
     assert daily.archive_public is False
     assert client.get("/archive/daily").status_code == 403
+
+
+def test_the_archive_speaks_the_readers_language(db, client, daily):
+    digest, mails = _sent(db, daily)
+    uk = {"Accept-Language": "uk"}
+    listing = client.get("/archive/daily", headers=uk).get_data(as_text=True)
+    assert "«Daily Briefing»: архів" in listing
+    page = client.get(_path(_view_links(mails[0])[0]), headers=uk).get_data(as_text=True)
+    assert 'lang="uk"' in page and "Усі випуски" in page
+    # A reader's key opens a private archive in the language stored for them.
+    daily.archive_public = False
+    (subscription,) = _subscriptions(db, daily)
+    subscription.subscriber.locale = "uk"
+    db.session.commit()
+    url = app_links().archive_url("/archive/daily", reader_of(subscription.subscriber), daily.id)
+    assert "«Daily Briefing»: архів" in client.get(_path(url)).get_data(as_text=True)

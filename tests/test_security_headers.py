@@ -27,7 +27,17 @@ def csp(response) -> dict[str, str]:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize(
-    "path", ["/", "/admin/login", "/confirm/broken", "/api/v1/newsletters", "/healthz", "/nowhere"]
+    "path",
+    [
+        "/",
+        "/admin/login",
+        "/confirm/broken",
+        "/api/v1/newsletters",
+        "/healthz",
+        "/nowhere",
+        "/archive/daily",
+        "/archive/daily/feed.atom",
+    ],
 )
 def test_every_response_carries_the_headers(client, newsletters, path):
     response = client.get(path)
@@ -40,6 +50,25 @@ def test_every_response_carries_the_headers(client, newsletters, path):
     assert response.headers["Referrer-Policy"] == "same-origin"
     assert response.headers["X-Frame-Options"] == "DENY"
     assert response.headers["Strict-Transport-Security"].startswith("max-age=")
+
+
+def test_an_edition_on_the_web_is_the_mail_under_a_policy_of_its_own(db, client, newsletters):
+    daily = newsletters[0]
+    add_item(db, daily, "Story")
+    add_reader(db, daily, "reader@example.com")
+    digest = states.compose(db.session, daily)
+    states.start(db.session, digest)
+    db.session.refresh(digest)
+    response = client.get(f"/archive/daily/{digest.id}-{digest.started_at.date().isoformat()}")
+    assert response.status_code == 200
+    directives = csp(response)
+    # No script at all; the mail's inline styles; framed by nobody.
+    assert directives["default-src"] == "'none'"
+    assert "script-src" not in directives
+    assert directives["style-src"] == "'unsafe-inline'"
+    assert directives["frame-ancestors"] == "'none'"
+    assert directives["form-action"] == "'none'"
+    assert response.headers["X-Frame-Options"] == "DENY"
 
 
 def test_each_request_gets_its_own_nonce(client, newsletters):

@@ -133,16 +133,12 @@ class ReaderLinks:
         self.newsletter_id = newsletter_id
         self.unsubscribe_prefix = links.prefix(UNSUBSCRIBE)
         self.preferences_prefix = links.prefix(PREFERENCES)
-        self.archive_prefix: str | None = None
+        # The list's archive is for its readers: "View in browser" carries each one's key.
+        self.archive_keys = False
 
-    def view_in_browser(self, web_path: str) -> None:
-        """Make the web version's link personal: the list's archive is for its readers only."""
-        self.archive_prefix = f"{self.links.base_url}{web_path}?{ARCHIVE_KEY}="
-
-    def archive_url(self, reader: Reader) -> str:
-        """The reader's link to the web version of a readers-only archive."""
-        assert self.archive_prefix is not None
-        return self.archive_prefix + self.links.archive_token(reader, self.newsletter_id)
+    def archive_key(self, reader: Reader) -> str:
+        """The reader's key to the list's archive, for their "View in browser" link."""
+        return self.links.archive_token(reader, self.newsletter_id)
 
     def urls(self, reader: Reader) -> tuple[str, str]:
         """The reader's one-click unsubscribe link for this list, and their preferences link."""
@@ -182,15 +178,15 @@ class PreparedDigest:
         # Placeholders nobody can have typed into an item: random for every digest.
         marker = secrets.token_hex(8)
         holes = {UNSUBSCRIBE: f"U{marker}U", PREFERENCES: f"P{marker}P"}
-        # "View in browser": the same link for every reader of a public archive; a link of
-        # their own (a hole) when only readers may open it.
+        # "View in browser": the same link for every reader of a public archive; with the
+        # reader's key (a hole) when only readers may open it.
         view_url = None
         if content.web_path is not None:
-            if newsletter.archive_public:
-                view_url = links.base_url + content.web_path
-            else:
-                self.links.view_in_browser(content.web_path)
-                view_url = holes[ARCHIVE] = f"A{marker}A"
+            view_url = links.base_url + content.web_path
+            if not newsletter.archive_public:
+                self.links.archive_keys = True
+                holes[ARCHIVE] = f"A{marker}A"
+                view_url += f"?{ARCHIVE_KEY}={holes[ARCHIVE]}"
         # Its frame (footer, links, dates) in one language: a digest is prepared once per
         # language its readers read.
         with force_locale(locale):
@@ -258,8 +254,8 @@ class PreparedDigest:
         """The whole mail for one reader, ready for SMTP (and signed, with a signer)."""
         unsubscribe, preferences = self.links.urls(reader)
         filled = {UNSUBSCRIBE: _qp_link(unsubscribe), PREFERENCES: _qp_link(preferences)}
-        if self.links.archive_prefix is not None:
-            filled[ARCHIVE] = _qp_link(self.links.archive_url(reader))
+        if self.links.archive_keys:
+            filled[ARCHIVE] = _qp_link(self.links.archive_key(reader))
         body = b"".join(block if block is not None else filled[hole] for block, hole in self.pieces)
         headers = (
             f"To: {compose.header_value(compose.wire_address(to), 254)}\r\n"

@@ -396,3 +396,19 @@ def test_the_archive_speaks_the_readers_language(db, client, daily):
     db.session.commit()
     url = app_links().archive_url("/archive/daily", reader_of(subscription.subscriber), daily.id)
     assert "«Daily Briefing»: архів" in client.get(_path(url)).get_data(as_text=True)
+
+
+def test_an_empty_archive_has_a_valid_feed(db, client, daily):
+    feed = ET.fromstring(client.get("/archive/daily/feed.atom").data)
+    assert feed.findtext(f"{ATOM}id") == f"{BASE_URL}/archive/daily"
+    assert feed.findtext(f"{ATOM}updated")
+    assert feed.findall(f"{ATOM}entry") == []
+
+
+def test_a_retired_list_keeps_its_archive_off_the_home_page(db, client, daily):
+    _, mails = _sent(db, daily)
+    daily.archived = True
+    db.session.commit()
+    assert client.get(_path(_view_links(mails[0])[0])).status_code == 200
+    assert client.get("/archive/daily").status_code == 200
+    assert "/archive/daily" not in client.get("/").get_data(as_text=True)

@@ -10,7 +10,16 @@ import re
 from datetime import datetime
 from xml.etree import ElementTree as ET
 
-from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    g,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask_babel import gettext
 
 from newsletter import archive, links, site, texts
@@ -77,12 +86,13 @@ def _newsletter(slug: str) -> Newsletter:
     except links.LinkError as exc:
         raise _message(refused, f"{exc.message} {archive.ReadersOnly().message}", 403) from exc
     language.use_reader(reader.locale)
+    g.archive_key = key
     return newsletter
 
 
 def _key() -> dict[str, str]:
-    """The reader's key, for every link that stays in a private archive."""
-    key = request.args.get(ARCHIVE_KEY)
+    """The reader's key that opened this private archive, for every link that stays in it."""
+    key = g.get("archive_key")
     return {ARCHIVE_KEY: key} if key else {}
 
 

@@ -300,7 +300,10 @@ def test_a_private_archive_opens_with_the_readers_link_only(db, client, daily):
 
     opened = client.get(_path(url))
     assert opened.status_code == 200
-    assert "Story of Morning news" in opened.get_data(as_text=True)
+    body = opened.get_data(as_text=True)
+    assert "Story of Morning news" in body
+    # The reader's key only: none of their other links.
+    assert "/unsubscribe/" not in body and "/preferences/" not in body
     assert opened.headers["Cache-Control"] == "no-store"
     assert opened.headers["Referrer-Policy"] == "no-referrer"
     key = _path(url).split("?key=", 1)[1]

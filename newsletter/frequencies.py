@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from flask_babel import lazy_gettext
 from sqlalchemy import ColumnElement, case, literal
 
 from newsletter.models import Newsletter, Subscription
@@ -25,6 +26,14 @@ WEEKLY = "weekly"
 FREQUENCIES = (ALERT, DAILY, WEEKLY)
 # Frequencies that are editions of digests; alerts go out one item at a time.
 EDITIONS = (DAILY, WEEKLY)
+# How each reads to an editor and a reader.
+LABELS = {
+    ALERT: lazy_gettext("As it happens"),
+    DAILY: lazy_gettext("Daily"),
+    WEEKLY: lazy_gettext("Weekly"),
+}
+# An edition's name on a digest: the cadences besides daily and weekly too.
+EDITION_LABELS = {**LABELS, "monthly": lazy_gettext("Monthly")}
 
 
 def parse(text: str | None) -> tuple[str, ...]:

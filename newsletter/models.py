@@ -189,9 +189,40 @@ class Newsletter(db.Model):
     frequencies: Mapped[str] = mapped_column(String(32), default="")
     # The choice preselected in a box; None means the cadence.
     default_frequency: Mapped[str | None] = mapped_column(String(8))
+    # How many items the weekly edition carries at most, the editor's picks first.
+    weekly_max_items: Mapped[int] = mapped_column(default=10)
+
+    # The schedules of its other editions (the cadence's edition uses the fields above).
+    editions: Mapped[list[Edition]] = relationship(
+        back_populates="newsletter", cascade="all, delete-orphan", order_by="Edition.frequency"
+    )
 
     def __repr__(self) -> str:
         return f"<Newsletter {self.slug}>"
+
+
+class Edition(db.Model):
+    """A daily or weekly edition a list offers besides its cadence's, with its own schedule.
+
+    The cadence's edition keeps the list's own schedule fields; each other one has a row.
+    """
+
+    __table_args__ = (UniqueConstraint("newsletter_id", "frequency"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    newsletter_id: Mapped[int] = mapped_column(ForeignKey("newsletter.id", ondelete="CASCADE"))
+    frequency: Mapped[str] = mapped_column(String(8))
+    send_time: Mapped[str] = mapped_column(String(5), default="08:00")
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    send_weekday: Mapped[int] = mapped_column(default=0)
+    auto_digest: Mapped[AutoDigest] = mapped_column(String(8), default=AutoDigest.OFF)
+    # When the worker next composes this edition; None while automation is off.
+    next_digest_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+
+    newsletter: Mapped[Newsletter] = relationship(back_populates="editions")
+
+    def __repr__(self) -> str:
+        return f"<Edition {self.newsletter_id} {self.frequency}>"
 
 
 class Subscriber(db.Model):

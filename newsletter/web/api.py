@@ -209,6 +209,13 @@ def _item_newsletters(value: object) -> object:
     return items.open_newsletters(db.session, value)
 
 
+def _flag(value: object, field: str) -> object:
+    """A yes-or-no field: true, false, or absent."""
+    if value is not None and not isinstance(value, bool):
+        raise items.ItemError(_("Give true or false."), field)
+    return value
+
+
 def _item_errors(data: dict[str, Any]) -> list[FieldError]:
     """Every field of an item that breaks the rules (add_item stops at the first)."""
     url = data.get("url")
@@ -219,6 +226,7 @@ def _item_errors(data: dict[str, Any]) -> list[FieldError]:
         ("published_at", lambda: _published_at(data.get("published_at"))),
         ("guid", lambda: items.clean_guid(data.get("guid"), url if isinstance(url, str) else "")),
         ("newsletters", lambda: _item_newsletters(data.get("newsletters"))),
+        ("pick", lambda: _flag(data.get("pick"), "pick")),
     ]
     errors = []
     for field, check in checks:
@@ -232,7 +240,8 @@ def _item_errors(data: dict[str, Any]) -> list[FieldError]:
 @bp.post("/items")
 @token_required
 def items_add() -> Response | tuple[Response, int]:
-    """Add a news item: {"title", "url", "summary", "published_at", "guid", "newsletters"}."""
+    """Add a news item: {"title", "url", "summary", "published_at", "guid", "newsletters",
+    "pick"}."""
     data = signup.json_body()
     if data is None:
         return _not_json()
@@ -249,6 +258,7 @@ def items_add() -> Response | tuple[Response, int]:
             guid=data.get("guid"),
             newsletters=data.get("newsletters"),
             source="api",
+            pick=data.get("pick"),
         )
     except items.ItemError as exc:
         return invalid([FieldError(exc.field or "item", exc.message)])

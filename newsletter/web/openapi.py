@@ -195,6 +195,11 @@ SCHEMAS: dict[str, Any] = {
                 "items": {"type": "string"},
                 "description": "Slugs of open newsletters the item belongs to.",
             },
+            "pick": {
+                "type": ["boolean", "null"],
+                "description": "An editor's pick: first in the weekly edition. On a repeat it "
+                "marks or unmarks the item there; missing: unchanged (new items: false).",
+            },
         },
     },
     "Item": {
@@ -207,6 +212,7 @@ SCHEMAS: dict[str, Any] = {
             "summary",
             "published_at",
             "source",
+            "pick",
             "newsletters",
             "created_at",
         ],
@@ -218,6 +224,7 @@ SCHEMAS: dict[str, Any] = {
             "summary": {"type": "string"},
             "published_at": {"type": "string", "format": "date-time"},
             "source": {"type": "string", "enum": list(items.SOURCES)},
+            "pick": {"type": "boolean"},
             "newsletters": {"type": "array", "items": {"type": "string"}},
             "created_at": {"type": "string", "format": "date-time"},
         },

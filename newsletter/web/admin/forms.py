@@ -382,6 +382,10 @@ class ItemForm(FlaskForm):
         description=lazy_gettext("Empty: now."),
         validators=[Optional()],
     )
+    pick = BooleanField(
+        lazy_gettext("Editor's pick"),
+        description=lazy_gettext("First in the weekly edition."),
+    )
     # The zones of the open newsletters: the publication time is read in the one chosen.
     zone = SelectField(lazy_gettext("Time zone of that time"), validators=[DataRequired()])
     newsletters = SelectMultipleField(

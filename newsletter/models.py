@@ -76,6 +76,9 @@ class ConsentAction(enum.StrEnum):
     CONFIRMATION_SENT = "confirmation_sent"
     CONFIRMED = "confirmed"
     UNSUBSCRIBED = "unsubscribed"
+    # The reader chose how often to hear from the list, or one combined mail for all.
+    FREQUENCY_CHANGED = "frequency_changed"
+    COMBINED_CHANGED = "combined_changed"
     # What came back: not the reader's choice, but it changes what they get.
     SOFT_BOUNCE = "soft_bounce"
     HARD_BOUNCE = "hard_bounce"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -154,6 +154,8 @@ OPEN_NEWSLETTERS = (
         Newsletter.prompt_text,
         Newsletter.button_text,
         Newsletter.thanks_text,
+        Newsletter.frequencies,
+        Newsletter.default_frequency,
     )
     .where(Newsletter.archived.is_(False))
     .order_by(Newsletter.position, Newsletter.id)
@@ -163,7 +165,11 @@ SUBSCRIBER_BY_KEY = (
     select(Subscriber.id).where(Subscriber.email_key == bindparam("key")).with_for_update()
 )
 SUBSCRIPTIONS_OF = select(
-    Subscription.id, Subscription.newsletter_id, Subscription.status, Subscription.nonce
+    Subscription.id,
+    Subscription.newsletter_id,
+    Subscription.status,
+    Subscription.nonce,
+    Subscription.frequency,
 ).where(Subscription.subscriber_id == bindparam("subscriber_id"))
 INSERT_SUBSCRIBER = insert(Subscriber.__table__).returning(Subscriber.__table__.c.id)
 INSERT_SUBSCRIPTION = insert(Subscription.__table__).returning(Subscription.__table__.c.id)
@@ -177,7 +183,13 @@ REOPEN_SUBSCRIPTION = (
         subscribed_at=bindparam("now"),
         confirmed_at=None,
         unsubscribed_at=None,
+        frequency=bindparam("frequency"),
     )
+)
+SET_FREQUENCY = (
+    update(Subscription.__table__)
+    .where(Subscription.__table__.c.id == bindparam("subscription_id"))
+    .values(frequency=bindparam("frequency"))
 )
 INSERT_EVENTS = insert(ConsentEvent.__table__)
 # Confirmation mails to one mailbox, whichever of its addresses they went to.
@@ -317,11 +329,21 @@ def apply_signup(
     origin: Origin,
     limit: ConfirmationLimit,
     locale: str | None,
+    *,
+    choices: Mapping[int, str] | None = None,
+    defaults: Mapping[int, str | None] | None = None,
 ) -> SignupResult:
     """The rules of a signup to these (newsletter id, box text) lists, in the caller's
     transaction: the suppression, each list's state, the consent trail, the confirmation
     mail within the limit. The caller commits, or rolls back and tries again on an
-    IntegrityError (another signup for the same new address came first)."""
+    IntegrityError (another signup for the same new address came first).
+
+    `choices`: the frequency the reader chose in the box, by list; a new subscription
+    without one takes the list's preselected one (`defaults`). A reader who chose another
+    frequency than their subscription's changes it, a consent event of its own.
+    """
+    choices = choices or {}
+    defaults = defaults or {}
     conn = session.connection()
     now = origin.at or utcnow()
     if suppression.unmailable(session, key):
@@ -349,6 +371,13 @@ def apply_signup(
     events = []
     for newsletter_id, text_shown in chosen:
         current = existing.get(newsletter_id)
+        frequency = choices.get(newsletter_id) or defaults.get(newsletter_id)
+        if current is not None and current.status in (PENDING, CONFIRMED):
+            wanted = choices.get(newsletter_id)
+            if wanted and wanted != current.frequency:
+                conn.execute(SET_FREQUENCY, {"subscription_id": current.id, "frequency": wanted})
+                text = frequency_text(text_shown, wanted)
+                events.append(_event_row(current.id, ConsentAction.FREQUENCY_CHANGED, origin, text))
         if current is None:
             nonce = new_nonce()
             subscription_id = conn.execute(
@@ -360,6 +389,7 @@ def apply_signup(
                     "nonce": nonce,
                     "source": origin.source,
                     "subscribed_at": now,
+                    "frequency": frequency,
                 },
             ).scalar_one()
         elif current.status == UNSUBSCRIBED or current.status in STOPPED:
@@ -373,17 +403,22 @@ def apply_signup(
                     "nonce": nonce,
                     "source": origin.source,
                     "now": now,
+                    "frequency": frequency,
                 },
             )
         elif current.status == PENDING:
             # The earlier mail's link stays good; the new mail's link matches it.
             subscription_id, nonce = current.id, current.nonce
+            frequency = choices.get(newsletter_id) or current.frequency
         else:
             # Confirmed readers get nothing new.
             continue
         pending.append((subscription_id, nonce))
-        events.append(_event_row(subscription_id, ConsentAction.SIGNUP, origin, text_shown))
+        text = frequency_text(text_shown, frequency)
+        events.append(_event_row(subscription_id, ConsentAction.SIGNUP, origin, text))
     if not pending:
+        if events:
+            conn.execute(INSERT_EVENTS, events)
         return SignupResult(subscriber_id)
     if not new_address:
         # A first write: on SQLite it takes the database's write lock, so counting this
@@ -394,6 +429,13 @@ def apply_signup(
     if events or sent:
         conn.execute(INSERT_EVENTS, events + sent)
     return SignupResult(subscriber_id, [sid for sid, _ in pending], mail_queued=bool(sent))
+
+
+def frequency_text(text: str, frequency: str | None) -> str:
+    """The consent trail's words for a choice of how often, after what the reader saw."""
+    if not frequency:
+        return text
+    return f"{text} [how often: {frequency}]"
 
 
 def reader(session: Session, who: Reader) -> Subscriber:

@@ -15,7 +15,7 @@ from flask import Blueprint, Response, abort, current_app, jsonify, render_templ
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext
 
-from newsletter import api_tokens, challenges
+from newsletter import api_tokens, challenges, frequencies
 from newsletter import subscriptions as subs
 from newsletter.addresses import InvalidEmail, normalize_email
 from newsletter.digests import items
@@ -73,6 +73,8 @@ def newsletters() -> Response:
                     "description": local(n, "description"),
                     "cadence": n.cadence,
                     "altcha": n.altcha,
+                    "frequencies": list(frequencies.offered(n)),
+                    "default_frequency": frequencies.default(n),
                 }
                 for n in open_newsletters(db.session)
             ]
@@ -130,6 +132,9 @@ def _signup_errors(data: dict[str, Any]) -> list[FieldError]:
     wrong_language = signup.unknown_language(data.get("lang"))
     if wrong_language:
         errors.append(FieldError("lang", wrong_language))
+    frequency = data.get("frequency")
+    if frequency is not None and frequency not in frequencies.FREQUENCIES:
+        errors.append(FieldError("frequency", signup.unknown_frequency()))
     for name, label, limit in (
         ("source", "source", MAX_SOURCE),
         (signup.HONEYPOT, f"{signup.HONEYPOT} field", MAX_HONEYPOT),

@@ -14,7 +14,7 @@ from sqlalchemy import text as sql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from newsletter import suppression
+from newsletter import frequencies, suppression
 from newsletter.addresses import mailbox_key, normalize_email
 from newsletter.errors import UserError
 from newsletter.links import ConfirmLink, LinkNoLongerValid, Reader, UnsubscribeLink
@@ -56,6 +56,12 @@ NOT_SUBSCRIBED = lazy_gettext("not subscribed")
 # language the reader saw them in.
 CONFIRM_TEXT = lazy_gettext("Confirm subscription")
 PREFERENCES_TEXT = lazy_gettext("ticked on the preferences page [Save my choices]")
+FREQUENCY_TEXT = lazy_gettext(
+    "chose on the preferences page how often: %(frequency)s [Save my choices]"
+)
+COMBINED_TEXT = lazy_gettext("One combined mail per edition for all my newsletters")
+COMBINED_ON = lazy_gettext("ticked on the preferences page [Save my choices]")
+COMBINED_OFF = lazy_gettext("unticked on the preferences page [Save my choices]")
 # The source of subscriptions an import made, and the reason its confirmation mails give:
 # the reader did not sign up here, so the mail asks them to confirm to keep receiving.
 IMPORTED = "import"
@@ -628,6 +634,10 @@ class Choice:
     subscribed: bool  # ticked
     open: bool  # the reader may change it
     label: str
+    # How often they hear from it, when the list offers a choice: what may be chosen and
+    # the current choice (None: the list's cadence).
+    offered: tuple[str, ...] = ()
+    frequency: str | None = None
 
 
 def choices(
@@ -644,7 +654,19 @@ def choices(
         status = subscription.status if subscription is not None else None
         label = str(READER_LABELS[status] if status is not None else NOT_SUBSCRIBED)
         open_ = mailable and status not in STOPPED
-        found.append(Choice(newsletter, status == CONFIRMED, open_, label))
+        chosen = subscription.frequency if subscription is not None else None
+        if subscription is None or subscription.status not in LIVE:
+            chosen = frequencies.default(newsletter)
+        found.append(
+            Choice(
+                newsletter,
+                status == CONFIRMED,
+                open_,
+                label,
+                frequencies.offered(newsletter),
+                chosen,
+            )
+        )
     return found
 
 
@@ -710,6 +732,55 @@ def update_preferences(
     _welcome(session, joined)
     session.commit()
     return joined, left
+
+
+def set_frequencies(
+    session: Session, subscriber: Subscriber, wanted: Mapping[int, str | None], origin: Origin
+) -> list[Subscription]:
+    """Store how often the reader hears from each list (by newsletter id) they follow or wait
+    for, each change a consent event; choices a list does not offer are the caller's to
+    refuse and skipped here. Commits; returns the subscriptions changed."""
+    changed = []
+    for subscription in subscriber.subscriptions:
+        if subscription.newsletter_id not in wanted or subscription.status not in LIVE:
+            continue
+        frequency = wanted[subscription.newsletter_id]
+        cadence = subscription.newsletter.cadence
+        # The list's cadence chosen by name is what no choice means: nothing changes.
+        if (frequency or cadence) == (subscription.frequency or cadence):
+            continue
+        if frequency is not None and not frequencies.valid_choice(
+            subscription.newsletter, frequency
+        ):
+            continue
+        subscription.frequency = frequency
+        label = frequencies.EDITION_LABELS.get(
+            frequency or subscription.newsletter.cadence, frequency or ""
+        )
+        text = str(FREQUENCY_TEXT) % {"frequency": label}
+        _event(
+            session,
+            subscription,
+            ConsentAction.FREQUENCY_CHANGED,
+            origin,
+            f"{subscription.newsletter.name}: {text}",
+        )
+        changed.append(subscription)
+    session.commit()
+    return changed
+
+
+def set_combined(session: Session, subscriber: Subscriber, combined: bool, origin: Origin) -> bool:
+    """One combined mail per edition for all the reader's lists, or one per list; the change
+    is a consent event on each of their subscriptions. Commits; returns whether it changed."""
+    if subscriber.combined == combined:
+        return False
+    subscriber.combined = combined
+    text = f"{COMBINED_TEXT}: {COMBINED_ON if combined else COMBINED_OFF}"
+    for subscription in subscriber.subscriptions:
+        _event(session, subscription, ConsentAction.COMBINED_CHANGED, origin, text)
+    session.commit()
+    return True
 
 
 def set_locale(session: Session, subscriber: Subscriber, locale: str) -> bool:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from flask_babel import lazy_gettext
+from flask_babel import gettext, lazy_gettext
 from sqlalchemy import ColumnElement, case, literal
 
 from newsletter.models import Newsletter, Subscription
@@ -69,6 +69,21 @@ def default(newsletter: Newsletter) -> str | None:
 def valid_choice(newsletter: Newsletter, frequency: str | None) -> bool:
     """Whether a reader may store `frequency` on a subscription to the list."""
     return frequency is None or frequency in offered(newsletter)
+
+
+def editions(newsletter: Newsletter) -> tuple[str, ...]:
+    """The list's editions: its cadence's, then each other daily or weekly one it offers."""
+    others = [f for f in offered(newsletter) if f in EDITIONS and f != newsletter.cadence]
+    return (newsletter.cadence, *others)
+
+
+def edition_name(frequency: str | None) -> str:
+    """How a digest's edition reads to an editor: whom it goes to."""
+    if frequency is None:
+        return gettext("Every reader")
+    if frequency == ALERT:
+        return gettext("Breaking alert")
+    return gettext("%(edition)s edition", edition=EDITION_LABELS.get(frequency, frequency))
 
 
 def edition(frequency: str | None, cadence: str) -> str:

@@ -44,6 +44,8 @@ def _names() -> dict[str, object]:
         "state_names": STATE_NAMES,
         "cadence_names": CADENCE_NAMES,
         "frequency_labels": frequencies.EDITION_LABELS,
+        "edition_name": frequencies.edition_name,
+        "editions_of": frequencies.editions,
         "role_names": ROLE_NAMES,
         "language_names": LANGUAGE_NAMES,
     }

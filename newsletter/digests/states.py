@@ -184,7 +184,7 @@ def new_items(
         )
     if frequency == frequencies.WEEKLY:
         week_ago = utcnow() - timedelta(days=7)
-        query = query.where(or_(Item.published_at > week_ago, Item.created_at > week_ago))
+        query = query.where(Item.published_at > week_ago)
         query = query.order_by(None).order_by(
             Item.pick.desc(), Item.published_at.desc(), Item.id.desc()
         )

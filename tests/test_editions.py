@@ -79,11 +79,11 @@ def test_the_editor_offers_frequencies_with_a_default_and_schedules_each_edition
     assert "As it happens, Daily, Weekly" in page and "Weekly preselected" in page
     assert "Weekly edition" in page and "Fridays at 09:30 (Europe/Kyiv)" in page
     edit = client.get(f"/admin/newsletters/{news.id}/edit").get_data(as_text=True)
-    assert (
-        'name="frequencies" type="checkbox" value="weekly"' in edit.replace(" checked", "")
-        or 'value="weekly" checked' in edit
-    )
-    assert '<option selected value="weekly">' in edit or 'value="weekly" selected' in edit
+    for frequency in ("alert", "daily", "weekly"):
+        assert f'name="frequencies" type="checkbox" value="{frequency}"' in edit
+        assert f'<input checked class="checks" id="frequencies-' in edit
+    assert '<option selected value="weekly">Weekly' in edit  # the default
+    assert 'name="weekly_send_time" required type="text" value="09:30"' in edit
 
 
 def test_a_default_the_list_does_not_offer_is_refused_and_nothing_stored(client, db, admin):

@@ -239,9 +239,7 @@ def frequency_refusal(frequency: object, chosen: Sequence[Row[Any]]) -> str | No
         offered = frequencies.parse(row.frequencies)
         if frequency not in offered:
             if not offered:
-                return gettext(
-                    "%(name)s offers no choice of how often.", name=row.name
-                )
+                return gettext("%(name)s offers no choice of how often.", name=row.name)
             return gettext(
                 "%(name)s is not sent %(frequency)s: choose %(choices)s.",
                 name=row.name,

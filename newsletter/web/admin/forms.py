@@ -290,9 +290,7 @@ class NewsletterForm(FlaskForm):
 
     def validate_default_frequency(self, field: SelectField) -> None:
         if field.data and field.data not in (self.frequencies.data or []):
-            raise ValidationError(
-                _("The preselected choice must be one of those the list offers.")
-            )
+            raise ValidationError(_("The preselected choice must be one of those the list offers."))
 
     def edition_fields(self) -> list[tuple[str, list[Field]]]:
         """The schedule fields of each edition besides the cadence's."""

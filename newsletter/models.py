@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -241,7 +242,7 @@ class Subscriber(db.Model):
     name: Mapped[str | None] = mapped_column(String(200))
     locale: Mapped[str | None] = mapped_column(String(16))
     # One mail per edition for every list they follow at that frequency, not one per list.
-    combined: Mapped[bool] = mapped_column(default=False)
+    combined: Mapped[bool] = mapped_column(default=False, server_default=false())
     # Part of every link for this person, so a reused row id cannot inherit old links.
     token_key: Mapped[str] = mapped_column(String(32), default=lambda: secrets.token_urlsafe(12))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -408,9 +409,9 @@ class Item(db.Model):
     source: Mapped[str] = mapped_column(String(16), default="admin")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # An editor's pick: first in a weekly edition.
-    pick: Mapped[bool] = mapped_column(default=False)
+    pick: Mapped[bool] = mapped_column(default=False, server_default=false())
     # Breaking news: mailed at once to the readers who chose alerts.
-    alert: Mapped[bool] = mapped_column(default=False)
+    alert: Mapped[bool] = mapped_column(default=False, server_default=false())
 
     # Selectin: a page of items shows their lists without a query per item.
     newsletters: Mapped[list[Newsletter]] = relationship(secondary=item_newsletter, lazy="selectin")

@@ -262,3 +262,11 @@ def test_an_automatic_digest_of_the_cadence_is_of_its_edition(db, mailbox):
     assert digest.frequency == "weekly"
     assert _recipients(db, digest) == {reader}
     assert frequencies.edition_name(digest.frequency) == "Weekly edition"
+
+
+def test_a_weekly_list_offering_no_choice_keeps_its_digests_as_they_were(db):
+    news = make_newsletter("weekly", cadence="weekly", weekly_max_items=3)
+    for n in range(5):
+        add_item(db, news, f"Story {n}", hours_ago=n + 1, pick=n == 4)
+    digest = states.compose(db.session, news, frequency="weekly")
+    assert [i.title for i in digest.items] == [f"Story {n}" for n in range(5)]

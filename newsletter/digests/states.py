@@ -169,8 +169,9 @@ def new_items(
 ) -> list[Item]:
     """Items of the newsletter published since its last digest (of the edition) went out.
 
-    Newest first. The weekly edition takes the week's items, the editor's picks first,
-    at most the list's `weekly_max_items`.
+    Newest first. The weekly edition of a list that offers frequencies takes the week's
+    items, the editor's picks first, at most the list's `weekly_max_items`; a list offering
+    none keeps its digests as they were.
     """
     query = items_query(newsletter.id)
     previous = last_sent(session, newsletter, frequency)
@@ -182,7 +183,7 @@ def new_items(
         query = query.where(
             or_(Item.published_at > since, Item.created_at > since), ~Item.id.in_(sent_items)
         )
-    if frequency == frequencies.WEEKLY:
+    if frequency == frequencies.WEEKLY and frequencies.offered(newsletter):
         week_ago = utcnow() - timedelta(days=7)
         query = query.where(Item.published_at > week_ago)
         query = query.order_by(None).order_by(

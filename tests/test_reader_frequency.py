@@ -107,6 +107,15 @@ def test_an_unknown_frequency_is_refused_and_nothing_stored(client, desk, freque
     assert _nothing_stored()
 
 
+def test_a_box_shown_again_keeps_the_readers_choice(client, desk):
+    response = signup(client, "not-an-address", "desk", frequency="daily")
+    assert response.status_code == 422
+    page = response.get_data(as_text=True)
+    assert '<option value="daily" selected>Daily</option>' in page
+    assert '<option value="weekly">Weekly</option>' in page
+    assert _nothing_stored()
+
+
 def test_a_frequency_the_list_does_not_offer_is_refused(client, desk, newsletters):
     weekly_only = make_newsletter("weekly-only", "Weekly Only", frequencies="daily,weekly")
     response = signup(client, "reader@example.com", weekly_only.slug, frequency="alert")

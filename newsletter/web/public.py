@@ -97,6 +97,7 @@ def subscribe() -> Response | tuple[str, int]:
             chosen=[n for n in newsletters if n.slug in given.slugs],
             reply=reply,
             email=given.email,
+            frequency=given.frequency,
         ),
         reply.status,
     )

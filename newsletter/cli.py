@@ -18,7 +18,7 @@ from flask_migrate import upgrade
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from newsletter import accounts, create_app, demo, exports, metrics, newsletters
+from newsletter import accounts, create_app, demo, exports, frequencies, metrics, newsletters
 from newsletter import subscribers as people
 from newsletter.bounces import ingest, sources
 from newsletter.config import DEVELOPMENT_FILE, ConfigError
@@ -136,6 +136,11 @@ def digest_group() -> None:
 @click.argument("slug")
 @click.option("--subject", help="The subject line (default: the list's name and top story).")
 @click.option("--intro", default="", help="A few words above the items.")
+@click.option(
+    "--edition",
+    help="Only this edition's readers (daily, weekly, or the list's cadence); default: every "
+    "confirmed reader.",
+)
 @click.option("--wait", is_flag=True, help="Send from here with a progress bar until done.")
 @click.option(
     "--timeout",
@@ -144,7 +149,12 @@ def digest_group() -> None:
 )
 @with_appcontext
 def digest_send(
-    slug: str, subject: str | None, intro: str, wait: bool, timeout: float | None
+    slug: str,
+    subject: str | None,
+    intro: str,
+    edition: str | None,
+    wait: bool,
+    timeout: float | None,
 ) -> None:
     """Compose a digest of the newsletter's new items and send it to every confirmed reader.
 
@@ -153,8 +163,13 @@ def digest_send(
     with the reason when mail failed, or the digest was paused or cancelled.
     """
     newsletter = _newsletter(slug)
+    if edition is not None and edition not in frequencies.editions(newsletter):
+        known = ", ".join(frequencies.editions(newsletter))
+        raise click.ClickException(f"{slug} has no {edition!r} edition; its editions: {known}.")
     try:
-        digest = states.compose(db.session, newsletter, subject=subject, intro=intro)
+        digest = states.compose(
+            db.session, newsletter, subject=subject, intro=intro, frequency=edition
+        )
         readers = states.start(db.session, digest)
     except states.DigestError as exc:
         raise click.ClickException(exc.message) from exc

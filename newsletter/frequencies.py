@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from flask_babel import gettext, lazy_gettext
 from sqlalchemy import ColumnElement, case, literal
 
 from newsletter.models import Newsletter, Subscription
@@ -25,6 +26,14 @@ WEEKLY = "weekly"
 FREQUENCIES = (ALERT, DAILY, WEEKLY)
 # Frequencies that are editions of digests; alerts go out one item at a time.
 EDITIONS = (DAILY, WEEKLY)
+# How each reads to an editor and a reader.
+LABELS = {
+    ALERT: lazy_gettext("As it happens"),
+    DAILY: lazy_gettext("Daily"),
+    WEEKLY: lazy_gettext("Weekly"),
+}
+# An edition's name on a digest: the cadences besides daily and weekly too.
+EDITION_LABELS = {**LABELS, "monthly": lazy_gettext("Monthly")}
 
 
 def parse(text: str | None) -> tuple[str, ...]:
@@ -60,6 +69,21 @@ def default(newsletter: Newsletter) -> str | None:
 def valid_choice(newsletter: Newsletter, frequency: str | None) -> bool:
     """Whether a reader may store `frequency` on a subscription to the list."""
     return frequency is None or frequency in offered(newsletter)
+
+
+def editions(newsletter: Newsletter) -> tuple[str, ...]:
+    """The list's editions: its cadence's, then each other daily or weekly one it offers."""
+    others = [f for f in offered(newsletter) if f in EDITIONS and f != newsletter.cadence]
+    return (newsletter.cadence, *others)
+
+
+def edition_name(frequency: str | None) -> str:
+    """How a digest's edition reads to an editor: whom it goes to."""
+    if frequency is None:
+        return gettext("Every reader")
+    if frequency == ALERT:
+        return gettext("Breaking alert")
+    return gettext("%(edition)s edition", edition=EDITION_LABELS.get(frequency, frequency))
 
 
 def edition(frequency: str | None, cadence: str) -> str:

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -76,6 +77,9 @@ class ConsentAction(enum.StrEnum):
     CONFIRMATION_SENT = "confirmation_sent"
     CONFIRMED = "confirmed"
     UNSUBSCRIBED = "unsubscribed"
+    # The reader chose how often to hear from the list, or one combined mail for all.
+    FREQUENCY_CHANGED = "frequency_changed"
+    COMBINED_CHANGED = "combined_changed"
     # What came back: not the reader's choice, but it changes what they get.
     SOFT_BOUNCE = "soft_bounce"
     HARD_BOUNCE = "hard_bounce"
@@ -191,9 +195,40 @@ class Newsletter(db.Model):
     default_frequency: Mapped[str | None] = mapped_column(String(8))
     # Its sent editions are on the web for anyone; when not, a reader's signed link opens them.
     archive_public: Mapped[bool] = mapped_column(default=True)
+    # How many items the weekly edition carries at most, the editor's picks first.
+    weekly_max_items: Mapped[int] = mapped_column(default=10)
+
+    # The schedules of its other editions (the cadence's edition uses the fields above).
+    editions: Mapped[list[Edition]] = relationship(
+        back_populates="newsletter", cascade="all, delete-orphan", order_by="Edition.frequency"
+    )
 
     def __repr__(self) -> str:
         return f"<Newsletter {self.slug}>"
+
+
+class Edition(db.Model):
+    """A daily or weekly edition a list offers besides its cadence's, with its own schedule.
+
+    The cadence's edition keeps the list's own schedule fields; each other one has a row.
+    """
+
+    __table_args__ = (UniqueConstraint("newsletter_id", "frequency"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    newsletter_id: Mapped[int] = mapped_column(ForeignKey("newsletter.id", ondelete="CASCADE"))
+    frequency: Mapped[str] = mapped_column(String(8))
+    send_time: Mapped[str] = mapped_column(String(5), default="08:00")
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    send_weekday: Mapped[int] = mapped_column(default=0)
+    auto_digest: Mapped[AutoDigest] = mapped_column(String(8), default=AutoDigest.OFF)
+    # When the worker next composes this edition; None while automation is off.
+    next_digest_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+
+    newsletter: Mapped[Newsletter] = relationship(back_populates="editions")
+
+    def __repr__(self) -> str:
+        return f"<Edition {self.newsletter_id} {self.frequency}>"
 
 
 class Subscriber(db.Model):
@@ -209,7 +244,7 @@ class Subscriber(db.Model):
     name: Mapped[str | None] = mapped_column(String(200))
     locale: Mapped[str | None] = mapped_column(String(16))
     # One mail per edition for every list they follow at that frequency, not one per list.
-    combined: Mapped[bool] = mapped_column(default=False)
+    combined: Mapped[bool] = mapped_column(default=False, server_default=false())
     # Part of every link for this person, so a reused row id cannot inherit old links.
     token_key: Mapped[str] = mapped_column(String(32), default=lambda: secrets.token_urlsafe(12))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -376,9 +411,9 @@ class Item(db.Model):
     source: Mapped[str] = mapped_column(String(16), default="admin")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # An editor's pick: first in a weekly edition.
-    pick: Mapped[bool] = mapped_column(default=False)
+    pick: Mapped[bool] = mapped_column(default=False, server_default=false())
     # Breaking news: mailed at once to the readers who chose alerts.
-    alert: Mapped[bool] = mapped_column(default=False)
+    alert: Mapped[bool] = mapped_column(default=False, server_default=false())
 
     # Selectin: a page of items shows their lists without a query per item.
     newsletters: Mapped[list[Newsletter]] = relationship(secondary=item_newsletter, lazy="selectin")

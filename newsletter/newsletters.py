@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from newsletter.addresses import sender_address
 from newsletter.digests import cadence
 from newsletter.errors import UserError
-from newsletter.models import Newsletter
+from newsletter.models import Edition, Newsletter
 
 # What an editor may set; everything else about a newsletter is the service's business.
 FIELDS = (
@@ -36,11 +36,23 @@ FIELDS = (
     "timezone",
     "send_weekday",
     "auto_digest",
+    "frequencies",
+    "default_frequency",
+    "weekly_max_items",
 )
 # Addresses mail goes out with: stored in the form every mail server takes.
 ADDRESS_FIELDS = ("from_address", "reply_to")
 # The settings that decide when the next automatic digest is due.
-SCHEDULE_FIELDS = ("cadence", "send_time", "timezone", "send_weekday", "auto_digest")
+SCHEDULE_FIELDS = (
+    "cadence",
+    "send_time",
+    "timezone",
+    "send_weekday",
+    "auto_digest",
+    "frequencies",
+)
+# What an editor may set of an edition's own schedule.
+EDITION_FIELDS = ("send_time", "timezone", "send_weekday", "auto_digest")
 
 
 class UnknownNewsletter(UserError):
@@ -87,11 +99,15 @@ def all_newsletters(session: Session) -> list[Newsletter]:
 
 
 def save(
-    session: Session, newsletter: Newsletter | None, values: Mapping[str, object]
+    session: Session,
+    newsletter: Newsletter | None,
+    values: Mapping[str, object],
+    editions: Mapping[str, Mapping[str, object]] | None = None,
 ) -> Newsletter:
     """Create a newsletter, or change one, from validated values; commits.
 
-    The sender addresses are checked here, whoever saves them (InvalidSender says why).
+    `editions`: the schedules of its daily and weekly editions, by frequency. The sender
+    addresses are checked here, whoever saves them (InvalidSender says why).
     """
     values = dict(values)
     for field in ADDRESS_FIELDS:
@@ -106,6 +122,8 @@ def save(
         if field in values:
             rescheduled |= field in SCHEDULE_FIELDS and getattr(newsletter, field) != values[field]
             setattr(newsletter, field, values[field])
+    for frequency, settings in (editions or {}).items():
+        rescheduled |= _save_edition(newsletter, frequency, settings)
     try:
         # Flushed first, so the schedule sees the list with its id and new settings.
         session.flush()
@@ -117,6 +135,20 @@ def save(
         session.rollback()
         raise SlugTaken() from exc
     return newsletter
+
+
+def _save_edition(newsletter: Newsletter, frequency: str, settings: Mapping[str, object]) -> bool:
+    """Keep one edition's schedule; whether it changed."""
+    edition = next((e for e in newsletter.editions if e.frequency == frequency), None)
+    if edition is None:
+        edition = Edition(frequency=frequency)
+        newsletter.editions.append(edition)
+    changed = False
+    for field in EDITION_FIELDS:
+        if field in settings and getattr(edition, field) != settings[field]:
+            setattr(edition, field, settings[field])
+            changed = True
+    return changed or edition.id is None
 
 
 def set_archived(session: Session, newsletter: Newsletter, archived: bool) -> None:

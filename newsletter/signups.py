@@ -21,6 +21,7 @@ from sqlalchemy import bindparam, delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from newsletter import frequencies
 from newsletter import subscriptions as subs
 from newsletter.leases import Leases, Policy, new_claim
 from newsletter.models import Newsletter, QueuedSignup, SignupStatus, utcnow
@@ -40,7 +41,7 @@ _TABLE = QueuedSignup.__table__
 _INSERT = insert(_TABLE)
 _HELD = select(_TABLE).where(_TABLE.c.id == bindparam("row"), _TABLE.c.claim == bindparam("token"))
 _TAKE = delete(_TABLE).where(_TABLE.c.id == bindparam("row"), _TABLE.c.claim == bindparam("token"))
-_OPEN_AMONG = select(Newsletter.id).where(
+_OPEN_AMONG = select(Newsletter.id, Newsletter.frequencies, Newsletter.default_frequency).where(
     Newsletter.id.in_(bindparam("ids", expanding=True)), Newsletter.archived.is_(False)
 )
 
@@ -52,15 +53,20 @@ def enqueue(
     chosen: Sequence[tuple[int, str]],
     origin: subs.Origin,
     locale: str | None,
+    frequency: str | None = None,
 ) -> None:
-    """Queue a checked signup to these (newsletter id, box text) lists; commits, so the
-    signup is kept before the reader is told it was taken."""
+    """Queue a checked signup to these (newsletter id, box text) lists, with the frequency
+    the reader chose in the box, if any; commits, so the signup is kept before the reader
+    is told it was taken."""
     session.connection().execute(
         _INSERT,
         {
             "email": address,
             "email_key": key,
-            "newsletters": [[newsletter_id, text] for newsletter_id, text in chosen],
+            "newsletters": [
+                [newsletter_id, text, frequency] if frequency else [newsletter_id, text]
+                for newsletter_id, text in chosen
+            ],
             "locale": locale,
             "ip": origin.ip,
             "user_agent": origin.user_agent,
@@ -166,13 +172,33 @@ class SignupRunner:
         row = conn.execute(_HELD, {"row": row_id, "token": token}).first()
         if row is None or conn.execute(_TAKE, {"row": row_id, "token": token}).rowcount != 1:
             return  # taken over by another claim since ours
-        wanted = [(int(n), str(text)) for n, text in row.newsletters]
-        still_open = set(conn.execute(_OPEN_AMONG, {"ids": [n for n, _ in wanted]}).scalars())
+        # Each entry: [newsletter id, box text] and, when the reader chose one, a frequency.
+        wanted = [(int(entry[0]), str(entry[1])) for entry in row.newsletters]
+        asked = {int(entry[0]): str(entry[2]) for entry in row.newsletters if len(entry) > 2}
+        ids = [n for n, _ in wanted]
+        still_open = {found.id: found for found in conn.execute(_OPEN_AMONG, {"ids": ids})}
         # A list archived since the signup takes no one new; the others still count.
         chosen = [(n, text) for n, text in wanted if n in still_open]
         if not chosen:
             return
+        # A choice the list stopped offering since counts as none: its default applies.
+        offered = {n: frequencies.parse(found.frequencies) for n, found in still_open.items()}
+        choices = {n: f for n, f in asked.items() if n in offered and f in offered[n]}
+        defaults = {
+            n: found.default_frequency if found.default_frequency in offered[n] else None
+            for n, found in still_open.items()
+        }
         origin = subs.Origin(
             source=row.source or "web", ip=row.ip, user_agent=row.user_agent, at=row.created_at
         )
-        subs.apply_signup(session, row.email, row.email_key, chosen, origin, self.limit, row.locale)
+        subs.apply_signup(
+            session,
+            row.email,
+            row.email_key,
+            chosen,
+            origin,
+            self.limit,
+            row.locale,
+            choices=choices,
+            defaults=defaults,
+        )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,7 +14,7 @@ from sqlalchemy import text as sql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from newsletter import suppression
+from newsletter import frequencies, suppression
 from newsletter.addresses import mailbox_key, normalize_email
 from newsletter.errors import UserError
 from newsletter.links import ConfirmLink, LinkNoLongerValid, Reader, UnsubscribeLink
@@ -56,6 +56,12 @@ NOT_SUBSCRIBED = lazy_gettext("not subscribed")
 # language the reader saw them in.
 CONFIRM_TEXT = lazy_gettext("Confirm subscription")
 PREFERENCES_TEXT = lazy_gettext("ticked on the preferences page [Save my choices]")
+FREQUENCY_TEXT = lazy_gettext(
+    "chose on the preferences page how often: %(frequency)s [Save my choices]"
+)
+COMBINED_TEXT = lazy_gettext("One combined mail per edition for all my newsletters")
+COMBINED_ON = lazy_gettext("ticked on the preferences page [Save my choices]")
+COMBINED_OFF = lazy_gettext("unticked on the preferences page [Save my choices]")
 # The source of subscriptions an import made, and the reason its confirmation mails give:
 # the reader did not sign up here, so the mail asks them to confirm to keep receiving.
 IMPORTED = "import"
@@ -154,6 +160,8 @@ OPEN_NEWSLETTERS = (
         Newsletter.prompt_text,
         Newsletter.button_text,
         Newsletter.thanks_text,
+        Newsletter.frequencies,
+        Newsletter.default_frequency,
     )
     .where(Newsletter.archived.is_(False))
     .order_by(Newsletter.position, Newsletter.id)
@@ -163,7 +171,11 @@ SUBSCRIBER_BY_KEY = (
     select(Subscriber.id).where(Subscriber.email_key == bindparam("key")).with_for_update()
 )
 SUBSCRIPTIONS_OF = select(
-    Subscription.id, Subscription.newsletter_id, Subscription.status, Subscription.nonce
+    Subscription.id,
+    Subscription.newsletter_id,
+    Subscription.status,
+    Subscription.nonce,
+    Subscription.frequency,
 ).where(Subscription.subscriber_id == bindparam("subscriber_id"))
 INSERT_SUBSCRIBER = insert(Subscriber.__table__).returning(Subscriber.__table__.c.id)
 INSERT_SUBSCRIPTION = insert(Subscription.__table__).returning(Subscription.__table__.c.id)
@@ -177,7 +189,13 @@ REOPEN_SUBSCRIPTION = (
         subscribed_at=bindparam("now"),
         confirmed_at=None,
         unsubscribed_at=None,
+        frequency=bindparam("frequency"),
     )
+)
+SET_FREQUENCY = (
+    update(Subscription.__table__)
+    .where(Subscription.__table__.c.id == bindparam("subscription_id"))
+    .values(frequency=bindparam("frequency"))
 )
 INSERT_EVENTS = insert(ConsentEvent.__table__)
 # Confirmation mails to one mailbox, whichever of its addresses they went to.
@@ -317,11 +335,21 @@ def apply_signup(
     origin: Origin,
     limit: ConfirmationLimit,
     locale: str | None,
+    *,
+    choices: Mapping[int, str] | None = None,
+    defaults: Mapping[int, str | None] | None = None,
 ) -> SignupResult:
     """The rules of a signup to these (newsletter id, box text) lists, in the caller's
     transaction: the suppression, each list's state, the consent trail, the confirmation
     mail within the limit. The caller commits, or rolls back and tries again on an
-    IntegrityError (another signup for the same new address came first)."""
+    IntegrityError (another signup for the same new address came first).
+
+    `choices`: the frequency the reader chose in the box, by list; a new subscription
+    without one takes the list's preselected one (`defaults`). A reader who chose another
+    frequency than their subscription's changes it, a consent event of its own.
+    """
+    choices = choices or {}
+    defaults = defaults or {}
     conn = session.connection()
     now = origin.at or utcnow()
     if suppression.unmailable(session, key):
@@ -349,6 +377,13 @@ def apply_signup(
     events = []
     for newsletter_id, text_shown in chosen:
         current = existing.get(newsletter_id)
+        frequency = choices.get(newsletter_id) or defaults.get(newsletter_id)
+        if current is not None and current.status in (PENDING, CONFIRMED):
+            wanted = choices.get(newsletter_id)
+            if wanted and wanted != current.frequency:
+                conn.execute(SET_FREQUENCY, {"subscription_id": current.id, "frequency": wanted})
+                text = frequency_text(text_shown, wanted)
+                events.append(_event_row(current.id, ConsentAction.FREQUENCY_CHANGED, origin, text))
         if current is None:
             nonce = new_nonce()
             subscription_id = conn.execute(
@@ -360,6 +395,7 @@ def apply_signup(
                     "nonce": nonce,
                     "source": origin.source,
                     "subscribed_at": now,
+                    "frequency": frequency,
                 },
             ).scalar_one()
         elif current.status == UNSUBSCRIBED or current.status in STOPPED:
@@ -373,17 +409,22 @@ def apply_signup(
                     "nonce": nonce,
                     "source": origin.source,
                     "now": now,
+                    "frequency": frequency,
                 },
             )
         elif current.status == PENDING:
             # The earlier mail's link stays good; the new mail's link matches it.
             subscription_id, nonce = current.id, current.nonce
+            frequency = choices.get(newsletter_id) or current.frequency
         else:
             # Confirmed readers get nothing new.
             continue
         pending.append((subscription_id, nonce))
-        events.append(_event_row(subscription_id, ConsentAction.SIGNUP, origin, text_shown))
+        text = frequency_text(text_shown, frequency)
+        events.append(_event_row(subscription_id, ConsentAction.SIGNUP, origin, text))
     if not pending:
+        if events:
+            conn.execute(INSERT_EVENTS, events)
         return SignupResult(subscriber_id)
     if not new_address:
         # A first write: on SQLite it takes the database's write lock, so counting this
@@ -394,6 +435,13 @@ def apply_signup(
     if events or sent:
         conn.execute(INSERT_EVENTS, events + sent)
     return SignupResult(subscriber_id, [sid for sid, _ in pending], mail_queued=bool(sent))
+
+
+def frequency_text(text: str, frequency: str | None) -> str:
+    """The consent trail's words for a choice of how often, after what the reader saw."""
+    if not frequency:
+        return text
+    return f"{text} [how often: {frequency}]"
 
 
 def reader(session: Session, who: Reader) -> Subscriber:
@@ -586,6 +634,10 @@ class Choice:
     subscribed: bool  # ticked
     open: bool  # the reader may change it
     label: str
+    # How often they hear from it, when the list offers a choice: what may be chosen and
+    # the current choice (None: the list's cadence).
+    offered: tuple[str, ...] = ()
+    frequency: str | None = None
 
 
 def choices(
@@ -602,7 +654,19 @@ def choices(
         status = subscription.status if subscription is not None else None
         label = str(READER_LABELS[status] if status is not None else NOT_SUBSCRIBED)
         open_ = mailable and status not in STOPPED
-        found.append(Choice(newsletter, status == CONFIRMED, open_, label))
+        chosen = subscription.frequency if subscription is not None else None
+        if subscription is None or subscription.status not in LIVE:
+            chosen = frequencies.default(newsletter)
+        found.append(
+            Choice(
+                newsletter,
+                status == CONFIRMED,
+                open_,
+                label,
+                frequencies.offered(newsletter),
+                chosen,
+            )
+        )
     return found
 
 
@@ -668,6 +732,55 @@ def update_preferences(
     _welcome(session, joined)
     session.commit()
     return joined, left
+
+
+def set_frequencies(
+    session: Session, subscriber: Subscriber, wanted: Mapping[int, str | None], origin: Origin
+) -> list[Subscription]:
+    """Store how often the reader hears from each list (by newsletter id) they follow or wait
+    for, each change a consent event; choices a list does not offer are the caller's to
+    refuse and skipped here. Commits; returns the subscriptions changed."""
+    changed = []
+    for subscription in subscriber.subscriptions:
+        if subscription.newsletter_id not in wanted or subscription.status not in LIVE:
+            continue
+        frequency = wanted[subscription.newsletter_id]
+        cadence = subscription.newsletter.cadence
+        # The list's cadence chosen by name is what no choice means: nothing changes.
+        if (frequency or cadence) == (subscription.frequency or cadence):
+            continue
+        if frequency is not None and not frequencies.valid_choice(
+            subscription.newsletter, frequency
+        ):
+            continue
+        subscription.frequency = frequency
+        label = frequencies.EDITION_LABELS.get(
+            frequency or subscription.newsletter.cadence, frequency or ""
+        )
+        text = str(FREQUENCY_TEXT) % {"frequency": label}
+        _event(
+            session,
+            subscription,
+            ConsentAction.FREQUENCY_CHANGED,
+            origin,
+            f"{subscription.newsletter.name}: {text}",
+        )
+        changed.append(subscription)
+    session.commit()
+    return changed
+
+
+def set_combined(session: Session, subscriber: Subscriber, combined: bool, origin: Origin) -> bool:
+    """One combined mail per edition for all the reader's lists, or one per list; the change
+    is a consent event on each of their subscriptions. Commits; returns whether it changed."""
+    if subscriber.combined == combined:
+        return False
+    subscriber.combined = combined
+    text = f"{COMBINED_TEXT}: {COMBINED_ON if combined else COMBINED_OFF}"
+    for subscription in subscriber.subscriptions:
+        _event(session, subscription, ConsentAction.COMBINED_CHANGED, origin, text)
+    session.commit()
+    return True
 
 
 def set_locale(session: Session, subscriber: Subscriber, locale: str) -> bool:

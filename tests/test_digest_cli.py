@@ -88,6 +88,23 @@ def test_send_without_wait_leaves_it_to_the_worker(db, daily, smtp, invoke):
     assert digest.status == DigestStatus.SENT
 
 
+def test_send_one_edition_to_its_readers_only(db, daily, smtp, invoke):
+    daily.frequencies = "daily,weekly"
+    add_item(db, daily, "Story")
+    add_reader(db, daily, "a@example.com")
+    # The list's cadence is weekly: a reader who chose daily reads the daily edition alone.
+    reader = add_reader(db, daily, "d@example.com")
+    reader.subscriptions[0].frequency = "daily"
+    db.session.commit()
+    refused = invoke("digest", "send", "daily", "--edition", "monthly")
+    assert refused.exit_code == 1
+    assert "daily has no 'monthly' edition; its editions: weekly, daily." in refused.output
+    result = invoke("digest", "send", "daily", "--edition", "daily", "--wait")
+    assert result.exit_code == 0, result.output
+    assert "1 readers" in result.output
+    assert [r.rcpt_tos for r in smtp.received] == [["d@example.com"]]
+
+
 def test_pause_resume_cancel_from_the_command_line(db, daily, smtp, invoke):
     add_item(db, daily, "Story")
     add_reader(db, daily, "a@example.com")

@@ -22,9 +22,10 @@ from flask_babel import gettext as _
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from newsletter import frequencies
 from newsletter.digests import feeds, states
 from newsletter.errors import UserError
-from newsletter.models import AutoDigest, Digest, Newsletter, utcnow
+from newsletter.models import AutoDigest, Digest, Edition, Newsletter, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,11 @@ def next_run(
 
 
 def plan(newsletter: Newsletter, now: datetime | None = None) -> None:
-    """Set when the newsletter's next automatic digest is due (None when they are off)."""
+    """Set when the newsletter's next automatic digest of each edition is due (None when
+    they are off)."""
+    now = now or utcnow()
+    for edition in newsletter.editions:
+        plan_edition(newsletter, edition, now)
     if newsletter.auto_digest == AutoDigest.OFF or newsletter.archived:
         newsletter.next_digest_at = None
         return
@@ -92,12 +97,35 @@ def plan(newsletter: Newsletter, now: datetime | None = None) -> None:
         newsletter.send_time,
         newsletter.timezone,
         newsletter.send_weekday,
-        now or utcnow(),
+        now,
+    )
+
+
+def runs(newsletter: Newsletter, edition: Edition) -> bool:
+    """Whether an edition's own schedule is in use: on, offered, not the cadence's edition."""
+    return (
+        edition.auto_digest != AutoDigest.OFF
+        and not newsletter.archived
+        and edition.frequency in frequencies.offered(newsletter)
+        and edition.frequency != newsletter.cadence
+    )
+
+
+def plan_edition(newsletter: Newsletter, edition: Edition, now: datetime) -> None:
+    """Set when the edition's next automatic digest is due, or None."""
+    if not runs(newsletter, edition):
+        edition.next_digest_at = None
+        return
+    edition.next_digest_at = next_run(
+        edition.frequency, edition.send_time, edition.timezone, edition.send_weekday, now
     )
 
 
 def run_due(session: Session, now: datetime | None = None) -> list[Digest]:
-    """Compose (and, when so set, send) every automatic digest that is due; commits."""
+    """Compose (and, when so set, send) every automatic digest that is due; commits.
+
+    The cadence's edition runs on the list's own schedule; each other edition on its own.
+    """
     now = now or utcnow()
     due = session.scalars(
         select(Newsletter)
@@ -133,21 +161,70 @@ def run_due(session: Session, now: datetime | None = None) -> list[Digest]:
         if taken.rowcount != 1:
             continue  # another worker took this run
         session.refresh(newsletter)
-        digest = _compose(session, newsletter)
+        digest = _compose(session, newsletter, newsletter.auto_digest, newsletter.cadence)
+        if digest is not None:
+            made.append(digest)
+    made.extend(_run_due_editions(session, now))
+    return made
+
+
+def _run_due_editions(session: Session, now: datetime) -> list[Digest]:
+    """The due editions with their own schedules, each taken by one worker as above."""
+    due = session.scalars(
+        select(Edition)
+        .join(Newsletter, Newsletter.id == Edition.newsletter_id)
+        .where(
+            Edition.next_digest_at.is_not(None),
+            Edition.next_digest_at <= now,
+            Edition.auto_digest != AutoDigest.OFF,
+            Newsletter.archived.is_(False),
+        )
+        .order_by(Edition.next_digest_at)
+    ).all()
+    made = []
+    for edition in due:
+        previous, newsletter = edition.next_digest_at, edition.newsletter
+        following = None
+        if runs(newsletter, edition):
+            try:
+                following = next_run(
+                    edition.frequency,
+                    edition.send_time,
+                    edition.timezone,
+                    edition.send_weekday,
+                    now,
+                )
+            except CadenceError as exc:
+                log.warning(
+                    "newsletter %s: %s edition stopped: %s", newsletter.slug, edition.frequency, exc
+                )
+        taken = session.execute(
+            update(Edition)
+            .where(Edition.id == edition.id, Edition.next_digest_at == previous)
+            .values(next_digest_at=following)
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+        if taken.rowcount != 1 or not runs(newsletter, edition):
+            continue  # another worker took this run, or the edition is no longer offered
+        session.refresh(edition)
+        digest = _compose(session, newsletter, edition.auto_digest, edition.frequency)
         if digest is not None:
             made.append(digest)
     return made
 
 
-def _compose(session: Session, newsletter: Newsletter) -> Digest | None:
+def _compose(
+    session: Session, newsletter: Newsletter, automatic: str, frequency: str
+) -> Digest | None:
     if newsletter.feed_url:
         feeds.pull(session, newsletter)
     try:
-        digest = states.compose(session, newsletter, automatic=True)
+        digest = states.compose(session, newsletter, automatic=True, frequency=frequency)
     except states.NoNewItems:
-        log.info("newsletter %s: no new items, no digest this time", newsletter.slug)
+        log.info("newsletter %s: no new %s items, no digest this time", newsletter.slug, frequency)
         return None
-    if newsletter.auto_digest == AutoDigest.SEND:
+    if automatic == AutoDigest.SEND:
         try:
             readers = states.start(session, digest)
         except states.DigestError as exc:

@@ -214,11 +214,13 @@ def add_item(
     guid: object = None,
     newsletters: object,
     source: str,
+    pick: bool | None = None,
 ) -> tuple[Item, bool]:
     """Add a news item once per guid and per link; commits.
 
     A repeat (same guid or same link) only adds the newsletters it names to the item
-    there already. Returns (item, created).
+    there already, and marks or unmarks it as a pick when `pick` is given. Returns
+    (item, created).
     """
     if source not in SOURCES:
         raise ValueError(f"unknown item source {source!r}")
@@ -234,7 +236,7 @@ def add_item(
     lists = open_newsletters(session, newsletters)
     existing = find_item(session, values["guid"], link)
     if existing is None:
-        item = Item(source=source, newsletters=list(lists), **values)
+        item = Item(source=source, newsletters=list(lists), pick=bool(pick), **values)
         try:
             # A savepoint: losing a race for the guid or link undoes only this insert.
             with session.begin_nested():
@@ -247,6 +249,8 @@ def add_item(
             session.commit()
             return item, True
     _tag(existing, lists)
+    if pick is not None:
+        existing.pick = pick
     session.commit()
     return existing, False
 
@@ -260,8 +264,9 @@ def update_item(
     summary: object,
     published_at: object,
     newsletters: object,
+    pick: bool | None = None,
 ) -> Item:
-    """Change an item's text, link, time and newsletters (its guid stays); commits."""
+    """Change an item's text, link, time, newsletters and pick (its guid stays); commits."""
     item_url = clean_url(url)
     values = {
         "title": clean_title(title),
@@ -275,6 +280,8 @@ def update_item(
         raise UrlTaken()
     for name, value in values.items():
         setattr(item, name, value)
+    if pick is not None:
+        item.pick = pick
     # Archived lists are not offered in the form, so keep the item on those it had.
     item.newsletters = [n for n in item.newsletters if n.archived] + lists
     try:
@@ -346,6 +353,7 @@ def as_json(item: Item) -> dict[str, object]:
         "summary": item.summary,
         "published_at": item.published_at.isoformat(),
         "source": item.source,
+        "pick": item.pick,
         "newsletters": sorted(n.slug for n in item.newsletters),
         "created_at": item.created_at.isoformat(),
     }

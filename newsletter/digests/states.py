@@ -12,14 +12,14 @@ import json
 import logging
 import re
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from newsletter import suppression
+from newsletter import frequencies, suppression
 from newsletter.digests import ledger
 from newsletter.digests.items import items_query
 from newsletter.errors import UserError
@@ -115,7 +115,15 @@ def fingerprint(digest: Digest) -> str:
     """
     scheduled = digest.scheduled_at.isoformat() if digest.scheduled_at else None
     items = [(item.id, item.title, item.url, item.summary) for item in digest.items]
-    facts = [digest.id, digest.newsletter_id, digest.subject, digest.intro, scheduled, items]
+    facts = [
+        digest.id,
+        digest.newsletter_id,
+        digest.frequency,
+        digest.subject,
+        digest.intro,
+        scheduled,
+        items,
+    ]
     return hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:32]
 
 
@@ -134,23 +142,39 @@ def check_time(when: datetime, now: datetime | None = None) -> None:
         raise DigestError(_("This time has passed: choose one in the future."))
 
 
-def last_sent(session: Session, newsletter: Newsletter) -> Digest | None:
-    """The newsletter's latest digest that went out (or is going out)."""
-    return session.scalar(
-        select(Digest)
-        .where(
-            Digest.newsletter_id == newsletter.id,
-            Digest.status.in_(UNDER_WAY),
-        )
-        .order_by(Digest.started_at.desc(), Digest.id.desc())
-        .limit(1)
+def last_sent(
+    session: Session, newsletter: Newsletter, frequency: str | None = None
+) -> Digest | None:
+    """The newsletter's latest digest that went out (or is going out), of this edition.
+
+    Without an edition, any digest of the list counts. The cadence's edition counts the
+    digests to every reader too (all of them before the list offered editions).
+    """
+    query = select(Digest).where(
+        Digest.newsletter_id == newsletter.id,
+        Digest.status.in_(UNDER_WAY),
     )
+    if frequency == newsletter.cadence:
+        query = query.where(or_(Digest.frequency.is_(None), Digest.frequency == frequency))
+    elif frequency is not None:
+        query = query.where(Digest.frequency == frequency)
+    return session.scalar(query.order_by(Digest.started_at.desc(), Digest.id.desc()).limit(1))
 
 
-def new_items(session: Session, newsletter: Newsletter, limit: int = MAX_ITEMS) -> list[Item]:
-    """Items of the newsletter published since its last digest went out, newest first."""
-    query = items_query(newsletter.id).limit(limit)
-    previous = last_sent(session, newsletter)
+def new_items(
+    session: Session,
+    newsletter: Newsletter,
+    limit: int = MAX_ITEMS,
+    frequency: str | None = None,
+) -> list[Item]:
+    """Items of the newsletter published since its last digest (of the edition) went out.
+
+    Newest first. The weekly edition of a list that offers frequencies takes the week's
+    items, the editor's picks first, at most the list's `weekly_max_items`; a list offering
+    none keeps its digests as they were.
+    """
+    query = items_query(newsletter.id)
+    previous = last_sent(session, newsletter, frequency)
     if previous is not None:
         # Since the last digest was composed: what came in while it waited to go is new too,
         # and so is a story that reached us late with an earlier publication time.
@@ -159,7 +183,14 @@ def new_items(session: Session, newsletter: Newsletter, limit: int = MAX_ITEMS) 
         query = query.where(
             or_(Item.published_at > since, Item.created_at > since), ~Item.id.in_(sent_items)
         )
-    return list(session.scalars(query))
+    if frequency == frequencies.WEEKLY and frequencies.offered(newsletter):
+        week_ago = utcnow() - timedelta(days=7)
+        query = query.where(Item.published_at > week_ago)
+        query = query.order_by(None).order_by(
+            Item.pick.desc(), Item.published_at.desc(), Item.id.desc()
+        )
+        limit = min(limit, newsletter.weekly_max_items)
+    return list(session.scalars(query.limit(limit)))
 
 
 def default_subject(newsletter: Newsletter, items: Sequence[Item], now: datetime) -> str:
@@ -178,14 +209,19 @@ def compose(
     created_by: int | None = None,
     automatic: bool = False,
     items: Sequence[Item] | None = None,
+    frequency: str | None = None,
 ) -> Digest:
     """A draft digest of these items, or else of the newsletter's new ones, newest first.
 
-    Commits. NoNewItems when there is nothing new since the last digest.
+    `frequency` is its edition: it goes to that edition's readers (None: every reader) and
+    takes what is new since that edition's last digest. Commits. NoNewItems when there is
+    nothing new since the last digest.
     """
     if newsletter.archived:
         raise DigestError(_("%(name)s is archived: it sends no digests.", name=newsletter.name))
-    chosen = list(items) if items is not None else new_items(session, newsletter)
+    chosen = (
+        list(items) if items is not None else new_items(session, newsletter, frequency=frequency)
+    )
     if items is None and not chosen:
         raise NoNewItems(newsletter)
     digest = Digest(
@@ -194,6 +230,7 @@ def compose(
         intro=intro,
         created_by=created_by,
         automatic=automatic,
+        frequency=frequency,
         entries=[DigestItem(item=item, position=n) for n, item in enumerate(chosen)],
     )
     session.add(digest)

@@ -189,6 +189,7 @@
     var target = null;
     if (field === "email") target = form.querySelector("input[name=email]");
     else if (field === "newsletter") target = form.querySelector("input[name=newsletter]:not([type=hidden])");
+    else if (field === "frequency") target = form.querySelector("select[name=frequency]");
     if (target) {
       // Read with the field it belongs to when focus comes back there.
       target.setAttribute("aria-invalid", "true");

@@ -15,7 +15,7 @@ from flask import Blueprint, Response, abort, current_app, jsonify, render_templ
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext
 
-from newsletter import api_tokens, challenges
+from newsletter import api_tokens, challenges, frequencies
 from newsletter import subscriptions as subs
 from newsletter.addresses import InvalidEmail, normalize_email
 from newsletter.digests import items
@@ -73,6 +73,8 @@ def newsletters() -> Response:
                     "description": local(n, "description"),
                     "cadence": n.cadence,
                     "altcha": n.altcha,
+                    "frequencies": list(frequencies.offered(n)),
+                    "default_frequency": frequencies.default(n),
                 }
                 for n in open_newsletters(db.session)
             ]
@@ -130,6 +132,9 @@ def _signup_errors(data: dict[str, Any]) -> list[FieldError]:
     wrong_language = signup.unknown_language(data.get("lang"))
     if wrong_language:
         errors.append(FieldError("lang", wrong_language))
+    frequency = data.get("frequency")
+    if frequency is not None and frequency not in frequencies.FREQUENCIES:
+        errors.append(FieldError("frequency", signup.unknown_frequency()))
     for name, label, limit in (
         ("source", "source", MAX_SOURCE),
         (signup.HONEYPOT, f"{signup.HONEYPOT} field", MAX_HONEYPOT),
@@ -209,6 +214,13 @@ def _item_newsletters(value: object) -> object:
     return items.open_newsletters(db.session, value)
 
 
+def _flag(value: object, field: str) -> object:
+    """A yes-or-no field: true, false, or absent."""
+    if value is not None and not isinstance(value, bool):
+        raise items.ItemError(_("Give true or false."), field)
+    return value
+
+
 def _item_errors(data: dict[str, Any]) -> list[FieldError]:
     """Every field of an item that breaks the rules (add_item stops at the first)."""
     url = data.get("url")
@@ -219,6 +231,7 @@ def _item_errors(data: dict[str, Any]) -> list[FieldError]:
         ("published_at", lambda: _published_at(data.get("published_at"))),
         ("guid", lambda: items.clean_guid(data.get("guid"), url if isinstance(url, str) else "")),
         ("newsletters", lambda: _item_newsletters(data.get("newsletters"))),
+        ("pick", lambda: _flag(data.get("pick"), "pick")),
     ]
     errors = []
     for field, check in checks:
@@ -232,7 +245,8 @@ def _item_errors(data: dict[str, Any]) -> list[FieldError]:
 @bp.post("/items")
 @token_required
 def items_add() -> Response | tuple[Response, int]:
-    """Add a news item: {"title", "url", "summary", "published_at", "guid", "newsletters"}."""
+    """Add a news item: {"title", "url", "summary", "published_at", "guid", "newsletters",
+    "pick"}."""
     data = signup.json_body()
     if data is None:
         return _not_json()
@@ -249,6 +263,7 @@ def items_add() -> Response | tuple[Response, int]:
             guid=data.get("guid"),
             newsletters=data.get("newsletters"),
             source="api",
+            pick=data.get("pick"),
         )
     except items.ItemError as exc:
         return invalid([FieldError(exc.field or "item", exc.message)])

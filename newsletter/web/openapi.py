@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from newsletter.digests import items
+from newsletter.frequencies import FREQUENCIES
 from newsletter.languages import LANGUAGES
 from newsletter.web.problems import TYPES
 
@@ -62,7 +63,15 @@ SCHEMAS: dict[str, Any] = {
     },
     "Newsletter": {
         "type": "object",
-        "required": ["slug", "name", "description", "cadence", "altcha"],
+        "required": [
+            "slug",
+            "name",
+            "description",
+            "cadence",
+            "altcha",
+            "frequencies",
+            "default_frequency",
+        ],
         "properties": {
             "slug": {"type": "string", "description": "The name used in every call."},
             "name": {"type": "string"},
@@ -72,6 +81,17 @@ SCHEMAS: dict[str, Any] = {
                 "type": "boolean",
                 "description": "A signup to it must carry a solved ALTCHA challenge "
                 "(GET /api/v1/challenge).",
+            },
+            "frequencies": {
+                "type": "array",
+                "items": {"type": "string", "enum": list(FREQUENCIES)},
+                "description": "How often a reader may choose to hear from it (a signup's "
+                "`frequency`); empty: no choice, the cadence.",
+            },
+            "default_frequency": {
+                "type": ["string", "null"],
+                "enum": [*FREQUENCIES, None],
+                "description": "The choice a signup without one gets; null: the cadence.",
             },
         },
     },
@@ -109,6 +129,13 @@ SCHEMAS: dict[str, Any] = {
                 "enum": list(LANGUAGES),
                 "description": "The language of the box, and of every mail to the reader "
                 "(default: the request's Accept-Language, else en).",
+            },
+            "frequency": {
+                "type": ["string", "null"],
+                "enum": [*FREQUENCIES, None],
+                "description": "How often the reader wants mail: one the newsletters named all "
+                "offer (GET /api/v1/newsletters lists them). Missing: each list's preselected "
+                "choice. For a reader already subscribed it changes their choice.",
             },
             "leave_blank": {
                 "type": "string",
@@ -195,6 +222,11 @@ SCHEMAS: dict[str, Any] = {
                 "items": {"type": "string"},
                 "description": "Slugs of open newsletters the item belongs to.",
             },
+            "pick": {
+                "type": ["boolean", "null"],
+                "description": "An editor's pick: first in the weekly edition. On a repeat it "
+                "marks or unmarks the item there; missing: unchanged (new items: false).",
+            },
         },
     },
     "Item": {
@@ -207,6 +239,7 @@ SCHEMAS: dict[str, Any] = {
             "summary",
             "published_at",
             "source",
+            "pick",
             "newsletters",
             "created_at",
         ],
@@ -218,6 +251,7 @@ SCHEMAS: dict[str, Any] = {
             "summary": {"type": "string"},
             "published_at": {"type": "string", "format": "date-time"},
             "source": {"type": "string", "enum": list(items.SOURCES)},
+            "pick": {"type": "boolean"},
             "newsletters": {"type": "array", "items": {"type": "string"}},
             "created_at": {"type": "string", "format": "date-time"},
         },

@@ -18,12 +18,13 @@ from flask import (
 )
 from flask_babel import gettext
 from sqlalchemy import select
+from werkzeug.datastructures import MultiDict
 
-from newsletter import languages, links, metrics, site
+from newsletter import frequencies, languages, links, metrics, site
 from newsletter import subscriptions as subs
 from newsletter.extensions import csrf, db, limiter
 from newsletter.links import PATHS, Links
-from newsletter.models import Item, Subscriber, Subscription, SubscriptionStatus
+from newsletter.models import Item, Newsletter, Subscriber, Subscription, SubscriptionStatus
 from newsletter.newsletters import open_newsletters
 from newsletter.web import cors, language, signup
 from newsletter.web.errors import wants_json
@@ -96,6 +97,7 @@ def subscribe() -> Response | tuple[str, int]:
             chosen=[n for n in newsletters if n.slug in given.slugs],
             reply=reply,
             email=given.email,
+            frequency=given.frequency,
         ),
         reply.status,
     )
@@ -285,26 +287,66 @@ def preferences(token: str) -> str | tuple[str, int]:
     except links.LinkError as exc:
         return _link_error(exc)
     language.use_reader(subscriber.locale)
-    saved = None
+    saved: dict[str, object] | None = None
+    error = None
+    newsletters = open_newsletters(db.session)
     if request.method == "POST":
-        wanted = {int(v) for v in request.form.getlist("newsletter") if _ID.fullmatch(v)}
         leave_all = request.form.get("action") == "leave-all"
-        origin = signup.consent_origin()
-        joined, left = subs.update_preferences(
-            db.session, subscriber, wanted, origin, leave_all=leave_all
-        )
-        metrics.preferences_saved(joined, left)
-        saved = {"joined": joined, "left": left}
-        chosen = languages.known(request.form.get("locale"))
-        if chosen and not leave_all and subs.set_locale(db.session, subscriber, chosen):
-            language.use_reader(chosen)
-            saved["language"] = True
+        how_often = _frequencies_asked(request.form, newsletters)
+        if isinstance(how_often, str) and not leave_all:
+            error = how_often
+        else:
+            saved = _save_preferences(subscriber, how_often, leave_all)
     mailable = subs.mailable(db.session, subscriber)
-    return render_template(
+    page = render_template(
         "public/preferences.html",
         subscriber=subscriber,
-        choices=subs.choices(subscriber, open_newsletters(db.session), mailable=mailable),
+        choices=subs.choices(subscriber, newsletters, mailable=mailable),
         mailable=mailable,
         saved=saved,
+        error=error,
         reader_locale=languages.known(subscriber.locale) or language.current(),
     )
+    return (page, 422) if error else page
+
+
+def _save_preferences(
+    subscriber: Subscriber, how_often: dict[int, str | None] | str, leave_all: bool
+) -> dict[str, object]:
+    """Apply the page's choices: lists, how often, one combined mail, language."""
+    wanted = {int(v) for v in request.form.getlist("newsletter") if _ID.fullmatch(v)}
+    origin = signup.consent_origin()
+    joined, left = subs.update_preferences(
+        db.session, subscriber, wanted, origin, leave_all=leave_all
+    )
+    metrics.preferences_saved(joined, left)
+    saved: dict[str, object] = {"joined": joined, "left": left}
+    if leave_all or isinstance(how_often, str):
+        return saved
+    saved["frequencies"] = subs.set_frequencies(db.session, subscriber, how_often, origin)
+    combined = request.form.get("combined") == "1"
+    saved["combined"] = subs.set_combined(db.session, subscriber, combined, origin)
+    chosen = languages.known(request.form.get("locale"))
+    if chosen and subs.set_locale(db.session, subscriber, chosen):
+        language.use_reader(chosen)
+        saved["language"] = True
+    return saved
+
+
+def _frequencies_asked(
+    form: MultiDict[str, str], newsletters: list[Newsletter]
+) -> dict[int, str | None] | str:
+    """How often the reader asked to hear from each list offering a choice (an empty value:
+    the list's cadence), or what is wrong with a choice a list does not offer."""
+    asked: dict[int, str | None] = {}
+    for newsletter in newsletters:
+        value = form.get(f"frequency-{newsletter.id}")
+        if value is None:
+            continue
+        if value and not frequencies.valid_choice(newsletter, value):
+            return gettext(
+                "%(name)s cannot be sent that often: choose one of the choices shown.",
+                name=newsletter.name,
+            )
+        asked[newsletter.id] = value or None
+    return asked

@@ -15,7 +15,7 @@ from flask_babel import gettext, lazy_gettext
 from sqlalchemy import Row
 from werkzeug.datastructures import MultiDict
 
-from newsletter import languages, metrics, signups, texts
+from newsletter import frequencies, languages, metrics, signups, texts
 from newsletter import subscriptions as subs
 from newsletter.addresses import InvalidEmail, normalize_email
 from newsletter.extensions import db, limiter
@@ -184,6 +184,7 @@ class SignupFields:
     source: str | None
     lang: str | None = None  # as sent: `lang` of the box (the snippet's data-lang)
     altcha: object = None  # the proof of work's solution, when the box asks for one
+    frequency: object = None  # how often, when the box offers the choice
 
 
 def fields(data: Mapping[str, Any], default_source: str | None = None) -> SignupFields:
@@ -203,7 +204,16 @@ def fields(data: Mapping[str, Any], default_source: str | None = None) -> Signup
     source = printable(text("source"), 100) or default_source
     lang = data.get("lang")
     lang = lang if lang else None
-    return SignupFields(text("email"), slugs, text(HONEYPOT), source, lang, data.get("altcha"))
+    frequency = data.get("frequency")
+    return SignupFields(
+        text("email"),
+        slugs,
+        text(HONEYPOT),
+        source,
+        lang,
+        data.get("altcha"),
+        frequency if frequency else None,
+    )
 
 
 def unknown_language(lang: object) -> str | None:
@@ -211,6 +221,32 @@ def unknown_language(lang: object) -> str | None:
     if lang is None or (isinstance(lang, str) and lang in languages.LANGUAGES):
         return None
     return gettext("We write in English (en) or Ukrainian (uk) only.")
+
+
+def unknown_frequency() -> str:
+    """What a box that names no frequency of ours is told."""
+    return gettext("Choose how often: as it happens (alert), daily or weekly.")
+
+
+def frequency_refusal(frequency: object, chosen: Sequence[Row[Any]]) -> str | None:
+    """What is wrong with a box's choice of how often, or None when it is absent or offered
+    by every list chosen. Read from this process's copy of the lists."""
+    if frequency is None:
+        return None
+    if not isinstance(frequency, str) or frequency not in frequencies.FREQUENCIES:
+        return unknown_frequency()
+    for row in chosen:
+        offered = frequencies.parse(row.frequencies)
+        if frequency not in offered:
+            if not offered:
+                return gettext("%(name)s offers no choice of how often.", name=row.name)
+            return gettext(
+                "%(name)s is not sent %(frequency)s: choose %(choices)s.",
+                name=row.name,
+                frequency=str(frequencies.LABELS[frequency]).lower(),
+                choices=", ".join(str(frequencies.LABELS[f]).lower() for f in offered),
+            )
+    return None
 
 
 def _thanks(slugs: list[str]) -> SignupReply:
@@ -251,8 +287,12 @@ def signup(given: SignupFields) -> SignupReply:
         chosen = chosen_lists(given.slugs)
     except (subs.NoNewsletterChosen, UnknownNewsletter) as exc:
         return SignupReply(422, exc.message, "newsletter")
+    wrong_frequency = frequency_refusal(given.frequency, chosen)
+    if wrong_frequency:
+        return SignupReply(422, wrong_frequency, "frequency")
     boxes = [(row.id, subs.box_text(row)) for row in chosen]
     origin = consent_origin(given.source)
-    signups.enqueue(db.session, address, key, boxes, origin, language.current())
+    frequency = given.frequency if isinstance(given.frequency, str) else None
+    signups.enqueue(db.session, address, key, boxes, origin, language.current(), frequency)
     metrics.signed_up(row.slug for row in chosen)
     return _thanks([row.slug for row in chosen])

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Response
 
-from newsletter import archive
+from newsletter import archive, frequencies
 from newsletter import newsletters as lists
 from newsletter.bounces import figures as returned
 from newsletter.digests import cadence, progress, states
@@ -52,8 +52,14 @@ def digests_list() -> str:
 def digest_new() -> Response:
     """Compose a draft of the newsletter's new items, newest first, and open it."""
     newsletter = db.get_or_404(Newsletter, request.form.get("newsletter", type=int) or 0)
+    frequency = request.form.get("frequency") or None
+    if frequency is not None and frequency not in frequencies.editions(newsletter):
+        flash(_("%(name)s has no such edition.", name=newsletter.name))
+        return redirect(url_for("admin.digests_list", newsletter=newsletter.slug))
     try:
-        digest = states.compose(db.session, newsletter, created_by=current_user.id)
+        digest = states.compose(
+            db.session, newsletter, created_by=current_user.id, frequency=frequency
+        )
     except states.DigestError as exc:
         flash(exc.message)
         return redirect(url_for("admin.digests_list", newsletter=newsletter.slug))

@@ -25,6 +25,7 @@ class Snippet:
     lang: str
     code: str
     preview: str
+    choose_frequency: bool = False
 
 
 def box_id(newsletters: Sequence[Newsletter]) -> str:
@@ -33,8 +34,11 @@ def box_id(newsletters: Sequence[Newsletter]) -> str:
     return f"nl-{name}-{secrets.token_hex(2)}"
 
 
-def snippet(newsletters: Sequence[Newsletter], lang: str) -> Snippet:
-    """The snippet of a box for these newsletters, written in `lang`."""
+def snippet(
+    newsletters: Sequence[Newsletter], lang: str, choose_frequency: bool = False
+) -> Snippet:
+    """The snippet of a box for these newsletters, written in `lang`; with
+    `choose_frequency`, it lets readers choose how often (when the lists offer a choice)."""
     service = str(current_app.config["BASE_URL"]).rstrip("/")
     source = "embed-" + (newsletters[0].slug if len(newsletters) == 1 else "multi")
     with force_locale(lang):
@@ -45,16 +49,22 @@ def snippet(newsletters: Sequence[Newsletter], lang: str) -> Snippet:
             service=service,
             lang=lang,
             source=source,
+            choose_frequency=choose_frequency,
         )
         # The template's tags leave blank lines: the site developer gets none.
         code = "\n".join(line for line in rendered.splitlines() if line.strip())
         preview = render_template("embed/preview.html", code=code, lang=lang)
-    return Snippet(newsletters, lang, code, preview)
+    return Snippet(newsletters, lang, code, preview, choose_frequency)
 
 
 def chosen_language() -> str:
     """The box's language from the page's `lang`, else the editor's."""
     return languages.known(request.args.get("lang")) or current()
+
+
+def chosen_frequency() -> bool:
+    """Whether the page asks for a box that lets readers choose how often."""
+    return request.args.get("frequency") == "1"
 
 
 def render_section(page: str, **values: object) -> str:
@@ -76,10 +86,10 @@ def embed() -> str:
         offered=offered,
         picked=picked,
         lang=lang,
-        snippet=snippet(picked, lang) if picked else None,
+        snippet=snippet(picked, lang, chosen_frequency()) if picked else None,
     )
 
 
 def newsletter_snippet(newsletter: Newsletter) -> Snippet:
     """The snippet on a newsletter's own page, in the language the page asks for."""
-    return snippet([newsletter], chosen_language())
+    return snippet([newsletter], chosen_language(), chosen_frequency())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import cache
 from urllib.parse import urlsplit
 from zoneinfo import available_timezones
@@ -15,6 +16,7 @@ from wtforms import (
     BooleanField,
     DateTimeLocalField,
     EmailField,
+    IntegerField,
     PasswordField,
     SelectField,
     SelectMultipleField,
@@ -28,6 +30,7 @@ from wtforms.validators import (
     Email,
     InputRequired,
     Length,
+    NumberRange,
     Optional,
     Regexp,
     ValidationError,
@@ -37,6 +40,8 @@ from wtforms.widgets import CheckboxInput, ListWidget
 from newsletter import texts
 from newsletter.addresses import InvalidSender, sender_address
 from newsletter.digests import cadence, items
+from newsletter.frequencies import DAILY, WEEKLY, parse
+from newsletter.frequencies import LABELS as FREQUENCY_LABELS
 from newsletter.languages import DEFAULT, LANGUAGES
 from newsletter.mail.dkim import aligned as dkim_aligned
 from newsletter.models import (
@@ -44,6 +49,7 @@ from newsletter.models import (
     DEFAULT_PROMPT,
     DEFAULT_THANKS,
     AutoDigest,
+    Edition,
     ImportMode,
     NewsletterText,
 )
@@ -97,6 +103,18 @@ def _sender(form: FlaskForm, field: EmailField) -> None:
             field.data = sender_address(field.data)
         except InvalidSender as exc:
             raise ValidationError(exc.message) from exc
+
+
+def _or_empty(value: object) -> str:
+    """A choice stored as None is the select's empty option."""
+    return str(value) if value else ""
+
+
+class FrequencyChoices(SelectMultipleField):
+    """Checkboxes of frequencies, read from the list's stored comma-separated form."""
+
+    def process_data(self, value: object) -> None:
+        self.data = list(parse(value)) if isinstance(value, str) or value is None else value
 
 
 class LoginForm(FlaskForm):
@@ -252,6 +270,53 @@ class NewsletterForm(FlaskForm):
         ],
     )
 
+    frequencies = FrequencyChoices(
+        lazy_gettext("Readers may choose"),
+        description=lazy_gettext(
+            "How often readers may hear from the list; none ticked: only the cadence above."
+        ),
+        choices=[SelectChoice(f, label) for f, label in FREQUENCY_LABELS.items()],
+        widget=ListWidget(prefix_label=False),
+        option_widget=CheckboxInput(),
+        render_kw={"class": "checks"},
+    )
+    default_frequency = SelectField(
+        lazy_gettext("Preselected in the boxes"),
+        choices=[SelectChoice("", lazy_gettext("The cadence above"))]
+        + [SelectChoice(f, label) for f, label in FREQUENCY_LABELS.items()],
+        coerce=_or_empty,
+        default="",
+        # The check below says what is wrong: a choice the list does not offer.
+        validate_choice=False,
+    )
+    weekly_max_items = IntegerField(
+        lazy_gettext("Items in the weekly edition at most"),
+        description=lazy_gettext("The week's items, the editor's picks first."),
+        default=10,
+        validators=[Optional(), NumberRange(1, 100, lazy_gettext("Between 1 and 100."))],
+    )
+
+    def validate_default_frequency(self, field: SelectField) -> None:
+        if field.data and field.data not in (self.frequencies.data or []):
+            raise ValidationError(_("The preselected choice must be one of those the list offers."))
+
+    def edition_fields(self) -> list[tuple[str, list[Field]]]:
+        """The schedule fields of each edition besides the cadence's."""
+        return [
+            (frequency, [self[f"{frequency}_{name}"] for name in names])
+            for frequency, names in EDITION_FIELDS.items()
+        ]
+
+    def edition_values(self, frequency: str) -> dict[str, object]:
+        """One edition's schedule as given."""
+        return {name: self[f"{frequency}_{name}"].data for name in EDITION_FIELDS[frequency]}
+
+    def show_editions(self, editions: Iterable[Edition]) -> None:
+        """Fill the editions' fields with their stored schedules."""
+        for edition in editions:
+            for name in EDITION_FIELDS.get(edition.frequency, ()):
+                self[f"{edition.frequency}_{name}"].data = getattr(edition, name)
+
     def versions(self) -> list[tuple[str, list[Field]]]:
         """The fields of the newsletter's texts in each other language."""
         return [
@@ -267,6 +332,27 @@ class NewsletterForm(FlaskForm):
         for name in texts.FIELDS:
             self[f"{lang}_{name}"].data = getattr(version, name) if version is not None else ""
 
+
+# Each edition's schedule besides the cadence's: fields named <frequency>_<setting>.
+EDITION_FIELDS = {
+    DAILY: ("send_time", "timezone", "auto_digest"),
+    WEEKLY: ("send_time", "timezone", "send_weekday", "auto_digest"),
+}
+_EDITION_LABELS = {
+    "send_time": lazy_gettext("Send time"),
+    "timezone": lazy_gettext("Time zone"),
+    "send_weekday": lazy_gettext("Weekday"),
+    "auto_digest": lazy_gettext("Automatic digests"),
+}
+for _frequency, _names in EDITION_FIELDS.items():
+    for _name in _names:
+        _template = NewsletterForm.__dict__[_name]
+        _settings = {**_template.kwargs, "description": ""}
+        setattr(
+            NewsletterForm,
+            f"{_frequency}_{_name}",
+            _template.field_class(_EDITION_LABELS[_name], **_settings),
+        )
 
 # The texts in other languages: their fields are named <language>_<text>, such as uk_name.
 for _lang in OTHER_LANGUAGES:
@@ -301,6 +387,10 @@ class ItemForm(FlaskForm):
         format=["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M"],
         description=lazy_gettext("Empty: now."),
         validators=[Optional()],
+    )
+    pick = BooleanField(
+        lazy_gettext("Editor's pick"),
+        description=lazy_gettext("First in the weekly edition."),
     )
     # The zones of the open newsletters: the publication time is read in the one chosen.
     zone = SelectField(lazy_gettext("Time zone of that time"), validators=[DataRequired()])

@@ -6,7 +6,7 @@ from flask import redirect, request, session, url_for
 from flask_babel import lazy_gettext
 from werkzeug.wrappers import Response
 
-from newsletter import languages
+from newsletter import frequencies, languages
 from newsletter.web.admin.core import bp
 from newsletter.web.language import ADMIN_KEY
 
@@ -43,6 +43,9 @@ def _names() -> dict[str, object]:
     return {
         "state_names": STATE_NAMES,
         "cadence_names": CADENCE_NAMES,
+        "frequency_labels": frequencies.EDITION_LABELS,
+        "edition_name": frequencies.edition_name,
+        "editions_of": frequencies.editions,
         "role_names": ROLE_NAMES,
         "language_names": LANGUAGE_NAMES,
     }

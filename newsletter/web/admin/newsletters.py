@@ -7,8 +7,8 @@ from flask_babel import gettext as _
 from flask_babel import ngettext
 from werkzeug.wrappers import Response
 
+from newsletter import frequencies, texts
 from newsletter import newsletters as lists
-from newsletter import texts
 from newsletter.addresses import InvalidSender
 from newsletter.digests import feeds
 from newsletter.extensions import db
@@ -17,6 +17,7 @@ from newsletter.web import challenge, signup
 from newsletter.web.admin import embed
 from newsletter.web.admin.core import admin_only, bp
 from newsletter.web.admin.forms import (
+    EDITION_FIELDS,
     OTHER_LANGUAGES,
     WEEKDAYS,
     NewsletterForm,
@@ -48,12 +49,17 @@ def _edit(newsletter: Newsletter | None, form: NewsletterForm) -> str | Response
     if newsletter is not None and not form.is_submitted():
         for lang in OTHER_LANGUAGES:
             form.show_version(lang, texts.version(db.session, newsletter, lang))
+        form.show_editions(newsletter.editions)
     if form.validate_on_submit():
         values = {field: getattr(form, field).data for field in lists.FIELDS}
         values["slug"] = values["slug"].strip()
         values["feed_url"] = (values["feed_url"] or "").strip() or None
+        values["frequencies"] = frequencies.join(form.frequencies.data or [])
+        values["default_frequency"] = form.default_frequency.data or None
+        values["weekly_max_items"] = form.weekly_max_items.data or 10
+        editions = {f: form.edition_values(f) for f in EDITION_FIELDS}
         try:
-            saved = lists.save(db.session, newsletter, values)
+            saved = lists.save(db.session, newsletter, values, editions)
         except lists.SlugTaken as exc:
             form.slug.errors.append(exc.message)
         except InvalidSender as exc:

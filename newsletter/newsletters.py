@@ -31,6 +31,7 @@ FIELDS = (
     "welcome_enabled",
     "altcha",
     "feed_url",
+    "alert_categories",
     "send_time",
     "timezone",
     "send_weekday",

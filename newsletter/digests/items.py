@@ -214,11 +214,14 @@ def add_item(
     guid: object = None,
     newsletters: object,
     source: str,
+    alert: bool = False,
 ) -> tuple[Item, bool]:
     """Add a news item once per guid and per link; commits.
 
     A repeat (same guid or same link) only adds the newsletters it names to the item
-    there already. Returns (item, created).
+    there already, and makes it an alert when it says so (never the other way: an alert
+    may be on its way). `alert`: breaking news, mailed at once to the readers of alerts.
+    Returns (item, created).
     """
     if source not in SOURCES:
         raise ValueError(f"unknown item source {source!r}")
@@ -234,7 +237,7 @@ def add_item(
     lists = open_newsletters(session, newsletters)
     existing = find_item(session, values["guid"], link)
     if existing is None:
-        item = Item(source=source, newsletters=list(lists), **values)
+        item = Item(source=source, newsletters=list(lists), alert=alert, **values)
         try:
             # A savepoint: losing a race for the guid or link undoes only this insert.
             with session.begin_nested():
@@ -247,6 +250,8 @@ def add_item(
             session.commit()
             return item, True
     _tag(existing, lists)
+    if alert:
+        existing.alert = True
     session.commit()
     return existing, False
 
@@ -260,8 +265,12 @@ def update_item(
     summary: object,
     published_at: object,
     newsletters: object,
+    alert: bool | None = None,
 ) -> Item:
-    """Change an item's text, link, time and newsletters (its guid stays); commits."""
+    """Change an item's text, link, time, newsletters and alert mark (its guid stays); commits.
+
+    An alert already taken for mailing is not taken again, whatever its mark says now.
+    """
     item_url = clean_url(url)
     values = {
         "title": clean_title(title),
@@ -275,6 +284,8 @@ def update_item(
         raise UrlTaken()
     for name, value in values.items():
         setattr(item, name, value)
+    if alert is not None and item.alerted_at is None:
+        item.alert = alert
     # Archived lists are not offered in the form, so keep the item on those it had.
     item.newsletters = [n for n in item.newsletters if n.archived] + lists
     try:
@@ -348,4 +359,6 @@ def as_json(item: Item) -> dict[str, object]:
         "source": item.source,
         "newsletters": sorted(n.slug for n in item.newsletters),
         "created_at": item.created_at.isoformat(),
+        "alert": item.alert,
+        "alerted_at": item.alerted_at.isoformat() if item.alerted_at else None,
     }

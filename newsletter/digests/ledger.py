@@ -26,13 +26,15 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from newsletter import frequencies
 from newsletter.leases import Leases, Policy
 from newsletter.models import (
     Delivery,
     DeliveryStatus,
+    Digest,
+    DigestItem,
     Subscriber,
     Subscription,
     SubscriptionStatus,
@@ -48,6 +50,10 @@ LEASES = Leases(
 )
 # Statuses of a row still to be sent: waiting, or held by a worker.
 UNSENT = (DeliveryStatus.QUEUED, DeliveryStatus.SENDING)
+# Rows that count against a reader's alerts of the day: going, or gone.
+MAILED = (DeliveryStatus.QUEUED, DeliveryStatus.SENDING, DeliveryStatus.SENT)
+# PostgreSQL advisory lock held while an alert's audience is snapshot (any fixed number).
+ALERT_LOCK = 0x6E6C_616C
 
 
 def audience(
@@ -108,6 +114,80 @@ def snapshot(
             literal(now, Delivery.next_attempt_at.type),
         ).where(audience(newsletter_id, frequency, cadence)),
     )
+
+
+def alert_snapshot(digest_id: int, newsletter_id: int, now: datetime, cap: int) -> Insert:
+    """One INSERT … SELECT for a breaking alert: the list's readers of alerts, but not twice.
+
+    Left out: a reader already in the ledger of an alert of the same item (they follow it on
+    another list: one mail is enough), and a reader who had `cap` alerts in the last 24 hours
+    (the item waits for their next edition). Run it under `hold_alerts`.
+    """
+    return insert(Delivery).from_select(
+        ["digest_id", "subscription_id", "status", "attempts", "next_attempt_at"],
+        select(
+            literal(digest_id),
+            Subscription.id,
+            literal(DeliveryStatus.QUEUED.value),
+            literal(0),
+            literal(now, Delivery.next_attempt_at.type),
+        ).where(
+            audience(newsletter_id, frequencies.ALERT),
+            ~alerted_already(digest_id),
+            alerts_since(now - timedelta(days=1)) < cap,
+        ),
+    )
+
+
+def alerted_already(digest_id: int) -> Exists:
+    """Whether the subscription's reader has a row in another alert of the digest's item."""
+    row, reader, mine, theirs = (
+        aliased(Delivery),
+        aliased(Subscription),
+        aliased(DigestItem),
+        aliased(DigestItem),
+    )
+    return (
+        select(row.id)
+        .join(reader, reader.id == row.subscription_id)
+        .join(Digest, Digest.id == row.digest_id)
+        .join(theirs, theirs.digest_id == row.digest_id)
+        .join(mine, mine.item_id == theirs.item_id)
+        .where(
+            mine.digest_id == digest_id,
+            Digest.frequency == frequencies.ALERT,
+            reader.subscriber_id == Subscription.subscriber_id,
+        )
+        .exists()
+    )
+
+
+def alerts_since(since: datetime) -> ColumnElement[int]:
+    """How many alerts, of any list, went or are going to the subscription's reader since."""
+    row, reader = aliased(Delivery), aliased(Subscription)
+    return (
+        select(func.count())
+        .select_from(row)
+        .join(reader, reader.id == row.subscription_id)
+        .join(Digest, Digest.id == row.digest_id)
+        .where(
+            reader.subscriber_id == Subscription.subscriber_id,
+            Digest.frequency == frequencies.ALERT,
+            Digest.started_at > since,
+            row.status.in_(MAILED),
+        )
+        .scalar_subquery()
+    )
+
+
+def hold_alerts(session: Session) -> None:
+    """Take alerts' snapshots one at a time, so the cap and the one-mail rule hold.
+
+    Two workers snapshotting at once would each miss the other's rows. On PostgreSQL a
+    transaction-long advisory lock; SQLite's writes are one at a time already.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(ALERT_LOCK)))
 
 
 def claim(

@@ -19,7 +19,7 @@ from flask_babel import lazy_gettext
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from newsletter import suppression
+from newsletter import frequencies, suppression
 from newsletter.digests import ledger
 from newsletter.digests.items import items_query
 from newsletter.errors import UserError
@@ -135,12 +135,17 @@ def check_time(when: datetime, now: datetime | None = None) -> None:
 
 
 def last_sent(session: Session, newsletter: Newsletter) -> Digest | None:
-    """The newsletter's latest digest that went out (or is going out)."""
+    """The newsletter's latest digest that went out (or is going out), alerts aside.
+
+    A breaking alert is no edition: its item is still new for the next one, which carries
+    it to the readers whose alert cap held it back and to those who chose no alerts.
+    """
     return session.scalar(
         select(Digest)
         .where(
             Digest.newsletter_id == newsletter.id,
             Digest.status.in_(UNDER_WAY),
+            Digest.frequency.is_distinct_from(frequencies.ALERT),
         )
         .order_by(Digest.started_at.desc(), Digest.id.desc())
         .limit(1)
@@ -344,10 +349,17 @@ def start(session: Session, digest: Digest, *, seen: str | None = None) -> int:
     if taken.rowcount != 1:
         session.rollback()
         raise DigestError(_("This digest has already been started."))
-    added = session.execute(
-        ledger.snapshot(
+    if digest.frequency == frequencies.ALERT:
+        ledger.hold_alerts(session)
+        snapshot = ledger.alert_snapshot(
+            digest.id, digest.newsletter_id, now, frequencies.alerts_per_day()
+        )
+    else:
+        snapshot = ledger.snapshot(
             digest.id, digest.newsletter_id, now, digest.frequency, digest.newsletter.cadence
-        ),
+        )
+    added = session.execute(
+        snapshot,
         # An INSERT's row count is kept only when asked for (psycopg would say -1).
         execution_options={"preserve_rowcount": True},
     ).rowcount

@@ -209,6 +209,14 @@ def _item_newsletters(value: object) -> object:
     return items.open_newsletters(db.session, value)
 
 
+def _alert(value: object) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise items.ItemError(_("Say alert as true or false."), "alert")
+    return value
+
+
 def _item_errors(data: dict[str, Any]) -> list[FieldError]:
     """Every field of an item that breaks the rules (add_item stops at the first)."""
     url = data.get("url")
@@ -219,6 +227,7 @@ def _item_errors(data: dict[str, Any]) -> list[FieldError]:
         ("published_at", lambda: _published_at(data.get("published_at"))),
         ("guid", lambda: items.clean_guid(data.get("guid"), url if isinstance(url, str) else "")),
         ("newsletters", lambda: _item_newsletters(data.get("newsletters"))),
+        ("alert", lambda: _alert(data.get("alert"))),
     ]
     errors = []
     for field, check in checks:
@@ -232,7 +241,8 @@ def _item_errors(data: dict[str, Any]) -> list[FieldError]:
 @bp.post("/items")
 @token_required
 def items_add() -> Response | tuple[Response, int]:
-    """Add a news item: {"title", "url", "summary", "published_at", "guid", "newsletters"}."""
+    """Add a news item: {"title", "url", "summary", "published_at", "guid", "newsletters",
+    "alert"}; with "alert": true it goes out at once to the readers who chose alerts."""
     data = signup.json_body()
     if data is None:
         return _not_json()
@@ -249,6 +259,7 @@ def items_add() -> Response | tuple[Response, int]:
             guid=data.get("guid"),
             newsletters=data.get("newsletters"),
             source="api",
+            alert=_alert(data.get("alert")),
         )
     except items.ItemError as exc:
         return invalid([FieldError(exc.field or "item", exc.message)])

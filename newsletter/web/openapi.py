@@ -195,6 +195,13 @@ SCHEMAS: dict[str, Any] = {
                 "items": {"type": "string"},
                 "description": "Slugs of open newsletters the item belongs to.",
             },
+            "alert": {
+                "type": ["boolean", "null"],
+                "description": "True: breaking news, mailed within a minute, the item alone, to "
+                "the readers who chose alerts on its newsletters that offer them (at most "
+                "NEWSLETTER_ALERTS_PER_DAY per reader in 24 hours; what that holds back comes "
+                "in their next edition). Sent once; a repeat with true marks a known item.",
+            },
         },
     },
     "Item": {
@@ -209,6 +216,8 @@ SCHEMAS: dict[str, Any] = {
             "source",
             "newsletters",
             "created_at",
+            "alert",
+            "alerted_at",
         ],
         "properties": {
             "id": {"type": "integer"},
@@ -220,6 +229,12 @@ SCHEMAS: dict[str, Any] = {
             "source": {"type": "string", "enum": list(items.SOURCES)},
             "newsletters": {"type": "array", "items": {"type": "string"}},
             "created_at": {"type": "string", "format": "date-time"},
+            "alert": {"type": "boolean", "description": "Breaking news."},
+            "alerted_at": {
+                "type": ["string", "null"],
+                "format": "date-time",
+                "description": "When a worker took the alert to mail it; null until then.",
+            },
         },
     },
     "ItemSaved": {

@@ -88,6 +88,7 @@ def item_new() -> Response | tuple[str, int]:
                 published_at=_published(form),
                 newsletters=form.newsletters.data,
                 source="admin",
+                alert=bool(form.alert.data),
             )
         except items.ItemError as exc:
             _field_error(form, exc)
@@ -120,6 +121,7 @@ def item_edit(item_id: int) -> Response | tuple[str, int]:
                 summary=form.summary.data,
                 published_at=_published(form) or item.published_at,
                 newsletters=form.newsletters.data,
+                alert=bool(form.alert.data),
             )
         except items.ItemError as exc:
             _field_error(form, exc)

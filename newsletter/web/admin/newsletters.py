@@ -52,6 +52,7 @@ def _edit(newsletter: Newsletter | None, form: NewsletterForm) -> str | Response
         values = {field: getattr(form, field).data for field in lists.FIELDS}
         values["slug"] = values["slug"].strip()
         values["feed_url"] = (values["feed_url"] or "").strip() or None
+        values["alert_categories"] = feeds.join_categories(values["alert_categories"])
         try:
             saved = lists.save(db.session, newsletter, values)
         except lists.SlugTaken as exc:

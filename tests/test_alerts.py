@@ -20,13 +20,22 @@ from newsletter.models import (
     Digest,
     DigestStatus,
     Item,
+    Subscriber,
     Subscription,
     SubscriptionStatus,
     utcnow,
 )
 from newsletter.worker import Settings, build
 
-from factories import add_item, add_reader, csrf_token, make_newsletter, send_all, sign_in, text_part
+from factories import (
+    add_item,
+    add_reader,
+    csrf_token,
+    make_newsletter,
+    send_all,
+    sign_in,
+    text_part,
+)
 
 EDITOR = "writer@news.example.org"
 
@@ -38,11 +47,14 @@ def offering(slug, name=None, **fields):  # type: ignore[no-untyped-def]
 
 def follow(db, newsletter, email, frequency="alert"):  # type: ignore[no-untyped-def]
     """`email` follows the list at `frequency` (a reader added when new); commit."""
-    subscriber = next(
-        (s for s in _subscribers(db) if s.email == email), None
-    ) or add_reader(db, newsletter, email)
-    subscription = next(
-        (s for s in subscriber.subscriptions if s.newsletter_id == newsletter.id), None
+    subscriber = db.session.scalar(select(Subscriber).where(Subscriber.email == email))
+    if subscriber is None:
+        subscriber = add_reader(db, newsletter, email)
+    subscription = db.session.scalar(
+        select(Subscription).where(
+            Subscription.subscriber_id == subscriber.id,
+            Subscription.newsletter_id == newsletter.id,
+        )
     )
     if subscription is None:
         subscription = Subscription(
@@ -52,12 +64,6 @@ def follow(db, newsletter, email, frequency="alert"):  # type: ignore[no-untyped
     subscription.frequency = frequency
     db.session.commit()
     return subscriber
-
-
-def _subscribers(db):  # type: ignore[no-untyped-def]
-    from newsletter.models import Subscriber
-
-    return db.session.scalars(select(Subscriber)).all()
 
 
 def breaking(db, title, *newsletters, hours_ago=0):  # type: ignore[no-untyped-def]
@@ -331,7 +337,8 @@ def rss(*entries: tuple[str, str, str]) -> bytes:
         f"<guid>story-{n}</guid><category>{category}</category><pubDate>{date}</pubDate></item>"
         for n, (title, category, date) in enumerate(entries)
     )
-    return f'<?xml version="1.0"?><rss version="2.0"><channel><title>N</title>{items}</channel></rss>'.encode()
+    channel = f"<channel><title>N</title>{items}</channel>"
+    return f'<?xml version="1.0"?><rss version="2.0">{channel}</rss>'.encode()
 
 
 def test_a_feed_category_the_editor_maps_makes_an_alert(db):
@@ -392,7 +399,11 @@ def token(db, admin):  # type: ignore[no-untyped-def]
 def test_the_api_marks_an_item_as_an_alert(client, db, token):
     desk = offering("desk")
     follow(db, desk, "reader@example.com")
-    body = {"title": "Explosions in Lviv", "url": "https://news.example/lviv", "newsletters": ["desk"]}
+    body = {
+        "title": "Explosions in Lviv",
+        "url": "https://news.example/lviv",
+        "newsletters": ["desk"],
+    }
     created = client.post("/api/v1/items", json={**body, "alert": True}, headers=token)
     assert created.status_code == 201, created.get_data(as_text=True)
     assert created.get_json()["item"]["alert"] is True

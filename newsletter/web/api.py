@@ -213,7 +213,7 @@ def _alert(value: object) -> bool:
     if value is None:
         return False
     if not isinstance(value, bool):
-        raise items.ItemError(_("Say alert as true or false."), "alert")
+        raise items.ItemError(_("Give alert as true or false."), "alert")
     return value
 
 

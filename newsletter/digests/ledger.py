@@ -20,6 +20,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     exists,
+    false,
     func,
     insert,
     literal,
@@ -121,8 +122,16 @@ def alert_snapshot(digest_id: int, newsletter_id: int, now: datetime, cap: int) 
 
     Left out: a reader already in the ledger of an alert of the same item (they follow it on
     another list: one mail is enough), and a reader who had `cap` alerts in the last 24 hours
-    (the item waits for their next edition). Run it under `hold_alerts`.
+    (the item waits for their next edition). Both are sets computed once, not per reader.
+    Run it under `hold_alerts`.
     """
+    where = [
+        audience(newsletter_id, frequencies.ALERT),
+        Subscription.subscriber_id.not_in(alerted_readers(digest_id)),
+        Subscription.subscriber_id.not_in(capped_readers(now - timedelta(days=1), cap)),
+    ]
+    if cap <= 0:
+        where.append(false())
     return insert(Delivery).from_select(
         ["digest_id", "subscription_id", "status", "attempts", "next_attempt_at"],
         select(
@@ -131,16 +140,12 @@ def alert_snapshot(digest_id: int, newsletter_id: int, now: datetime, cap: int) 
             literal(DeliveryStatus.QUEUED.value),
             literal(0),
             literal(now, Delivery.next_attempt_at.type),
-        ).where(
-            audience(newsletter_id, frequencies.ALERT),
-            ~alerted_already(digest_id),
-            alerts_since(now - timedelta(days=1)) < cap,
-        ),
+        ).where(*where),
     )
 
 
-def alerted_already(digest_id: int) -> Exists:
-    """Whether the subscription's reader has a row in another alert of the digest's item."""
+def alerted_readers(digest_id: int) -> Select[tuple[int]]:
+    """Readers (subscriber ids) in the ledger of an alert of one of the digest's items."""
     row, reader, mine, theirs = (
         aliased(Delivery),
         aliased(Subscription),
@@ -148,35 +153,31 @@ def alerted_already(digest_id: int) -> Exists:
         aliased(DigestItem),
     )
     return (
-        select(row.id)
+        select(reader.subscriber_id)
+        .select_from(mine)
+        .join(theirs, theirs.item_id == mine.item_id)
+        .join(Digest, Digest.id == theirs.digest_id)
+        .join(row, row.digest_id == theirs.digest_id)
         .join(reader, reader.id == row.subscription_id)
-        .join(Digest, Digest.id == row.digest_id)
-        .join(theirs, theirs.digest_id == row.digest_id)
-        .join(mine, mine.item_id == theirs.item_id)
-        .where(
-            mine.digest_id == digest_id,
-            Digest.frequency == frequencies.ALERT,
-            reader.subscriber_id == Subscription.subscriber_id,
-        )
-        .exists()
+        .where(mine.digest_id == digest_id, Digest.frequency == frequencies.ALERT)
     )
 
 
-def alerts_since(since: datetime) -> ColumnElement[int]:
-    """How many alerts, of any list, went or are going to the subscription's reader since."""
+def capped_readers(since: datetime, cap: int) -> Select[tuple[int]]:
+    """Readers who had `cap` alerts or more, of any list, going or gone since then."""
     row, reader = aliased(Delivery), aliased(Subscription)
     return (
-        select(func.count())
-        .select_from(row)
+        select(reader.subscriber_id)
+        .select_from(Digest)
+        .join(row, row.digest_id == Digest.id)
         .join(reader, reader.id == row.subscription_id)
-        .join(Digest, Digest.id == row.digest_id)
         .where(
-            reader.subscriber_id == Subscription.subscriber_id,
             Digest.frequency == frequencies.ALERT,
             Digest.started_at > since,
             row.status.in_(MAILED),
         )
-        .scalar_subquery()
+        .group_by(reader.subscriber_id)
+        .having(func.count() >= cap)
     )
 
 

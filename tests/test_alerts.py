@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
-from newsletter import api_tokens
+from newsletter import api_tokens, config
 from newsletter.digests import alerts, feeds, ledger, states
 from newsletter.mail.transport import MemoryTransport
 from newsletter.models import (
@@ -210,6 +210,25 @@ def test_the_cap_is_a_rolling_day(app, db):
     db.session.commit()
     look(db)
     assert mails(db)[0] == [("reader@example.com", "Later alert")]
+
+
+def test_a_cancelled_alert_does_not_count_against_the_cap(app, db):
+    app.config["ALERTS_PER_DAY"] = 1
+    desk = offering("desk")
+    follow(db, desk, "reader@example.com")
+    breaking(db, "Withdrawn alert", desk)
+    look(db)
+    (withdrawn,) = alert_digests(db)
+    states.cancel(db.session, withdrawn)
+    breaking(db, "Real alert", desk)
+    look(db)
+    assert mails(db)[0] == [("reader@example.com", "Real alert")]
+
+
+def test_the_cap_is_configured_from_the_environment():
+    assert config.from_environ({"NEWSLETTER_ALERTS_PER_DAY": "5"}) == {"ALERTS_PER_DAY": 5}
+    with pytest.raises(config.ConfigError, match="whole number"):
+        config.from_environ({"NEWSLETTER_ALERTS_PER_DAY": "many"})
 
 
 def test_several_workers_take_an_item_once(app, db):

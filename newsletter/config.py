@@ -85,6 +85,8 @@ DEFAULTS: dict[str, object] = {
     "ALTCHA_WORK": 4000,
     "ALTCHA_LIFETIME": 20 * 60,
     "SEND_RATE": None,
+    # Breaking alerts one reader gets at most in 24 hours, across all lists.
+    "ALERTS_PER_DAY": 3,
     # Subscriber CSVs uploaded in the admin area; every other request keeps the small limit.
     "MAX_IMPORT_BYTES": 200 * 1024 * 1024,
     # DKIM signing of every mail: all three, or none.
@@ -109,6 +111,7 @@ _INTS = {
     "ALTCHA_COST",
     "ALTCHA_WORK",
     "ALTCHA_LIFETIME",
+    "ALERTS_PER_DAY",
 }
 _OPTIONAL_INTS = {"METRICS_PORT"}
 _BOOLS = {"CHECK_DELIVERABILITY", "ALLOW_SQLITE_MULTIPROCESS"}

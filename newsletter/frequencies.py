@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from flask import current_app, has_app_context
 from flask_babel import gettext, lazy_gettext
 from sqlalchemy import ColumnElement, case, literal
 
@@ -34,6 +35,8 @@ LABELS = {
 }
 # An edition's name on a digest: the cadences besides daily and weekly too.
 EDITION_LABELS = {**LABELS, "monthly": lazy_gettext("Monthly")}
+# Breaking alerts one reader gets at most in 24 hours, across all lists, unless configured.
+ALERTS_PER_DAY = 3
 
 
 def parse(text: str | None) -> tuple[str, ...]:
@@ -98,3 +101,13 @@ def edition_of(cadence: ColumnElement[str] | str) -> ColumnElement[str]:
         (Subscription.frequency.in_(EDITIONS), Subscription.frequency),
         else_=fallback,
     )
+
+
+def alerts_per_day() -> int:
+    """How many breaking alerts one reader gets at most in any 24 hours, across all lists.
+
+    NEWSLETTER_ALERTS_PER_DAY; what the cap holds back waits for the reader's next edition.
+    """
+    if not has_app_context():
+        return ALERTS_PER_DAY
+    return max(0, int(current_app.config.get("ALERTS_PER_DAY", ALERTS_PER_DAY)))

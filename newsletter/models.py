@@ -202,6 +202,8 @@ class Newsletter(db.Model):
     editions: Mapped[list[Edition]] = relationship(
         back_populates="newsletter", cascade="all, delete-orphan", order_by="Edition.frequency"
     )
+    # Categories of its feed's entries that mark breaking news (comma-separated, any case).
+    alert_categories: Mapped[str] = mapped_column(String(500), default="")
 
     def __repr__(self) -> str:
         return f"<Newsletter {self.slug}>"
@@ -400,6 +402,9 @@ item_newsletter = Table(
 class Item(db.Model):
     """A news item of the site, material for digests."""
 
+    # The alert runner's look for breaking items not yet taken.
+    __table_args__ = (Index("ix_item_alert_pending", "alert", "alerted_at"),)
+
     id: Mapped[int] = mapped_column(primary_key=True)
     guid: Mapped[str] = mapped_column(String(500), unique=True)
     title: Mapped[str] = mapped_column(String(500))
@@ -414,6 +419,8 @@ class Item(db.Model):
     pick: Mapped[bool] = mapped_column(default=False, server_default=false())
     # Breaking news: mailed at once to the readers who chose alerts.
     alert: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # When a worker took the alert to mail it: it is taken once, by one worker.
+    alerted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     # Selectin: a page of items shows their lists without a query per item.
     newsletters: Mapped[list[Newsletter]] = relationship(secondary=item_newsletter, lazy="selectin")

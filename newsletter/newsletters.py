@@ -32,6 +32,7 @@ FIELDS = (
     "altcha",
     "archive_public",
     "feed_url",
+    "alert_categories",
     "send_time",
     "timezone",
     "send_weekday",

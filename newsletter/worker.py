@@ -2,12 +2,12 @@
 
 Each kind of work is a runner with one `step(session, stop) -> int` that does one batch of
 it and says how much it found: the signup queue, the outbox (transactional mail), the
-automatic digests' cadence, the digests' ledger, the import jobs. The worker steps them in
-that order, over and over; a signup's confirmation mail is queued and sent in the same round,
-and a digest goes one batch at a time, so a confirmation never waits behind a
-million-reader digest. When a round finds nothing, the
-worker idles for a moment, or with `drain` returns. SIGTERM and SIGINT stop it after the
-batch in hand, whose unsent rows go back to their queue.
+automatic digests' cadence, breaking alerts, the digests' ledger, the import jobs. The
+worker steps them in that order, over and over; a signup's confirmation mail is queued and
+sent in the same round, and a digest goes one batch at a time, so a confirmation never waits
+behind a million-reader digest. When a round finds nothing, the worker idles for a moment,
+or with `drain` returns. SIGTERM and SIGINT stop it after the batch in hand, whose unsent
+rows go back to their queue.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from newsletter import heartbeats, signups, transactional
 from newsletter.bounces import ingest
 from newsletter.digests import ledger
+from newsletter.digests.alerts import AlertRunner
 from newsletter.digests.cadence import CadenceRunner
 from newsletter.digests.sender import DigestSender
 from newsletter.imports.jobs import ImportRunner
@@ -56,6 +57,8 @@ class Settings:
     outbox: Policy = outbox.POLICY
     ledger: Policy = ledger.POLICY
     cadence_every: float = 15.0  # seconds between looks for due automatic digests
+    alerts_every: float = 5.0  # seconds between looks for new breaking alerts
+    alert_feeds_every: float = 120.0  # seconds between pulls of feeds that map alerts
 
 
 @dataclass
@@ -126,7 +129,8 @@ def build(
 
     `newsletter worker`, `newsletter worker --drain` and `newsletter digest send --wait`
     alike; `mail` replaces the configured transport, `kinds` names the runners to keep
-    (all of them by default: signups, outbox, automatic digests, digest sending, imports, and
+    (all of them by default: signups, outbox, automatic digests, alerts, digest sending,
+    imports, and
     returned mail when NEWSLETTER_BOUNCE_IMAP_URL is set).
     """
     settings = settings or Settings()
@@ -153,6 +157,7 @@ def build(
         ("signups", signups.SignupRunner(limit, settings.signups)),
         ("outbox", OutboxRunner(mail, build_mail, links, settings.outbox, refused=refused)),
         ("automatic digests", CadenceRunner(settings.cadence_every)),
+        ("alerts", AlertRunner(settings.alerts_every, settings.alert_feeds_every)),
         ("digest sending", sender),
         ("imports", ImportRunner(Path(config["INSTANCE_PATH"]))),
     ]

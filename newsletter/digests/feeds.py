@@ -5,7 +5,7 @@ from __future__ import annotations
 import calendar
 import io
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 MAX_BYTES = 5 * 1024 * 1024
 TIMEOUT = 20  # seconds for the whole fetch, redirects included
 USER_AGENT = "newsletter-feed-reader/1.0"
+# An entry this old is no breaking news, whatever its category says.
+FRESH = timedelta(days=1)
 _ACCEPT = (
     "application/rss+xml, application/atom+xml, application/xml;q=0.9, text/xml;q=0.9, */*;q=0.1"
 )
@@ -110,11 +112,22 @@ def _summary(entry: Any) -> str:
     return items.plain_text(html)[: items.MAX_SUMMARY]
 
 
+def _categories(entry: Any) -> list[str]:
+    """An entry's categories: RSS <category> and Atom <category term="…" label="…">."""
+    found = []
+    for tag in entry.get("tags") or []:
+        for key in ("term", "label"):
+            value = " ".join(str(tag.get(key) or "").split())
+            if value:
+                found.append(value[:200])
+    return list(dict.fromkeys(found))
+
+
 def parse(source: str | bytes | Path) -> list[dict[str, Any]]:
     """The items of an RSS or Atom feed: a file path, an http(s) URL, or the feed's bytes.
 
-    Each is a dict of title, url, guid, published_at (aware UTC) and summary (plain text).
-    Entries without a title or an http(s) link are left out.
+    Each is a dict of title, url, guid, published_at (aware UTC), summary (plain text) and
+    categories. Entries without a title or an http(s) link are left out.
     """
     data, headers = _read(source)
     # Bytes, never a URL: feedparser must not fetch anything itself.
@@ -138,6 +151,7 @@ def parse(source: str | bytes | Path) -> list[dict[str, Any]]:
                 "guid": guid if 0 < len(guid) <= items.MAX_GUID else url,
                 "published_at": _moment(entry),
                 "summary": _summary(entry),
+                "categories": _categories(entry),
             }
         )
     if not found and feed.bozo:
@@ -153,14 +167,44 @@ def _not_a_feed(feed: Any) -> str:
     return _("This is not an RSS or Atom feed.")
 
 
+def join_categories(text: str | None) -> str:
+    """The stored form of an editor's list of categories: trimmed, each once, comma-separated."""
+    parts = (" ".join(part.split()) for part in (text or "").split(","))
+    kept = list(dict.fromkeys(part for part in parts if part))
+    return ", ".join(kept)
+
+
+def alert_categories(newsletter: Newsletter) -> set[str]:
+    """The feed categories the editor reads as breaking news on this list, in lower case."""
+    parts = (part.strip().lower() for part in (newsletter.alert_categories or "").split(","))
+    return {part for part in parts if part}
+
+
+def is_breaking(newsletter: Newsletter, entry: dict[str, Any], now: datetime) -> bool:
+    """Whether a feed's entry is an alert on the list: of a category mapped so, and fresh.
+
+    An old entry (a first pull brings the feed's whole history) is no breaking news.
+    """
+    named = {category.lower() for category in entry.get("categories", [])}
+    return bool(alert_categories(newsletter) & named) and entry["published_at"] > now - FRESH
+
+
 def import_feed(
     session: Session, source: str | bytes | Path, newsletter: Newsletter
 ) -> tuple[int, int]:
-    """Add a feed's new items to a newsletter; commits. Returns (added, already there)."""
+    """Add a feed's new items to a newsletter; commits. Returns (added, already there).
+
+    An entry of a category the list maps to alerts becomes an alert item.
+    """
     items.open_newsletters(session, [newsletter.slug])  # refuses an archived list up front
     added = already = 0
+    now = utcnow()
     for entry in parse(source):
-        _i, created = items.add_item(session, **entry, newsletters=[newsletter.slug], source="feed")
+        alert = is_breaking(newsletter, entry, now)
+        fields = {key: value for key, value in entry.items() if key != "categories"}
+        _i, created = items.add_item(
+            session, **fields, newsletters=[newsletter.slug], source="feed", alert=alert
+        )
         if created:
             added += 1
         else:

@@ -215,12 +215,14 @@ def add_item(
     newsletters: object,
     source: str,
     pick: bool | None = None,
+    alert: bool = False,
 ) -> tuple[Item, bool]:
     """Add a news item once per guid and per link; commits.
 
     A repeat (same guid or same link) only adds the newsletters it names to the item
-    there already, and marks or unmarks it as a pick when `pick` is given. Returns
-    (item, created).
+    there already, marks or unmarks it as a pick when `pick` is given, and makes it an alert
+    when it says so (never the other way: an alert may be on its way). `alert`: breaking
+    news, mailed at once to the readers of alerts. Returns (item, created).
     """
     if source not in SOURCES:
         raise ValueError(f"unknown item source {source!r}")
@@ -236,7 +238,7 @@ def add_item(
     lists = open_newsletters(session, newsletters)
     existing = find_item(session, values["guid"], link)
     if existing is None:
-        item = Item(source=source, newsletters=list(lists), pick=bool(pick), **values)
+        item = Item(source=source, newsletters=list(lists), pick=bool(pick), alert=alert, **values)
         try:
             # A savepoint: losing a race for the guid or link undoes only this insert.
             with session.begin_nested():
@@ -251,6 +253,8 @@ def add_item(
     _tag(existing, lists)
     if pick is not None:
         existing.pick = pick
+    if alert:
+        existing.alert = True
     session.commit()
     return existing, False
 
@@ -265,8 +269,13 @@ def update_item(
     published_at: object,
     newsletters: object,
     pick: bool | None = None,
+    alert: bool | None = None,
 ) -> Item:
-    """Change an item's text, link, time, newsletters and pick (its guid stays); commits."""
+    """Change an item's text, link, time, newsletters, pick and alert mark (its guid stays);
+    commits.
+
+    An alert already taken for mailing is not taken again, whatever its mark says now.
+    """
     item_url = clean_url(url)
     values = {
         "title": clean_title(title),
@@ -282,6 +291,8 @@ def update_item(
         setattr(item, name, value)
     if pick is not None:
         item.pick = pick
+    if alert is not None and item.alerted_at is None:
+        item.alert = alert
     # Archived lists are not offered in the form, so keep the item on those it had.
     item.newsletters = [n for n in item.newsletters if n.archived] + lists
     try:
@@ -356,4 +367,6 @@ def as_json(item: Item) -> dict[str, object]:
         "pick": item.pick,
         "newsletters": sorted(n.slug for n in item.newsletters),
         "created_at": item.created_at.isoformat(),
+        "alert": item.alert,
+        "alerted_at": item.alerted_at.isoformat() if item.alerted_at else None,
     }

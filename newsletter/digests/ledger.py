@@ -20,19 +20,22 @@ from sqlalchemy import (
     and_,
     bindparam,
     exists,
+    false,
     func,
     insert,
     literal,
     select,
     update,
 )
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from newsletter import frequencies
 from newsletter.leases import Leases, Policy
 from newsletter.models import (
     Delivery,
     DeliveryStatus,
+    Digest,
+    DigestItem,
     Subscriber,
     Subscription,
     SubscriptionStatus,
@@ -48,6 +51,10 @@ LEASES = Leases(
 )
 # Statuses of a row still to be sent: waiting, or held by a worker.
 UNSENT = (DeliveryStatus.QUEUED, DeliveryStatus.SENDING)
+# Rows that count against a reader's alerts of the day: going, or gone.
+MAILED = (DeliveryStatus.QUEUED, DeliveryStatus.SENDING, DeliveryStatus.SENT)
+# PostgreSQL advisory lock held while an alert's audience is snapshot (any fixed number).
+ALERT_LOCK = 0x6E6C_616C
 
 
 def audience(
@@ -108,6 +115,80 @@ def snapshot(
             literal(now, Delivery.next_attempt_at.type),
         ).where(audience(newsletter_id, frequency, cadence)),
     )
+
+
+def alert_snapshot(digest_id: int, newsletter_id: int, now: datetime, cap: int) -> Insert:
+    """One INSERT … SELECT for a breaking alert: the list's readers of alerts, but not twice.
+
+    Left out: a reader already in the ledger of an alert of the same item (they follow it on
+    another list: one mail is enough), and a reader who had `cap` alerts in the last 24 hours
+    (the item waits for their next edition). Both are sets computed once, not per reader.
+    Run it under `hold_alerts`.
+    """
+    where = [
+        audience(newsletter_id, frequencies.ALERT),
+        Subscription.subscriber_id.not_in(alerted_readers(digest_id)),
+        Subscription.subscriber_id.not_in(capped_readers(now - timedelta(days=1), cap)),
+    ]
+    if cap <= 0:
+        where.append(false())
+    return insert(Delivery).from_select(
+        ["digest_id", "subscription_id", "status", "attempts", "next_attempt_at"],
+        select(
+            literal(digest_id),
+            Subscription.id,
+            literal(DeliveryStatus.QUEUED.value),
+            literal(0),
+            literal(now, Delivery.next_attempt_at.type),
+        ).where(*where),
+    )
+
+
+def alerted_readers(digest_id: int) -> Select[tuple[int]]:
+    """Readers (subscriber ids) in the ledger of an alert of one of the digest's items."""
+    row, reader, mine, theirs = (
+        aliased(Delivery),
+        aliased(Subscription),
+        aliased(DigestItem),
+        aliased(DigestItem),
+    )
+    return (
+        select(reader.subscriber_id)
+        .select_from(mine)
+        .join(theirs, theirs.item_id == mine.item_id)
+        .join(Digest, Digest.id == theirs.digest_id)
+        .join(row, row.digest_id == theirs.digest_id)
+        .join(reader, reader.id == row.subscription_id)
+        .where(mine.digest_id == digest_id, Digest.frequency == frequencies.ALERT)
+    )
+
+
+def capped_readers(since: datetime, cap: int) -> Select[tuple[int]]:
+    """Readers who had `cap` alerts or more, of any list, going or gone since then."""
+    row, reader = aliased(Delivery), aliased(Subscription)
+    return (
+        select(reader.subscriber_id)
+        .select_from(Digest)
+        .join(row, row.digest_id == Digest.id)
+        .join(reader, reader.id == row.subscription_id)
+        .where(
+            Digest.frequency == frequencies.ALERT,
+            Digest.started_at > since,
+            row.status.in_(MAILED),
+        )
+        .group_by(reader.subscriber_id)
+        .having(func.count() >= cap)
+    )
+
+
+def hold_alerts(session: Session) -> None:
+    """Take alerts' snapshots one at a time, so the cap and the one-mail rule hold.
+
+    Two workers snapshotting at once would each miss the other's rows. On PostgreSQL a
+    transaction-long advisory lock; SQLite's writes are one at a time already.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(ALERT_LOCK)))
 
 
 def claim(

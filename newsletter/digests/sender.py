@@ -17,10 +17,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, case, select
 from sqlalchemy.orm import Session
 
-from newsletter import archive, languages, metrics
+from newsletter import archive, frequencies, languages, metrics
 from newsletter.bounces import ingest
 from newsletter.bounces.parse import status_code
 from newsletter.digests import ledger, states
@@ -164,7 +164,13 @@ class DigestSender:
     ) -> int:
         """Start due scheduled digests, then claim and send one batch; rows handled."""
         states.start_due(session)
-        query = select(Digest.id).where(Digest.status == DigestStatus.SENDING).order_by(Digest.id)
+        # Breaking alerts first: they must not wait behind a long edition.
+        first = case((Digest.frequency == frequencies.ALERT, 0), else_=1)
+        query = (
+            select(Digest.id)
+            .where(Digest.status == DigestStatus.SENDING)
+            .order_by(first, Digest.id)
+        )
         if only is not None:
             query = query.where(Digest.id == only)
         for digest_id in session.scalars(query).all():

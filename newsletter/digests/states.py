@@ -148,11 +148,14 @@ def last_sent(
     """The newsletter's latest digest that went out (or is going out), of this edition.
 
     Without an edition, any digest of the list counts. The cadence's edition counts the
-    digests to every reader too (all of them before the list offered editions).
+    digests to every reader too (all of them before the list offered editions). A breaking
+    alert is no edition: its item is still new for the next one, which carries it to the
+    readers whose alert cap held it back and to those who chose no alerts.
     """
     query = select(Digest).where(
         Digest.newsletter_id == newsletter.id,
         Digest.status.in_(UNDER_WAY),
+        Digest.frequency.is_distinct_from(frequencies.ALERT),
     )
     if frequency == newsletter.cadence:
         query = query.where(or_(Digest.frequency.is_(None), Digest.frequency == frequency))
@@ -381,10 +384,17 @@ def start(session: Session, digest: Digest, *, seen: str | None = None) -> int:
     if taken.rowcount != 1:
         session.rollback()
         raise DigestError(_("This digest has already been started."))
-    added = session.execute(
-        ledger.snapshot(
+    if digest.frequency == frequencies.ALERT:
+        ledger.hold_alerts(session)
+        snapshot = ledger.alert_snapshot(
+            digest.id, digest.newsletter_id, now, frequencies.alerts_per_day()
+        )
+    else:
+        snapshot = ledger.snapshot(
             digest.id, digest.newsletter_id, now, digest.frequency, digest.newsletter.cadence
-        ),
+        )
+    added = session.execute(
+        snapshot,
         # An INSERT's row count is kept only when asked for (psycopg would say -1).
         execution_options={"preserve_rowcount": True},
     ).rowcount

@@ -232,6 +232,7 @@ def _item_errors(data: dict[str, Any]) -> list[FieldError]:
         ("guid", lambda: items.clean_guid(data.get("guid"), url if isinstance(url, str) else "")),
         ("newsletters", lambda: _item_newsletters(data.get("newsletters"))),
         ("pick", lambda: _flag(data.get("pick"), "pick")),
+        ("alert", lambda: _flag(data.get("alert"), "alert")),
     ]
     errors = []
     for field, check in checks:
@@ -246,7 +247,7 @@ def _item_errors(data: dict[str, Any]) -> list[FieldError]:
 @token_required
 def items_add() -> Response | tuple[Response, int]:
     """Add a news item: {"title", "url", "summary", "published_at", "guid", "newsletters",
-    "pick"}."""
+    "pick", "alert"}; with "alert": true it goes out at once to the readers who chose alerts."""
     data = signup.json_body()
     if data is None:
         return _not_json()
@@ -264,6 +265,7 @@ def items_add() -> Response | tuple[Response, int]:
             newsletters=data.get("newsletters"),
             source="api",
             pick=data.get("pick"),
+            alert=bool(_flag(data.get("alert"), "alert")),
         )
     except items.ItemError as exc:
         return invalid([FieldError(exc.field or "item", exc.message)])

@@ -227,6 +227,13 @@ SCHEMAS: dict[str, Any] = {
                 "description": "An editor's pick: first in the weekly edition. On a repeat it "
                 "marks or unmarks the item there; missing: unchanged (new items: false).",
             },
+            "alert": {
+                "type": ["boolean", "null"],
+                "description": "True: breaking news, mailed within a minute, the item alone, to "
+                "the readers who chose alerts on its newsletters that offer them (at most "
+                "NEWSLETTER_ALERTS_PER_DAY per reader in 24 hours; what that holds back comes "
+                "in their next edition). Sent once; a repeat with true marks a known item.",
+            },
         },
     },
     "Item": {
@@ -242,6 +249,8 @@ SCHEMAS: dict[str, Any] = {
             "pick",
             "newsletters",
             "created_at",
+            "alert",
+            "alerted_at",
         ],
         "properties": {
             "id": {"type": "integer"},
@@ -254,6 +263,12 @@ SCHEMAS: dict[str, Any] = {
             "pick": {"type": "boolean"},
             "newsletters": {"type": "array", "items": {"type": "string"}},
             "created_at": {"type": "string", "format": "date-time"},
+            "alert": {"type": "boolean", "description": "Breaking news."},
+            "alerted_at": {
+                "type": ["string", "null"],
+                "format": "date-time",
+                "description": "When a worker took the alert to mail it; null until then.",
+            },
         },
     },
     "ItemSaved": {

@@ -228,6 +228,15 @@ class NewsletterForm(FlaskForm):
         ),
         validators=[Optional(), Length(max=1000), _web_address],
     )
+    alert_categories = StringField(
+        lazy_gettext("Feed categories that mean breaking news"),
+        description=lazy_gettext(
+            "Comma-separated, such as Breaking, Urgent. A new feed item of one of these "
+            "categories goes out at once as a breaking alert to the readers who chose alerts; "
+            "the feed is then read every two minutes."
+        ),
+        validators=[Optional(), Length(max=500), _one_line],
+    )
     send_time = StringField(
         lazy_gettext("Send time"),
         default="08:00",
@@ -400,6 +409,15 @@ class ItemForm(FlaskForm):
         option_widget=CheckboxInput(),
         render_kw={"class": "checks"},
         validate_choice=True,
+    )
+    alert = BooleanField(
+        lazy_gettext("Send as breaking alert"),
+        description=lazy_gettext(
+            "Mailed within a minute, the item alone, to the readers who chose alerts on its "
+            "newsletters that offer them (a few a day at most per reader). Once sent, it is "
+            "not sent again."
+        ),
+        default=False,
     )
 
     def validate_newsletters(self, field: SelectMultipleField) -> None:

@@ -89,6 +89,7 @@ def item_new() -> Response | tuple[str, int]:
                 newsletters=form.newsletters.data,
                 source="admin",
                 pick=form.pick.data,
+                alert=bool(form.alert.data),
             )
         except items.ItemError as exc:
             _field_error(form, exc)
@@ -122,6 +123,7 @@ def item_edit(item_id: int) -> Response | tuple[str, int]:
                 published_at=_published(form) or item.published_at,
                 newsletters=form.newsletters.data,
                 pick=form.pick.data,
+                alert=bool(form.alert.data),
             )
         except items.ItemError as exc:
             _field_error(form, exc)

@@ -33,6 +33,8 @@ CADENCE_NAMES = {
     "weekly": lazy_gettext("weekly"),
     "monthly": lazy_gettext("monthly"),
 }
+# What kind of mailing a digest is, when it is not a plain one.
+DIGEST_KINDS = {"alert": lazy_gettext("breaking alert")}
 ROLE_NAMES = {"admin": lazy_gettext("admin"), "editor": lazy_gettext("editor")}
 # The languages named in the editor's language (the switch names each in itself).
 LANGUAGE_NAMES = {"en": lazy_gettext("English"), "uk": lazy_gettext("Ukrainian")}
@@ -46,6 +48,7 @@ def _names() -> dict[str, object]:
         "frequency_labels": frequencies.EDITION_LABELS,
         "edition_name": frequencies.edition_name,
         "editions_of": frequencies.editions,
+        "digest_kinds": DIGEST_KINDS,
         "role_names": ROLE_NAMES,
         "language_names": LANGUAGE_NAMES,
     }

@@ -58,6 +58,7 @@ def _edit(newsletter: Newsletter | None, form: NewsletterForm) -> str | Response
         values["default_frequency"] = form.default_frequency.data or None
         values["weekly_max_items"] = form.weekly_max_items.data or 10
         editions = {f: form.edition_values(f) for f in EDITION_FIELDS}
+        values["alert_categories"] = feeds.join_categories(values["alert_categories"])
         try:
             saved = lists.save(db.session, newsletter, values, editions)
         except lists.SlugTaken as exc:

@@ -253,6 +253,6 @@ def signup(given: SignupFields) -> SignupReply:
         return SignupReply(422, exc.message, "newsletter")
     boxes = [(row.id, subs.box_text(row)) for row in chosen]
     origin = consent_origin(given.source)
-    signups.enqueue(db.session, address, key, boxes, origin, language.current())
+    signups.enqueue(db.engine, address, key, boxes, origin, language.current())
     metrics.signed_up(row.slug for row in chosen)
     return _thanks([row.slug for row in chosen])

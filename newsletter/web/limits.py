@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 
+import flask_limiter._limits
 from flask import Flask, Response
+from limits.util import parse_many
 
 from newsletter import metrics
 from newsletter.extensions import limiter
 
 log = logging.getLogger(__name__)
+# Flask-Limiter parses a route's limits from their text ("20 per minute;200 per hour") on
+# every request; the parsed limits of a text do not change.
+flask_limiter._limits.parse_many = functools.lru_cache(maxsize=64)(parse_many)
 WARN_EVERY = 60.0  # seconds
 _STORAGE_DOWN = "Rate limit storage unreachable"
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from flask import Flask
+from flask.sessions import SecureCookieSessionInterface
+from itsdangerous import URLSafeTimedSerializer
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from newsletter import config as settings
@@ -22,12 +25,52 @@ def resource_dir(name: str) -> str:
     return str(inside if inside.is_dir() else _PACKAGE.parent / name)
 
 
+class CookieSessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, with the signer built once per set of keys: Flask
+    builds it afresh when it opens a session and again when it saves one, on every request,
+    also on those (a signup) that never touch the session."""
+
+    def __init__(self) -> None:
+        self._signer: tuple[object, URLSafeTimedSerializer | None] | None = None
+
+    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
+        keys = (app.secret_key, tuple(app.config["SECRET_KEY_FALLBACKS"] or ()))
+        if self._signer is None or self._signer[0] != keys:
+            self._signer = (keys, super().get_signing_serializer(app))
+        return self._signer[1]
+
+
+class App(Flask):
+    """The app's Flask: it asks whether a hook or view is a coroutine function once, not
+    for each hook on each request (some twenty times for a signup)."""
+
+    MAX_CHECKED = 1024  # callables made per request (after_this_request) are not kept
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.session_interface = CookieSessions()
+        self._sync: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        try:
+            return self._sync[func]
+        except (KeyError, TypeError):
+            pass
+        found = super().ensure_sync(func)
+        if len(self._sync) < self.MAX_CHECKED:
+            try:
+                self._sync[func] = found
+            except TypeError:
+                pass  # not hashable: checked each time
+        return found
+
+
 def create_app(config: Mapping[str, object] | None = None) -> Flask:
     """Create the web app: defaults, instance config, environment, test override, extensions."""
     instance_path = os.environ.get("NEWSLETTER_INSTANCE_PATH") or str(Path.cwd() / "instance")
     if config and config.get("INSTANCE_PATH"):
         instance_path = str(config["INSTANCE_PATH"])
-    app = Flask(
+    app = App(
         __name__,
         instance_path=instance_path,
         instance_relative_config=True,

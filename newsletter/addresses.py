@@ -6,7 +6,9 @@ loads this module alone.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib
 
 import idna
 from email_validator import EmailNotValidError, validate_email
@@ -18,6 +20,15 @@ from newsletter.languages import lazy_gettext
 MAX_LENGTH = 254
 # Never in an address we send from: they would end or split a header, or quote themselves.
 _NOT_IN_SENDER = set(' \t\r\n\0<>,;:"()[]\\')
+
+
+# email-validator checks the part after the @ character by character against the IDNA
+# tables, more than half of its time; the same few domains (gmail.com) come again and
+# again, so each domain's result (or its error, which is not kept) is remembered.
+_validator = importlib.import_module("email_validator.validate_email")
+_validator.validate_email_domain_name = functools.lru_cache(maxsize=4096)(
+    _validator.validate_email_domain_name
+)
 
 
 class InvalidEmail(UserError):

@@ -328,6 +328,8 @@ def check_production(cfg: Mapping[str, Any]) -> None:
 def _engine_options(url: str) -> dict[str, object]:
     if url.startswith("sqlite"):
         # The web app and the worker share the file: wait for the lock instead of failing.
-        return {"connect_args": {"timeout": 15}}
+        # The pool hands out the connection used last: its page cache is the warm one (in
+        # turn, each connection would find the file changed by the others and read it again).
+        return {"connect_args": {"timeout": 15}, "pool_use_lifo": True}
     # A server that does not answer must not hold a request (or /readyz) for minutes.
     return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}

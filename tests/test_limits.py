@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from sqlalchemy import func, select
 
+from newsletter import create_app
+from newsletter.extensions import db as _db
+from newsletter.extensions import limiter
 from newsletter.models import OutboxMessage
 
-from factories import apply_signups, signup
+from factories import apply_signups, make_config, signup
 
 
 @pytest.fixture
@@ -115,3 +120,27 @@ def test_per_address_limit_holds_under_concurrent_requests(app, db, newsletters)
             thread.join()
     assert statuses == [200] * workers
     assert db.session.scalar(select(func.count()).select_from(OutboxMessage)) == 3
+
+
+def test_an_operators_default_limit_still_holds_on_pages_without_their_own(
+    database_url: str, tmp_path: Path
+):
+    # The app sets no app-wide limit, so it skips Flask-Limiter's check for one; an operator
+    # who sets one in the instance config gets it on every page.
+    app = create_app(
+        make_config(database_url, tmp_path / "instance", RATELIMIT_DEFAULT="2 per minute")
+    )
+    try:
+        with app.app_context():
+            _db.create_all()
+            limiter.reset()
+        client = app.test_client()
+        statuses = [client.get("/theme.css").status_code for _ in range(3)]
+        assert statuses == [200, 200, 429]
+        assert "Retry-After" in client.get("/theme.css").headers
+    finally:
+        # The limiter is shared by every app of the process: the next test's has no default.
+        limiter.limit_manager.set_default_limits([])
+        with app.app_context():
+            limiter.reset()
+            _db.engine.dispose()

@@ -293,6 +293,6 @@ def signup(given: SignupFields) -> SignupReply:
     boxes = [(row.id, subs.box_text(row)) for row in chosen]
     origin = consent_origin(given.source)
     frequency = given.frequency if isinstance(given.frequency, str) else None
-    signups.enqueue(db.session, address, key, boxes, origin, language.current(), frequency)
+    signups.enqueue(db.engine, address, key, boxes, origin, language.current(), frequency)
     metrics.signed_up(row.slug for row in chosen)
     return _thanks([row.slug for row in chosen])

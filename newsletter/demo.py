@@ -26,6 +26,9 @@ NEWSLETTERS = [
         "name": "Daily Briefing",
         "description": "The day's most important news from Ukraine, every evening.",
         "cadence": "daily",
+        # Its boxes ask how often: breaking alerts, the daily edition or a weekly one.
+        "frequencies": "alert,daily,weekly",
+        "default_frequency": "daily",
     },
     {
         "slug": "explaining-ukraine",

@@ -15,22 +15,11 @@ from newsletter.digests import states
 from newsletter.extensions import db
 from newsletter.models import ConsentEvent, Item, Subscriber, Subscription
 from newsletter.newsletters import by_slug
-from newsletter.web import signup
 from tests.e2e.browsing import applied, confirm_link, mail_link, open_mail, screenshot
 
 EMAIL = "weekly.reader@example.com"
 WEEKLY = "The week in Ukraine"
 DAILY = "Tonight in Ukraine"
-
-
-def _offer_daily_and_weekly(app: Flask) -> None:
-    with app.app_context():
-        daily = by_slug(db.session, "daily")
-        daily.frequencies = "daily,weekly"
-        daily.default_frequency = "daily"
-        db.session.commit()
-        signup.forget_lists()
-        db.session.remove()
 
 
 def _send_both_editions(app: Flask) -> None:
@@ -65,12 +54,10 @@ def _reader(app: Flask) -> tuple[str | None, bool, list[str]]:
 
 
 def test_weekly_in_a_box_then_one_combined_mail(page: Page, live_app: Flask) -> None:
-    _offer_daily_and_weekly(live_app)
-
     page.goto("/")
     box = page.locator("#box-article")
     how_often = box.get_by_label("How often")
-    expect(how_often).to_have_value("daily")  # the list's preselected choice
+    expect(how_often).to_have_value("daily")  # the demo list's preselected choice
     how_often.select_option(label="Weekly")
     box.get_by_label("Enter your email to subscribe").fill(EMAIL)
     box.get_by_role("button", name="Subscribe").click()

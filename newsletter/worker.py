@@ -28,6 +28,7 @@ from newsletter import heartbeats, signups, transactional
 from newsletter.bounces import ingest
 from newsletter.digests import ledger
 from newsletter.digests.cadence import CadenceRunner
+from newsletter.digests.combined import CombinedRunner
 from newsletter.digests.sender import DigestSender
 from newsletter.imports.jobs import ImportRunner
 from newsletter.leases import Policy
@@ -126,8 +127,8 @@ def build(
 
     `newsletter worker`, `newsletter worker --drain` and `newsletter digest send --wait`
     alike; `mail` replaces the configured transport, `kinds` names the runners to keep
-    (all of them by default: signups, outbox, automatic digests, digest sending, imports, and
-    returned mail when NEWSLETTER_BOUNCE_IMAP_URL is set).
+    (all of them by default: signups, outbox, automatic digests, combined editions, digest
+    sending, imports, and returned mail when NEWSLETTER_BOUNCE_IMAP_URL is set).
     """
     settings = settings or Settings()
     signer = dkim.Signer.from_config(config)
@@ -153,6 +154,7 @@ def build(
         ("signups", signups.SignupRunner(limit, settings.signups)),
         ("outbox", OutboxRunner(mail, build_mail, links, settings.outbox, refused=refused)),
         ("automatic digests", CadenceRunner(settings.cadence_every)),
+        ("combined editions", CombinedRunner(settings.cadence_every)),
         ("digest sending", sender),
         ("imports", ImportRunner(Path(config["INSTANCE_PATH"]))),
     ]

@@ -53,6 +53,42 @@ class Content:
     items: Sequence[Item]
 
 
+@dataclass(frozen=True)
+class CombinedContent:
+    """What a combined edition says to the readers of one set of lists: a section per list."""
+
+    frequency: str
+    subject: str
+    intro: str
+    sections: Sequence[tuple[Newsletter, Sequence[Item]]]
+
+    @property
+    def lists(self) -> list[Newsletter]:
+        return [newsletter for newsletter, _ in self.sections]
+
+
+def sections(
+    lists: Sequence[Newsletter], items: Sequence[Item]
+) -> list[tuple[Newsletter, list[Item]]]:
+    """The combined edition's items for readers of `lists`: under each list those tagged to it,
+    in the edition's order; an item tagged to several of the lists only under the first.
+
+    Every list keeps its place (its unsubscribe link is in the footer) even when what it had
+    was all shown under an earlier one.
+    """
+    shown: set[int] = set()
+    found = []
+    for newsletter in lists:
+        own = [
+            item
+            for item in items
+            if item.id not in shown and any(n.id == newsletter.id for n in item.newsletters)
+        ]
+        shown.update(item.id for item in own)
+        found.append((newsletter, own))
+    return found
+
+
 def safe_link(url: str | None) -> str | None:
     """An item's link fit for an href: http(s) only, and nothing in it that HTML reads."""
     if not url or urlsplit(url).scheme.lower() not in ("http", "https"):
@@ -60,17 +96,36 @@ def safe_link(url: str | None) -> str | None:
     return quote(url, safe=":/?#[]@!$&()*+,;=%~-._")
 
 
-def render(content: Content, unsubscribe_url: str, preferences_url: str) -> tuple[str, str]:
-    """The text and the HTML of a digest, CSS inlined, with these links."""
-    context = {
-        "newsletter": content.newsletter,
+def render(
+    content: Content | CombinedContent,
+    unsubscribe_url: str,
+    preferences_url: str,
+    list_urls: dict[int, str] | None = None,
+) -> tuple[str, str]:
+    """The text and the HTML of a digest, CSS inlined, with these links.
+
+    A combined edition's `unsubscribe_url` leaves every list it carries, `list_urls` each one.
+    """
+    context: dict[str, object] = {
         "subject": content.subject,
         "intro": content.intro.strip(),
-        "items": content.items,
         "link": safe_link,
         "unsubscribe_url": unsubscribe_url,
         "preferences_url": preferences_url,
     }
+    if isinstance(content, CombinedContent):
+        urls = list_urls or {}
+        context.update(
+            combined=True,
+            frequency=content.frequency,
+            sections=[s for s in content.sections if s[1]],
+            leave=[(newsletter, urls[newsletter.id]) for newsletter in content.lists],
+            # Dates in the zone of the first list: one edition reads in one zone.
+            newsletter=content.lists[0],
+            items=[],
+        )
+    else:
+        context.update(combined=False, newsletter=content.newsletter, items=content.items)
     text = render_template("mail/digest.txt", **context)
     html = _INLINER.inline(render_template("mail/digest.html", **context))
     # Blank lines left by template tags say nothing and cost bytes a million times over.
@@ -105,24 +160,49 @@ def _relaxed_body_lines(block: bytes) -> bytes:
     return canonicalization.compress_whitespace(canonicalization.strip_trailing_whitespace(block))
 
 
-class ReaderLinks:
-    """The per-reader links of one list's digest: the prefixes and signers made once."""
+def list_hole(newsletter_id: int) -> str:
+    """The name of the hole for a reader's unsubscribe link of one list of a combined mail."""
+    return f"{UNSUBSCRIBE}:{newsletter_id}"
 
-    def __init__(self, links: Links, newsletter_id: int) -> None:
+
+class ReaderLinks:
+    """The per-reader links of a digest: the prefixes and signers made once.
+
+    A list's digest has two: its unsubscribe link and the preferences link. A combined mail
+    has one more per list it carries, and its unsubscribe link leaves all of them.
+    """
+
+    def __init__(self, links: Links, newsletter_id: int | None, lists: Sequence[int] = ()) -> None:
         self.links = links
         self.newsletter_id = newsletter_id
+        self.lists = tuple(lists)
         self.unsubscribe_prefix = links.prefix(UNSUBSCRIBE)
         self.preferences_prefix = links.prefix(PREFERENCES)
 
     def urls(self, reader: Reader) -> tuple[str, str]:
-        """The reader's one-click unsubscribe link for this list, and their preferences link."""
+        """The reader's one-click unsubscribe link for this mail, and their preferences link."""
+        leaves = self.newsletter_id if self.newsletter_id is not None else self.lists
         return (
-            self.unsubscribe_prefix + self.links.unsubscribe_token(reader, self.newsletter_id),
+            self.unsubscribe_prefix + self.links.unsubscribe_token(reader, leaves),
             self.preferences_prefix + self.links.preferences_token(reader),
         )
 
+    def holes(self, reader: Reader) -> dict[str, str]:
+        """Every personal link of the reader's mail, by the name of its hole."""
+        unsubscribe, preferences = self.urls(reader)
+        found = {UNSUBSCRIBE: unsubscribe, PREFERENCES: preferences}
+        for newsletter_id in self.lists:
+            token = self.links.unsubscribe_token(reader, newsletter_id)
+            found[list_hole(newsletter_id)] = self.unsubscribe_prefix + token
+        return found
+
     def mailto(self, reader: Reader) -> str:
-        """The List-Unsubscribe header's mailto part for the reader, if an address is set."""
+        """The List-Unsubscribe header's mailto part for the reader, if an address is set.
+
+        None for a combined mail: a mailto names one list, and one click must leave them all.
+        """
+        if self.newsletter_id is None:
+            return ""
         address = self.links.unsubscribe_address(reader, self.newsletter_id)
         return f", <mailto:{address}?subject=unsubscribe>" if address else ""
 
@@ -130,43 +210,56 @@ class ReaderLinks:
 class PreparedDigest:
     """A digest's mail as bytes with holes, filled per reader by `message`."""
 
+    # How many times a digest's mail was rendered in this process: once per digest, language
+    # and (for a combined edition) set of lists, however many readers it goes to.
+    renders = 0
+
     def __init__(
         self,
-        content: Content,
+        content: Content | CombinedContent,
         message_key: str,
         links: Links,
         *,
         signer: BodySigner | None = None,
         locale: str = DEFAULT,
     ) -> None:
-        newsletter = content.newsletter
+        newsletter = content.newsletter if isinstance(content, Content) else None
+        lists = [] if isinstance(content, Content) else [n.id for n in content.lists]
         # Prepared once per send: it shows the brand as it stands now, not as this process
         # last read it (an editor who changes the brand and sends at once sees it in the mail).
         site.forget()
         self.domain = compose.mail_domain()
         self.message_key = message_key
         self.signer = signer
-        self.links = ReaderLinks(links, newsletter.id)
-        self.sender = compose.wire_address(newsletter.from_address or site.current().from_address)
+        self.links = ReaderLinks(links, newsletter.id if newsletter else None, lists)
+        from_address = newsletter.from_address if newsletter else None
+        self.sender = compose.wire_address(from_address or site.current().from_address)
 
         # Placeholders nobody can have typed into an item: random for every digest.
         marker = secrets.token_hex(8)
         holes = {UNSUBSCRIBE: f"U{marker}U", PREFERENCES: f"P{marker}P"}
+        for n, newsletter_id in enumerate(lists):
+            holes[list_hole(newsletter_id)] = f"L{marker}x{n}L"
+        list_urls = {newsletter_id: holes[list_hole(newsletter_id)] for newsletter_id in lists}
         # Its frame (footer, links, dates) in one language: a digest is prepared once per
         # language its readers read.
         with force_locale(locale):
-            text, html = render(content, holes[UNSUBSCRIBE], holes[PREFERENCES])
+            text, html = render(content, holes[UNSUBSCRIBE], holes[PREFERENCES], list_urls)
+            list_headers = (
+                compose.list_headers_static(content.newsletter)
+                if isinstance(content, Content)
+                else compose.combined_list_headers_static(content.frequency)
+            )
+        PreparedDigest.renders += 1
 
         boundary = f"=_{secrets.token_hex(12)}"
         lines = [f"From: {compose.sender(newsletter)}"]
-        if newsletter.reply_to:
+        if newsletter is not None and newsletter.reply_to:
             lines.append(f"Reply-To: {compose.header_value(newsletter.reply_to, 254)}")
         # No length limit of its own: the digest's subject has one, and a test copy adds "[Test]".
         subject = compose.encoded_words("Subject", compose.header_value(content.subject))
         lines.append(f"Subject: {subject}")
-        lines += [
-            f"{name}: {value}" for name, value in compose.list_headers_static(newsletter).items()
-        ]
+        lines += [f"{name}: {value}" for name, value in list_headers.items()]
         lines.append("MIME-Version: 1.0")
         static_headers = "".join(line + "\r\n" for line in lines).encode("ascii")
         self.static_headers = (
@@ -184,15 +277,16 @@ class PreparedDigest:
         # The body as fixed blocks with holes between them: (bytes, None) or (None, hole).
         pieces: list[tuple[bytes | None, str | None]] = []
         pending = b""
+        by_marker = {marker: name for name, marker in holes.items()}
+        any_hole = "|".join(by_marker)
         for subtype, body in (("plain", text), ("html", html)):
             pending += part(subtype)
-            split = re.split(f"({holes[UNSUBSCRIBE]}|{holes[PREFERENCES]})", body)
+            split = re.split(f"({any_hole})", body)
             for index, chunk in enumerate(split):
                 if index % 2:
                     pieces.append((pending, None))
                     pending = b""
-                    hole = UNSUBSCRIBE if chunk == holes[UNSUBSCRIBE] else PREFERENCES
-                    pieces.append((None, hole))
+                    pieces.append((None, by_marker[chunk]))
                 else:
                     encoded = _qp(chunk)
                     if index + 1 < len(split):
@@ -217,8 +311,9 @@ class PreparedDigest:
         self, delivery_id: int, to: str, reader: Reader, now: datetime | None = None
     ) -> bytes:
         """The whole mail for one reader, ready for SMTP (and signed, with a signer)."""
-        unsubscribe, preferences = self.links.urls(reader)
-        filled = {UNSUBSCRIBE: _qp_link(unsubscribe), PREFERENCES: _qp_link(preferences)}
+        urls = self.links.holes(reader)
+        unsubscribe = urls[UNSUBSCRIBE]
+        filled = {hole: _qp_link(url) for hole, url in urls.items()}
         body = b"".join(block if block is not None else filled[hole] for block, hole in self.pieces)
         headers = (
             f"To: {compose.header_value(compose.wire_address(to), 254)}\r\n"

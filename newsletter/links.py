@@ -288,6 +288,8 @@ class Links:
 
     def unsubscribe_token(self, reader: Reader, newsletter_id: int | Sequence[int]) -> str:
         """The token of `unsubscribe_url`."""
+        if not isinstance(newsletter_id, int) and len(newsletter_id) == 1:
+            newsletter_id = newsletter_id[0]
         if isinstance(newsletter_id, int):
             return self.token(UNSUBSCRIBE, self._payload(reader, l=newsletter_id))
         first, *others = newsletter_id

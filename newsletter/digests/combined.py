@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from newsletter import frequencies, site
 from newsletter.digests import cadence, ledger, states
 from newsletter.models import (
+    AuditEvent,
     CombinedEdition,
     Digest,
     DigestItem,
@@ -69,22 +70,31 @@ def plan(row: CombinedEdition, now: datetime | None = None) -> None:
 
 
 def update_settings(
-    session: Session, frequency: str, values: Mapping[str, object], now: datetime | None = None
+    session: Session,
+    frequency: str,
+    values: Mapping[str, object],
+    admin_user_id: int | None = None,
+    now: datetime | None = None,
 ) -> bool:
-    """Save an edition's schedule (automatic, send_time, timezone, send_weekday); True when
-    something changed; commits. CadenceError for a time or zone that cannot be used."""
+    """Save an edition's schedule (automatic, send_time, timezone, send_weekday), noted in the
+    audit trail; True when something changed; commits. CadenceError for a time, zone or
+    weekday that cannot be used."""
     row = editions(session)[frequency]
     automatic = bool(values.get("automatic"))
     send_time = cadence.clock(str(values.get("send_time") or "")).strftime("%H:%M")
     timezone = str(values.get("timezone") or "").strip()
     cadence.zone(timezone)
-    weekday = values.get("send_weekday", row.send_weekday)
-    send_weekday = int(weekday) % 7 if isinstance(weekday, int | str) else 0
-    new = (automatic, send_time, timezone, send_weekday)
-    if new == (row.automatic, row.send_time, row.timezone, row.send_weekday):
+    weekday = str(values.get("send_weekday", row.send_weekday)).strip()
+    if not weekday.isdigit() or int(weekday) > 6:
+        raise cadence.CadenceError(_("Choose a day of the week."))
+    new = (automatic, send_time, timezone, int(weekday))
+    before = (row.automatic, row.send_time, row.timezone, row.send_weekday)
+    if new == before:
         return False
     row.automatic, row.send_time, row.timezone, row.send_weekday = new
     plan(row, now)
+    detail = {"edition": frequency, "before": list(before), "after": list(new)}
+    session.add(AuditEvent(admin_user_id=admin_user_id, action="combined-edition", detail=detail))
     session.commit()
     return True
 

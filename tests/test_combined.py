@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import re
+import secrets
+import signal
+import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select, update
+from test_digest_workers import finish, worker
 
 from newsletter.digests import combined, states
 from newsletter.digests.compose import PreparedDigest
@@ -393,3 +398,82 @@ def test_archived_lists_are_not_carried(db, three):
     assert [n.slug for n in digest.lists] == ["politics"]
     assert [i.title for i in digest.items] == ["Budget passed"]
     assert digest.recipients == 1
+
+
+def add_combined_readers(db, lists, count):  # type: ignore[no-untyped-def]
+    """`count` combined daily readers, each of a subset of `lists` (every one non-empty),
+    written in bulk; their addresses."""
+    addresses = [f"reader{n}@example.com" for n in range(count)]
+    now = datetime.now(UTC)
+    db.session.execute(
+        insert(Subscriber),
+        [
+            {
+                "email": a,
+                "email_key": a,
+                "token_key": secrets.token_urlsafe(12),
+                "created_at": now,
+                "combined": True,
+            }
+            for a in addresses
+        ],
+    )
+    ids = db.session.scalars(select(Subscriber.id).order_by(Subscriber.id)).all()
+    rows = []
+    for n, subscriber_id in enumerate(ids):
+        chosen = [nl for bit, nl in enumerate(lists) if (n % 7 + 1) >> bit & 1]
+        rows += [
+            {
+                "subscriber_id": subscriber_id,
+                "newsletter_id": newsletter.id,
+                "status": SubscriptionStatus.CONFIRMED,
+                "frequency": "daily",
+                "nonce": "n",
+                "subscribed_at": now,
+                "confirmed_at": now,
+            }
+            for newsletter in chosen
+        ]
+    db.session.execute(insert(Subscription), rows)
+    db.session.commit()
+    return addresses
+
+
+def test_a_killed_worker_mid_edition_misses_nobody_and_doubles_nobody_but_one(app, db, three, smtp):
+    _shared_item(db, three, "Budget passed")
+    addresses = add_combined_readers(db, three, 1500)
+    digest = combined.send(db.session, "daily")
+    assert digest.recipients == 1500
+    # Throttled so that it is surely in the middle when it dies.
+    first = worker(app, smtp, NEWSLETTER_SEND_RATE="300")
+    deadline = time.monotonic() + 60
+    while len(smtp.received) < 300:
+        assert time.monotonic() < deadline, "the first worker sent nothing"
+        assert first.poll() is None, first.stdout.read().decode()  # type: ignore[union-attr]
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.communicate()
+    db.session.expire_all()
+    held = db.session.scalar(
+        select(func.count()).where(
+            Delivery.digest_id == digest.id, Delivery.status == DeliveryStatus.SENDING
+        )
+    )
+    assert held > 0, "the kill came between batches; nothing was in flight"
+    # The dead worker's lease runs out (five minutes, made to pass at once here).
+    db.session.execute(
+        update(Delivery)
+        .where(Delivery.status == DeliveryStatus.SENDING)
+        .values(next_attempt_at=datetime.now(UTC))
+    )
+    db.session.commit()
+    finish(worker(app, smtp, "--drain"))
+
+    copies = Counter(r.rcpt_tos[0] for r in smtp.received)
+    assert set(copies) == set(addresses), "someone got nothing"
+    doubled = [a for a, n in copies.items() if n > 1]
+    # At most the message in flight on the dead worker's one connection went twice.
+    assert len(doubled) <= 1 and max(copies.values()) <= 2
+    db.session.expire_all()
+    done = db.session.get(Digest, digest.id)
+    assert done.status == DigestStatus.SENT and done.sent_count == 1500

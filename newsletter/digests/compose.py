@@ -26,7 +26,7 @@ from dkim import canonicalization
 from flask import render_template
 from flask_babel import force_locale
 
-from newsletter import site
+from newsletter import metrics, site
 from newsletter.languages import DEFAULT
 from newsletter.links import PREFERENCES, UNSUBSCRIBE, Links, Reader
 from newsletter.mail import compose
@@ -210,10 +210,6 @@ class ReaderLinks:
 class PreparedDigest:
     """A digest's mail as bytes with holes, filled per reader by `message`."""
 
-    # How many times a digest's mail was rendered in this process: once per digest, language
-    # and (for a combined edition) set of lists, however many readers it goes to.
-    renders = 0
-
     def __init__(
         self,
         content: Content | CombinedContent,
@@ -250,7 +246,7 @@ class PreparedDigest:
                 if isinstance(content, Content)
                 else compose.combined_list_headers_static(content.frequency)
             )
-        PreparedDigest.renders += 1
+        metrics.digest_rendered()
 
         boundary = f"=_{secrets.token_hex(12)}"
         lines = [f"From: {compose.sender(newsletter)}"]

@@ -120,9 +120,6 @@ def render(
             frequency=content.frequency,
             sections=[s for s in content.sections if s[1]],
             leave=[(newsletter, urls[newsletter.id]) for newsletter in content.lists],
-            # Dates in the zone of the first list: one edition reads in one zone.
-            newsletter=content.lists[0],
-            items=[],
         )
     else:
         context.update(combined=False, newsletter=content.newsletter, items=content.items)

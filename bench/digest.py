@@ -51,6 +51,9 @@ TARGET_DKIM = 0.6
 TARGET_RSS_GROWTH = 1.5
 TARGET_COMBINED = 0.8
 LISTS = ("politics", "business", "culture", "sport")
+# Items of the single-list digest of --combined: about what a combined reader's mail carries
+# (2.1 lists of 12 items on average, less the ones shared), so the two mails weigh alike.
+SINGLE_ITEMS = 22
 SENDER = "daily@news.example.org"
 NEWSLETTER = Path(sys.executable).parent / "newsletter"
 
@@ -233,9 +236,9 @@ def check_sent(env: dict[str, str], digest_id: int, readers: int) -> None:
 
 def populate_combined(env: dict[str, str], readers: int) -> None:
     """A fresh database for --combined: 4 daily lists of 10 items each, a few items tagged to
-    two of them, a fifth list (monthly, so never combined) that every reader is on, for the
-    single-list digest; `readers` readers who chose one combined mail, each of a random
-    subset of the 4."""
+    two of them, a fifth list (monthly, so never combined) of SINGLE_ITEMS of them that every
+    reader is on, for the single-list digest; `readers` readers who chose one combined mail,
+    each of a random subset of the 4."""
     from flask_migrate import upgrade
 
     from newsletter.extensions import db
@@ -264,7 +267,7 @@ def populate_combined(env: dict[str, str], readers: int) -> None:
                         "launched by Russia overnight, the Air Force said. "
                     ),
                     published_at=now - timedelta(minutes=n),
-                    newsletters=[single, *tagged] if n < 10 else tagged,
+                    newsletters=[single, *tagged] if n < SINGLE_ITEMS else tagged,
                 )
             )
         db.session.commit()
@@ -401,6 +404,45 @@ def start_combined(env: dict[str, str]) -> tuple[int, int, int]:
     return digest_id, readers, sets
 
 
+def mail_sizes(env: dict[str, str]) -> tuple[int, float]:
+    """The single-list digest's mail size, and the combined edition's mean over its readers."""
+    from collections import Counter
+
+    from newsletter.digests.compose import CombinedContent, Content, PreparedDigest, sections
+    from newsletter.extensions import db
+    from newsletter.links import Links, Reader
+    from newsletter.models import Newsletter, Subscription
+
+    app = app_for(env)
+    with app.app_context():
+        links = Links.from_config(app.config)
+        everything = list(db.session.scalars(select(Newsletter).order_by(Newsletter.id)))
+        single = next(n for n in everything if n.slug == "single")
+        lists = [n for n in everything if n.slug != "single"]
+
+        def size(prepared: PreparedDigest) -> int:
+            return len(prepared.message(1, "reader0@example.com", Reader(1, "key")))
+
+        one = size(PreparedDigest(Content(single, "S", "", _items(db, single.id)), "k", links))
+        follows: dict[int, set[int]] = {}
+        for subscriber_id, newsletter_id in db.session.execute(
+            select(Subscription.subscriber_id, Subscription.newsletter_id).where(
+                Subscription.newsletter_id.in_([n.id for n in lists])
+            )
+        ):
+            follows.setdefault(subscriber_id, set()).add(newsletter_id)
+        readers = Counter(frozenset(s) for s in follows.values())
+        items = _items(db)
+        total = 0
+        for chosen, count in readers.items():
+            content = CombinedContent(
+                "daily", "S", "", sections([n for n in lists if n.id in chosen], items)
+            )
+            total += size(PreparedDigest(content, "k", links)) * count
+        db.engine.dispose()
+    return one, total / sum(readers.values())
+
+
 def renders(directory: Path) -> int:
     """The digest mails the workers that wrote their metrics to `directory` rendered."""
     from prometheus_client import CollectorRegistry, multiprocess
@@ -451,6 +493,8 @@ def combined_bench(env: dict[str, str], workdir: Path, args: argparse.Namespace)
     began = time.perf_counter()
     populate_combined(env, args.readers)
     print(f"populated in {time.perf_counter() - began:.1f} s")
+    one, mean = mail_sizes(env)
+    print(f"mail size: single-list digest {one:,} bytes, combined edition {mean:,.0f} on average")
     # A warm-up: page cache, first connections.
     single_run(env, 1)
     for workers in (1, 2):

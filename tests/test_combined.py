@@ -130,6 +130,11 @@ def test_a_combined_reader_of_three_lists_gets_one_mail_with_each_item_once(
     per_list = [u for u in unsubscribes if u != one_click.removeprefix(BASE_URL)]
     assert len(links(mail, "/preferences/")) == 1
 
+    # A list's own link narrows the mail's signed link to one of its lists, and to no other.
+    assert all(u.startswith(one_click.removeprefix(BASE_URL) + "/") for u in per_list)
+    stranger = make_newsletter("sport", "Sport")
+    forged = client.post(f"{one_click.removeprefix(BASE_URL)}/{stranger.id}")
+    assert "no longer valid" in forged.get_data(as_text=True)
     # Each list's own link leaves that list only.
     page = client.post(per_list[1]).get_data(as_text=True)
     assert "will get no more mail from <strong>Business</strong>" in page

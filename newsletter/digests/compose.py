@@ -185,12 +185,16 @@ class ReaderLinks:
         )
 
     def holes(self, reader: Reader) -> dict[str, str]:
-        """Every personal link of the reader's mail, by the name of its hole."""
+        """Every personal link of the reader's mail, by the name of its hole.
+
+        Each list's own link of a combined mail is the link that leaves them all, narrowed
+        to the list by its id after it (web/public.py): signed once, not once per list.
+        """
         unsubscribe, preferences = self.urls(reader)
         found = {UNSUBSCRIBE: unsubscribe, PREFERENCES: preferences}
         for newsletter_id in self.lists:
-            token = self.links.unsubscribe_token(reader, newsletter_id)
-            found[list_hole(newsletter_id)] = self.unsubscribe_prefix + token
+            one = unsubscribe if len(self.lists) == 1 else f"{unsubscribe}/{newsletter_id}"
+            found[list_hole(newsletter_id)] = one
         return found
 
     def mailto(self, reader: Reader) -> str:

@@ -135,16 +135,20 @@ def reader_lists(
     """Of each reader, the lists of a combined edition they follow now; readers who follow
     none of them any more (left, bounced, erased) are missing."""
     found: dict[int, set[int]] = {}
+    # The edition's lists are kept here, not in SQL: given them, SQLite would look through
+    # every subscription of those lists rather than the few of these readers.
+    carried = set(lists)
     rows = session.execute(
         select(Subscription.subscriber_id, Subscription.newsletter_id)
         .join(Newsletter, Newsletter.id == Subscription.newsletter_id)
         .where(
             Subscription.subscriber_id.in_(list(subscriber_ids)),
-            combined_audience(frequency, lists),
+            combined_audience(frequency),
         )
     )
     for subscriber_id, newsletter_id in rows:
-        found.setdefault(subscriber_id, set()).add(newsletter_id)
+        if newsletter_id in carried:
+            found.setdefault(subscriber_id, set()).add(newsletter_id)
     return {subscriber_id: frozenset(ids) for subscriber_id, ids in found.items()}
 
 

@@ -14,6 +14,13 @@ In one run, against one smtp-sink:
     same number of connections: what this machine can do at all.
 Then the same with RSA-2048 DKIM signing on, and the peak RSS of one worker for `--readers`
 and for `--big` readers. Every figure is a ratio against a baseline measured in this run.
+
+With `--combined`: the site's combined edition instead. `--readers` readers who chose one
+combined mail, each following a random subset of 4 lists (15 distinct sets at most), some
+items tagged to several lists; one combined edition of every list's items, against a digest
+of one list to the same readers in the same run (`ours` above, target >= 0.8 of it), with
+the mails rendered counted by the workers' metric (must equal the distinct sets), and the
+peak RSS of one worker sending the combined edition to `--readers` and to `--big` readers.
 """
 
 from __future__ import annotations
@@ -42,6 +49,12 @@ from sqlalchemy import create_engine, func, insert, select, text  # noqa: E402
 TARGET_RATIO = 0.7
 TARGET_DKIM = 0.6
 TARGET_RSS_GROWTH = 1.5
+TARGET_COMBINED = 0.8
+LISTS = ("politics", "business", "culture", "sport")
+# Items of the single-list digest of --combined: about what a combined reader's mail carries
+# (2.1 lists of 12 items on average, less the ones shared, plus its sections and links), so
+# the two mails weigh alike.
+SINGLE_ITEMS = 24
 SENDER = "daily@news.example.org"
 NEWSLETTER = Path(sys.executable).parent / "newsletter"
 
@@ -222,6 +235,300 @@ def check_sent(env: dict[str, str], digest_id: int, readers: int) -> None:
         db.engine.dispose()
 
 
+def populate_combined(env: dict[str, str], readers: int) -> None:
+    """A fresh database for --combined: 4 daily lists of 10 items each, a few items tagged to
+    two of them, a fifth list (monthly, so never combined) of SINGLE_ITEMS of them that every
+    reader is on, for the single-list digest; `readers` readers who chose one combined mail,
+    each of a random subset of the 4."""
+    from flask_migrate import upgrade
+
+    from newsletter.extensions import db
+    from newsletter.models import Item, Newsletter, utcnow
+
+    app = app_for(env)
+    with app.app_context():
+        upgrade()
+        single = Newsletter(
+            slug="single", name="Daily Briefing", cadence="monthly", from_address=SENDER
+        )
+        lists = [Newsletter(slug=slug, name=slug.title(), cadence="daily") for slug in LISTS]
+        db.session.add_all([single, *lists])
+        now = utcnow()
+        for n in range(10 * len(LISTS)):
+            own = lists[n % len(LISTS)]
+            # Every fifth story also belongs to the next list: it must show once.
+            tagged = [own, lists[(n + 1) % len(LISTS)]] if n % 5 == 0 else [own]
+            db.session.add(
+                Item(
+                    guid=f"bench-{n}",
+                    title=f"Story {n}: Russian attacks against Ukraine kill 5, injure 38",
+                    url=f"https://news.example.org/news/story-{n}",
+                    summary=(
+                        "Ukrainian air defenses shot down 59 of the 116 Shahed-type attack drones "
+                        "launched by Russia overnight, the Air Force said. "
+                    ),
+                    published_at=now - timedelta(minutes=n),
+                    newsletters=[single, *tagged] if n < SINGLE_ITEMS else tagged,
+                )
+            )
+        db.session.commit()
+        add_combined_readers(db, [n.id for n in lists], single.id, 0, readers)
+        db.engine.dispose()
+
+
+def add_combined_readers(  # type: ignore[no-untyped-def]
+    db, lists: list[int], single: int, start: int, stop: int
+) -> None:
+    """Readers `start`..`stop` who chose one combined mail: each on the single list and on a
+    random non-empty subset of `lists` (seeded: the same subsets in every run)."""
+    import random
+
+    from newsletter.models import Subscriber, Subscription, utcnow
+
+    chance = random.Random(start)
+    now = utcnow()
+    step = 20_000
+    for first in range(start, stop, step):
+        last = min(first + step, stop)
+        db.session.execute(
+            insert(Subscriber),
+            [
+                {
+                    "email": f"reader{n}@example.com",
+                    "email_key": f"reader{n}@example.com",
+                    "token_key": secrets.token_urlsafe(12),
+                    "created_at": now,
+                    "combined": True,
+                }
+                for n in range(first, last)
+            ],
+        )
+        ids = db.session.scalars(
+            select(Subscriber.id).where(Subscriber.id > first).order_by(Subscriber.id)
+        ).all()[: last - first]
+        rows = []
+        for i in ids:
+            subset = chance.randrange(1, 2 ** len(lists))
+            chosen = [single] + [n for bit, n in enumerate(lists) if subset >> bit & 1]
+            rows += [
+                {
+                    "subscriber_id": i,
+                    "newsletter_id": newsletter_id,
+                    "status": "confirmed",
+                    "nonce": "bench",
+                    "subscribed_at": now,
+                    "confirmed_at": now,
+                }
+                for newsletter_id in chosen
+            ]
+        db.session.execute(insert(Subscription), rows)
+        db.session.commit()
+
+
+def grow_combined(env: dict[str, str], readers: int) -> None:
+    """Add combined readers up to `readers`."""
+    from newsletter.extensions import db
+    from newsletter.models import Newsletter, Subscriber
+
+    app = app_for(env)
+    with app.app_context():
+        have = db.session.scalar(select(func.count(Subscriber.id))) or 0
+        lists = db.session.scalars(
+            select(Newsletter.id).where(Newsletter.slug != "single").order_by(Newsletter.id)
+        ).all()
+        single = db.session.scalar(select(Newsletter.id).where(Newsletter.slug == "single"))
+        add_combined_readers(db, list(lists), single, have, readers)
+        db.engine.dispose()
+
+
+def start_single(env: dict[str, str]) -> tuple[int, int]:
+    """Start a digest of the single list (10 items) to every reader; its id and readers."""
+    from newsletter.digests import states
+    from newsletter.extensions import db
+    from newsletter.models import Newsletter
+
+    app = app_for(env)
+    with app.app_context():
+        single = db.session.scalar(select(Newsletter).where(Newsletter.slug == "single"))
+        digest = states.compose(db.session, single, items=_items(db, single.id))
+        readers = states.start(db.session, digest)
+        digest_id = digest.id
+        db.engine.dispose()
+    return digest_id, readers
+
+
+def _items(db, newsletter_id: int | None = None):  # type: ignore[no-untyped-def]
+    from newsletter.models import Item, item_newsletter
+
+    query = select(Item).order_by(Item.published_at.desc())
+    if newsletter_id is not None:
+        query = query.join(item_newsletter).where(item_newsletter.c.newsletter_id == newsletter_id)
+    return list(db.session.scalars(query))
+
+
+def start_combined(env: dict[str, str]) -> tuple[int, int, int]:
+    """Start a combined daily edition of the 4 lists' 40 items; its id, its readers and the
+    distinct sets of lists they follow."""
+    from newsletter.digests import states
+    from newsletter.extensions import db
+    from newsletter.models import Digest, DigestItem, Newsletter, Subscription
+
+    app = app_for(env)
+    with app.app_context():
+        lists = list(
+            db.session.scalars(
+                select(Newsletter).where(Newsletter.slug != "single").order_by(Newsletter.id)
+            )
+        )
+        items = _items(db)
+        digest = Digest(
+            newsletter=None,
+            frequency="daily",
+            subject="Your daily edition",
+            lists=lists,
+            entries=[DigestItem(item=item, position=n) for n, item in enumerate(items)],
+        )
+        db.session.add(digest)
+        db.session.commit()
+        readers = states.start(db.session, digest)
+        ids = [n.id for n in lists]
+        follows: dict[int, set[int]] = {}
+        for subscriber_id, newsletter_id in db.session.execute(
+            select(Subscription.subscriber_id, Subscription.newsletter_id).where(
+                Subscription.newsletter_id.in_(ids)
+            )
+        ):
+            follows.setdefault(subscriber_id, set()).add(newsletter_id)
+        sets = len({frozenset(s) for s in follows.values()})
+        digest_id = digest.id
+        db.engine.dispose()
+    return digest_id, readers, sets
+
+
+def mail_sizes(env: dict[str, str]) -> tuple[int, float]:
+    """The single-list digest's mail size, and the combined edition's mean over its readers."""
+    from collections import Counter
+
+    from newsletter.digests.compose import CombinedContent, Content, PreparedDigest, sections
+    from newsletter.extensions import db
+    from newsletter.links import Links, Reader
+    from newsletter.models import Newsletter, Subscription
+
+    app = app_for(env)
+    with app.app_context():
+        links = Links.from_config(app.config)
+        everything = list(db.session.scalars(select(Newsletter).order_by(Newsletter.id)))
+        single = next(n for n in everything if n.slug == "single")
+        lists = [n for n in everything if n.slug != "single"]
+
+        def size(prepared: PreparedDigest) -> int:
+            return len(prepared.message(1, "reader0@example.com", Reader(1, "key")))
+
+        one = size(PreparedDigest(Content(single, "S", "", _items(db, single.id)), "k", links))
+        follows: dict[int, set[int]] = {}
+        for subscriber_id, newsletter_id in db.session.execute(
+            select(Subscription.subscriber_id, Subscription.newsletter_id).where(
+                Subscription.newsletter_id.in_([n.id for n in lists])
+            )
+        ):
+            follows.setdefault(subscriber_id, set()).add(newsletter_id)
+        readers = Counter(frozenset(s) for s in follows.values())
+        items = _items(db)
+        total = 0
+        for chosen, count in readers.items():
+            content = CombinedContent(
+                "daily", "S", "", sections([n for n in lists if n.id in chosen], items)
+            )
+            total += size(PreparedDigest(content, "k", links)) * count
+        db.engine.dispose()
+    return one, total / sum(readers.values())
+
+
+def renders(directory: Path) -> int:
+    """The digest mails the workers that wrote their metrics to `directory` rendered."""
+    from prometheus_client import CollectorRegistry, multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(directory))
+    return int(registry.get_sample_value("newsletter_digest_renders_total") or 0)
+
+
+def combined_run(env: dict[str, str], workdir: Path, workers: int) -> tuple[float, int, int]:
+    """Send one combined edition with `workers` workers; its rate, renders and distinct sets."""
+    digest_id, readers, sets = start_combined(env)
+    directory = workdir / f"metrics-{secrets.token_hex(4)}"
+    directory.mkdir()
+    seconds = run_workers(env, workers, {"PROMETHEUS_MULTIPROC_DIR": str(directory)})
+    check_sent(env, digest_id, readers)
+    return readers / seconds, renders(directory), sets
+
+
+def single_run(env: dict[str, str], workers: int) -> float:
+    digest_id, readers = start_single(env)
+    seconds = run_workers(env, workers)
+    check_sent(env, digest_id, readers)
+    return readers / seconds
+
+
+def peak_rss_combined(env: dict[str, str]) -> float:
+    """Peak RSS of one worker sending a whole combined edition."""
+    digest_id, readers, _ = start_combined(env)
+    probe = (
+        "import resource, subprocess, sys;"
+        "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL);"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, str(NEWSLETTER), "worker", "--drain"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    check_sent(env, digest_id, readers)
+    return int(out.split()[-1]) / 1024
+
+
+def combined_bench(env: dict[str, str], workdir: Path, args: argparse.Namespace) -> None:
+    """--combined: the combined edition against a single list's digest, in the same run."""
+    began = time.perf_counter()
+    populate_combined(env, args.readers)
+    print(f"populated in {time.perf_counter() - began:.1f} s")
+    one, mean = mail_sizes(env)
+    print(f"mail size: single-list digest {one:,} bytes, combined edition {mean:,.0f} on average")
+    # A warm-up: page cache, first connections.
+    single_run(env, 1)
+    for workers in (1, 2):
+        single: list[float] = []
+        together: list[float] = []
+        counted = []
+        for _ in range(args.rounds):
+            single.append(single_run(env, workers))
+            rate, rendered, sets = combined_run(env, workdir, workers)
+            together.append(rate)
+            counted.append((rendered, sets))
+        s, c = statistics.median(single), statistics.median(together)
+        print(f"\n{workers} worker(s), median of {args.rounds}:")
+        print(f"  single-list digest  {s:8,.0f} msg/s")
+        print(f"  combined edition    {c:8,.0f} msg/s")
+        print(f"  combined / single   {c / s:8.2f}   (target >= {TARGET_COMBINED})")
+        for rendered, sets in counted:
+            # Each worker renders each set once, when it first meets one of its readers.
+            print(
+                f"  renders {rendered} for {sets} distinct sets of lists "
+                f"(target: {sets} per worker, {sets * workers} at most)"
+            )
+    if not args.no_rss:
+        small = peak_rss_combined(env)
+        grow_combined(env, args.big)
+        big = peak_rss_combined(env)
+        print(
+            f"\npeak RSS of one worker, combined edition: {small:.0f} MB for {args.readers:,} "
+            f"readers, {big:.0f} MB for {args.big:,}: {big / small:.2f}x "
+            f"(target <= {TARGET_RSS_GROWTH}x)"
+        )
+
+
 def run_workers(env: dict[str, str], count: int, extra: dict[str, str] | None = None) -> float:
     """Start `count` workers with --drain and wait for all; returns the seconds."""
     began = time.perf_counter()
@@ -340,6 +647,11 @@ def main() -> None:
     )
     parser.add_argument("--no-rss", action="store_true", help="skip the --big RSS check")
     parser.add_argument("--rounds", type=int, default=3, help="measurements of each rate")
+    parser.add_argument(
+        "--combined",
+        action="store_true",
+        help="the combined edition of 4 lists against a single list's digest",
+    )
     args = parser.parse_args()
     if not shutil.which("smtp-sink") or not shutil.which("smtp-source"):
         raise SystemExit("smtp-sink and smtp-source are needed: apt-get install postfix")
@@ -362,6 +674,9 @@ def main() -> None:
     try:
         env = environment(workdir, database_url, port)
         print(f"database: {database_url.split('://')[0]}; readers: {args.readers:,}")
+        if args.combined:
+            combined_bench(env, workdir, args)
+            return
         began = time.perf_counter()
         populate(env, args.readers)
         print(f"populated in {time.perf_counter() - began:.1f} s")

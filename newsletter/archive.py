@@ -90,8 +90,9 @@ def edition_name(digest: Digest) -> str:
 
 def mail_path(digest: Digest) -> str | None:
     """Where a digest's "View in browser" leads: its page; before it starts (an editor's test
-    copy or preview) the list's archive, where the page will be; an alert has none."""
-    if digest.frequency == ALERT:
+    copy or preview) the list's archive, where the page will be; an alert or a combined
+    edition (each list's own edition is archived) has none."""
+    if digest.frequency == ALERT or digest.newsletter is None:
         return None
     return edition_path(digest) or list_path(digest.newsletter)
 

@@ -235,9 +235,16 @@ def digest_list(slug: str | None) -> None:
     for digest in states.recent(db.session, newsletter, limit=30):
         state = progress.progress(db.session, digest)
         click.echo(
-            f"{digest.id:>6}  {digest.newsletter.slug:<20} {state.status:<10} "
+            f"{digest.id:>6}  {_digest_of(digest):<20} {state.status:<10} "
             f"{state.sent:>9,} sent {state.failed:>7,} failed  {digest.subject}"
         )
+
+
+def _digest_of(digest: Digest) -> str:
+    """What a digest is of: its list's slug, or its combined edition."""
+    if digest.newsletter is None:
+        return f"combined-{digest.frequency}"
+    return digest.newsletter.slug
 
 
 @digest_group.command("status")
@@ -247,7 +254,7 @@ def digest_status(digest_id: int) -> None:
     """Where a digest stands."""
     digest = _digest(digest_id)
     state = progress.progress(db.session, digest).as_json(utcnow())
-    click.echo(f"Digest {digest.id} of {digest.newsletter.slug}: {digest.subject}")
+    click.echo(f"Digest {digest.id} of {_digest_of(digest)}: {digest.subject}")
     for key, value in state.items():
         click.echo(f"  {key.replace('_', ' ')}: {value if value is not None else '-'}")
 

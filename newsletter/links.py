@@ -93,10 +93,16 @@ class ConfirmLink:
 
 @dataclass(frozen=True)
 class UnsubscribeLink:
-    """A one-click unsubscribe link for one list."""
+    """A one-click unsubscribe link for one list, or for every list a combined mail carried."""
 
     reader: Reader
     newsletter_id: int
+    # The other lists of a combined mail's link: it leaves them all.
+    others: tuple[int, ...] = ()
+
+    @property
+    def newsletter_ids(self) -> tuple[int, ...]:
+        return (self.newsletter_id, *self.others)
 
 
 # Whom the links of an editor's test copy or preview name: nobody. Their pages say it was a test.
@@ -134,10 +140,12 @@ def _confirm(payload: Any) -> ConfirmLink:
 
 def _unsubscribe(payload: Any) -> UnsubscribeLink:
     reader = _reader(payload)
-    newsletter_id = payload.get("l")
-    if not isinstance(newsletter_id, int):
+    newsletter_id, others = payload.get("l"), payload.get("o", [])
+    if not isinstance(newsletter_id, int) or not isinstance(others, list):
         raise LinkNoLongerValid()
-    return UnsubscribeLink(reader, newsletter_id)
+    if not all(isinstance(other, int) for other in others):
+        raise LinkNoLongerValid()
+    return UnsubscribeLink(reader, newsletter_id, tuple(others))
 
 
 @dataclass(frozen=True)
@@ -290,13 +298,19 @@ class Links:
         payload = self._payload(reader, n=[list(pair) for pair in pairs])
         return self.prefix(CONFIRM) + self.token(CONFIRM, payload)
 
-    def unsubscribe_url(self, reader: Reader, newsletter_id: int) -> str:
-        """The one-click unsubscribe link for one list; it never expires."""
+    def unsubscribe_url(self, reader: Reader, newsletter_id: int | Sequence[int]) -> str:
+        """The one-click unsubscribe link for one list, or for several (a combined mail's);
+        it never expires."""
         return self.prefix(UNSUBSCRIBE) + self.unsubscribe_token(reader, newsletter_id)
 
-    def unsubscribe_token(self, reader: Reader, newsletter_id: int) -> str:
+    def unsubscribe_token(self, reader: Reader, newsletter_id: int | Sequence[int]) -> str:
         """The token of `unsubscribe_url`."""
-        return self.token(UNSUBSCRIBE, self._payload(reader, l=newsletter_id))
+        if not isinstance(newsletter_id, int) and len(newsletter_id) == 1:
+            newsletter_id = newsletter_id[0]
+        if isinstance(newsletter_id, int):
+            return self.token(UNSUBSCRIBE, self._payload(reader, l=newsletter_id))
+        first, *others = newsletter_id
+        return self.token(UNSUBSCRIBE, self._payload(reader, l=first, o=others))
 
     def preferences_url(self, reader: Reader) -> str:
         """The link to the reader's page of all lists."""

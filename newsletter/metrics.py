@@ -66,6 +66,10 @@ MAILS_SENT = Counter(
 DIGEST_MESSAGES = Counter(
     "newsletter_digest_messages_sent", "Digest messages the mail server accepted"
 )
+DIGEST_RENDERS = Counter(
+    "newsletter_digest_renders",
+    "Digest mails rendered: once per digest, language and (combined editions) set of lists",
+)
 BOUNCES = Counter("newsletter_bounces", "Returned mails recorded", ["kind"])
 COMPLAINTS = Counter("newsletter_complaints", "Spam complaints recorded")
 RATELIMIT_FALLBACK = Counter(
@@ -110,6 +114,12 @@ def mail_settled(row: Any, result: str) -> None:
     # What the row has loaded: a row whose session another worker loop closed cannot load.
     kind = inspect(row).dict.get("kind") or "unknown"
     MAILS_SENT.labels(str(kind), result).inc()
+
+
+def digest_rendered() -> None:
+    """Count one rendering of a digest's mail (a worker's, for its readers of one language and
+    one set of lists; however many readers it then goes to)."""
+    DIGEST_RENDERS.inc()
 
 
 def digest_sent() -> None:

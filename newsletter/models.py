@@ -544,13 +544,27 @@ class ApiToken(db.Model):
         return f"<ApiToken {self.prefix}>"
 
 
+digest_newsletter = Table(
+    "digest_newsletter",
+    db.Model.metadata,
+    Column("digest_id", ForeignKey("digest.id", ondelete="CASCADE"), primary_key=True),
+    Column("newsletter_id", ForeignKey("newsletter.id", ondelete="CASCADE"), primary_key=True),
+)
+
+
 class Digest(db.Model):
-    """One mailing of news items to a newsletter's confirmed readers."""
+    """One mailing of news items to a newsletter's confirmed readers.
+
+    A combined edition (the site's one mail per edition for readers who chose it) has no
+    newsletter of its own: `newsletter_id` is None and `lists` are the lists it carries.
+    """
 
     __table_args__ = (Index("ix_digest_newsletter_status", "newsletter_id", "status"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    newsletter_id: Mapped[int] = mapped_column(ForeignKey("newsletter.id", ondelete="CASCADE"))
+    newsletter_id: Mapped[int | None] = mapped_column(
+        ForeignKey("newsletter.id", ondelete="CASCADE")
+    )
     subject: Mapped[str] = mapped_column(String(300))
     intro: Mapped[str] = mapped_column(Text, default="")
     status: Mapped[DigestStatus] = mapped_column(String(16), default=DigestStatus.DRAFT)
@@ -572,14 +586,23 @@ class Digest(db.Model):
     skipped_count: Mapped[int] = mapped_column(default=0)
     error: Mapped[str | None] = mapped_column(Text)
 
-    newsletter: Mapped[Newsletter] = relationship(lazy="joined")
+    newsletter: Mapped[Newsletter | None] = relationship(lazy="joined")
     entries: Mapped[list[DigestItem]] = relationship(
         order_by="DigestItem.position", cascade="all, delete-orphan", lazy="selectin"
+    )
+    # A combined edition's lists, in id order; empty for a list's own digest.
+    lists: Mapped[list[Newsletter]] = relationship(
+        secondary=digest_newsletter, lazy="selectin", order_by="Newsletter.id"
     )
 
     @property
     def items(self) -> list[Item]:
         return [entry.item for entry in self.entries]
+
+    @property
+    def combined(self) -> bool:
+        """Whether this is a combined edition of several lists rather than one list's digest."""
+        return self.newsletter_id is None
 
     def __repr__(self) -> str:
         return f"<Digest {self.id} {self.status}>"
@@ -717,6 +740,24 @@ class NewsletterText(db.Model):
 
     def __repr__(self) -> str:
         return f"<NewsletterText {self.newsletter_id} {self.locale}>"
+
+
+class CombinedEdition(db.Model):
+    """The site's combined daily or weekly edition: when it goes, and when it is next due.
+
+    One row per edition (frequencies.EDITIONS); readers who chose one combined mail get it
+    instead of each list's own edition.
+    """
+
+    frequency: Mapped[str] = mapped_column(String(8), primary_key=True)
+    automatic: Mapped[bool] = mapped_column(default=True)
+    send_time: Mapped[str] = mapped_column(String(5), default="07:00")
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    send_weekday: Mapped[int] = mapped_column(default=0)
+    next_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    def __repr__(self) -> str:
+        return f"<CombinedEdition {self.frequency}>"
 
 
 class SiteSettings(db.Model):

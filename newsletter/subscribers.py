@@ -198,10 +198,16 @@ def mails(subscriber_id: int) -> Select[Any]:
 def digest_mails(subscriber_id: int) -> Select[Any]:
     """A person's rows in the digests' ledgers, with the digest and its list, newest first."""
     return (
-        select(Delivery, Digest.subject, Digest.started_at, Newsletter.name.label("newsletter"))
+        select(
+            Delivery,
+            Digest.subject,
+            Digest.started_at,
+            # A combined edition has no list of its own: it is named by its edition.
+            func.coalesce(Newsletter.name, "combined " + Digest.frequency).label("newsletter"),
+        )
         .join(Subscription, Subscription.id == Delivery.subscription_id)
         .join(Digest, Digest.id == Delivery.digest_id)
-        .join(Newsletter, Newsletter.id == Digest.newsletter_id)
+        .outerjoin(Newsletter, Newsletter.id == Digest.newsletter_id)
         .where(Subscription.subscriber_id == subscriber_id)
         .order_by(Digest.started_at.desc(), Delivery.id.desc())
     )

@@ -607,13 +607,15 @@ def _mark_unsubscribed(session: Session, subscription: Subscription, origin: Ori
     _event(session, subscription, ConsentAction.UNSUBSCRIBED, origin)
 
 
-def list_subscription(session: Session, link: UnsubscribeLink) -> Subscription:
-    """The subscription an unsubscribe link was made for."""
+def list_subscriptions(session: Session, link: UnsubscribeLink) -> list[Subscription]:
+    """The subscriptions an unsubscribe link was made for: one list's, or each of a combined
+    mail's lists the reader is still on (one may have been erased or left meanwhile)."""
     subscriber = reader(session, link.reader)
-    for subscription in subscriber.subscriptions:
-        if subscription.newsletter_id == link.newsletter_id:
-            return subscription
-    raise LinkNoLongerValid()
+    wanted = set(link.newsletter_ids)
+    found = [s for s in subscriber.subscriptions if s.newsletter_id in wanted]
+    if not found:
+        raise LinkNoLongerValid()
+    return sorted(found, key=lambda s: link.newsletter_ids.index(s.newsletter_id))
 
 
 def can_unsubscribe(subscription: Subscription) -> bool:

@@ -105,7 +105,7 @@ def _on_list_since(pending: list[Subscription], row: OutboxMessage) -> datetime 
 def _digest_test(session: Session, row: OutboxMessage, links: Links) -> EmailMessage | None:
     """An editor's test copy of a digest, as a reader would get it, marked as a test."""
     digest = session.get(Digest, row.payload.get("digest"))
-    if digest is None:
+    if digest is None or digest.newsletter is None:
         return None
     reader = session.scalar(
         select(Subscriber).where(Subscriber.email_key == row.to_address.lower())

@@ -29,6 +29,7 @@ from newsletter.bounces import ingest
 from newsletter.digests import ledger
 from newsletter.digests.alerts import AlertRunner
 from newsletter.digests.cadence import CadenceRunner
+from newsletter.digests.combined import CombinedRunner
 from newsletter.digests.sender import DigestSender
 from newsletter.imports.jobs import ImportRunner
 from newsletter.leases import Policy
@@ -129,9 +130,8 @@ def build(
 
     `newsletter worker`, `newsletter worker --drain` and `newsletter digest send --wait`
     alike; `mail` replaces the configured transport, `kinds` names the runners to keep
-    (all of them by default: signups, outbox, automatic digests, alerts, digest sending,
-    imports, and
-    returned mail when NEWSLETTER_BOUNCE_IMAP_URL is set).
+    (all of them by default: signups, outbox, automatic digests, combined editions, alerts,
+    digest sending, imports, and returned mail when NEWSLETTER_BOUNCE_IMAP_URL is set).
     """
     settings = settings or Settings()
     signer = dkim.Signer.from_config(config)
@@ -158,6 +158,7 @@ def build(
         ("outbox", OutboxRunner(mail, build_mail, links, settings.outbox, refused=refused)),
         ("automatic digests", CadenceRunner(settings.cadence_every)),
         ("alerts", AlertRunner(settings.alerts_every, settings.alert_feeds_every)),
+        ("combined editions", CombinedRunner(settings.cadence_every)),
         ("digest sending", sender),
         ("imports", ImportRunner(Path(config["INSTANCE_PATH"]))),
     ]

@@ -2,10 +2,11 @@
 
 Rendering Jinja, inlining CSS and encoding MIME cost milliseconds; a digest to a million
 readers does them once. What differs per reader (the address, the Message-ID, the date and
-two links, three when the list's archive is for its readers only) is put into ready-made
-bytes. The links sit on lines of their own in the quoted-printable parts (soft line breaks
-around them, invisible once decoded), so every other line of the body is the same for every
-reader, and a DKIM body hash needs only the personal lines canonicalised per message.
+two links, three when the list's archive is for its readers only, one more per list of a
+combined mail) is put into ready-made bytes. The links sit on lines of their own in the
+quoted-printable parts (soft line breaks around them, invisible once decoded), so every
+other line of the body is the same for every reader, and a DKIM body hash needs only the
+personal lines canonicalised per message.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dkim import canonicalization
 from flask import render_template
 from flask_babel import force_locale
 
-from newsletter import site
+from newsletter import metrics, site
 from newsletter.languages import DEFAULT
 from newsletter.links import ARCHIVE, ARCHIVE_KEY, PREFERENCES, UNSUBSCRIBE, Links, Reader
 from newsletter.mail import compose
@@ -55,6 +56,42 @@ class Content:
     web_path: str | None = None
 
 
+@dataclass(frozen=True)
+class CombinedContent:
+    """What a combined edition says to the readers of one set of lists: a section per list."""
+
+    frequency: str
+    subject: str
+    intro: str
+    sections: Sequence[tuple[Newsletter, Sequence[Item]]]
+
+    @property
+    def lists(self) -> list[Newsletter]:
+        return [newsletter for newsletter, _ in self.sections]
+
+
+def sections(
+    lists: Sequence[Newsletter], items: Sequence[Item]
+) -> list[tuple[Newsletter, list[Item]]]:
+    """The combined edition's items for readers of `lists`: under each list those tagged to it,
+    in the edition's order; an item tagged to several of the lists only under the first.
+
+    Every list keeps its place (its unsubscribe link is in the footer) even when what it had
+    was all shown under an earlier one.
+    """
+    shown: set[int] = set()
+    found = []
+    for newsletter in lists:
+        own = [
+            item
+            for item in items
+            if item.id not in shown and any(n.id == newsletter.id for n in item.newsletters)
+        ]
+        shown.update(item.id for item in own)
+        found.append((newsletter, own))
+    return found
+
+
 def safe_link(url: str | None) -> str | None:
     """An item's link fit for an href: http(s) only, and nothing in it that HTML reads."""
     if not url or urlsplit(url).scheme.lower() not in ("http", "https"):
@@ -62,23 +99,44 @@ def safe_link(url: str | None) -> str | None:
     return quote(url, safe=":/?#[]@!$&()*+,;=%~-._")
 
 
-def _context(content: Content, **links: str | None) -> dict[str, object]:
-    return {
-        "newsletter": content.newsletter,
+def _context(
+    content: Content | CombinedContent,
+    list_urls: dict[int, str] | None = None,
+    **links: str | None,
+) -> dict[str, object]:
+    context: dict[str, object] = {
         "subject": content.subject,
         "intro": content.intro.strip(),
-        "items": content.items,
         "link": safe_link,
         **links,
     }
+    if isinstance(content, CombinedContent):
+        urls = list_urls or {}
+        context.update(
+            combined=True,
+            frequency=content.frequency,
+            sections=[s for s in content.sections if s[1]],
+            leave=[(newsletter, urls[newsletter.id]) for newsletter in content.lists],
+        )
+    else:
+        context.update(combined=False, newsletter=content.newsletter, items=content.items)
+    return context
 
 
 def render(
-    content: Content, unsubscribe_url: str, preferences_url: str, view_url: str | None = None
+    content: Content | CombinedContent,
+    unsubscribe_url: str,
+    preferences_url: str,
+    list_urls: dict[int, str] | None = None,
+    view_url: str | None = None,
 ) -> tuple[str, str]:
-    """The text and the HTML of a digest, CSS inlined, with these links."""
+    """The text and the HTML of a digest, CSS inlined, with these links.
+
+    A combined edition's `unsubscribe_url` leaves every list it carries, `list_urls` each one.
+    """
     context = _context(
         content,
+        list_urls,
         unsubscribe_url=unsubscribe_url,
         preferences_url=preferences_url,
         view_url=view_url,
@@ -125,12 +183,22 @@ def _relaxed_body_lines(block: bytes) -> bytes:
     return canonicalization.compress_whitespace(canonicalization.strip_trailing_whitespace(block))
 
 
-class ReaderLinks:
-    """The per-reader links of one list's digest: the prefixes and signers made once."""
+def list_hole(newsletter_id: int) -> str:
+    """The name of the hole for a reader's unsubscribe link of one list of a combined mail."""
+    return f"{UNSUBSCRIBE}:{newsletter_id}"
 
-    def __init__(self, links: Links, newsletter_id: int) -> None:
+
+class ReaderLinks:
+    """The per-reader links of a digest: the prefixes and signers made once.
+
+    A list's digest has two: its unsubscribe link and the preferences link. A combined mail
+    has one more per list it carries, and its unsubscribe link leaves all of them.
+    """
+
+    def __init__(self, links: Links, newsletter_id: int | None, lists: Sequence[int] = ()) -> None:
         self.links = links
         self.newsletter_id = newsletter_id
+        self.lists = tuple(lists)
         self.unsubscribe_prefix = links.prefix(UNSUBSCRIBE)
         self.preferences_prefix = links.prefix(PREFERENCES)
         # The list's archive is for its readers: "View in browser" carries each one's key.
@@ -138,17 +206,39 @@ class ReaderLinks:
 
     def archive_key(self, reader: Reader) -> str:
         """The reader's key to the list's archive, for their "View in browser" link."""
+        assert self.newsletter_id is not None, "a combined mail has no web version"
         return self.links.archive_token(reader, self.newsletter_id)
 
     def urls(self, reader: Reader) -> tuple[str, str]:
-        """The reader's one-click unsubscribe link for this list, and their preferences link."""
+        """The reader's one-click unsubscribe link for this mail, and their preferences link."""
+        leaves = self.newsletter_id if self.newsletter_id is not None else self.lists
         return (
-            self.unsubscribe_prefix + self.links.unsubscribe_token(reader, self.newsletter_id),
+            self.unsubscribe_prefix + self.links.unsubscribe_token(reader, leaves),
             self.preferences_prefix + self.links.preferences_token(reader),
         )
 
+    def holes(self, reader: Reader) -> dict[str, str]:
+        """Every personal link of the reader's mail, by the name of its hole.
+
+        Each list's own link of a combined mail is the link that leaves them all, narrowed
+        to the list by its id after it (web/public.py): signed once, not once per list.
+        """
+        unsubscribe, preferences = self.urls(reader)
+        found = {UNSUBSCRIBE: unsubscribe, PREFERENCES: preferences}
+        for newsletter_id in self.lists:
+            one = unsubscribe if len(self.lists) == 1 else f"{unsubscribe}/{newsletter_id}"
+            found[list_hole(newsletter_id)] = one
+        if self.archive_keys:
+            found[ARCHIVE] = self.archive_key(reader)
+        return found
+
     def mailto(self, reader: Reader) -> str:
-        """The List-Unsubscribe header's mailto part for the reader, if an address is set."""
+        """The List-Unsubscribe header's mailto part for the reader, if an address is set.
+
+        None for a combined mail: a mailto names one list, and one click must leave them all.
+        """
+        if self.newsletter_id is None:
+            return ""
         address = self.links.unsubscribe_address(reader, self.newsletter_id)
         return f", <mailto:{address}?subject=unsubscribe>" if address else ""
 
@@ -158,50 +248,61 @@ class PreparedDigest:
 
     def __init__(
         self,
-        content: Content,
+        content: Content | CombinedContent,
         message_key: str,
         links: Links,
         *,
         signer: BodySigner | None = None,
         locale: str = DEFAULT,
     ) -> None:
-        newsletter = content.newsletter
+        newsletter = content.newsletter if isinstance(content, Content) else None
+        lists = [] if isinstance(content, Content) else [n.id for n in content.lists]
         # Prepared once per send: it shows the brand as it stands now, not as this process
         # last read it (an editor who changes the brand and sends at once sees it in the mail).
         site.forget()
         self.domain = compose.mail_domain()
         self.message_key = message_key
         self.signer = signer
-        self.links = ReaderLinks(links, newsletter.id)
-        self.sender = compose.wire_address(newsletter.from_address or site.current().from_address)
+        self.links = ReaderLinks(links, newsletter.id if newsletter else None, lists)
+        from_address = newsletter.from_address if newsletter else None
+        self.sender = compose.wire_address(from_address or site.current().from_address)
 
         # Placeholders nobody can have typed into an item: random for every digest.
         marker = secrets.token_hex(8)
         holes = {UNSUBSCRIBE: f"U{marker}U", PREFERENCES: f"P{marker}P"}
+        for n, newsletter_id in enumerate(lists):
+            holes[list_hole(newsletter_id)] = f"L{marker}x{n}L"
+        list_urls = {newsletter_id: holes[list_hole(newsletter_id)] for newsletter_id in lists}
         # "View in browser": the same link for every reader of a public archive; with the
-        # reader's key (a hole) when only readers may open it.
+        # reader's key (a hole) when only readers may open it. A combined mail has none.
         view_url = None
-        if content.web_path is not None:
+        if isinstance(content, Content) and content.web_path is not None:
             view_url = links.base_url + content.web_path
-            if not newsletter.archive_public:
+            if not content.newsletter.archive_public:
                 self.links.archive_keys = True
                 holes[ARCHIVE] = f"A{marker}A"
                 view_url += f"?{ARCHIVE_KEY}={holes[ARCHIVE]}"
         # Its frame (footer, links, dates) in one language: a digest is prepared once per
         # language its readers read.
         with force_locale(locale):
-            text, html = render(content, holes[UNSUBSCRIBE], holes[PREFERENCES], view_url)
+            text, html = render(
+                content, holes[UNSUBSCRIBE], holes[PREFERENCES], list_urls, view_url
+            )
+            list_headers = (
+                compose.list_headers_static(content.newsletter)
+                if isinstance(content, Content)
+                else compose.combined_list_headers_static(content.frequency)
+            )
+        metrics.digest_rendered()
 
         boundary = f"=_{secrets.token_hex(12)}"
         lines = [f"From: {compose.sender(newsletter)}"]
-        if newsletter.reply_to:
+        if newsletter is not None and newsletter.reply_to:
             lines.append(f"Reply-To: {compose.header_value(newsletter.reply_to, 254)}")
         # No length limit of its own: the digest's subject has one, and a test copy adds "[Test]".
         subject = compose.encoded_words("Subject", compose.header_value(content.subject))
         lines.append(f"Subject: {subject}")
-        lines += [
-            f"{name}: {value}" for name, value in compose.list_headers_static(newsletter).items()
-        ]
+        lines += [f"{name}: {value}" for name, value in list_headers.items()]
         lines.append("MIME-Version: 1.0")
         static_headers = "".join(line + "\r\n" for line in lines).encode("ascii")
         self.static_headers = (
@@ -219,15 +320,16 @@ class PreparedDigest:
         # The body as fixed blocks with holes between them: (bytes, None) or (None, hole).
         pieces: list[tuple[bytes | None, str | None]] = []
         pending = b""
-        purposes = {placeholder: purpose for purpose, placeholder in holes.items()}
+        by_marker = {marker: name for name, marker in holes.items()}
+        any_hole = "|".join(by_marker)
         for subtype, body in (("plain", text), ("html", html)):
             pending += part(subtype)
-            split = re.split(f"({'|'.join(purposes)})", body)
+            split = re.split(f"({any_hole})", body)
             for index, chunk in enumerate(split):
                 if index % 2:
                     pieces.append((pending, None))
                     pending = b""
-                    pieces.append((None, purposes[chunk]))
+                    pieces.append((None, by_marker[chunk]))
                 else:
                     encoded = _qp(chunk)
                     if index + 1 < len(split):
@@ -252,10 +354,9 @@ class PreparedDigest:
         self, delivery_id: int, to: str, reader: Reader, now: datetime | None = None
     ) -> bytes:
         """The whole mail for one reader, ready for SMTP (and signed, with a signer)."""
-        unsubscribe, preferences = self.links.urls(reader)
-        filled = {UNSUBSCRIBE: _qp_link(unsubscribe), PREFERENCES: _qp_link(preferences)}
-        if self.links.archive_keys:
-            filled[ARCHIVE] = _qp_link(self.links.archive_key(reader))
+        urls = self.links.holes(reader)
+        unsubscribe = urls[UNSUBSCRIBE]
+        filled = {hole: _qp_link(url) for hole, url in urls.items()}
         body = b"".join(block if block is not None else filled[hole] for block, hole in self.pieces)
         headers = (
             f"To: {compose.header_value(compose.wire_address(to), 254)}\r\n"

@@ -36,6 +36,7 @@ from newsletter.models import (
     DeliveryStatus,
     Digest,
     DigestItem,
+    Newsletter,
     Subscriber,
     Subscription,
     SubscriptionStatus,
@@ -84,6 +85,78 @@ def audience(
 def combined_reader() -> Exists:
     """Whether the subscription's reader chose one combined mail per edition."""
     return exists().where(Subscriber.id == Subscription.subscriber_id, Subscriber.combined)
+
+
+def combined_audience(frequency: str, lists: Sequence[int] | None = None) -> ColumnElement[bool]:
+    """The subscriptions that bring a reader into a combined edition carrying `lists` (None:
+    any list).
+
+    Confirmed, of that edition (`frequencies.edition_of` with each list's own cadence), to
+    one of its lists, of a reader who chose one combined mail. Needs Newsletter joined.
+    """
+    where = [
+        Subscription.status == SubscriptionStatus.CONFIRMED,
+        frequencies.edition_of(Newsletter.cadence) == frequency,
+        combined_reader(),
+    ]
+    if lists is not None:
+        where.append(Subscription.newsletter_id.in_(lists))
+    return and_(*where)
+
+
+def combined_snapshot(
+    digest_id: int, frequency: str, lists: Sequence[int], now: datetime
+) -> Insert:
+    """One INSERT … SELECT: a queued row for every reader of the combined edition now.
+
+    One row per reader, not per subscription: the reader's subscription with the lowest id
+    among those that bring them in stands for them (grouped by reader, so it is one, and
+    the ledger's unique (digest, subscription) keeps it one). What lists their mail carries
+    is read when it is sent (`reader_lists`).
+    """
+    return insert(Delivery).from_select(
+        ["digest_id", "subscription_id", "status", "attempts", "next_attempt_at"],
+        select(
+            literal(digest_id),
+            func.min(Subscription.id),
+            literal(DeliveryStatus.QUEUED.value),
+            literal(0),
+            literal(now, Delivery.next_attempt_at.type),
+        )
+        .join(Newsletter, Newsletter.id == Subscription.newsletter_id)
+        .where(combined_audience(frequency, lists))
+        .group_by(Subscription.subscriber_id),
+    )
+
+
+def combined_size(frequency: str, lists: Sequence[int]) -> Select[tuple[int]]:
+    """How many readers a combined edition carrying `lists` would go to if it started now."""
+    return select(func.count(func.distinct(Subscription.subscriber_id))).where(
+        Newsletter.id == Subscription.newsletter_id, combined_audience(frequency, lists)
+    )
+
+
+def reader_lists(
+    session: Session, frequency: str, lists: Sequence[int], subscriber_ids: Sequence[int]
+) -> dict[int, frozenset[int]]:
+    """Of each reader, the lists of a combined edition they follow now; readers who follow
+    none of them any more (left, bounced, erased) are missing."""
+    found: dict[int, set[int]] = {}
+    # The edition's lists are kept here, not in SQL: given them, SQLite would look through
+    # every subscription of those lists rather than the few of these readers.
+    carried = set(lists)
+    rows = session.execute(
+        select(Subscription.subscriber_id, Subscription.newsletter_id)
+        .join(Newsletter, Newsletter.id == Subscription.newsletter_id)
+        .where(
+            Subscription.subscriber_id.in_(list(subscriber_ids)),
+            combined_audience(frequency),
+        )
+    )
+    for subscriber_id, newsletter_id in rows:
+        if newsletter_id in carried:
+            found.setdefault(subscriber_id, set()).add(newsletter_id)
+    return {subscriber_id: frozenset(ids) for subscriber_id, ids in found.items()}
 
 
 def audience_size(
@@ -217,6 +290,8 @@ class Recipient(NamedTuple):
     token_key: str
     attempts: int
     locale: str | None = None  # the language the reader reads mail in
+    # Of a combined edition: the lists the reader's mail carries.
+    lists: frozenset[int] = frozenset()
 
 
 # The claimed rows' readers, in the ledger's order; rows whose reader was erased are missing.
@@ -240,6 +315,29 @@ RECIPIENTS = (
 def recipients(session: Session, rows: Sequence[int]) -> list[Recipient]:
     """The readers of claimed rows, as `Recipient`s."""
     return [Recipient(*row) for row in session.execute(RECIPIENTS, {"rows": list(rows)})]
+
+
+def combined_recipients(
+    session: Session, rows: Sequence[int], frequency: str, lists: Sequence[int]
+) -> list[Recipient]:
+    """The readers of a combined edition's claimed rows, each with the lists they follow now.
+
+    A reader is confirmed while they follow one of the edition's lists at its frequency;
+    the subscription that stands for them may have gone while others stay.
+    """
+    found = recipients(session, rows)
+    follows = reader_lists(session, frequency, lists, [r.subscriber_id for r in found])
+    return [_as_combined(r, follows.get(r.subscriber_id, frozenset())) for r in found]
+
+
+def _as_combined(recipient: Recipient, lists: frozenset[int]) -> Recipient:
+    if lists:
+        return recipient._replace(status=SubscriptionStatus.CONFIRMED, lists=lists)
+    status = recipient.status
+    if status == SubscriptionStatus.CONFIRMED:
+        # Still on the list that stood for them, but no longer at this edition's frequency.
+        status = SubscriptionStatus.UNSUBSCRIBED
+    return recipient._replace(status=status, lists=lists)
 
 
 # The subscriptions' statuses of rows still to send, read again while a batch goes out.

@@ -82,7 +82,9 @@ def progress(session: Session, digest: Digest) -> Progress:
                 select(func.count())
                 .select_from(Subscription)
                 .where(
-                    Subscription.newsletter_id == digest.newsletter_id,
+                    Subscription.newsletter_id.in_([n.id for n in digest.lists])
+                    if digest.newsletter_id is None
+                    else Subscription.newsletter_id == digest.newsletter_id,
                     Subscription.unsubscribed_at >= digest.started_at,
                 )
             )

@@ -24,7 +24,13 @@ from newsletter import archive, frequencies, languages, metrics
 from newsletter.bounces import ingest
 from newsletter.bounces.parse import status_code
 from newsletter.digests import ledger, states
-from newsletter.digests.compose import BodySigner, Content, PreparedDigest
+from newsletter.digests.compose import (
+    BodySigner,
+    CombinedContent,
+    Content,
+    PreparedDigest,
+    sections,
+)
 from newsletter.digests.ledger import Recipient
 from newsletter.leases import Policy, autocommit, new_claim
 from newsletter.links import DELIVERY, Links, Reader
@@ -76,12 +82,30 @@ class Throttle:
         self.next = max(self.next, now) + self.interval
 
 
+@dataclass(frozen=True)
+class _Kind:
+    """What the sender needs to know of a digest besides its ledger: its list, or the
+    frequency and lists of a combined edition. None of it changes while it is sent."""
+
+    newsletter_id: int | None
+    frequency: str = ""
+    lists: tuple[int, ...] = ()
+
+    @property
+    def combined(self) -> bool:
+        return self.newsletter_id is None
+
+
+# The set of lists of every reader of a list's own digest: its mail is the same for all.
+_ONE_LIST: frozenset[int] = frozenset()
+
+
 @dataclass
 class _Claimed:
     """One claimed batch of a digest's ledger, while a worker sends it."""
 
     digest_id: int
-    newsletter_id: int
+    kind: _Kind
     token: str
     recipients: list[Recipient]
     claimed_at: float  # monotonic: when the lease was last taken or renewed
@@ -93,11 +117,26 @@ class _Claimed:
 
     def refresh(self, session: Session, position: int) -> None:
         """Read again the subscription statuses of the readers from `position` on."""
+        if self.kind.combined:
+            self._refresh_combined(session, position)
+            return
         now = ledger.statuses(session, self.rest(position))
         session.commit()
         for at in range(position, len(self.recipients)):
             recipient = self.recipients[at]
             self.recipients[at] = recipient._replace(status=now.get(recipient.delivery_id))
+
+    def _refresh_combined(self, session: Session, position: int) -> None:
+        """A combined reader who left every list of their mail since the claim is skipped;
+        the mail of one who still follows some of them stays as it was prepared."""
+        readers = [r.subscriber_id for r in self.recipients[position:]]
+        follows = ledger.reader_lists(session, self.kind.frequency, self.kind.lists, readers)
+        session.commit()
+        for at in range(position, len(self.recipients)):
+            recipient = self.recipients[at]
+            if recipient.subscriber_id not in follows:
+                left = SubscriptionStatus.UNSUBSCRIBED
+                self.recipients[at] = recipient._replace(status=left)
 
 
 class DigestSender:
@@ -130,33 +169,46 @@ class DigestSender:
             # A throttled batch must be sent well within its lease.
             lease_seconds = policy.lease.total_seconds()
             self.batch_size = max(1, min(policy.batch_size, int(rate * lease_seconds / 2)))
-        self._prepared: dict[tuple[int, str], PreparedDigest] = {}
+        self._prepared: dict[tuple[int, frozenset[int], str], PreparedDigest] = {}
+        self._kinds: dict[int, _Kind] = {}
         # With DKIM, the next messages are built and signed in threads while this one is on
         # the wire: OpenSSL's RSA lets go of the GIL, and a signature costs as much as a send.
         self._pool = ThreadPoolExecutor(max_workers=2) if signer is not None else None
         # Marks go to a database server from a thread of their own (see _Marks).
         self._marking = ThreadPoolExecutor(max_workers=1, thread_name_prefix="marks")
 
-    def prepared(self, digest: Digest, locale: str | None = None) -> PreparedDigest:
-        """The digest rendered once per language for this worker; it does not change while
-        it is sent."""
-        key = (digest.id, languages.known(locale) or languages.DEFAULT)
+    def prepared(
+        self, digest: Digest, locale: str | None = None, lists: frozenset[int] = _ONE_LIST
+    ) -> PreparedDigest:
+        """The digest rendered once per language (and, for a combined edition, per set of
+        lists its readers follow) for this worker; it does not change while it is sent."""
+        key = (digest.id, lists, languages.known(locale) or languages.DEFAULT)
         found = self._prepared.get(key)
         if found is None:
-            content = Content(
-                digest.newsletter,
-                digest.subject,
-                digest.intro,
-                digest.items,
-                archive.mail_path(digest),
-            )
             found = PreparedDigest(
-                content, digest.message_key, self.links, signer=self.signer, locale=key[1]
+                _content(digest, lists),
+                digest.message_key,
+                self.links,
+                signer=self.signer,
+                locale=key[2],
             )
             # Finished digests are not needed again; keep the memory of a few.
-            if len(self._prepared) > 8 * len(languages.LANGUAGES):
+            if len(self._prepared) > 8 * 16 * len(languages.LANGUAGES):
                 self._prepared.clear()
             self._prepared[key] = found
+        return found
+
+    def kind(self, session: Session, digest_id: int) -> _Kind:
+        """The digest's list, or its combined edition's frequency and lists; read once."""
+        found = self._kinds.get(digest_id)
+        if found is None:
+            digest = session.get(Digest, digest_id)
+            assert digest is not None
+            lists = tuple(n.id for n in digest.lists)
+            found = _Kind(digest.newsletter_id, digest.frequency or "", lists)
+            if len(self._kinds) > 1000:
+                self._kinds.clear()
+            self._kinds[digest_id] = found
         return found
 
     def step(
@@ -194,18 +246,22 @@ class DigestSender:
         ids = self.claim(session, digest_id, token)
         if not ids:
             return 0
-        recipients = ledger.recipients(session, ids)
+        kind = self.kind(session, digest_id)
+        if kind.combined:
+            recipients = ledger.combined_recipients(session, ids, kind.frequency, kind.lists)
+        else:
+            recipients = ledger.recipients(session, ids)
         try:
             # Rendered here, not in the signing threads: rendering needs the app context, and
             # the digest row, expired at every commit, would be loaded again through the session.
-            by_locale = self._prepared_for(session, digest_id, {r.locale for r in recipients})
+            wanted = {(r.lists, r.locale) for r in recipients if r.lists or not kind.combined}
+            by_key = self._prepared_for(session, digest_id, wanted)
         except Exception as exc:
             # Not one reader's mail can be built (settings that cannot go into a header):
             # every row fails with the reason, and the digest finishes instead of hanging.
             log.exception("digest %s cannot be built", digest_id)
             self._cannot_build(session, digest_id, ids, token, exc)
             return len(ids)
-        prepared = by_locale[None]
         session.commit()
         # Rows whose subscription went (erased) between the claim and now: nothing to send.
         gone = sorted(set(ids) - {r.delivery_id for r in recipients})
@@ -213,13 +269,13 @@ class DigestSender:
         started = self.clock.monotonic()
         batch = _Claimed(
             digest_id,
-            prepared.links.newsletter_id,
+            kind,
             token,
             recipients,
             claimed_at=started,
             checked_at=started,
         )
-        ahead = _Ahead(recipients, by_locale, self._pool)
+        ahead = _Ahead(recipients, by_key, self._pool)
         with autocommit(session) as conn, _Marks(conn, self._marking) as marks:
             for position, recipient in enumerate(recipients):
                 confirmed = recipient.status == SubscriptionStatus.CONFIRMED
@@ -233,7 +289,7 @@ class DigestSender:
                     why = f"reader {recipient.status or 'erased'}"
                     _settle(session, [recipient.delivery_id], token, DeliveryStatus.SKIPPED, why)
                     continue
-                if not self._send(session, marks, batch, position, prepared, ahead):
+                if not self._send(session, marks, batch, position, ahead):
                     break
         # Cancelled while this batch went: the figures the cancel kept miss what was sent since.
         # (Every mark of the batch has been made: leaving _Marks waits for the last one.)
@@ -246,19 +302,19 @@ class DigestSender:
         return len(ids)
 
     def _prepared_for(
-        self, session: Session, digest_id: int, locales: set[str | None]
-    ) -> dict[str | None, PreparedDigest]:
-        """The digest prepared for each of these languages, and for None (the default one);
-        the digest is read from the database only when one of them is not prepared yet."""
-        wanted = {None, *locales}
+        self, session: Session, digest_id: int, wanted: set[tuple[frozenset[int], str | None]]
+    ) -> dict[tuple[frozenset[int], str | None], PreparedDigest]:
+        """The digest prepared for each of these (set of lists, language); the digest is read
+        from the database only when one of them is not prepared yet."""
         keys = {
-            locale: (digest_id, languages.known(locale) or languages.DEFAULT) for locale in wanted
+            want: (digest_id, want[0], languages.known(want[1]) or languages.DEFAULT)
+            for want in wanted
         }
         if all(key in self._prepared for key in keys.values()):
-            return {locale: self._prepared[key] for locale, key in keys.items()}
+            return {want: self._prepared[key] for want, key in keys.items()}
         digest = session.get(Digest, digest_id, populate_existing=True)
         assert digest is not None
-        return {locale: self.prepared(digest, locale) for locale in wanted}
+        return {want: self.prepared(digest, want[1], want[0]) for want in wanted}
 
     def _cannot_build(
         self, session: Session, digest_id: int, ids: list[int], token: str, exc: Exception
@@ -308,13 +364,13 @@ class DigestSender:
         marks: _Marks,
         batch: _Claimed,
         position: int,
-        prepared: PreparedDigest,
         ahead: _Ahead,
     ) -> bool:
         """Send one reader's message and record it; False when the rest of the batch must wait."""
         recipient = batch.recipients[position]
         row = recipient.delivery_id
         try:
+            prepared = ahead.prepared_of(position)
             data = ahead.get(position)
         except Exception as exc:
             # One reader's bad data (an address that cannot be a header) fails alone.
@@ -378,7 +434,7 @@ class DigestSender:
                 target = ingest.Target(
                     recipient.address.lower(),
                     recipient.subscriber_id,
-                    newsletter_id=batch.newsletter_id,
+                    newsletter_id=batch.kind.newsletter_id,
                     digest_id=batch.digest_id,
                     delivery_id=row,
                 )
@@ -397,6 +453,25 @@ class DigestSender:
             DeliveryStatus.FAILED,
             gave_up=f"gave up: {exc}",
         )
+
+
+def _content(digest: Digest, lists: frozenset[int]) -> Content | CombinedContent:
+    """What the digest says; of a combined edition, to the readers of these of its lists."""
+    if digest.newsletter is not None:
+        return Content(
+            digest.newsletter,
+            digest.subject,
+            digest.intro,
+            digest.items,
+            archive.mail_path(digest),
+        )
+    followed = [n for n in digest.lists if n.id in lists]
+    return CombinedContent(
+        digest.frequency or "",
+        digest.subject,
+        digest.intro,
+        sections(followed, digest.items),
+    )
 
 
 def _settle(
@@ -467,7 +542,7 @@ class _Ahead:
     def __init__(
         self,
         recipients: Sequence[Recipient],
-        prepared: Mapping[str | None, PreparedDigest],
+        prepared: Mapping[tuple[frozenset[int], str | None], PreparedDigest],
         pool: ThreadPoolExecutor | None,
     ) -> None:
         self.recipients = recipients
@@ -475,9 +550,14 @@ class _Ahead:
         self.pool = pool
         self.futures: dict[int, Future[bytes]] = {}
 
+    def prepared_of(self, position: int) -> PreparedDigest:
+        """The mail, rendered once, that the reader at `position` gets made personal."""
+        r = self.recipients[position]
+        return self.prepared[(r.lists, r.locale)]
+
     def _build(self, position: int) -> bytes:
         r = self.recipients[position]
-        prepared = self.prepared[r.locale]
+        prepared = self.prepared_of(position)
         return prepared.message(r.delivery_id, r.address, Reader(r.subscriber_id, r.token_key))
 
     def get(self, position: int) -> bytes:

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext
-from sqlalchemy import or_, select, update
+from sqlalchemy import Insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from newsletter import frequencies, suppression
@@ -170,14 +170,25 @@ def new_items(
     limit: int = MAX_ITEMS,
     frequency: str | None = None,
 ) -> list[Item]:
-    """Items of the newsletter published since its last digest (of the edition) went out.
+    """Items of the newsletter published since its last digest (of the edition) went out."""
+    previous = last_sent(session, newsletter, frequency)
+    return items_since_digest(session, newsletter, previous, limit, frequency)
+
+
+def items_since_digest(
+    session: Session,
+    newsletter: Newsletter,
+    previous: Digest | None,
+    limit: int = MAX_ITEMS,
+    frequency: str | None = None,
+) -> list[Item]:
+    """Items of the list that came in since `previous` was composed and were not in it.
 
     Newest first. The weekly edition of a list that offers frequencies takes the week's
     items, the editor's picks first, at most the list's `weekly_max_items`; a list offering
     none keeps its digests as they were.
     """
     query = items_query(newsletter.id)
-    previous = last_sent(session, newsletter, frequency)
     if previous is not None:
         # Since the last digest was composed: what came in while it waited to go is new too,
         # and so is a story that reached us late with an earlier publication time.
@@ -229,7 +240,7 @@ def compose(
         raise NoNewItems(newsletter)
     digest = Digest(
         newsletter=newsletter,
-        subject=_subject(subject or default_subject(newsletter, chosen, utcnow())),
+        subject=clean_subject(subject or default_subject(newsletter, chosen, utcnow())),
         intro=intro,
         created_by=created_by,
         automatic=automatic,
@@ -241,7 +252,7 @@ def compose(
     return digest
 
 
-def _subject(subject: str) -> str:
+def clean_subject(subject: str) -> str:
     # A control character would stop the mail at its header; whitespace is folded to spaces.
     subject = " ".join(_CONTROL.sub("", subject).split())
     if not subject:
@@ -268,7 +279,7 @@ def edit(
     order = list(dict.fromkeys(i for i in item_ids if i in by_id))
     # Still editable at the moment of writing: a worker may have started it since it was read.
     _hold_editable(session, digest, _("This digest is on its way and can no longer be changed."))
-    digest.subject = _subject(subject)
+    digest.subject = clean_subject(subject)
     digest.intro = intro.replace("\r\n", "\n").strip()
     digest.entries = [DigestItem(item=by_id[i], position=n) for n, i in enumerate(order)]
     session.commit()
@@ -352,16 +363,45 @@ def unschedule(session: Session, digest: Digest) -> Digest:
 def _sendable(digest: Digest) -> None:
     if not digest.entries:
         raise DigestError(_("This digest has no items: add at least one before sending it."))
-    if digest.newsletter.archived:
+    if digest.newsletter is not None and digest.newsletter.archived:
         raise DigestError(
             _("%(name)s is archived: it sends no digests.", name=digest.newsletter.name)
         )
+    if digest.newsletter is None and not any(not n.archived for n in digest.lists):
+        raise DigestError(_("Every list of this combined edition is archived."))
 
 
 def audience_size(session: Session, newsletter: Newsletter, frequency: str | None = None) -> int:
     """How many readers a digest of the newsletter (and edition) would go to if it started now."""
     statement = ledger.audience_size(newsletter.id, frequency, newsletter.cadence)
     return session.scalar(statement) or 0
+
+
+def readers_now(session: Session, digest: Digest) -> int:
+    """How many readers the digest would go to if it started now; a combined edition too."""
+    if digest.newsletter is None:
+        statement = ledger.combined_size(digest.frequency or "", live_lists(digest))
+        return session.scalar(statement) or 0
+    return audience_size(session, digest.newsletter, digest.frequency)
+
+
+def live_lists(digest: Digest) -> list[int]:
+    """The lists a combined edition still carries: archived ones send nothing."""
+    return [n.id for n in digest.lists if not n.archived]
+
+
+def _snapshot(digest: Digest, now: datetime) -> Insert:
+    """The INSERT … SELECT of the digest's readers: a combined edition's, an alert's (within
+    each reader's daily cap), or a list's edition's."""
+    if digest.newsletter is None:
+        return ledger.combined_snapshot(digest.id, digest.frequency or "", live_lists(digest), now)
+    if digest.frequency == frequencies.ALERT:
+        return ledger.alert_snapshot(
+            digest.id, digest.newsletter.id, now, frequencies.alerts_per_day()
+        )
+    return ledger.snapshot(
+        digest.id, digest.newsletter.id, now, digest.frequency, digest.newsletter.cadence
+    )
 
 
 def start(session: Session, digest: Digest, *, seen: str | None = None) -> int:
@@ -386,15 +426,8 @@ def start(session: Session, digest: Digest, *, seen: str | None = None) -> int:
         raise DigestError(_("This digest has already been started."))
     if digest.frequency == frequencies.ALERT:
         ledger.hold_alerts(session)
-        snapshot = ledger.alert_snapshot(
-            digest.id, digest.newsletter_id, now, frequencies.alerts_per_day()
-        )
-    else:
-        snapshot = ledger.snapshot(
-            digest.id, digest.newsletter_id, now, digest.frequency, digest.newsletter.cadence
-        )
     added = session.execute(
-        snapshot,
+        _snapshot(digest, now),
         # An INSERT's row count is kept only when asked for (psycopg would say -1).
         execution_options={"preserve_rowcount": True},
     ).rowcount
@@ -560,6 +593,8 @@ def start_due(session: Session, now: datetime | None = None) -> list[int]:
 
 def send_test(session: Session, digest: Digest, to_address: str) -> None:
     """Queue a test copy of the digest to one address (an editor's); commits."""
+    if digest.newsletter is None:
+        raise DigestError(_("A combined edition has no test copy: its preview shows it."))
     if not digest.entries:
         raise DigestError(_("This digest has no items: add at least one first."))
     if suppression.unmailable(session, to_address):

@@ -106,6 +106,17 @@ def list_headers_static(newsletter: Newsletter) -> dict[str, str]:
     }
 
 
+def combined_list_headers_static(frequency: str) -> dict[str, str]:
+    """The list headers of the site's combined edition of a frequency: its own List-Id."""
+    names = {"daily": _("Combined daily edition"), "weekly": _("Combined weekly edition")}
+    return {
+        "List-Id": mailbox(
+            "List-Id", names.get(frequency, frequency), f"{frequency}.combined.{mail_domain()}"
+        ),
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+    }
+
+
 def list_headers(links: Links, subscription: Subscription) -> dict[str, str]:
     """The RFC 2369 / 2919 / 8058 headers every mail about a list carries."""
     reader = reader_of(subscription.subscriber)

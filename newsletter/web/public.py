@@ -198,18 +198,26 @@ def confirm_resend(token: str) -> str | tuple[str, int]:
     return render_template("public/resent.html", subscriptions=pending)
 
 
-def _unsubscribe_page(subscription: Subscription, done: bool) -> str:
-    language.use_reader(subscription.subscriber.locale)
+def _unsubscribe_page(subscriptions: list[Subscription], done: bool) -> str:
+    subscriber = subscriptions[0].subscriber
+    language.use_reader(subscriber.locale)
     return render_template(
         "public/unsubscribe.html",
-        subscription=subscription,
+        subscription=subscriptions[0],
+        subscriptions=subscriptions,
         done=done,
-        preferences_token=_preferences_token(subscription.subscriber),
+        preferences_token=_preferences_token(subscriber),
     )
 
 
-def _list_subscription(token: str) -> Subscription:
-    return subs.list_subscription(db.session, _links().read_unsubscribe(token))
+def _list_subscriptions(token: str, only: int | None = None) -> list[Subscription]:
+    """The link's list, or each list of the combined mail it came in; `only` one of these."""
+    link = _links().read_unsubscribe(token)
+    if only is not None:
+        if only not in link.newsletter_ids:
+            raise links.LinkNoLongerValid()
+        link = links.UnsubscribeLink(link.reader, only)
+    return subs.list_subscriptions(db.session, link)
 
 
 def _test_link_page() -> str:
@@ -231,30 +239,40 @@ def _is_test(read: links.UnsubscribeLink | links.Reader) -> bool:
 
 
 @bp.get(PATHS[links.UNSUBSCRIBE] + "<token>")
-def unsubscribe(token: str) -> str | tuple[str, int]:
-    """Ask before leaving: a GET (a link scanner, a prefetch) changes nothing."""
+@bp.get(PATHS[links.UNSUBSCRIBE] + "<token>/<int:only>")
+def unsubscribe(token: str, only: int | None = None) -> str | tuple[str, int]:
+    """Ask before leaving: a GET (a link scanner, a prefetch) changes nothing.
+
+    A combined mail's link leaves every list it carried; followed by one of their ids (the
+    footer's link for each list), only that one.
+    """
     try:
         if _is_test(_links().read_unsubscribe(token)):
             return _test_link_page()
-        subscription = _list_subscription(token)
+        subscriptions = _list_subscriptions(token, only)
     except links.LinkError as exc:
         return _link_error(exc)
-    return _unsubscribe_page(subscription, subscription.status == SubscriptionStatus.UNSUBSCRIBED)
+    left = all(s.status == SubscriptionStatus.UNSUBSCRIBED for s in subscriptions)
+    return _unsubscribe_page(subscriptions, left)
 
 
 @bp.post(PATHS[links.UNSUBSCRIBE] + "<token>")
-def unsubscribe_post(token: str) -> str | tuple[str, int]:
+@bp.post(PATHS[links.UNSUBSCRIBE] + "<token>/<int:only>")
+def unsubscribe_post(token: str, only: int | None = None) -> str | tuple[str, int]:
     """Leave at once: the RFC 8058 one-click POST from a mail client, or the page's button."""
     try:
         if _is_test(_links().read_unsubscribe(token)):
             return _test_link_page()
-        subscription = _list_subscription(token)
+        subscriptions = _list_subscriptions(token, only)
     except links.LinkError as exc:
         return _link_error(exc)
     source = "one-click" if "List-Unsubscribe" in request.form else "unsubscribe-page"
-    metrics.unsubscribing(subscription)
-    subs.unsubscribe(db.session, subscription, signup.consent_origin(source))
-    return _unsubscribe_page(subscription, True)
+    origin = signup.consent_origin(source)
+    for subscription in subscriptions:
+        metrics.unsubscribing(subscription)
+        subs.unsubscribe(db.session, subscription, origin, commit=False)
+    db.session.commit()
+    return _unsubscribe_page(subscriptions, True)
 
 
 def _preferences_limit() -> str:

@@ -74,11 +74,16 @@ def digest(digest_id: int) -> str | Response | tuple[str, int]:
     confirmation of a send or a schedule. Nothing ever uses a version older than the form.
     """
     digest = db.get_or_404(Digest, digest_id)
-    if not states.editable(digest):
+    if not states.editable(digest) or digest.newsletter is None:
+        # A combined edition is composed and sent on the site's schedule, never edited.
         if request.method == "POST":
             flash(_("This digest is on its way and can no longer be changed."))
             return redirect(url_for("admin.digest", digest_id=digest.id))
         return _progress_page(digest)
+    return _edit(digest, digest.newsletter)
+
+
+def _edit(digest: Digest, newsletter: Newsletter) -> str | Response | tuple[str, int]:
     form = DigestForm(obj=digest)
     then = request.form.get("then", "save")
     then = then if then in NEXT_STEPS else "save"
@@ -87,15 +92,15 @@ def digest(digest_id: int) -> str | Response | tuple[str, int]:
     )
     chosen = list(digest.items)
     if request.method == "POST":
-        chosen = _chosen_items(request.form, chosen, _addable(digest, chosen))
+        chosen = _chosen_items(request.form, chosen, _addable(newsletter, chosen))
     if form.validate_on_submit() and (then != "schedule" or schedule_form.validate()):
         local = schedule_form.when.data if then == "schedule" else None
         try:
             if local is not None:
-                states.check_time(_in_utc(local, digest.newsletter))
+                states.check_time(_in_utc(local, newsletter))
         except states.DigestError as exc:
             schedule_form.when.errors = [*schedule_form.when.errors, exc.message]
-            return _edit_page(digest, form, schedule_form, chosen)
+            return _edit_page(digest, newsletter, form, schedule_form, chosen)
         try:
             states.edit(
                 db.session,
@@ -109,7 +114,7 @@ def digest(digest_id: int) -> str | Response | tuple[str, int]:
             form.subject.errors = [*form.subject.errors, exc.message]
         else:
             return _go_on(digest, then, local)
-    return _edit_page(digest, form, schedule_form, chosen)
+    return _edit_page(digest, newsletter, form, schedule_form, chosen)
 
 
 def _go_on(digest: Digest, then: str, local: datetime | None) -> Response:
@@ -148,9 +153,13 @@ def _go_on(digest: Digest, then: str, local: datetime | None) -> Response:
 
 
 def _edit_page(
-    digest: Digest, form: DigestForm, schedule_form: ScheduleForm, chosen: Sequence[Item]
+    digest: Digest,
+    newsletter: Newsletter,
+    form: DigestForm,
+    schedule_form: ScheduleForm,
+    chosen: Sequence[Item],
 ) -> tuple[str, int]:
-    zone = _zone(digest.newsletter)
+    zone = _zone(newsletter)
     page = render_template(
         "admin/digest_edit.html",
         digest=digest,
@@ -158,17 +167,17 @@ def _edit_page(
         form=form,
         schedule_form=schedule_form,
         entries=chosen,
-        addable=_addable(digest, chosen),
-        readers=states.audience_size(db.session, digest.newsletter, digest.frequency),
+        addable=_addable(newsletter, chosen),
+        readers=states.audience_size(db.session, newsletter, digest.frequency),
         scheduled_local=digest.scheduled_at.astimezone(zone) if digest.scheduled_at else None,
     )
     return page, 422 if form.errors or schedule_form.errors else 200
 
 
-def _addable(digest: Digest, chosen: Sequence[Item]) -> list[Item]:
+def _addable(newsletter: Newsletter, chosen: Sequence[Item]) -> list[Item]:
     """The newsletter's latest items that are not in the digest, newest first."""
     taken = {item.id for item in chosen}
-    latest = news_items.items_since(db.session, digest.newsletter, None, limit=ADDABLE)
+    latest = news_items.items_since(db.session, newsletter, None, limit=ADDABLE)
     return [item for item in latest if item.id not in taken]
 
 
@@ -201,8 +210,11 @@ def _in_utc(local: datetime, newsletter: Newsletter) -> datetime:
     return local.replace(tzinfo=_zone(newsletter)).astimezone(UTC)
 
 
-def _zone(newsletter: Newsletter) -> tzinfo:
-    """The newsletter's time zone; UTC if its name is not one this machine knows."""
+def _zone(newsletter: Newsletter | None) -> tzinfo:
+    """The newsletter's time zone; UTC if its name is not one this machine knows, or for a
+    combined edition (its lists may each have their own)."""
+    if newsletter is None:
+        return UTC
     try:
         return cadence.zone(newsletter.timezone or "UTC")
     except cadence.CadenceError:
@@ -212,19 +224,32 @@ def _zone(newsletter: Newsletter) -> tzinfo:
 def _rendered(digest: Digest) -> tuple[str, str]:
     """The digest's text and HTML parts as a reader gets them, with placeholder links."""
     links = Links.from_config(current_app.config)
-    content = digest_mail.Content(digest.newsletter, digest.subject, digest.intro, digest.items)
     # A test's links: they open a page that says so rather than touch anyone's subscription.
+    preferences = links.preferences_url(TEST_READER)
+    if digest.newsletter is None:
+        # A combined edition as a reader of every list it carries gets it.
+        combined = digest_mail.CombinedContent(
+            digest.frequency or "",
+            digest.subject,
+            digest.intro,
+            digest_mail.sections(digest.lists, digest.items),
+        )
+        ids = [n.id for n in digest.lists]
+        list_urls = {i: links.unsubscribe_url(TEST_READER, i) for i in ids}
+        everything = links.unsubscribe_url(TEST_READER, ids)
+        return digest_mail.render(combined, everything, preferences, list_urls)
+    content = digest_mail.Content(digest.newsletter, digest.subject, digest.intro, digest.items)
     web_path = archive.mail_path(digest)
     view_url = None
     if web_path is not None and digest.newsletter.archive_public:
         view_url = links.base_url + web_path
     elif web_path is not None:
-        view_url = links.archive_url(web_path, TEST_READER, digest.newsletter_id)
+        view_url = links.archive_url(web_path, TEST_READER, digest.newsletter.id)
     return digest_mail.render(
         content,
-        links.unsubscribe_url(TEST_READER, digest.newsletter_id),
-        links.preferences_url(TEST_READER),
-        view_url,
+        links.unsubscribe_url(TEST_READER, digest.newsletter.id),
+        preferences,
+        view_url=view_url,
     )
 
 
@@ -311,18 +336,20 @@ def _confirmed(digest: Digest, action: str) -> tuple[str, datetime | None]:
     return payload["f"], datetime.fromisoformat(when) if isinstance(when, str) else None
 
 
-def _confirm_page(digest: Digest, action: str, when: datetime | None) -> str:
+def _confirm_page(
+    digest: Digest, newsletter: Newsletter, action: str, when: datetime | None
+) -> str:
     """What the editor is about to do, with the one button that does it."""
-    zone = _zone(digest.newsletter)
+    zone = _zone(newsletter)
     moment = (when or utcnow()).astimezone(zone)
     return render_template(
         "admin/digest_confirm.html",
         digest=digest,
         action=action,
-        readers=states.audience_size(db.session, digest.newsletter, digest.frequency),
+        readers=states.audience_size(db.session, newsletter, digest.frequency),
         local=moment,
         utc=when,
-        zone_name=digest.newsletter.timezone or "UTC",
+        zone_name=newsletter.timezone or "UTC",
         confirmation=_confirmation(digest, action, when),
         when_value=moment.strftime("%Y-%m-%dT%H:%M") if when else None,
     )
@@ -333,21 +360,33 @@ def _refused(digest: Digest, message: str) -> Response:
     return redirect(url_for("admin.digest", digest_id=digest.id))
 
 
+def _by_hand(digest_id: int) -> tuple[Digest, Newsletter | None]:
+    """The digest and its list; no list for a combined edition, which only its schedule sends."""
+    digest = db.get_or_404(Digest, digest_id)
+    if digest.newsletter is None:
+        flash(_("A combined edition goes on the site's schedule: it is not sent by hand."))
+    return digest, digest.newsletter
+
+
 @bp.get("/digests/<int:digest_id>/send")
 def digest_confirm_send(digest_id: int) -> str | Response:
     """Ask before sending: the newsletter, the readers it reaches, the subject, the time."""
-    digest = db.get_or_404(Digest, digest_id)
+    digest, newsletter = _by_hand(digest_id)
+    if newsletter is None:
+        return redirect(url_for("admin.digest", digest_id=digest.id))
     try:
         states.ready(digest)
     except states.DigestError as exc:
         return _refused(digest, exc.message)
-    return _confirm_page(digest, "send", None)
+    return _confirm_page(digest, newsletter, "send", None)
 
 
 @bp.post("/digests/<int:digest_id>/start")
 def digest_start(digest_id: int) -> Response:
     """Snapshot the confirmed readers and start sending: only with the confirmation's token."""
-    digest = db.get_or_404(Digest, digest_id)
+    digest, newsletter = _by_hand(digest_id)
+    if newsletter is None:
+        return redirect(url_for("admin.digest", digest_id=digest.id))
     try:
         seen, _when = _confirmed(digest, "send")
     except _BadConfirmation as exc:
@@ -371,23 +410,27 @@ def digest_start(digest_id: int) -> Response:
 @bp.get("/digests/<int:digest_id>/schedule")
 def digest_confirm_schedule(digest_id: int) -> str | Response:
     """Ask before scheduling: the newsletter, the readers, the subject, the time in its zone."""
-    digest = db.get_or_404(Digest, digest_id)
+    digest, newsletter = _by_hand(digest_id)
+    if newsletter is None:
+        return redirect(url_for("admin.digest", digest_id=digest.id))
     form = ScheduleForm(formdata=request.args, meta={"csrf": False})
     if not form.validate():
         return _refused(digest, _("Choose a day and a time."))
-    when = _in_utc(form.when.data, digest.newsletter)
+    when = _in_utc(form.when.data, newsletter)
     try:
         states.ready(digest)
         states.check_time(when)
     except states.DigestError as exc:
         return _refused(digest, exc.message)
-    return _confirm_page(digest, "schedule", when)
+    return _confirm_page(digest, newsletter, "schedule", when)
 
 
 @bp.post("/digests/<int:digest_id>/schedule")
 def digest_schedule(digest_id: int) -> Response:
     """Schedule the digest at the confirmed time: only with the confirmation's token."""
-    digest = db.get_or_404(Digest, digest_id)
+    digest, newsletter = _by_hand(digest_id)
+    if newsletter is None:
+        return redirect(url_for("admin.digest", digest_id=digest.id))
     try:
         seen, when = _confirmed(digest, "schedule")
     except _BadConfirmation as exc:
@@ -405,9 +448,9 @@ def digest_schedule(digest_id: int) -> Response:
         states.schedule(db.session, digest, when, seen=seen)
     except states.DigestError as exc:
         return _refused(digest, exc.message)
-    local = when.astimezone(_zone(digest.newsletter))
+    local = when.astimezone(_zone(newsletter))
     shown = format_datetime(local, "d MMMM y, HH:mm", rebase=False)
-    flash(_("Scheduled for %(when)s (%(zone)s).", when=shown, zone=digest.newsletter.timezone))
+    flash(_("Scheduled for %(when)s (%(zone)s).", when=shown, zone=newsletter.timezone))
     return redirect(url_for("admin.digest", digest_id=digest.id))
 
 

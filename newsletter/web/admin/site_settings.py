@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import current_app, flash, redirect, render_template, url_for
+from flask import current_app, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext
 from flask_login import current_user
@@ -10,9 +10,11 @@ from flask_wtf import FlaskForm
 from werkzeug.wrappers import Response
 from wtforms import StringField, TextAreaField
 
-from newsletter import site
+from newsletter import frequencies, site
+from newsletter.digests import cadence, combined
 from newsletter.extensions import db
 from newsletter.web.admin.core import admin_only, bp
+from newsletter.web.admin.forms import WEEKDAYS
 
 
 class SiteSettingsForm(FlaskForm):
@@ -83,5 +85,42 @@ def site_settings() -> Response | tuple[str, int]:
             site.forget()
             flash(_("The site settings are saved.") if changes else _("Nothing changed."))
             return redirect(url_for("admin.site_settings"))
-    page = render_template("admin/site_settings.html", form=form, current=current)
-    return page, 422 if form.errors else 200
+    return _page(form, current, {})
+
+
+def _page(form: SiteSettingsForm, current: site.Site, errors: dict[str, str]) -> tuple[str, int]:
+    page = render_template(
+        "admin/site_settings.html",
+        form=form,
+        current=current,
+        editions=combined.editions(db.session),
+        weekdays=WEEKDAYS,
+        edition_errors=errors,
+    )
+    return page, 422 if form.errors or errors else 200
+
+
+@bp.post("/settings/combined")
+@admin_only
+def combined_editions() -> Response | tuple[str, int]:
+    """When the combined daily and weekly editions go, and whether they go by themselves."""
+    errors: dict[str, str] = {}
+    changed = []
+    for frequency in frequencies.EDITIONS:
+        values = {
+            "automatic": request.form.get(f"{frequency}-automatic") == "on",
+            "send_time": request.form.get(f"{frequency}-send_time", ""),
+            "timezone": request.form.get(f"{frequency}-timezone", ""),
+            "send_weekday": request.form.get(f"{frequency}-send_weekday", "0"),
+        }
+        try:
+            if combined.update_settings(db.session, frequency, values, current_user.id):
+                changed.append(frequency)
+        except cadence.CadenceError as exc:
+            db.session.rollback()
+            errors[frequency] = exc.message
+    if errors:
+        current = site.current()
+        return _page(SiteSettingsForm(data=current.stored), current, errors)
+    flash(_("The combined editions are saved.") if changed else _("Nothing changed."))
+    return redirect(url_for("admin.site_settings"))

@@ -129,6 +129,9 @@ def test_a_combined_reader_of_three_lists_gets_one_mail_with_each_item_once(
     assert one_click.removeprefix(BASE_URL) in unsubscribes
     per_list = [u for u in unsubscribes if u != one_click.removeprefix(BASE_URL)]
     assert len(links(mail, "/preferences/")) == 1
+    # Each list's own edition is what the archive keeps: a combined mail has no web version.
+    assert "View in browser" not in text and "View in browser" not in html
+    assert not links(mail, "/archive/")
 
     # A list's own link narrows the mail's signed link to one of its lists, and to no other.
     assert all(u.startswith(one_click.removeprefix(BASE_URL) + "/") for u in per_list)

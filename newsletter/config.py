@@ -325,11 +325,20 @@ def check_production(cfg: Mapping[str, Any]) -> None:
             )
 
 
+def _in_memory(url: str) -> bool:
+    """Whether a SQLite URL names a database in memory rather than a file."""
+    return url.rstrip("/") in ("sqlite:", "sqlite:/") or ":memory:" in url or "mode=memory" in url
+
+
 def _engine_options(url: str) -> dict[str, object]:
     if url.startswith("sqlite"):
         # The web app and the worker share the file: wait for the lock instead of failing.
         # The pool hands out the connection used last: its page cache is the warm one (in
         # turn, each connection would find the file changed by the others and read it again).
-        return {"connect_args": {"timeout": 15}, "pool_use_lifo": True}
+        options: dict[str, object] = {"connect_args": {"timeout": 15}}
+        if not _in_memory(url):
+            # A file's pool only: an in-memory database has one connection (a static pool).
+            options["pool_use_lifo"] = True
+        return options
     # A server that does not answer must not hold a request (or /readyz) for minutes.
     return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}

@@ -6,14 +6,15 @@ from collections.abc import Mapping
 
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext
-from sqlalchemy import select
+from sqlalchemy import select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from newsletter import frequencies
 from newsletter.addresses import sender_address
 from newsletter.digests import cadence
 from newsletter.errors import UserError
-from newsletter.models import Edition, Newsletter
+from newsletter.models import Edition, Newsletter, Subscription
 
 # What an editor may set; everything else about a newsletter is the service's business.
 FIELDS = (
@@ -128,6 +129,7 @@ def save(
     try:
         # Flushed first, so the schedule sees the list with its id and new settings.
         session.flush()
+        _forget_withdrawn_choices(session, newsletter)
         if rescheduled:
             # Set when the next automatic digest is due, committed with the settings.
             cadence.plan(newsletter)
@@ -136,6 +138,22 @@ def save(
         session.rollback()
         raise SlugTaken() from exc
     return newsletter
+
+
+def _forget_withdrawn_choices(session: Session, newsletter: Newsletter) -> None:
+    """Readers whose choice the list no longer offers get its cadence again, rather than an
+    edition that no longer goes out (a signup with such a choice counts as none, too)."""
+    offered = frequencies.offered(newsletter)
+    session.execute(
+        update(Subscription)
+        .where(
+            Subscription.newsletter_id == newsletter.id,
+            Subscription.frequency.is_not(None),
+            Subscription.frequency.not_in(offered) if offered else true(),
+        )
+        .values(frequency=None)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def _save_edition(newsletter: Newsletter, frequency: str, settings: Mapping[str, object]) -> bool:

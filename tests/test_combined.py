@@ -15,16 +15,19 @@ from sqlalchemy import func, insert, select, update
 from test_digest_workers import finish, worker
 
 from newsletter.digests import combined, states
+from newsletter.extensions import db as _db
 from newsletter.links import Reader
 from newsletter.mail.transport import SMTPTransport
 from newsletter.models import (
     AuditEvent,
+    AutoDigest,
     CombinedEdition,
     ConsentEvent,
     Delivery,
     DeliveryStatus,
     Digest,
     DigestStatus,
+    Edition,
     Subscriber,
     Subscription,
     SubscriptionStatus,
@@ -63,15 +66,24 @@ def follow(db, email, *lists, frequency="daily", combined_mail=True, locale=None
 
 @pytest.fixture
 def three(app):  # type: ignore[no-untyped-def]
-    """Three lists offering daily and weekly editions, each with news of the day."""
+    """Three lists offering daily and weekly editions, each sent automatically, the site's
+    combined editions on."""
     found = [
-        make_newsletter(slug, name, frequencies="daily,weekly", cadence="weekly")
+        make_newsletter(
+            slug,
+            name,
+            frequencies="daily,weekly",
+            cadence="weekly",
+            auto_digest=AutoDigest.SEND,
+            editions=[Edition(frequency="daily", auto_digest=AutoDigest.SEND)],
+        )
         for slug, name in (
             ("politics", "Politics"),
             ("business", "Business"),
             ("culture", "Culture"),
         )
     ]
+    combined.editions(_db.session)
     return found
 
 
@@ -265,6 +277,46 @@ def test_only_readers_of_the_frequency_and_new_items_make_the_edition(db, three)
     later = combined.send(db.session, "daily")
     assert [n.slug for n in later.lists] == ["business"]
     assert [i.title for i in later.items] == ["Grain exports up"]
+
+
+def test_what_an_editors_mailing_to_everyone_carried_is_not_mailed_again(db, three):
+    politics = three[0]
+    follow(db, "all@example.com", politics)
+    add_item(db, politics, "Budget passed")
+    combined.send(db.session, "daily")
+    send_all(db, _Null())
+    story = add_item(db, politics, "Ceasefire talks")
+    everyone = states.compose(db.session, politics, items=[story], subject="Special")
+    assert states.start(db.session, everyone) == 1  # the combined reader is one of them
+    send_all(db, _Null())
+    assert combined.send(db.session, "daily") is None
+
+
+def test_the_weekly_combined_edition_puts_the_editors_picks_first(db, three):
+    politics, business, _ = three
+    follow(db, "weekly@example.com", politics, business, frequency="weekly")
+    add_item(db, politics, "Newest", hours_ago=1)
+    add_item(db, business, "Picked", hours_ago=30, pick=True)
+    add_item(db, politics, "Older", hours_ago=50)
+    digest = combined.send(db.session, "weekly")
+    assert [i.title for i in digest.items] == ["Picked", "Newest", "Older"]
+
+
+def test_a_list_that_follows_a_feed_is_pulled_before_the_edition(db, three, monkeypatch):
+    politics = three[0]
+    politics.feed_url = "https://news.example.org/feed.xml"
+    db.session.commit()
+    follow(db, "all@example.com", politics)
+    pulled = []
+
+    def pull(session, newsletter):  # type: ignore[no-untyped-def]
+        pulled.append(newsletter.slug)
+        add_item(db, newsletter, "From the feed")
+
+    monkeypatch.setattr(combined.feeds, "pull", pull)
+    digest = combined.send(db.session, "daily")
+    assert pulled == ["politics"]
+    assert [i.title for i in digest.items] == ["From the feed"]
 
 
 class _Null(SMTPTransport):

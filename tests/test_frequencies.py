@@ -5,9 +5,18 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from newsletter import frequencies
+from newsletter import newsletters as lists
+from newsletter.digests import combined as combined_editions
 from newsletter.digests import states
 from newsletter.extensions import db
-from newsletter.models import Delivery, Digest, DigestItem, Subscription, SubscriptionStatus
+from newsletter.models import (
+    CombinedEdition,
+    Delivery,
+    Digest,
+    DigestItem,
+    Subscription,
+    SubscriptionStatus,
+)
 from tests.factories import add_item, add_reader, make_newsletter
 
 
@@ -43,7 +52,11 @@ def _reader(news, email, frequency=None, status=SubscriptionStatus.CONFIRMED, co
 
 
 def test_each_edition_goes_to_its_readers_only(app):
-    news = make_newsletter(slug="desk", cadence="daily", frequencies="alert,daily,weekly")
+    # Sent automatically, with the site's combined editions on: its combined readers get those.
+    news = make_newsletter(
+        slug="desk", cadence="daily", frequencies="alert,daily,weekly", auto_digest="send"
+    )
+    combined_editions.editions(db.session)
     legacy = _reader(news, "legacy@example.com")
     daily = _reader(news, "daily@example.com", "daily")
     weekly = _reader(news, "weekly@example.com", "weekly")
@@ -80,3 +93,46 @@ def test_a_monthly_list_keeps_its_combined_readers(app):
     states.start(db.session, digest)
     assert db.session.scalar(select(Delivery.subscription_id)) == reader
     assert db.session.get(Subscription, reader).frequency is None
+
+
+def _daily_edition_readers(news) -> set[int]:  # type: ignore[no-untyped-def]
+    digest = Digest(newsletter=news, subject="Tonight", frequency="daily")
+    story = add_item(db, news, f"Story {news.id} {db.session.query(Digest).count()}")
+    digest.entries = [DigestItem(item=story)]
+    db.session.add(digest)
+    db.session.commit()
+    states.start(db.session, digest)
+    return set(
+        db.session.scalars(select(Delivery.subscription_id).where(Delivery.digest_id == digest.id))
+    )
+
+
+def test_a_combined_reader_keeps_a_lists_own_edition_the_combined_one_does_not_serve(app):
+    """Nothing reaches a combined reader unreviewed, and nobody is left without mail: a list
+    whose edition an editor reviews (or sends by hand) keeps them in its own digests, and so
+    does every list while the site's combined edition is off."""
+    combined_editions.editions(db.session)
+    reviewed = make_newsletter(slug="reviewed", cadence="daily", auto_digest="draft")
+    reader = _reader(reviewed, "combined@example.com", "daily", combined=True)
+    assert _daily_edition_readers(reviewed) == {reader}
+    assert combined_editions.followed_lists(db.session, "daily") == []
+
+    sent = make_newsletter(slug="sent", cadence="daily", auto_digest="send")
+    other = _reader(sent, "other@example.com", "daily", combined=True)
+    assert _daily_edition_readers(sent) == set()
+    assert [n.slug for n in combined_editions.followed_lists(db.session, "daily")] == ["sent"]
+
+    db.session.get(CombinedEdition, "daily").automatic = False
+    db.session.commit()
+    assert _daily_edition_readers(sent) == {other}
+    assert combined_editions.followed_lists(db.session, "daily") == []
+
+
+def test_a_choice_the_list_stops_offering_falls_back_to_its_cadence(app):
+    news = make_newsletter(slug="desk", cadence="weekly", frequencies="daily,weekly")
+    daily = _reader(news, "daily@example.com", "daily")
+    weekly = _reader(news, "weekly@example.com", "weekly")
+    lists.save(db.session, news, {"frequencies": "weekly"})
+    assert db.session.get(Subscription, daily).frequency is None
+    assert db.session.get(Subscription, weekly).frequency == "weekly"
+    assert states.audience_size(db.session, news, "weekly") == 2

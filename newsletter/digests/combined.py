@@ -28,7 +28,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from newsletter import frequencies, site
-from newsletter.digests import cadence, ledger, states
+from newsletter.digests import cadence, feeds, ledger, states
 from newsletter.models import (
     AuditEvent,
     CombinedEdition,
@@ -128,11 +128,33 @@ def last_edition(session: Session, frequency: str, newsletter: Newsletter) -> Di
     )
 
 
+def last_to_everyone(session: Session, newsletter: Newsletter) -> Digest | None:
+    """The list's latest digest to every reader (an editor's one-off), combined ones too."""
+    return session.scalar(
+        select(Digest)
+        .where(
+            Digest.newsletter_id == newsletter.id,
+            Digest.frequency.is_(None),
+            Digest.status.in_(states.UNDER_WAY),
+        )
+        .order_by(Digest.started_at.desc(), Digest.id.desc())
+        .limit(1)
+    )
+
+
 def new_items(session: Session, frequency: str, newsletter: Newsletter) -> list[Item]:
-    """The list's items since its last combined edition of this frequency; before the first,
-    since the list's own last digest (its readers saw those)."""
-    previous = last_edition(session, frequency, newsletter) or states.last_sent(
-        session, newsletter, frequency
+    """The list's items since its combined readers last had them: its last combined edition
+    of this frequency or its last digest to every reader, whichever went later; before
+    either, since the list's own last digest of the edition (its readers saw those)."""
+    candidates = (
+        last_edition(session, frequency, newsletter),
+        last_to_everyone(session, newsletter),
+    )
+    seen = [d for d in candidates if d is not None]
+    previous = (
+        max(seen, key=lambda d: (d.created_at, d.id))
+        if seen
+        else states.last_sent(session, newsletter, frequency)
     )
     return states.items_since_digest(session, newsletter, previous, frequency=frequency)
 
@@ -151,13 +173,22 @@ def compose(session: Session, frequency: str) -> Digest | None:
     carried: list[Newsletter] = []
     chosen: dict[int, Item] = {}
     for newsletter in followed_lists(session, frequency):
+        if newsletter.feed_url:
+            # As a list's own automatic digest does: the feed's latest before composing.
+            feeds.pull(session, newsletter)
         items = new_items(session, frequency, newsletter)
         if items:
             carried.append(newsletter)
             chosen.update((item.id, item) for item in items)
     if not chosen:
         return None
-    ordered = sorted(chosen.values(), key=lambda i: (i.published_at, i.id), reverse=True)
+    # Newest first; in the weekly edition the editors' picks before the rest.
+    picks_first = frequency == frequencies.WEEKLY
+    ordered = sorted(
+        chosen.values(),
+        key=lambda i: (picks_first and i.pick, i.published_at, i.id),
+        reverse=True,
+    )
     digest = Digest(
         newsletter=None,
         frequency=frequency,

@@ -24,6 +24,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    or_,
     select,
     update,
 )
@@ -32,10 +33,13 @@ from sqlalchemy.orm import Session, aliased
 from newsletter import frequencies
 from newsletter.leases import Leases, Policy
 from newsletter.models import (
+    AutoDigest,
+    CombinedEdition,
     Delivery,
     DeliveryStatus,
     Digest,
     DigestItem,
+    Edition,
     Newsletter,
     Subscriber,
     Subscription,
@@ -78,13 +82,37 @@ def audience(
     elif frequency is not None:
         where.append(frequencies.edition_of(cadence or frequency) == frequency)
         if frequency in frequencies.EDITIONS:
-            where.append(~combined_reader())
+            # Left to the combined edition only while it serves this list's edition.
+            served = exists().where(Newsletter.id == newsletter_id, combinable(frequency))
+            where.append(or_(~served, ~combined_reader()))
     return and_(*where)
 
 
 def combined_reader() -> Exists:
     """Whether the subscription's reader chose one combined mail per edition."""
     return exists().where(Subscriber.id == Subscription.subscriber_id, Subscriber.combined)
+
+
+def combinable(frequency: str) -> ColumnElement[bool]:
+    """Whether the combined edition of `frequency` serves a list's edition of it (needs
+    Newsletter in the query): the site's combined edition is on, and the list sends that
+    edition by itself. A list whose edition an editor reviews, or sends by hand, keeps its
+    combined readers in its own digests: nothing goes to them unreviewed, nobody is left out.
+    """
+    sends = AutoDigest.SEND.value
+    own = or_(
+        and_(Newsletter.cadence == frequency, Newsletter.auto_digest == sends),
+        and_(
+            Newsletter.cadence != frequency,
+            exists().where(
+                Edition.newsletter_id == Newsletter.id,
+                Edition.frequency == frequency,
+                Edition.auto_digest == sends,
+            ),
+        ),
+    )
+    site_on = exists().where(CombinedEdition.frequency == frequency, CombinedEdition.automatic)
+    return and_(own, site_on)
 
 
 def combined_audience(frequency: str, lists: Sequence[int] | None = None) -> ColumnElement[bool]:
@@ -98,6 +126,7 @@ def combined_audience(frequency: str, lists: Sequence[int] | None = None) -> Col
         Subscription.status == SubscriptionStatus.CONFIRMED,
         frequencies.edition_of(Newsletter.cadence) == frequency,
         combined_reader(),
+        combinable(frequency),
     ]
     if lists is not None:
         where.append(Subscription.newsletter_id.in_(lists))

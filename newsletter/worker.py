@@ -26,10 +26,9 @@ from sqlalchemy.orm import Session
 
 from newsletter import heartbeats, signups, transactional
 from newsletter.bounces import ingest
-from newsletter.digests import ledger
+from newsletter.digests import combined, ledger
 from newsletter.digests.alerts import AlertRunner
 from newsletter.digests.cadence import CadenceRunner
-from newsletter.digests.combined import CombinedRunner
 from newsletter.digests.sender import DigestSender
 from newsletter.imports.jobs import ImportRunner
 from newsletter.leases import Policy
@@ -158,7 +157,7 @@ def build(
         ("outbox", OutboxRunner(mail, build_mail, links, settings.outbox, refused=refused)),
         ("automatic digests", CadenceRunner(settings.cadence_every)),
         ("alerts", AlertRunner(settings.alerts_every, settings.alert_feeds_every)),
-        ("combined editions", CombinedRunner(settings.cadence_every)),
+        ("combined editions", CadenceRunner(settings.cadence_every, look=combined.run_due)),
         ("digest sending", sender),
         ("imports", ImportRunner(Path(config["INSTANCE_PATH"]))),
     ]

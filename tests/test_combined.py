@@ -7,7 +7,7 @@ import secrets
 import signal
 import time
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 from prometheus_client import REGISTRY
@@ -359,7 +359,9 @@ def test_the_edition_is_due_at_its_time_and_taken_by_one_worker(db, three):
     db.session.expire_all()
     daily = db.session.get(CombinedEdition, "daily")
     assert daily.next_at == datetime(2026, 12, 7, 7, 0, tzinfo=UTC)
-    made = combined.run_due(db.session, monday + timedelta(hours=1, seconds=5))
+    # The daily edition's moment, 07:00 that Monday, has just passed.
+    seven_past = datetime(2026, 12, 7, 7, 0, 5, tzinfo=UTC)
+    made = combined.run_due(db.session, seven_past)
     assert len(made) == 1 and made[0].frequency == "daily"
     # The weekly reader set is empty: no weekly edition, but its next moment moved on.
     db.session.expire_all()
@@ -370,7 +372,7 @@ def test_the_edition_is_due_at_its_time_and_taken_by_one_worker(db, three):
         2026, 12, 8, 7, 0, tzinfo=UTC
     )
     # A second worker looking at the same moment finds nothing left to take.
-    assert combined.run_due(db.session, monday + timedelta(hours=1, seconds=5)) == []
+    assert combined.run_due(db.session, seven_past) == []
     assert db.session.scalar(select(func.count()).select_from(Digest)) == 1
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from datetime import date, datetime, time, timedelta
 from threading import Event
 from time import monotonic
@@ -235,11 +235,21 @@ def _compose(
 
 
 class CadenceRunner:
-    """The worker's runner for automatic digests: looks for due ones every `every` seconds."""
+    """The worker's runner for scheduled digests: looks for due ones every `every` seconds.
 
-    def __init__(self, every: float = 15.0, timer: Callable[[], float] = monotonic) -> None:
+    `look` composes (and starts) what is due and returns it: the lists' automatic digests by
+    default, the site's combined editions with `combined.run_due`.
+    """
+
+    def __init__(
+        self,
+        every: float = 15.0,
+        timer: Callable[[], float] = monotonic,
+        look: Callable[[Session], Sized] = run_due,
+    ) -> None:
         self.every = every
         self.timer = timer
+        self.look = look
         self._next = 0.0
 
     def step(self, session: Session, stop: Event) -> int:
@@ -247,4 +257,4 @@ class CadenceRunner:
         if self.timer() < self._next:
             return 0
         self._next = self.timer() + self.every
-        return len(run_due(session))
+        return len(self.look(session))

@@ -18,10 +18,8 @@ composes and starts it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
-from threading import Event
-from time import monotonic
 
 from flask_babel import gettext as _
 from sqlalchemy import select, update
@@ -259,19 +257,3 @@ def title(frequency: str | None) -> str:
     if frequency == frequencies.WEEKLY:
         return _("Combined weekly edition")
     return _("Combined daily edition")
-
-
-class CombinedRunner:
-    """The worker's runner for combined editions: looks for due ones every `every` seconds."""
-
-    def __init__(self, every: float = 15.0, timer: Callable[[], float] = monotonic) -> None:
-        self.every = every
-        self.timer = timer
-        self._next = 0.0
-
-    def step(self, session: Session, stop: Event) -> int:
-        """Compose and start the editions that are due, if it is time to look."""
-        if self.timer() < self._next:
-            return 0
-        self._next = self.timer() + self.every
-        return len(run_due(session))

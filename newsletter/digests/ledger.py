@@ -143,18 +143,32 @@ def combined_snapshot(
     the ledger's unique (digest, subscription) keeps it one). What lists their mail carries
     is read when it is sent (`reader_lists`).
     """
-    return insert(Delivery).from_select(
-        ["digest_id", "subscription_id", "status", "attempts", "next_attempt_at"],
-        select(
-            literal(digest_id),
-            func.min(Subscription.id),
-            literal(DeliveryStatus.QUEUED.value),
-            literal(0),
-            literal(now, Delivery.next_attempt_at.type),
-        )
+    readers = (
+        _queued_rows(digest_id, now, func.min(Subscription.id))
         .join(Newsletter, Newsletter.id == Subscription.newsletter_id)
         .where(combined_audience(frequency, lists))
-        .group_by(Subscription.subscriber_id),
+        .group_by(Subscription.subscriber_id)
+    )
+    return _queue(readers)
+
+
+def _queued_rows(
+    digest_id: int, now: datetime, subscription: ColumnElement[int] | None = None
+) -> Select[Any]:
+    """The SELECT of a snapshot: a queued, untried, due row of the digest per subscription."""
+    return select(
+        literal(digest_id),
+        Subscription.id if subscription is None else subscription,
+        literal(DeliveryStatus.QUEUED.value),
+        literal(0),
+        literal(now, Delivery.next_attempt_at.type),
+    )
+
+
+def _queue(rows: Select[Any]) -> Insert:
+    """The INSERT … SELECT that writes a snapshot's rows into the ledger."""
+    return insert(Delivery).from_select(
+        ["digest_id", "subscription_id", "status", "attempts", "next_attempt_at"], rows
     )
 
 
@@ -207,16 +221,7 @@ def snapshot(
     cadence: str | None = None,
 ) -> Insert:
     """One INSERT … SELECT: a queued row for every reader in the audience now."""
-    return insert(Delivery).from_select(
-        ["digest_id", "subscription_id", "status", "attempts", "next_attempt_at"],
-        select(
-            literal(digest_id),
-            Subscription.id,
-            literal(DeliveryStatus.QUEUED.value),
-            literal(0),
-            literal(now, Delivery.next_attempt_at.type),
-        ).where(audience(newsletter_id, frequency, cadence)),
-    )
+    return _queue(_queued_rows(digest_id, now).where(audience(newsletter_id, frequency, cadence)))
 
 
 def alert_snapshot(digest_id: int, newsletter_id: int, now: datetime, cap: int) -> Insert:
@@ -234,16 +239,7 @@ def alert_snapshot(digest_id: int, newsletter_id: int, now: datetime, cap: int) 
     ]
     if cap <= 0:
         where.append(false())
-    return insert(Delivery).from_select(
-        ["digest_id", "subscription_id", "status", "attempts", "next_attempt_at"],
-        select(
-            literal(digest_id),
-            Subscription.id,
-            literal(DeliveryStatus.QUEUED.value),
-            literal(0),
-            literal(now, Delivery.next_attempt_at.type),
-        ).where(*where),
-    )
+    return _queue(_queued_rows(digest_id, now).where(*where))
 
 
 def alerted_readers(digest_id: int) -> Select[tuple[int]]:

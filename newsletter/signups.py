@@ -15,8 +15,10 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Engine, bindparam, delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
@@ -48,6 +50,45 @@ _OPEN_AMONG = select(Newsletter.id, Newsletter.frequencies, Newsletter.default_f
 
 
 _AUTOCOMMIT: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
+# What a request writes: the rest (the row's id, the worker's claim and error) is the worker's.
+_WRITTEN = [c for c in _TABLE.columns if c.name not in ("id", "claim", "last_error")]
+_DIRECT: weakref.WeakKeyDictionary[Engine, _DirectInsert] = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class _DirectInsert:
+    """The queue's INSERT as the database driver takes it, and each column's conversion
+    (JSON, dates) as SQLAlchemy would apply it."""
+
+    sql: str
+    conversions: list[tuple[str, Callable[[Any], Any] | None]]
+
+    @classmethod
+    def of(cls, engine: Engine) -> _DirectInsert:
+        found = _DIRECT.get(engine)
+        if found is None:
+            dialect = engine.dialect
+            names = ", ".join(c.name for c in _WRITTEN)
+            marks = ", ".join("?" for _ in _WRITTEN)
+            found = _DIRECT[engine] = cls(
+                f"INSERT INTO {_TABLE.name} ({names}) VALUES ({marks})",
+                [(c.name, c.type.dialect_impl(dialect).bind_processor(dialect)) for c in _WRITTEN],
+            )
+        return found
+
+    def run(self, engine: Engine, row: dict[str, Any]) -> None:
+        """Insert the row and commit, on a pooled connection of the engine."""
+        values = [
+            convert(row[name]) if convert else row[name] for name, convert in self.conversions
+        ]
+        connection = engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            cursor.execute(self.sql, values)
+            cursor.close()
+            connection.commit()
+        finally:
+            connection.close()  # back to the pool, rolled back if the commit did not happen
 
 
 def _autocommit(engine: Engine) -> Engine:
@@ -95,8 +136,7 @@ def enqueue(
         "next_attempt_at": utcnow(),
     }
     if engine.dialect.name == "sqlite":
-        with engine.begin() as conn:
-            conn.execute(_INSERT, row)
+        _DirectInsert.of(engine).run(engine, row)
     else:
         with _autocommit(engine).connect() as conn:
             conn.execute(_INSERT, row)

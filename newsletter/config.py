@@ -232,7 +232,9 @@ def finish(app: Flask) -> None:
     cfg.setdefault(
         "RATELIMIT_STORAGE_OPTIONS", {"socket_connect_timeout": 0.5, "socket_timeout": 0.5}
     )
-    cfg["RATELIMIT_HEADERS_ENABLED"] = True
+    # Retry-After and X-RateLimit-* go on the 429 answer only (web/limits.py): on every
+    # other answer they cost a second look at the storage and told the client nothing.
+    cfg["RATELIMIT_HEADERS_ENABLED"] = False
     cfg.setdefault("RATELIMIT_KEY_PREFIX", "newsletter")
     cfg["SESSION_COOKIE_HTTPONLY"] = True
     cfg["SESSION_COOKIE_SAMESITE"] = "Lax"

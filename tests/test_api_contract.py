@@ -265,6 +265,8 @@ def test_too_many_signups_are_a_429_problem_with_retry_after(client, db, newslet
     )
     assert_problem(response, 429, "rate-limited")
     assert int(response.headers["Retry-After"]) > 0
+    assert response.headers["X-RateLimit-Limit"] == str(LIMIT)
+    assert response.headers["X-RateLimit-Remaining"] == "0"
     # The box's script on an allowed site can read the status and the wait.
     assert response.headers["Access-Control-Allow-Origin"] == SITE
     assert "Retry-After" in response.headers["Access-Control-Expose-Headers"]

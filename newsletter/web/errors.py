@@ -11,7 +11,7 @@ from flask_wtf.csrf import CSRFError
 from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
 
-from newsletter.web import problems
+from newsletter.web import limits, problems
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +80,9 @@ def register(app: Flask) -> None:
         if problems.is_api_request():
             return problems.from_http_error(exc)
         response, code = _reply(exc)
-        if code == 429 and isinstance(exc.response, Response):
-            # Keep Flask-Limiter's Retry-After and X-RateLimit-* headers.
-            headers = exc.response.headers
-            if not isinstance(response, Response):
-                response = app.make_response((response, code))
-            for name in ("Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining"):
-                if name in headers:
-                    response.headers[name] = headers[name]
+        if code == 429:
+            response = app.make_response((response, code))
+            response.headers.update(limits.breach_headers())
         return response, code
 
     @app.errorhandler(OperationalError)

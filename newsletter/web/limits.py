@@ -50,6 +50,26 @@ class FallbackWatch:
         )
 
 
+def breach_headers() -> dict[str, str]:
+    """Retry-After and X-RateLimit-* for the answer to a request over its limit: when the
+    limit's window lets the client in again, and how many it allows."""
+    broken = limiter.current_limit
+    if broken is None:
+        return {}
+    try:
+        reset = int(broken.reset_at)
+        remaining = broken.remaining
+    except Exception:  # the storage went away in between: say when to retry all the same
+        log.warning("rate limit storage unreachable while answering 429", exc_info=True)
+        return {"Retry-After": str(int(broken.limit.get_expiry()))}
+    return {
+        "Retry-After": str(max(1, reset - int(time.time()))),
+        "X-RateLimit-Limit": str(broken.limit.amount),
+        "X-RateLimit-Remaining": str(remaining),
+        "X-RateLimit-Reset": str(reset),
+    }
+
+
 def on_fallback() -> bool:
     """Whether the limiter now counts in memory instead of its configured storage."""
     return limiter.limiter.storage is not limiter.storage

@@ -10,6 +10,8 @@ from flask_babel import format_decimal, lazy_gettext
 from flask_babel import gettext as _
 from werkzeug.exceptions import HTTPException
 
+from newsletter.web import limits
+
 MEDIA_TYPE = "application/problem+json"
 API_ROOT = "/api/v1"
 
@@ -212,9 +214,8 @@ def from_http_error(exc: HTTPException) -> Response:
     kind = _BY_STATUS.get(code)
     headers: dict[str, str] = {}
     sources = [exc.get_headers()]
-    if isinstance(exc.response, Response):
-        # Flask-Limiter's 429 carries Retry-After and X-RateLimit-* on its own response.
-        sources.append(list(exc.response.headers.items()))
+    if code == 429:
+        sources.append(list(limits.breach_headers().items()))
     for source in sources:
         for name, value in source:
             if name in _KEPT_HEADERS:

@@ -18,11 +18,11 @@ from werkzeug.datastructures import MultiDict
 from newsletter import frequencies, languages, metrics, signups, texts
 from newsletter import subscriptions as subs
 from newsletter.addresses import InvalidEmail, normalize_email
-from newsletter.extensions import db, limiter
+from newsletter.extensions import db
 from newsletter.models import DEFAULT_THANKS, utcnow
 from newsletter.newsletters import UnknownNewsletter
 from newsletter.texts import OURS
-from newsletter.web import challenge, language
+from newsletter.web import challenge, language, limits
 
 HONEYPOT = "leave_blank"
 # How long a process trusts its copy of the open lists and their texts; an editor's change
@@ -45,7 +45,7 @@ def _subscribe_limit() -> str:
 
 
 # One per-IP budget for the form, the JSON API and the embed script together.
-rate_limit = limiter.shared_limit(_subscribe_limit, scope="subscribe", methods=["POST"])
+rate_limit = limits.shared_limit(_subscribe_limit, scope="subscribe", methods=("POST",))
 
 
 def printable(value: str | None, limit: int) -> str:

@@ -7,9 +7,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Request
 from flask.sessions import SecureCookieSessionInterface
 from itsdangerous import URLSafeTimedSerializer
+from werkzeug.datastructures import ImmutableMultiDict
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from newsletter import config as settings
@@ -40,10 +41,26 @@ class CookieSessions(SecureCookieSessionInterface):
         return self._signer[1]
 
 
+class Fields(ImmutableMultiDict[str, str]):
+    """A request's form or query fields. Werkzeug's `get` of an absent field raises and
+    catches an HTTP error (BadRequestKeyError) to say so; a signup asks for half a dozen
+    fields that a box may leave out."""
+
+    def get(self, key: str, default: Any = None, type: Any = None) -> Any:  # noqa: A002
+        if key not in self:
+            return default
+        return super().get(key, default, type)
+
+
+class AppRequest(Request):
+    parameter_storage_class = Fields
+
+
 class App(Flask):
     """The app's Flask: it asks whether a hook or view is a coroutine function once, not
     for each hook on each request (some twenty times for a signup)."""
 
+    request_class = AppRequest
     MAX_CHECKED = 1024  # callables made per request (after_this_request) are not kept
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -160,6 +160,6 @@ def init_app(app: Flask) -> None:
 
     @app.after_request
     def _watch(response: Response) -> Response:
-        if limiter.current_limits and on_fallback():
+        if on_fallback() and limiter.current_limits:
             watch.seen()
         return response

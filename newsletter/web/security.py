@@ -32,8 +32,9 @@ def csp_nonce() -> str:
     return str(g.csp_nonce)
 
 
-def policy(nonce: str, endpoint: str | None, image_origin: str | None = None) -> str:
-    """The Content-Security-Policy of one response; `image_origin`: the site's logo's."""
+def policy(nonce: str | None, endpoint: str | None, image_origin: str | None = None) -> str:
+    """The Content-Security-Policy of one response; `image_origin`: the site's logo's;
+    `nonce`: the one its page's own <script> and <style> elements carry, if it wrote any."""
     if endpoint == MAIL_PREVIEW:
         # A mail: inline styles as mail clients render them, no script, images from anywhere.
         return (
@@ -46,11 +47,10 @@ def policy(nonce: str, endpoint: str | None, image_origin: str | None = None) ->
             f"default-src 'none'; style-src 'unsafe-inline'; img-src {images}; "
             "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
         )
-    style = f"'self' 'nonce-{nonce}'"
-    if endpoint in _MAIL_PAGES:
-        style = "'self' 'unsafe-inline'"
+    own = f"'self' 'nonce-{nonce}'" if nonce else "'self'"
+    style = "'self' 'unsafe-inline'" if endpoint in _MAIL_PAGES else own
     return (
-        f"default-src 'self'; script-src 'self' 'nonce-{nonce}'; style-src {style}; "
+        f"default-src 'self'; script-src {own}; style-src {style}; "
         f"img-src {images}; connect-src 'self'; frame-src 'self'; object-src 'none'; "
         "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
     )
@@ -64,15 +64,26 @@ def _new_nonce() -> None:
 def _headers(response: Response) -> Response:
     endpoint = request.endpoint
     headers = response.headers
-    # Only pages show the logo: a JSON answer or a file need not read the settings.
-    logo = site.current().image_origin if response.mimetype == "text/html" else None
-    headers.setdefault("Content-Security-Policy", policy(csp_nonce(), endpoint, logo))
-    headers.setdefault("X-Content-Type-Options", "nosniff")
-    headers.setdefault("Referrer-Policy", "same-origin")
-    headers.setdefault("X-Frame-Options", "SAMEORIGIN" if endpoint == MAIL_PREVIEW else "DENY")
-    headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
-    if str(current_app.config["BASE_URL"]).startswith("https://"):
-        headers.setdefault("Strict-Transport-Security", HSTS)
+    # The names set already, in one pass: asking Headers for an absent name raises and
+    # catches an error each time.
+    present = {name.lower() for name in headers.keys()}
+    if "content-security-policy" not in present:
+        # Only pages show the logo: a JSON answer or a file need not read the settings.
+        logo = site.current().image_origin if response.mimetype == "text/html" else None
+        # A nonce only where the page wrote one into an element (a page kept from an
+        # earlier answer has none): no other inline script or style runs.
+        headers.add("Content-Security-Policy", policy(g.get("csp_nonce"), endpoint, logo))
+    for name, value in (
+        ("X-Content-Type-Options", "nosniff"),
+        ("Referrer-Policy", "same-origin"),
+        ("X-Frame-Options", "SAMEORIGIN" if endpoint == MAIL_PREVIEW else "DENY"),
+        ("Cross-Origin-Opener-Policy", "same-origin"),
+    ):
+        if name.lower() not in present:
+            headers.add(name, value)
+    https = str(current_app.config["BASE_URL"]).startswith("https://")
+    if https and "strict-transport-security" not in present:
+        headers.add("Strict-Transport-Security", HSTS)
     if endpoint and (endpoint.startswith("admin.") or endpoint in _PERSONAL_PUBLIC):
         headers["Cache-Control"] = "no-store"
         headers.pop("Expires", None)

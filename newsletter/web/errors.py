@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 
 from flask import Flask, Response, jsonify, render_template, request
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext
 from flask_wtf.csrf import CSRFError
 from sqlalchemy.exc import InterfaceError, OperationalError
+from werkzeug.datastructures import MIMEAccept
 from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
+from werkzeug.http import parse_accept_header
 
 from newsletter.web import limits, problems
 
@@ -46,7 +49,13 @@ def wants_json() -> bool:
     """Answer in JSON: an API path, a JSON body, or a script that asked for JSON."""
     if request.path.startswith("/api/") or request.is_json:
         return True
-    best = request.accept_mimetypes.best_match(["text/html", "application/json"])
+    return _prefers_json(request.headers.get("Accept", ""))
+
+
+@lru_cache(maxsize=256)
+def _prefers_json(accept: str) -> bool:
+    # Browsers and scripts send a few Accept headers over and over: each is read once.
+    best = parse_accept_header(accept, MIMEAccept).best_match(["text/html", "application/json"])
     return best == "application/json"
 
 

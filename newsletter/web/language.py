@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 from pathlib import Path
 
 from flask import Flask, g, has_request_context, request, session
 from flask_babel import get_babel, get_locale, refresh
 from flask_babel.speaklater import LazyString
+from werkzeug.datastructures import LanguageAccept
 from werkzeug.exceptions import HTTPException
+from werkzeug.http import parse_accept_header
 
 from newsletter import languages, localtime, texts
 from newsletter.extensions import babel
@@ -24,7 +27,14 @@ _READER_BLUEPRINTS = ("public", "api")
 
 def accepted() -> str:
     """The browser's preferred language among ours (Accept-Language), else English."""
-    return languages.known(request.accept_languages.best_match(tuple(LANGUAGES))) or DEFAULT
+    return _best_of(request.headers.get("Accept-Language", ""))
+
+
+@lru_cache(maxsize=256)
+def _best_of(header: str) -> str:
+    # Browsers send a few Accept-Language headers over and over: each is read once.
+    best = parse_accept_header(header, LanguageAccept).best_match(tuple(LANGUAGES))
+    return languages.known(best) or DEFAULT
 
 
 def _posted_lang() -> object:

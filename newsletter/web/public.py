@@ -114,8 +114,9 @@ def _thanks_page(reply: signup.SignupReply) -> str:
 @functools.lru_cache(maxsize=256)
 def _rendered_thanks(app: object, locale: str, brand: site.Site, title: str, message: str) -> str:
     del app, locale, brand  # the key: what the page depends on besides the words
+    heading = signup.SignupReply(200, message, title=title).heading
     return render_template(
-        "public/thanks.html", reply=SimpleNamespace(title=title, message=message)
+        "public/thanks.html", reply=SimpleNamespace(title=heading, message=message)
     )
 
 

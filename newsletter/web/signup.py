@@ -158,19 +158,20 @@ class SignupReply:
     status: int
     message: str
     field: str | None = None
-    title: str = ""
-
-    def __post_init__(self) -> None:
-        self.title = self.title or str(SUCCESS_TITLE)
+    title: str = ""  # empty: ours, "Successfully subscribed", in the answer's language
 
     @property
     def ok(self) -> bool:
         return self.status < 400
 
+    @property
+    def heading(self) -> str:
+        return self.title or str(SUCCESS_TITLE)
+
     def as_json(self) -> dict[str, object]:
         body: dict[str, object] = {"ok": self.ok, "message": self.message}
         if self.ok:
-            body["title"] = self.title
+            body["title"] = self.heading
         else:
             body["field"] = self.field
         return body

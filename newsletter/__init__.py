@@ -7,8 +7,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, Request
-from flask.sessions import SecureCookieSessionInterface
+from flask import Flask, Request, Response
+from flask.sessions import SecureCookieSessionInterface, SessionMixin
 from itsdangerous import URLSafeTimedSerializer
 from werkzeug.datastructures import ImmutableMultiDict
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -39,6 +39,15 @@ class CookieSessions(SecureCookieSessionInterface):
         if self._signer is None or self._signer[0] != keys:
             self._signer = (keys, super().get_signing_serializer(app))
         return self._signer[1]
+
+    def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
+        if not session and not session.modified:
+            # Nothing to write or delete (a signup): Flask would first work out the cookie's
+            # name, domain, path and flags.
+            if session.accessed:
+                response.vary.add("Cookie")
+            return
+        super().save_session(app, session, response)
 
 
 class Fields(ImmutableMultiDict[str, str]):

@@ -6,6 +6,7 @@ import logging
 from functools import lru_cache
 from pathlib import Path
 
+from babel import Locale
 from flask import Flask, g, has_request_context, request, session
 from flask_babel import get_babel, get_locale, refresh
 from flask_babel.speaklater import LazyString
@@ -66,6 +67,15 @@ def select() -> str | None:
     return g.get("reader_locale") or accepted()
 
 
+# Flask-Babel parses the selected tag into a Locale on every request; ours, parsed once.
+_LOCALES = {code: Locale.parse(code) for code in LANGUAGES}
+
+
+def _selected() -> Locale | None:
+    chosen = select()
+    return _LOCALES[chosen] if chosen in _LOCALES else None
+
+
 def current() -> str:
     """The language this answer (or this mail, under `force_locale`) is written in."""
     return str(get_locale() or DEFAULT)
@@ -103,7 +113,7 @@ def missing_catalogues(app: Flask) -> list[str]:
 
 def init_app(app: Flask) -> None:
     """Bind Flask-Babel, the template helpers, and the per-request reset."""
-    babel.init_app(app, default_locale=DEFAULT, locale_selector=select)
+    babel.init_app(app, default_locale=DEFAULT, locale_selector=_selected)
     # {% trans %} blocks written over several lines are one sentence (babel.cfg trims too).
     app.jinja_env.policies["ext.i18n.trimmed"] = True
     app.jinja_env.filters["local"] = texts.local

@@ -16,6 +16,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from newsletter import config as settings
 from newsletter import logs
 from newsletter.extensions import csrf, db, limiter, login, migrate
+from newsletter.web import vary
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -45,7 +46,7 @@ class CookieSessions(SecureCookieSessionInterface):
             # Nothing to write or delete (a signup): Flask would first work out the cookie's
             # name, domain, path and flags.
             if session.accessed:
-                response.vary.add("Cookie")
+                vary(response, "Cookie")
             return
         super().save_session(app, session, response)
 

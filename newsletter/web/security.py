@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from functools import lru_cache
 
 from flask import Flask, Response, current_app, g, request
 
@@ -56,6 +57,12 @@ def policy(nonce: str | None, endpoint: str | None, image_origin: str | None = N
     )
 
 
+@lru_cache(maxsize=512)
+def _without_nonce(endpoint: str | None, image_origin: str | None) -> str:
+    # The same few policies over and over (one per endpoint and logo): written once each.
+    return policy(None, endpoint, image_origin)
+
+
 def _new_nonce() -> None:
     # A new nonce for every request, also where one app context serves several (tests).
     g.pop("csp_nonce", None)
@@ -72,7 +79,9 @@ def _headers(response: Response) -> Response:
         logo = site.current().image_origin if response.mimetype == "text/html" else None
         # A nonce only where the page wrote one into an element (a page kept from an
         # earlier answer has none): no other inline script or style runs.
-        headers.add("Content-Security-Policy", policy(g.get("csp_nonce"), endpoint, logo))
+        nonce = g.get("csp_nonce")
+        csp = policy(nonce, endpoint, logo) if nonce else _without_nonce(endpoint, logo)
+        headers.add("Content-Security-Policy", csp)
     for name, value in (
         ("X-Content-Type-Options", "nosniff"),
         ("Referrer-Policy", "same-origin"),

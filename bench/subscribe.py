@@ -15,6 +15,7 @@ signups the app queued are applied afterwards, as the worker would, and checked.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import secrets
@@ -442,6 +443,76 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> int:
     return 1 if problems else 0
 
 
+def _form_post(body: bytes) -> dict[str, Any]:
+    """The WSGI environment of one signup form's POST, as a server would pass it."""
+    return {
+        "REQUEST_METHOD": "POST",
+        "SCRIPT_NAME": "",
+        "PATH_INFO": "/subscribe",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "HTTP_HOST": "127.0.0.1:8000",
+        "HTTP_ACCEPT": "text/html",
+        "HTTP_USER_AGENT": "bench/subscribe.py",
+        "CONTENT_TYPE": "application/x-www-form-urlencoded",
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+    }
+
+
+def cpu_per_signup(app: Any, count: int, tag: str) -> float:
+    """Milliseconds of this thread's CPU per signup, the app's WSGI function called directly."""
+    statuses: list[str] = []
+
+    def start_response(status: str, _headers: object, _exc_info: object = None) -> None:
+        statuses.append(status)
+
+    posts = [
+        _form_post(f"email=bench-{tag}-n{n}%40example.com&newsletter={SLUG}".encode())
+        for n in range(count)
+    ]
+    started = time.thread_time()
+    for environ in posts:
+        answer = app(environ, start_response)
+        for _chunk in answer:
+            pass
+        getattr(answer, "close", lambda: None)()
+    took = time.thread_time() - started
+    if any(not status.startswith("200") for status in statuses):
+        raise RuntimeError(f"a signup was not answered 200: {sorted(set(statuses))}")
+    return took / count * 1000
+
+
+def in_process(args: argparse.Namespace, workdir: Path) -> int:
+    """Both apps in this process, no server: what the app itself costs per signup."""
+    use_environment(_environment(workdir / "instance"))
+    prepare_database()
+    from newsletter import create_app
+
+    apps = {"subscribe": create_app(), "bare": create_bare_app()}
+    best = {name: float("inf") for name in apps}
+    token = secrets.token_hex(4)
+    for round_no in range(1, args.rounds + 1):
+        for name, app in apps.items():
+            taken = cpu_per_signup(app, args.signups, f"{token}-{name}-{round_no}")
+            best[name] = min(best[name], taken)
+    print(
+        f"in process, CPU time per signup, best of {args.rounds} x {args.signups}: "
+        f"subscribe {best['subscribe']:.3f} ms, bare {best['bare']:.3f} ms, "
+        f"ratio {best['bare'] / best['subscribe']:.2f}"
+    )
+    return 0
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=10, help="seconds per run [10]")
@@ -458,6 +529,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"on PostgreSQL and Redis instead of SQLite [{DEFAULT_POSTGRES}]; emptied first",
     )
     parser.add_argument("--redis", default=DEFAULT_REDIS, help=f"with --postgres [{DEFAULT_REDIS}]")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="no servers: call each app's WSGI function directly and time its CPU per signup",
+    )
+    parser.add_argument(
+        "--signups", type=int, default=1500, help="signups per round with --in-process [1500]"
+    )
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.connections < 1 or args.rounds < 1 or args.workers < 1:
         parser.error("--duration, --connections, --rounds and --workers must be positive")
@@ -467,7 +546,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Parse the options, check for wrk, run the benchmark in a temporary folder."""
     args = _parse_args(argv)
-    if shutil.which("wrk") is None:
+    if not args.in_process and shutil.which("wrk") is None:
         print(
             "bench/subscribe.py needs wrk, the HTTP load generator: apt-get install wrk",
             file=sys.stderr,
@@ -480,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, lambda signum, _frame: sys.exit(128 + signum))
     workdir = Path(tempfile.mkdtemp(prefix="newsletter-bench-"))
     try:
-        return benchmark(args, workdir)
+        return in_process(args, workdir) if args.in_process else benchmark(args, workdir)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

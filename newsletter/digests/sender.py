@@ -340,7 +340,6 @@ class DigestSender:
         who unsubscribed, bounced or complained since the claim is skipped, not mailed.
         """
         now = self.clock.monotonic()
-        rest = batch.rest(position)
         go_on = stop is None or not stop.is_set()
         if go_on and now - batch.checked_at >= self.status_every:
             batch.checked_at = now
@@ -355,10 +354,10 @@ class DigestSender:
             # Stalled past the lease, or cancelled: rows this worker no longer holds may be
             # on their way from another worker, so stop here.
             go_on = ledger.LEASES.renew(
-                session, rest, batch.token, self.policy, now=self.clock.now()
+                session, batch.rest(position), batch.token, self.policy, now=self.clock.now()
             )
         if not go_on:
-            ledger.LEASES.release(session, rest, batch.token, now=self.clock.now())
+            ledger.LEASES.release(session, batch.rest(position), batch.token, now=self.clock.now())
         return go_on
 
     def _send(

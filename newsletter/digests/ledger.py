@@ -47,7 +47,9 @@ from newsletter.models import (
 )
 
 # How workers take a digest's rows: bigger batches than the outbox, fewer retries, slower.
-POLICY = Policy(batch_size=200, max_attempts=8, first_retry=timedelta(minutes=1))
+# A batch is a second or so of sending: between two, the worker looks at every other queue
+# (about 10 ms on PostgreSQL), 5% of its time with batches of 200.
+POLICY = Policy(batch_size=1000, max_attempts=8, first_retry=timedelta(minutes=1))
 LEASES = Leases(
     Delivery.__table__,
     waiting=DeliveryStatus.QUEUED,

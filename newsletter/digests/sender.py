@@ -579,14 +579,21 @@ class _Marks:
 # The mark as the database server's prepared statement: its text, and its parameters in order.
 _MARK = ledger.MARK_SENT.compile(dialect=psycopg_dialect(paramstyle="numeric_dollar"))
 _MARK_SQL = str(_MARK).encode()
-_MARK_VALUES = _MARK.construct_params({"row": 0, "token": "", "now": None})
+_MARK_ORDER = tuple(_MARK.positiontup or ())
+# The values that are the same for every mark (its status, no claim, no error), as text.
+_MARK_FIXED = [
+    None if value is None else str(value).encode()
+    for value in map(_MARK.construct_params({"row": 0, "token": "", "now": None}).get, _MARK_ORDER)
+]
 
 
 def _mark_params(row: int, token: str, now: datetime) -> list[bytes | None]:
     """The mark's parameters as the server reads them (text), in the statement's order."""
-    given = {"row": str(row), "token": token, "now": now.astimezone(UTC).isoformat()}
-    values = {**_MARK_VALUES, **given}
-    return [None if values[n] is None else str(values[n]).encode() for n in _MARK.positiontup]
+    params = _MARK_FIXED.copy()
+    params[_MARK_ORDER.index("row")] = b"%d" % row
+    params[_MARK_ORDER.index("token")] = token.encode()
+    params[_MARK_ORDER.index("now")] = now.astimezone(UTC).isoformat().encode()
+    return params
 
 
 _MARK_NAMES = itertools.count()

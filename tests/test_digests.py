@@ -233,6 +233,42 @@ def test_temporary_refusal_is_retried_later(db, daily, smtp):
     assert digest.status == DigestStatus.SENT
 
 
+def test_a_reader_whose_workers_kept_dying_fails_and_one_put_back_for_a_retry_goes(db, daily, smtp):
+    """Rows held by workers that died every time fail once their attempts are used up; a row a
+    worker gave back after a refusal, with the same number of attempts, is still sent."""
+    from newsletter.digests import ledger as rows
+
+    add_item(db, daily, "Story")
+    add_reader(db, daily, "dying@example.com")
+    add_reader(db, daily, "retried@example.com")
+    digest = states.compose(db.session, daily)
+    states.start(db.session, digest)
+    last = rows.POLICY.max_attempts - 1
+    dying, retried = db.session.scalars(select(Delivery.id).order_by(Delivery.id)).all()
+    past = utcnow() - timedelta(seconds=1)
+    # Every worker that took the first row died with it: held, its lease run out.
+    db.session.execute(
+        update(Delivery)
+        .where(Delivery.id == dying)
+        .values(status="sending", claim="dead", attempts=rows.POLICY.max_attempts)
+    )
+    # The second was refused for a while and given back, its attempts counted.
+    db.session.execute(
+        update(Delivery).where(Delivery.id == retried).values(attempts=last, last_error="451")
+    )
+    db.session.execute(update(Delivery).values(next_attempt_at=past))
+    db.session.commit()
+
+    send_all(db, SMTPTransport("127.0.0.1", smtp.port))
+
+    assert [r.rcpt_tos for r in smtp.received] == [["retried@example.com"]]
+    assert ledger(db, digest) == {"failed": 1, "sent": 1}
+    failed = db.session.get(Delivery, dying)
+    assert failed.last_error.startswith("gave up: the worker stopped while on it")
+    db.session.refresh(digest)
+    assert digest.status == DigestStatus.SENT
+
+
 def test_hard_bounce_fails_the_row_and_suppresses_the_address(db, daily, smtp):
     add_item(db, daily, "Story")
     bouncing = add_reader(db, daily, "nobody@example.com")

@@ -126,7 +126,7 @@ class Leases:
             session.commit()
             return []
         if self.failed is not None:
-            self._give_up(session, policy, conditions)
+            self._give_up(session, policy, (self.c.next_attempt_at <= now, *where))
         due = (
             select(self.c.id)
             .where(*conditions)
@@ -150,9 +150,14 @@ class Leases:
         return sorted(claimed)
 
     def _give_up(
-        self, session: Session, policy: Policy, conditions: tuple[ColumnElement[bool], ...]
+        self, session: Session, policy: Policy, due: tuple[ColumnElement[bool], ...]
     ) -> None:
-        """Fail the due rows whose every attempt ended without a word from their worker."""
+        """Fail the due rows whose every attempt ended without a word from their worker.
+
+        Only held rows whose lease ran out can be such rows: a worker that gives a row back
+        counts its attempt and fails it instead once they are used up (`retry_or_fail`). So
+        where the held status is a status of its own, the rows waiting are not read at all.
+        """
         values: dict[str, object] = {"status": self.failed, "claim": None}
         if self.error_column:
             values[self.error_column] = (
@@ -160,7 +165,7 @@ class Leases:
             )
         session.execute(
             update(self.table)
-            .where(*conditions, self.c.attempts >= policy.max_attempts)
+            .where(self.c.status == self.held, *due, self.c.attempts >= policy.max_attempts)
             .values(**values)
             .execution_options(synchronize_session=False)
         )

@@ -233,6 +233,42 @@ def test_temporary_refusal_is_retried_later(db, daily, smtp):
     assert digest.status == DigestStatus.SENT
 
 
+def test_a_reader_whose_workers_kept_dying_fails_and_one_put_back_for_a_retry_goes(db, daily, smtp):
+    """Rows held by workers that died every time fail once their attempts are used up; a row a
+    worker gave back after a refusal, with the same number of attempts, is still sent."""
+    from newsletter.digests import ledger as rows
+
+    add_item(db, daily, "Story")
+    add_reader(db, daily, "dying@example.com")
+    add_reader(db, daily, "retried@example.com")
+    digest = states.compose(db.session, daily)
+    states.start(db.session, digest)
+    last = rows.POLICY.max_attempts - 1
+    dying, retried = db.session.scalars(select(Delivery.id).order_by(Delivery.id)).all()
+    past = utcnow() - timedelta(seconds=1)
+    # Every worker that took the first row died with it: held, its lease run out.
+    db.session.execute(
+        update(Delivery)
+        .where(Delivery.id == dying)
+        .values(status="sending", claim="dead", attempts=rows.POLICY.max_attempts)
+    )
+    # The second was refused for a while and given back, its attempts counted.
+    db.session.execute(
+        update(Delivery).where(Delivery.id == retried).values(attempts=last, last_error="451")
+    )
+    db.session.execute(update(Delivery).values(next_attempt_at=past))
+    db.session.commit()
+
+    send_all(db, SMTPTransport("127.0.0.1", smtp.port))
+
+    assert [r.rcpt_tos for r in smtp.received] == [["retried@example.com"]]
+    assert ledger(db, digest) == {"failed": 1, "sent": 1}
+    failed = db.session.get(Delivery, dying)
+    assert failed.last_error.startswith("gave up: the worker stopped while on it")
+    db.session.refresh(digest)
+    assert digest.status == DigestStatus.SENT
+
+
 def test_hard_bounce_fails_the_row_and_suppresses_the_address(db, daily, smtp):
     add_item(db, daily, "Story")
     bouncing = add_reader(db, daily, "nobody@example.com")
@@ -855,3 +891,52 @@ def test_each_mail_is_marked_sent_before_the_next_one_is_accepted(db, daily, smt
 
     assert ledger(db, digest) == {"sent": 30}
     assert marked_before == list(range(30))
+
+
+def test_a_mark_lost_with_its_database_connection_sends_only_that_mail_twice(
+    db, daily, smtp_pipelining, postgresql_only
+):
+    """The connection that marks rows sent dies while the fourth mail goes: the batch stops
+    before the fifth, its rows come back when the lease runs out, and only the fourth reader,
+    whose mail was accepted but never marked, gets a second copy."""
+    from sqlalchemy import text
+
+    addresses = [f"r{n}@example.com" for n in range(10)]
+    for address in addresses:
+        add_reader(db, daily, address)
+    add_item(db, daily, "Story")
+    digest = states.compose(db.session, daily)
+    states.start(db.session, digest)
+    handler = smtp_pipelining.handler
+    accept = handler.handle_DATA
+    engine = db.engine  # the server's thread has no application context
+    seen = []
+
+    async def cutting(server, session, envelope):  # type: ignore[no-untyped-def]
+        seen.append(envelope)
+        if len(seen) == 4:
+            with engine.connect() as conn:
+                conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                        " AND query LIKE 'UPDATE delivery SET status%'"
+                    )
+                )
+        return await accept(server, session, envelope)
+
+    handler.handle_DATA = cutting
+    transport = SMTPTransport("127.0.0.1", smtp_pipelining.port)
+    with pytest.raises(Exception, match="terminating connection"):
+        send_all(db, transport)
+    transport.close()
+    assert ledger(db, digest) == {"sent": 3, "sending": 7}
+
+    # The lease runs out; the next worker takes the rows again.
+    db.session.execute(update(Delivery).values(next_attempt_at=func.now()))
+    db.session.commit()
+    send_all(db, SMTPTransport("127.0.0.1", smtp_pipelining.port))
+
+    assert ledger(db, digest) == {"sent": 10}
+    copies = Counter(r.rcpt_tos[0] for r in smtp_pipelining.received)
+    assert copies == Counter({**dict.fromkeys(addresses, 1), addresses[3]: 2})

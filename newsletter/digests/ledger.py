@@ -47,12 +47,18 @@ from newsletter.models import (
 )
 
 # How workers take a digest's rows: bigger batches than the outbox, fewer retries, slower.
-POLICY = Policy(batch_size=200, max_attempts=8, first_retry=timedelta(minutes=1))
+# A batch is a second or so of sending: between two, the worker looks at every other queue
+# (about 10 ms on PostgreSQL), 5% of its time with batches of 200.
+POLICY = Policy(batch_size=1000, max_attempts=8, first_retry=timedelta(minutes=1))
 LEASES = Leases(
     Delivery.__table__,
     waiting=DeliveryStatus.QUEUED,
     held=DeliveryStatus.SENDING,
     failed=DeliveryStatus.FAILED,
+    # Taken in the order of the due index (ix_delivery_due: waiting rows first, then held
+    # ones whose lease ran out), not sorted by id: a sort reads every due row of the digest
+    # to take the first batch, so each claim cost as much as the rest of the ledger.
+    order_by=lambda table: (),
 )
 # Statuses of a row still to be sent: waiting, or held by a worker.
 UNSENT = (DeliveryStatus.QUEUED, DeliveryStatus.SENDING)

@@ -9,15 +9,20 @@ unrecorded, and its other rows come back when the lease runs out.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import selectors
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
+import psycopg
+from psycopg import pq
 from sqlalchemy import Connection, case, select
+from sqlalchemy.dialects.postgresql.psycopg import dialect as psycopg_dialect
 from sqlalchemy.orm import Session
 
 from newsletter import archive, frequencies, languages, metrics
@@ -174,8 +179,6 @@ class DigestSender:
         # With DKIM, the next messages are built and signed in threads while this one is on
         # the wire: OpenSSL's RSA lets go of the GIL, and a signature costs as much as a send.
         self._pool = ThreadPoolExecutor(max_workers=2) if signer is not None else None
-        # Marks go to a database server from a thread of their own (see _Marks).
-        self._marking = ThreadPoolExecutor(max_workers=1, thread_name_prefix="marks")
 
     def prepared(
         self, digest: Digest, locale: str | None = None, lists: frozenset[int] = _ONE_LIST
@@ -276,7 +279,7 @@ class DigestSender:
             checked_at=started,
         )
         ahead = _Ahead(recipients, by_key, self._pool)
-        with autocommit(session) as conn, _Marks(conn, self._marking) as marks:
+        with autocommit(session) as conn, _Marks(conn) as marks:
             for position, recipient in enumerate(recipients):
                 confirmed = recipient.status == SubscriptionStatus.CONFIRMED
                 if confirmed:
@@ -337,7 +340,6 @@ class DigestSender:
         who unsubscribed, bounced or complained since the claim is skipped, not mailed.
         """
         now = self.clock.monotonic()
-        rest = batch.rest(position)
         go_on = stop is None or not stop.is_set()
         if go_on and now - batch.checked_at >= self.status_every:
             batch.checked_at = now
@@ -352,10 +354,10 @@ class DigestSender:
             # Stalled past the lease, or cancelled: rows this worker no longer holds may be
             # on their way from another worker, so stop here.
             go_on = ledger.LEASES.renew(
-                session, rest, batch.token, self.policy, now=self.clock.now()
+                session, batch.rest(position), batch.token, self.policy, now=self.clock.now()
             )
         if not go_on:
-            ledger.LEASES.release(session, rest, batch.token, now=self.clock.now())
+            ledger.LEASES.release(session, batch.rest(position), batch.token, now=self.clock.now())
         return go_on
 
     def _send(
@@ -490,48 +492,117 @@ class _MarkFailed(Exception):
 class _Marks:
     """Marks rows sent, each in its own transaction, one at a time and in order.
 
-    On a database server a mark is a round trip. It is made in a thread while the worker
-    builds the next message and the mail server answers its envelope; `wait` returns once the
-    mark has been committed. The sender waits before the next message's body goes, so the
-    server never accepts a message while an earlier one is unmarked. On SQLite, a write to a
-    local file, each mark is made at once.
+    On PostgreSQL a mark is a round trip. It goes out at once, from this thread,
+    without waiting for the answer: the worker builds the next message and the mail server
+    answers its envelope while the database commits the mark. `wait` returns once the mark
+    has been committed; the sender waits before the next message's body goes, so the server
+    never accepts a message while an earlier one is unmarked. On SQLite, a write to a local
+    file, each mark is made at once.
+
+    Sent without waiting through the driver's connection itself (libpq's asynchronous
+    calls, a prepared statement): a thread of its own for the round trip could only start
+    it when the sender let go of the interpreter, that is once the next envelope was on
+    its way, and the two threads handed the interpreter to each other at every mail.
     """
 
-    def __init__(self, conn: Connection, pool: ThreadPoolExecutor) -> None:
+    def __init__(self, conn: Connection) -> None:
         self.conn = conn
-        self.overlapped = conn.dialect.name != "sqlite"
-        self.pool = pool
-        self.pending: Future[object] | None = None
+        # Other drivers (none configured here) would mark synchronously, as on SQLite.
+        self.overlapped = conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg"
+        self.waiting = False
+        if self.overlapped:
+            self.pgconn = conn.connection.driver_connection.pgconn  # type: ignore[union-attr]
+            self.name = f"newsletter_mark_{next(_MARK_NAMES)}".encode()
+            self._call(lambda: _checked(self.pgconn.prepare(self.name, _MARK_SQL)))
+            self.selector = selectors.DefaultSelector()
+            self.selector.register(self.pgconn.socket, selectors.EVENT_READ)
 
     def mark(self, row: int, token: str, now: datetime) -> None:
-        """Mark the row sent; in a thread on a database server (the last mark waited for)."""
+        """Mark the row sent; on PostgreSQL, sent without waiting for the answer."""
         self.wait()
-        params = {"row": row, "token": token, "now": now}
-        if self.overlapped:
-            self.pending = self.pool.submit(self.conn.execute, ledger.MARK_SENT, params)
-        else:
-            self.conn.execute(ledger.MARK_SENT, params)
+        if not self.overlapped:
+            self.conn.execute(ledger.MARK_SENT, {"row": row, "token": token, "now": now})
+            return
+        params = _mark_params(row, token, now)
+        self._call(lambda: self.pgconn.send_query_prepared(self.name, params))
+        self.waiting = True
 
     def wait(self) -> None:
         """Return once every mark made so far is committed; raises `_MarkFailed` if one failed."""
-        pending, self.pending = self.pending, None
-        if pending is not None:
+        if self.waiting:
+            self.waiting = False
+            self._call(self._answer)
+
+    def _answer(self) -> None:
+        """Read the answer to the mark in flight (waiting for it) and check it."""
+        pgconn = self.pgconn
+        pgconn.consume_input()
+        while pgconn.is_busy():
+            self.selector.select()
+            pgconn.consume_input()
+        failed = None
+        while (result := pgconn.get_result()) is not None:
             try:
-                pending.result()
-            except Exception as exc:
-                raise _MarkFailed(f"{type(exc).__name__}: {exc}") from exc
+                _checked(result)
+            except psycopg.DatabaseError as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
+
+    def _call(self, call: Callable[[], object]) -> None:
+        try:
+            call()
+        except (psycopg.Error, OSError) as exc:
+            # The connection's state is unknown: it does not go back to the pool.
+            self.conn.invalidate()
+            raise _MarkFailed(f"{type(exc).__name__}: {exc}") from exc
 
     def __enter__(self) -> _Marks:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         # The last mark is waited for even when the batch ends with an error: the connection
-        # goes back to the pool only once no thread uses it.
-        pending, self.pending = self.pending, None
-        if pending is not None:
-            done = pending.exception()
-            if done is not None and exc_info[0] is None:
-                raise _MarkFailed(f"{type(done).__name__}: {done}") from done
+        # goes back to the pool only once nothing is in flight on it.
+        if not self.overlapped:
+            return
+        try:
+            self.wait()
+            if not self.conn.invalidated:
+                self._call(lambda: _checked(self.pgconn.exec_(b"DEALLOCATE " + self.name)))
+        except _MarkFailed:
+            if exc_info[0] is None:
+                raise
+        finally:
+            self.selector.close()
+
+
+# The mark as the database server's prepared statement: its text, and its parameters in order.
+_MARK = ledger.MARK_SENT.compile(dialect=psycopg_dialect(paramstyle="numeric_dollar"))
+_MARK_SQL = str(_MARK).encode()
+_MARK_ORDER = tuple(_MARK.positiontup or ())
+# The values that are the same for every mark (its status, no claim, no error), as text.
+_MARK_FIXED = [
+    None if value is None else str(value).encode()
+    for value in map(_MARK.construct_params({"row": 0, "token": "", "now": None}).get, _MARK_ORDER)
+]
+
+
+def _mark_params(row: int, token: str, now: datetime) -> list[bytes | None]:
+    """The mark's parameters as the server reads them (text), in the statement's order."""
+    params = _MARK_FIXED.copy()
+    params[_MARK_ORDER.index("row")] = b"%d" % row
+    params[_MARK_ORDER.index("token")] = token.encode()
+    params[_MARK_ORDER.index("now")] = now.astimezone(UTC).isoformat().encode()
+    return params
+
+
+_MARK_NAMES = itertools.count()
+
+
+def _checked(result: pq.abc.PGresult) -> None:
+    """Raise the error of a statement the server refused."""
+    if result.status not in (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK):
+        raise psycopg.DatabaseError(result.get_error_message())
 
 
 class _Ahead:

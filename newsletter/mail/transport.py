@@ -347,6 +347,8 @@ def _pipelined(
     sendmail raises, so errors read the same; returns the recipients refused among several.
     """
     smtp.send("".join(f"{line}\r\n" for line in _commands(sender, recipients)))
+    # Made ready while the server answers the envelope, not after: a copy or two of the message.
+    body = _data_section(data)
     mail_code, mail_reply = _reply(smtp)
     refused: dict[str, tuple[int, bytes]] = {}
     for recipient in recipients:
@@ -367,6 +369,15 @@ def _pipelined(
         raise smtplib.SMTPDataError(data_code, data_reply)
     if before_data is not None:
         before_data()
+    smtp.send(body)
+    code, reply = _reply(smtp)
+    if code != 250:
+        raise smtplib.SMTPDataError(code, reply)
+    return refused
+
+
+def _data_section(data: bytes) -> bytes:
+    """The message as it goes after DATA: CRLF line ends, dot-stuffed, ended by a lone dot."""
     if data.count(b"\n") != data.count(b"\r\n"):
         data = _BARE_LF.sub(b"\r\n", data)
     # Dot-stuffing (RFC 5321 4.5.2): a line that starts with a dot gets a second one.
@@ -375,11 +386,7 @@ def _pipelined(
         body = b"." + body
     if not body.endswith(b"\r\n"):
         body += b"\r\n"
-    smtp.send(body + b".\r\n")
-    code, reply = _reply(smtp)
-    if code != 250:
-        raise smtplib.SMTPDataError(code, reply)
-    return refused
+    return body + b".\r\n"
 
 
 def _reply(smtp: smtplib.SMTP) -> tuple[int, bytes]:

@@ -16,7 +16,6 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from newsletter import config as settings
 from newsletter import logs
 from newsletter.extensions import csrf, db, limiter, login, migrate
-from newsletter.web import vary
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -46,7 +45,7 @@ class CookieSessions(SecureCookieSessionInterface):
             # Nothing to write or delete (a signup): Flask would first work out the cookie's
             # name, domain, path and flags.
             if session.accessed:
-                vary(response, "Cookie")
+                response.vary.add("Cookie")
             return
         super().save_session(app, session, response)
 

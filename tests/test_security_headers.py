@@ -6,12 +6,10 @@ import re
 from pathlib import Path
 
 import pytest
-from flask import Response
 
 from newsletter import create_app
 from newsletter.digests import states
 from newsletter.models import Item
-from newsletter.web import vary
 from tests.test_digests import add_item, add_reader
 
 from factories import make_newsletter, sign_in
@@ -173,17 +171,6 @@ def test_templates_have_no_inline_script_handler_or_style_attribute(template):
     assert not _STYLE_ATTR.search(source)
     for tag in re.findall(r"<style[^>]*>", source):
         assert "csp_nonce()" in tag
-
-
-def test_vary_names_each_header_once_whoever_adds_it():
-    response = Response("x")
-    vary(response, "Origin")
-    vary(response, "Cookie")
-    vary(response, "origin")
-    assert response.headers["Vary"] == "Origin, Cookie"
-    already = Response("x", headers={"Vary": "Accept-Encoding"})
-    vary(already, "Origin")
-    assert already.headers.getlist("Vary") == ["Accept-Encoding, Origin"]
 
 
 def test_a_signup_from_a_browser_says_what_its_answer_depends_on(client, newsletters):

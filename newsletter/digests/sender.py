@@ -587,12 +587,17 @@ _MARK_FIXED = [
 ]
 
 
+# Where the values that change from mark to mark go; each is named once in the statement.
+assert all(_MARK_ORDER.count(name) == 1 for name in ("row", "token", "now")), _MARK_ORDER
+_ROW, _TOKEN, _NOW = (_MARK_ORDER.index(name) for name in ("row", "token", "now"))
+
+
 def _mark_params(row: int, token: str, now: datetime) -> list[bytes | None]:
     """The mark's parameters as the server reads them (text), in the statement's order."""
     params = _MARK_FIXED.copy()
-    params[_MARK_ORDER.index("row")] = b"%d" % row
-    params[_MARK_ORDER.index("token")] = token.encode()
-    params[_MARK_ORDER.index("now")] = now.astimezone(UTC).isoformat().encode()
+    params[_ROW] = b"%d" % row
+    params[_TOKEN] = token.encode()
+    params[_NOW] = now.astimezone(UTC).isoformat().encode()
     return params
 
 

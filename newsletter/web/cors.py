@@ -21,7 +21,6 @@ from flask_cors.core import serialize_options, set_cors_headers
 from newsletter import origins
 from newsletter.config import ConfigError
 from newsletter.extensions import db
-from newsletter.web import vary
 
 # The JSON API and the JSON answer of the signup boxes; nothing else is read across origins.
 API_PREFIX = "/api/v1/"
@@ -109,7 +108,7 @@ def _add_headers(response: Response) -> Response:
     if not _covered(request.path):
         return response
     # Whether the answer carries the CORS headers depends on the asking site.
-    vary(response, "Origin")
+    response.vary.add("Origin")
     origin = request.headers.get("Origin")
     if not origin or not is_allowed(origin):
         return response

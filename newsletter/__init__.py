@@ -123,7 +123,8 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     migrate.init_app(app, db, directory=resource_dir("migrations"), render_as_batch=True)
     csrf.init_app(app)
     limiter.init_app(app)
-    login.init_app(app)
+    # The signed-in account is given to the admin's templates only (web/admin/core.py).
+    login.init_app(app, add_context_processor=False)
     # Imported here: the import's checker process loads this package without the models.
     from newsletter import site
 
@@ -158,7 +159,7 @@ def create_app(config: Mapping[str, object] | None = None) -> Flask:
     app.register_blueprint(archive.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(hooks.bp)
-    app.register_blueprint(admin.bp)
+    admin.register(app)
     if app.config["ENV"] == "development":
         app.register_blueprint(mailbox.bp)
     _sqlite_pragmas(app)

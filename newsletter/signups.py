@@ -12,6 +12,7 @@ no signup is applied twice, and none is lost while no worker runs.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import weakref
@@ -70,9 +71,15 @@ class _DirectInsert:
             dialect = engine.dialect
             names = ", ".join(c.name for c in _WRITTEN)
             marks = ", ".join("?" for _ in _WRITTEN)
+            conversions = []
+            for column in _WRITTEN:
+                convert = column.type.dialect_impl(dialect).bind_processor(dialect)
+                if convert is not None and column.name == "newsletters":
+                    # The same few choices of lists over and over: each written as JSON once.
+                    convert = functools.lru_cache(maxsize=256)(convert)
+                conversions.append((column.name, convert))
             found = _DIRECT[engine] = cls(
-                f"INSERT INTO {_TABLE.name} ({names}) VALUES ({marks})",
-                [(c.name, c.type.dialect_impl(dialect).bind_processor(dialect)) for c in _WRITTEN],
+                f"INSERT INTO {_TABLE.name} ({names}) VALUES ({marks})", conversions
             )
         return found
 
@@ -122,10 +129,11 @@ def enqueue(
     row = {
         "email": address,
         "email_key": key,
-        "newsletters": [
-            [newsletter_id, text, frequency] if frequency else [newsletter_id, text]
+        # Tuples, which JSON writes as arrays too: the direct INSERT's cache can keep them.
+        "newsletters": tuple(
+            (newsletter_id, text, frequency) if frequency else (newsletter_id, text)
             for newsletter_id, text in chosen
-        ],
+        ),
         "locale": locale,
         "ip": origin.ip,
         "user_agent": origin.user_agent,

@@ -150,3 +150,16 @@ def test_an_operators_default_limit_still_holds_on_pages_without_their_own(
         with app.app_context():
             limiter.reset()
             _db.engine.dispose()
+
+
+
+def test_a_limit_counted_after_the_answer_still_counts(app, client):
+    # Flask-Limiter's step after each answer is where `deduct_when` counts: a route limited
+    # that way (none of ours is yet) must still be held to it.
+    @app.get("/_refused-twice")
+    @limiter.limit("1 per minute", deduct_when=lambda response: response.status_code == 400)
+    def _refused() -> tuple[str, int]:
+        return "no", 400
+
+    assert client.get("/_refused-twice").status_code == 400
+    assert client.get("/_refused-twice").status_code == 429

@@ -180,3 +180,15 @@ def test_a_nul_in_the_address_is_a_wrong_sign_in_not_a_server_error(client, admi
     response = _login(client, email, PASSWORD, "192.0.2.1")
     assert response.status_code == 401
     assert "Wrong email or password." in response.get_data(as_text=True)
+
+
+def test_sign_out_clears_a_remember_cookie_the_browser_still_sends(client, admin):
+    sign_in(client)
+    # Nobody is remembered here, but a browser may keep a remember cookie from elsewhere on
+    # the site's domain: signing out still ends it.
+    client.set_cookie("remember_token", "1|stale")
+    response = client.post("/admin/logout", data={"csrf_token": csrf_token(client, "/admin/")})
+    assert response.status_code == 302
+    cleared = [h for h in response.headers.getlist("Set-Cookie") if h.startswith("remember_token=")]
+    assert cleared and "Expires=Thu, 01 Jan 1970" in cleared[0]
+

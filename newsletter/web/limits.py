@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 
 import flask_limiter._limits
 from flask import Flask, Response, current_app, request
+from flask.globals import request_ctx
+from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from limits.util import parse_many
 
@@ -25,6 +27,8 @@ log = logging.getLogger(__name__)
 _parsed = functools.lru_cache(maxsize=64)(parse_many)
 flask_limiter._limits.parse_many = _parsed
 WARN_EVERY = 60.0  # seconds
+# Where Flask-Limiter keeps its state for a request it checked, on the request's context.
+_KEPT = "_limiter_request_context"
 _STORAGE_DOWN = "Rate limit storage unreachable"
 
 
@@ -149,9 +153,36 @@ def _check_when_limits_apply(app: Flask) -> None:
     hooks[hooks.index(check)] = _check_app_limits
 
 
+def _after_only_where_it_checked(app: Flask) -> None:
+    """Flask-Limiter's step after each answer (its `deduct_when` counts, its headers) and at
+    the end of each request (forgetting what it kept for it) have work only where it checked
+    the request and so kept its state on it: they run there only. A signup counted above,
+    or a page no limit applies to, skips both, which had cost as much as its validation."""
+    after = app.after_request_funcs.get(None, [])
+    inject = next(
+        (f for f in after if getattr(f, "func", None) is Limiter._Limiter__inject_headers), None
+    )
+    if inject is not None:
+
+        def _inject_headers(response: Response) -> Response:
+            return inject(response) if hasattr(request_ctx, _KEPT) else response
+
+        after[after.index(inject)] = _inject_headers
+    teardown = app.teardown_request_funcs.get(None, [])
+    release = limiter._Limiter__release_context
+    if release in teardown:
+
+        def _release_context(exc: BaseException | None = None) -> None:
+            if hasattr(request_ctx, _KEPT):
+                release(exc)
+
+        teardown[teardown.index(release)] = _release_context
+
+
 def init_app(app: Flask) -> None:
     """Watch every rate-limited request for the in-memory fallback."""
     _check_when_limits_apply(app)
+    _after_only_where_it_checked(app)
     flask_limiter_log = logging.getLogger("flask-limiter")
     if not any(isinstance(f, _QuietFallbackNotice) for f in flask_limiter_log.filters):
         flask_limiter_log.addFilter(_QuietFallbackNotice())

@@ -17,10 +17,11 @@ from newsletter.web.admin import (
     suppressions,
     tokens,
 )
-from newsletter.web.admin.core import bp
+from newsletter.web.admin.core import bp, register
 
 __all__ = [
     "bp",
+    "register",
     "accounts",
     "auth",
     "dashboard",

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from flask import Blueprint, abort, redirect, request, url_for
+from flask import Blueprint, Flask, abort, redirect, request, url_for
 from flask_login import current_user
 
 from newsletter.extensions import db, login
@@ -28,6 +28,24 @@ def _load_user(user_id: str) -> AdminUser | None:
     if user is None or not user.active:
         return None
     return user if hmac.compare_digest(user.session_token, token) else None
+
+
+def register(app: Flask) -> None:
+    """The admin's pages, with what Flask-Login adds to every page on theirs only: the
+    signed-in account for the templates (see `login.init_app`) and the step after each
+    answer that sets or clears a remember cookie. Nobody signs in or out anywhere else, and
+    on every answer both read the session, which marked even a signup's `Vary: Cookie`."""
+    app.register_blueprint(bp)
+    everywhere = app.after_request_funcs.get(None, [])
+    step = login._update_remember_cookie
+    if step in everywhere:
+        everywhere.remove(step)
+        app.after_request_funcs.setdefault(bp.name, []).append(step)
+
+
+@bp.context_processor
+def _signed_in_account() -> dict[str, Any]:
+    return {"current_user": current_user}
 
 
 @bp.before_request

@@ -87,11 +87,17 @@ def use_reader(locale: str | None) -> None:
     refresh()
 
 
+# Where Flask-Babel keeps the language it chose, on `g`.
+_BABEL_STATE = "_flask_babel"
+
+
 def _forget() -> None:
-    # Tests and `flask shell` share one app context between requests: so does `g`.
+    # Tests and `flask shell` share one app context between requests: so does `g`. A server
+    # gives each request a `g` of its own, where Flask-Babel has chosen nothing yet to forget.
     g.pop("reader_locale", None)
     g.pop(texts.CACHE, None)
-    refresh()
+    if _BABEL_STATE in g:
+        refresh()
 
 
 def _as_text(value: object) -> object:

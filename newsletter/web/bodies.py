@@ -19,12 +19,12 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
-from flask import Flask, current_app, request
+from flask import Flask, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 # The one path whose body may be larger: the admin's CSV upload (web/admin/imports.py).
 IMPORT_PATH = "/admin/imports"
-# Set in the WSGI environment when a chunked body went past the limit.
+# Set in the WSGI environment when a body is over the limit, declared or chunked.
 TOO_LARGE = "newsletter.body_too_large"
 # A chunked body is kept in memory up to this size, in a temporary file past it.
 SPOOL_BYTES = 1024 * 1024
@@ -75,11 +75,12 @@ class BoundedBodies:
             spooled = _spool(environ["wsgi.input"], limit)
             if spooled is None:
                 too_large = True
-                environ[TOO_LARGE] = True
                 environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(), "0"
             else:
                 environ["wsgi.input"], size = spooled
                 environ["CONTENT_LENGTH"] = str(size)
+        if too_large:
+            environ[TOO_LARGE] = True
         result = self.app(environ, start_response)
         sock = environ.get("werkzeug.socket")
         if too_large and sock is not None:
@@ -103,14 +104,9 @@ def _then_stop_reading(result: Iterable[bytes], sock: socket.socket) -> Iterator
 
 
 def _refuse_too_large() -> None:
-    """A body over the limit: 413 at once, whatever the endpoint reads."""
+    """A body over the limit (found by `BoundedBodies`): 413 at once, whatever the endpoint
+    reads."""
     if request.environ.get(TOO_LARGE):
-        raise RequestEntityTooLarge()
-    length = request.content_length
-    if length is None:
-        return
-    limit = limit_for(current_app.config, request.path)
-    if limit is not None and length > limit:
         raise RequestEntityTooLarge()
 
 

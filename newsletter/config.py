@@ -327,7 +327,11 @@ def check_production(cfg: Mapping[str, Any]) -> None:
             )
 
 
-def _in_memory(url: str) -> bool:
+# How long a connection to a SQLite file waits for the file's one write lock.
+SQLITE_WAIT_SECONDS = 15
+
+
+def in_memory(url: str) -> bool:
     """Whether a SQLite URL names a database in memory rather than a file."""
     return url.rstrip("/") in ("sqlite:", "sqlite:/") or ":memory:" in url or "mode=memory" in url
 
@@ -337,8 +341,8 @@ def _engine_options(url: str) -> dict[str, object]:
         # The web app and the worker share the file: wait for the lock instead of failing.
         # The pool hands out the connection used last: its page cache is the warm one (in
         # turn, each connection would find the file changed by the others and read it again).
-        options: dict[str, object] = {"connect_args": {"timeout": 15}}
-        if not _in_memory(url):
+        options: dict[str, object] = {"connect_args": {"timeout": SQLITE_WAIT_SECONDS}}
+        if not in_memory(url):
             # A file's pool only: an in-memory database has one connection (a static pool).
             options["pool_use_lifo"] = True
         return options

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,11 +25,12 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, bindparam, delete, func, insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from newsletter import frequencies
 from newsletter import subscriptions as subs
+from newsletter.config import SQLITE_WAIT_SECONDS, in_memory
 from newsletter.leases import Leases, Policy, new_claim
 from newsletter.models import Newsletter, QueuedSignup, SignupStatus, utcnow
 
@@ -50,19 +54,70 @@ _OPEN_AMONG = select(Newsletter.id, Newsletter.frequencies, Newsletter.default_f
 )
 
 
+# How long a signup waits for SQLite's write lock before it is answered 503 (as long as
+# the engine's connections wait), and the pauses between tries: short first, the INSERT
+# that holds the lock takes some thirty microseconds.
+WAIT_SECONDS = float(SQLITE_WAIT_SECONDS)
+FIRST_PAUSE = 0.00005
+LAST_PAUSE = 0.002
+
 _AUTOCOMMIT: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
 # What a request writes: the rest (the row's id, the worker's claim and error) is the worker's.
 _WRITTEN = [c for c in _TABLE.columns if c.name not in ("id", "claim", "last_error")]
 _DIRECT: weakref.WeakKeyDictionary[Engine, _DirectInsert] = weakref.WeakKeyDictionary()
 
 
+class _OwnWriter:
+    """Each web thread's own connection to a SQLite file, for the queue's INSERT alone.
+
+    In autocommit, the INSERT is its own transaction: the file's one write lock is held for
+    that statement only. And where the lock is taken (another web process writing), the
+    wait is ours: SQLite's own sleeps a millisecond at least, some thirty INSERTs' time, and
+    under a flood of signups several processes spent a tenth of theirs asleep so.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        cargs, cparams = engine.dialect.create_connect_args(engine.url)
+        # Busy at once, not after a wait; no transaction but the statement's own.
+        self._connect = (cargs, {**cparams, "timeout": 0, "isolation_level": None})
+        self._local = threading.local()
+
+    def _connection(self) -> sqlite3.Connection:
+        local = self._local
+        # A process forked from one that wrote (a server's master) opens its own.
+        if getattr(local, "pid", None) != os.getpid():
+            cargs, cparams = self._connect
+            connection = sqlite3.connect(*cargs, **cparams)
+            connection.execute("PRAGMA synchronous=NORMAL")  # as the engine's (WAL: the file's)
+            local.connection, local.pid = connection, os.getpid()
+        return local.connection  # type: ignore[no-any-return]
+
+    def insert(self, sql: str, values: Sequence[Any]) -> None:
+        """Run the INSERT, waiting up to WAIT_SECONDS for the write lock; SQLAlchemy's
+        OperationalError (the app's 503) if it stays taken or the file cannot be written."""
+        pause, deadline = FIRST_PAUSE, None
+        while True:
+            try:
+                self._connection().execute(sql, values)
+                return
+            except sqlite3.OperationalError as exc:
+                now = time.monotonic()
+                deadline = deadline or now + WAIT_SECONDS
+                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or now >= deadline:
+                    raise OperationalError(sql, values, exc) from exc
+            time.sleep(pause)
+            pause = min(pause * 2, LAST_PAUSE)
+
+
 @dataclass(frozen=True)
 class _DirectInsert:
     """The queue's INSERT as the database driver takes it, and each column's conversion
-    (JSON, dates) as SQLAlchemy would apply it."""
+    (JSON, dates) as SQLAlchemy would apply it; on a SQLite file, by each thread's own
+    connection."""
 
     sql: str
     conversions: list[tuple[str, Callable[[Any], Any] | None]]
+    writer: _OwnWriter | None
 
     @classmethod
     def of(cls, engine: Engine) -> _DirectInsert:
@@ -78,16 +133,23 @@ class _DirectInsert:
                     # The same few choices of lists over and over: each written as JSON once.
                     convert = functools.lru_cache(maxsize=256)(convert)
                 conversions.append((column.name, convert))
+            # A database in memory lives in the pool's one connection: no other sees it.
+            shared = in_memory(engine.url.render_as_string(hide_password=False))
             found = _DIRECT[engine] = cls(
-                f"INSERT INTO {_TABLE.name} ({names}) VALUES ({marks})", conversions
+                f"INSERT INTO {_TABLE.name} ({names}) VALUES ({marks})",
+                conversions,
+                None if shared else _OwnWriter(engine),
             )
         return found
 
     def run(self, engine: Engine, row: dict[str, Any]) -> None:
-        """Insert the row and commit, on a pooled connection of the engine."""
+        """Insert the row and commit."""
         values = [
             convert(row[name]) if convert else row[name] for name, convert in self.conversions
         ]
+        if self.writer is not None:
+            self.writer.insert(self.sql, values)
+            return
         connection = engine.raw_connection()
         try:
             cursor = connection.cursor()

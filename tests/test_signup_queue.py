@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import sqlite3
+import threading
 from datetime import timedelta
 
 import pytest
@@ -251,3 +253,44 @@ def test_a_signup_that_cannot_be_applied_holds_up_no_other(client, db, mailbox, 
     assert left.email == "broken@example.com" and left.status == "queued"
     assert left.attempts == 1 and "ValueError" in left.last_error
     assert left.next_attempt_at > utcnow()
+
+
+def _holding_the_write_lock(db):  # type: ignore[no-untyped-def]
+    """Another process's connection to the SQLite file, in the middle of a write."""
+    if db.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's one write lock")
+    other = sqlite3.connect(
+        db.engine.url.database, timeout=0, isolation_level=None, check_same_thread=False
+    )
+    other.execute("BEGIN IMMEDIATE")
+    return other
+
+
+def test_a_signup_waits_for_another_writer_and_is_taken(client, db, newsletters):
+    other = _holding_the_write_lock(db)
+    done = threading.Timer(0.3, other.execute, ("COMMIT",))
+    done.start()
+    try:
+        response = signup(client, "patient@example.com", "daily", apply=False)
+    finally:
+        done.join()
+        other.close()
+    assert response.status_code == 200
+    emails = db.session.scalars(select(QueuedSignup.email)).all()
+    assert emails == ["patient@example.com"]
+
+
+def test_a_signup_that_cannot_get_the_write_lock_is_told_to_come_back(
+    client, db, newsletters, monkeypatch
+):
+    monkeypatch.setattr(signups, "WAIT_SECONDS", 0.2)
+    other = _holding_the_write_lock(db)
+    try:
+        response = signup(client, "too-late@example.com", "daily", apply=False)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "30"
+    assert "briefly unavailable" in response.get_data(as_text=True)
+    assert db.session.scalar(select(func.count(QueuedSignup.id))) == 0

@@ -134,7 +134,7 @@ class _DirectInsert:
                     convert = functools.lru_cache(maxsize=256)(convert)
                 conversions.append((column.name, convert))
             # A database in memory lives in the pool's one connection: no other sees it.
-            shared = in_memory(engine.url.render_as_string(hide_password=False))
+            shared = in_memory(str(engine.url))
             found = _DIRECT[engine] = cls(
                 f"INSERT INTO {_TABLE.name} ({names}) VALUES ({marks})",
                 conversions,

@@ -567,6 +567,21 @@ def test_a_reader_who_complains_while_the_batch_goes_is_not_mailed(db, daily, st
         assert skipped == "reader complained"
 
 
+def test_the_reader_next_in_line_who_complains_as_a_mail_goes_is_not_mailed(db, daily):
+    """Read again just before their own turn: the very next reader is skipped too."""
+    add_item(db, daily, "Story")
+    for n in range(3):
+        add_reader(db, daily, f"r{n}@example.com")
+    digest = states.compose(db.session, daily)
+    states.start(db.session, digest)
+    transport = _During(1, lambda: _complain(db, "r1@example.com"))
+
+    send_all(db, transport, status_every=0)
+
+    assert [to for _, [to] in transport.envelopes] == ["r0@example.com", "r2@example.com"]
+    assert ledger(db, digest) == {"sent": 2, "skipped": 1}
+
+
 class _FaultFor(MemoryTransport):
     """Raises an error that is no server's answer for one address."""
 

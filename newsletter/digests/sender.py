@@ -280,15 +280,16 @@ class DigestSender:
         )
         ahead = _Ahead(recipients, by_key, self._pool)
         with autocommit(session) as conn, _Marks(conn) as marks:
-            for position, recipient in enumerate(recipients):
-                confirmed = recipient.status == SubscriptionStatus.CONFIRMED
-                if confirmed:
+            for position in range(len(recipients)):
+                if recipients[position].status == SubscriptionStatus.CONFIRMED:
                     # Wait for the throttle first: what is checked next (a pause, the lease)
                     # must hold when the message goes, however long the wait was.
                     self.throttle.wait(stop)
                 if not self._still_ours(session, batch, position, stop):
                     break
-                if not confirmed:
+                # As read again just now, if it was: a reader may have left since the claim.
+                recipient = recipients[position]
+                if recipient.status != SubscriptionStatus.CONFIRMED:
                     why = f"reader {recipient.status or 'erased'}"
                     _settle(session, [recipient.delivery_id], token, DeliveryStatus.SKIPPED, why)
                     continue

@@ -908,6 +908,41 @@ def test_each_mail_is_marked_sent_before_the_next_one_is_accepted(db, daily, smt
     assert marked_before == list(range(30))
 
 
+def test_a_reader_who_leaves_after_their_envelope_went_ahead_gets_nothing(
+    db, daily, smtp_pipelining
+):
+    """The second reader's envelope goes with the first mail; they unsubscribe as it is
+    accepted: their turn is skipped, and the connection that held their envelope is dropped
+    without a message, so only the first and third readers get the digest."""
+    readers = [add_reader(db, daily, f"r{n}@example.com") for n in range(3)]
+    add_item(db, daily, "Story")
+    digest = states.compose(db.session, daily)
+    states.start(db.session, digest)
+    handler = smtp_pipelining.handler
+    accept = handler.handle_DATA
+    engine = db.engine  # the server's thread has no application context
+    leaving = readers[1].id
+
+    async def leave(server, session, envelope):  # type: ignore[no-untyped-def]
+        with engine.begin() as conn:
+            conn.execute(
+                update(Subscription)
+                .where(Subscription.subscriber_id == leaving)
+                .values(status=SubscriptionStatus.UNSUBSCRIBED)
+            )
+        return await accept(server, session, envelope)
+
+    handler.handle_DATA = leave
+    # status_every=0: the readers' statuses are read again before each mail.
+    send_all(db, SMTPTransport("127.0.0.1", smtp_pipelining.port), status_every=0)
+
+    assert ledger(db, digest) == {"sent": 2, "skipped": 1}
+    assert [r.rcpt_tos for r in smtp_pipelining.received] == [
+        ["r0@example.com"],
+        ["r2@example.com"],
+    ]
+
+
 def test_a_mark_lost_with_its_database_connection_sends_only_that_mail_twice(
     db, daily, smtp_pipelining, postgresql_only
 ):

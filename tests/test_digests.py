@@ -943,6 +943,36 @@ def test_a_reader_who_leaves_after_their_envelope_went_ahead_gets_nothing(
     ]
 
 
+@pytest.mark.parametrize("pipelining", [False, True], ids=["one-by-one", "pipelining"])
+def test_a_line_that_starts_with_a_dot_arrives_as_written(db, daily, pipelining):
+    """Over SMTP a digest mail goes dot-stuffed, most of it stuffed once per digest; the
+    server takes the stuffing off, and the reader reads the line as the editor wrote it."""
+    from smtp_server import running_smtp
+
+    add_reader(db, daily, "r0@example.com")
+    add_item(db, daily, "Story")
+    intro = "Hello.\n.NET readers, this line starts with a dot.\n..and this one with two"
+    digest = states.compose(db.session, daily, intro=intro)
+    states.start(db.session, digest)
+    with running_smtp(pipelining=pipelining) as server:
+        kept: list[bytes] = []
+        accept = server.handler.handle_DATA
+
+        async def keeping(smtp_server, session, envelope):  # type: ignore[no-untyped-def]
+            kept.append(envelope.content)
+            return await accept(smtp_server, session, envelope)
+
+        server.handler.handle_DATA = keeping
+        send_all(db, SMTPTransport("127.0.0.1", server.port))
+
+    assert ledger(db, digest) == {"sent": 1}
+    [received] = server.received
+    text = received.message.get_body(preferencelist=("plain",)).get_content()
+    assert "\n.NET readers, this line starts with a dot.\n..and this one with two\n" in text
+    [content] = kept
+    assert b"\r\n.NET readers" in content and b"\r\n..and this one" in content
+
+
 def test_a_mark_lost_with_its_database_connection_sends_only_that_mail_twice(
     db, daily, smtp_pipelining, postgresql_only
 ):

@@ -15,6 +15,7 @@ from newsletter import create_app
 from newsletter.extensions import db
 from newsletter.mail import compose
 from newsletter.mail.transport import (
+    END_OF_DATA,
     ConnectionFailure,
     DeliveryError,
     FileTransport,
@@ -22,6 +23,7 @@ from newsletter.mail.transport import (
     PermanentFailure,
     SMTPTransport,
     TemporaryFailure,
+    dot_stuffed,
     envelope,
     serialise,
 )
@@ -594,3 +596,17 @@ def test_a_refused_body_keeps_the_envelope_sent_ahead(smtp, transport):
 
     assert [r.rcpt_tos for r in smtp.received] == [["b@example.com"]]
     assert smtp.connections == 1
+
+
+def test_a_message_stuffed_by_the_caller_arrives_as_written(smtp, transport):
+    """A caller may hand the message already as it goes after DATA; it is not stuffed twice,
+    also where the server takes no pipelining and smtplib stuffs it itself."""
+    kept = keep_raw(smtp)
+    data = raw_mail() + b"..two dots\r\n"
+    transport.send_raw(
+        "daily@news.example.org",
+        ["reader@example.com"],
+        dot_stuffed(b".first line\r\n" + data) + END_OF_DATA,
+        stuffed=True,
+    )
+    assert kept == [b".first line\r\n" + data]

@@ -284,7 +284,9 @@ class DigestSender:
             claimed_at=started,
             checked_at=started,
         )
-        ahead = _Ahead(recipients, by_key, self.links, self._pool)
+        # Over SMTP each message is built as it goes after DATA, most of it stuffed once.
+        smtp = isinstance(self.transport, SMTPTransport)
+        ahead = _Ahead(recipients, by_key, self.links, self._pool, stuffed=smtp)
         with autocommit(session) as conn, _Marks(conn) as marks:
             for position in range(len(recipients)):
                 if recipients[position].status == SubscriptionStatus.CONFIRMED:
@@ -394,7 +396,9 @@ class DigestSender:
                 # message's envelope, just before its body goes: the two round trips overlap.
                 # The next reader's envelope goes with this body, so theirs is answered early.
                 then = ahead.next_envelope(position)
-                self.transport.send_raw(sender, to, data, before_data=marks.wait, then=then)
+                self.transport.send_raw(
+                    sender, to, data, before_data=marks.wait, then=then, stuffed=True
+                )
             else:
                 marks.wait()
                 self.transport.send_raw(sender, to, data)
@@ -628,11 +632,14 @@ class _Ahead:
         prepared: Mapping[tuple[frozenset[int], str | None], PreparedDigest],
         links: Links,
         pool: ThreadPoolExecutor | None,
+        *,
+        stuffed: bool = False,
     ) -> None:
         self.recipients = recipients
         self.prepared = prepared
         self.links = links
         self.pool = pool
+        self.stuffed = stuffed
         self.futures: dict[int, Future[bytes]] = {}
         self.envelopes: dict[int, Envelope] = {}
 
@@ -673,7 +680,8 @@ class _Ahead:
     def _build(self, position: int) -> bytes:
         r = self.recipients[position]
         prepared = self.prepared_of(position)
-        return prepared.message(r.delivery_id, r.address, Reader(r.subscriber_id, r.token_key))
+        reader = Reader(r.subscriber_id, r.token_key)
+        return prepared.message(r.delivery_id, r.address, reader, stuffed=self.stuffed)
 
     def get(self, position: int) -> bytes:
         """The message for the reader at `position`; raises what building it raised."""

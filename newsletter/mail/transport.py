@@ -246,9 +246,14 @@ class SMTPTransport(_Sender):
         *,
         before_data: Callable[[], None] | None = None,
         then: Envelope | None = None,
+        stuffed: bool = False,
     ) -> None:
         """Send finished bytes; `before_data` is called once the server has taken the envelope,
         just before the message itself goes (what it raises ends the session and goes up).
+
+        With `stuffed`, `data` is already what goes after DATA: dot-stuffed (`dot_stuffed`)
+        and ended by END_OF_DATA, made so by a caller that stuffs most of it once for many
+        messages.
 
         `then` is the envelope of the message meant to go next on this connection: with
         PIPELINING its commands go out with this message's body (RFC 2920 lets a group begin
@@ -258,12 +263,12 @@ class SMTPTransport(_Sender):
         """
         reused = self._smtp is not None
         try:
-            self._deliver(sender, recipients, data, before_data, then)
+            self._deliver(sender, recipients, data, before_data, then, stuffed)
         except _Disconnected:
             if not reused:
                 raise
             # The server closed the kept-open connection while it idled: one fresh try.
-            self._deliver(sender, recipients, data, before_data, then)
+            self._deliver(sender, recipients, data, before_data, then, stuffed)
 
     def _open(self) -> smtplib.SMTP:
         try:
@@ -281,6 +286,7 @@ class SMTPTransport(_Sender):
         data: bytes,
         before_data: Callable[[], None] | None,
         then: Envelope | None,
+        stuffed: bool,
     ) -> None:
         if self._ahead is not None and self._ahead != (sender, tuple(recipients)):
             self._drop()
@@ -297,7 +303,7 @@ class SMTPTransport(_Sender):
                 if not sent:
                     _send_envelope(smtp, sender, recipients)
                 # Made ready while the server answers the envelope: a copy or two of the message.
-                body = _data_section(data)
+                body = data if stuffed else _data_section(data)
                 refused = _envelope_replies(smtp, sender, recipients)
                 if before_data is not None:
                     before_data()
@@ -309,6 +315,8 @@ class SMTPTransport(_Sender):
             else:
                 if before_data is not None:
                     before_data()
+                if stuffed:
+                    data = _unstuffed(data)  # sendmail stuffs it again
                 refused = self._smtp.sendmail(sender, list(recipients), data, mail_options=options)
         except smtplib.SMTPRecipientsRefused as exc:
             self._reset()
@@ -431,18 +439,33 @@ def _next_commands(then: Envelope | None) -> bytes:
         return b""
 
 
+# What ends a message after DATA: a line of one dot.
+END_OF_DATA = b".\r\n"
+
+
+def dot_stuffed(lines: bytes) -> bytes:
+    """Whole lines (CRLF) as they go after DATA: one that starts with a dot gets a second
+    one (RFC 5321 4.5.2), so no line of a message can end it early."""
+    # Looked for first: a search is a small part of what replace costs on lines with none.
+    if b"\r\n." in lines:
+        lines = lines.replace(b"\r\n.", b"\r\n..")
+    return b"." + lines if lines.startswith(b".") else lines
+
+
+def _unstuffed(section: bytes) -> bytes:
+    """The message of a DATA section again (`dot_stuffed` undone, END_OF_DATA taken off)."""
+    data = section.removesuffix(END_OF_DATA).replace(b"\r\n..", b"\r\n.")
+    return data[1:] if data.startswith(b"..") else data
+
+
 def _data_section(data: bytes) -> bytes:
     """The message as it goes after DATA: CRLF line ends, dot-stuffed, ended by a lone dot."""
     if data.count(b"\n") != data.count(b"\r\n"):
         data = _BARE_LF.sub(b"\r\n", data)
-    # Dot-stuffing (RFC 5321 4.5.2): a line that starts with a dot gets a second one. Looked
-    # for first: a search is a small part of what replace costs on a mail that has none.
-    body = data.replace(b"\r\n.", b"\r\n..") if b"\r\n." in data else data
-    if body.startswith(b"."):
-        body = b"." + body
+    body = dot_stuffed(data)
     if not body.endswith(b"\r\n"):
         body += b"\r\n"
-    return body + b".\r\n"
+    return body + END_OF_DATA
 
 
 def _reply(smtp: smtplib.SMTP) -> tuple[int, bytes]:

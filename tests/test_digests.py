@@ -567,6 +567,21 @@ def test_a_reader_who_complains_while_the_batch_goes_is_not_mailed(db, daily, st
         assert skipped == "reader complained"
 
 
+def test_the_reader_next_in_line_who_complains_as_a_mail_goes_is_not_mailed(db, daily):
+    """Read again just before their own turn: the very next reader is skipped too."""
+    add_item(db, daily, "Story")
+    for n in range(3):
+        add_reader(db, daily, f"r{n}@example.com")
+    digest = states.compose(db.session, daily)
+    states.start(db.session, digest)
+    transport = _During(1, lambda: _complain(db, "r1@example.com"))
+
+    send_all(db, transport, status_every=0)
+
+    assert [to for _, [to] in transport.envelopes] == ["r0@example.com", "r2@example.com"]
+    assert ledger(db, digest) == {"sent": 2, "skipped": 1}
+
+
 class _FaultFor(MemoryTransport):
     """Raises an error that is no server's answer for one address."""
 
@@ -891,6 +906,71 @@ def test_each_mail_is_marked_sent_before_the_next_one_is_accepted(db, daily, smt
 
     assert ledger(db, digest) == {"sent": 30}
     assert marked_before == list(range(30))
+
+
+def test_a_reader_who_leaves_after_their_envelope_went_ahead_gets_nothing(
+    db, daily, smtp_pipelining
+):
+    """The second reader's envelope goes with the first mail; they unsubscribe as it is
+    accepted: their turn is skipped, and the connection that held their envelope is dropped
+    without a message, so only the first and third readers get the digest."""
+    readers = [add_reader(db, daily, f"r{n}@example.com") for n in range(3)]
+    add_item(db, daily, "Story")
+    digest = states.compose(db.session, daily)
+    states.start(db.session, digest)
+    handler = smtp_pipelining.handler
+    accept = handler.handle_DATA
+    engine = db.engine  # the server's thread has no application context
+    leaving = readers[1].id
+
+    async def leave(server, session, envelope):  # type: ignore[no-untyped-def]
+        with engine.begin() as conn:
+            conn.execute(
+                update(Subscription)
+                .where(Subscription.subscriber_id == leaving)
+                .values(status=SubscriptionStatus.UNSUBSCRIBED)
+            )
+        return await accept(server, session, envelope)
+
+    handler.handle_DATA = leave
+    # status_every=0: the readers' statuses are read again before each mail.
+    send_all(db, SMTPTransport("127.0.0.1", smtp_pipelining.port), status_every=0)
+
+    assert ledger(db, digest) == {"sent": 2, "skipped": 1}
+    assert [r.rcpt_tos for r in smtp_pipelining.received] == [
+        ["r0@example.com"],
+        ["r2@example.com"],
+    ]
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["one-by-one", "pipelining"])
+def test_a_line_that_starts_with_a_dot_arrives_as_written(db, daily, pipelining):
+    """Over SMTP a digest mail goes dot-stuffed, most of it stuffed once per digest; the
+    server takes the stuffing off, and the reader reads the line as the editor wrote it."""
+    from smtp_server import running_smtp
+
+    add_reader(db, daily, "r0@example.com")
+    add_item(db, daily, "Story")
+    intro = "Hello.\n.NET readers, this line starts with a dot.\n..and this one with two"
+    digest = states.compose(db.session, daily, intro=intro)
+    states.start(db.session, digest)
+    with running_smtp(pipelining=pipelining) as server:
+        kept: list[bytes] = []
+        accept = server.handler.handle_DATA
+
+        async def keeping(smtp_server, session, envelope):  # type: ignore[no-untyped-def]
+            kept.append(envelope.content)
+            return await accept(smtp_server, session, envelope)
+
+        server.handler.handle_DATA = keeping
+        send_all(db, SMTPTransport("127.0.0.1", server.port))
+
+    assert ledger(db, digest) == {"sent": 1}
+    [received] = server.received
+    text = received.message.get_body(preferencelist=("plain",)).get_content()
+    assert "\n.NET readers, this line starts with a dot.\n..and this one with two\n" in text
+    [content] = kept
+    assert b"\r\n.NET readers" in content and b"\r\n..and this one" in content
 
 
 def test_a_mark_lost_with_its_database_connection_sends_only_that_mail_twice(

@@ -15,6 +15,7 @@ from newsletter import create_app
 from newsletter.extensions import db
 from newsletter.mail import compose
 from newsletter.mail.transport import (
+    END_OF_DATA,
     ConnectionFailure,
     DeliveryError,
     FileTransport,
@@ -22,6 +23,7 @@ from newsletter.mail.transport import (
     PermanentFailure,
     SMTPTransport,
     TemporaryFailure,
+    dot_stuffed,
     envelope,
     serialise,
 )
@@ -540,3 +542,71 @@ def test_one_refused_recipient_of_two_still_lets_the_other_have_it(smtp, transpo
         )
     assert caught.value.recipient_refused
     assert [r.rcpt_tos for r in smtp.received] == [["b@example.com"]]
+
+
+def test_the_next_envelope_sent_ahead_carries_the_next_mail(smtp, transport):
+    """The next message's envelope goes with this one's body; both arrive, on one connection."""
+    kept = keep_raw(smtp)
+    first, second = raw_mail("First", "a@example.com"), raw_mail("Second", "b@example.com")
+    transport.send_raw(
+        "bounces@news.example.org",
+        ["a@example.com"],
+        first,
+        then=("bounces@news.example.org", ["b@example.com"]),
+    )
+    transport.send_raw("bounces@news.example.org", ["b@example.com"], second)
+
+    assert [r.rcpt_tos for r in smtp.received] == [["a@example.com"], ["b@example.com"]]
+    assert kept == [first, second]
+    assert smtp.connections == 1 and smtp.handler.resets == 0
+
+
+@pytest.mark.parametrize("after", ["another mail", "close"])
+def test_an_envelope_sent_ahead_for_a_mail_that_does_not_follow_delivers_nothing(
+    smtp, transport, after
+):
+    """The reader whose envelope went ahead gets nothing, not even an empty message."""
+    transport.send_raw(
+        "bounces@news.example.org",
+        ["a@example.com"],
+        raw_mail("First", "a@example.com"),
+        then=("bounces@news.example.org", ["gone@example.com"]),
+    )
+    if after == "close":
+        transport.close()
+    else:
+        transport.send_raw("bounces@news.example.org", ["c@example.com"], raw_mail("Other"))
+
+    wanted = [["a@example.com"]] + ([] if after == "close" else [["c@example.com"]])
+    assert [r.rcpt_tos for r in smtp.received] == wanted
+
+
+def test_a_refused_body_keeps_the_envelope_sent_ahead(smtp, transport):
+    """A message refused after its body fails alone; the next one, whose envelope went with
+    it, still arrives, without an RSET that would have undone that envelope."""
+    smtp.handler.refuse("DATA", "554 5.7.1 Message rejected")
+    with pytest.raises(PermanentFailure):
+        transport.send_raw(
+            "bounces@news.example.org",
+            ["a@example.com"],
+            raw_mail("First", "a@example.com"),
+            then=("bounces@news.example.org", ["b@example.com"]),
+        )
+    transport.send_raw("bounces@news.example.org", ["b@example.com"], raw_mail("Second"))
+
+    assert [r.rcpt_tos for r in smtp.received] == [["b@example.com"]]
+    assert smtp.connections == 1
+
+
+def test_a_message_stuffed_by_the_caller_arrives_as_written(smtp, transport):
+    """A caller may hand the message already as it goes after DATA; it is not stuffed twice,
+    also where the server takes no pipelining and smtplib stuffs it itself."""
+    kept = keep_raw(smtp)
+    data = raw_mail() + b"..two dots\r\n"
+    transport.send_raw(
+        "daily@news.example.org",
+        ["reader@example.com"],
+        dot_stuffed(b".first line\r\n" + data) + END_OF_DATA,
+        stuffed=True,
+    )
+    assert kept == [b".first line\r\n" + data]

@@ -31,6 +31,7 @@ from newsletter import metrics, site
 from newsletter.languages import DEFAULT
 from newsletter.links import ARCHIVE, ARCHIVE_KEY, PREFERENCES, UNSUBSCRIBE, Links, Reader
 from newsletter.mail import compose
+from newsletter.mail.transport import END_OF_DATA, dot_stuffed
 from newsletter.models import Item, Newsletter, utcnow
 
 # Responsive rules (@media) stay in a <style> element; the rest goes into style attributes,
@@ -340,6 +341,9 @@ class PreparedDigest:
         pending += f"--{boundary}--\r\n".encode("ascii")
         pieces.append((pending, None))
         self.pieces = pieces
+        self.stuffed_pieces = [
+            (dot_stuffed(block) if block is not None else None, hole) for block, hole in pieces
+        ]
         # For DKIM: the fixed blocks canonicalised once (each holds whole lines).
         self.canonical = [
             _relaxed_body_lines(block) if block is not None else None for block, _ in pieces
@@ -351,23 +355,42 @@ class PreparedDigest:
         return compose.wire_address(address)
 
     def message(
-        self, delivery_id: int, to: str, reader: Reader, now: datetime | None = None
+        self,
+        delivery_id: int,
+        to: str,
+        reader: Reader,
+        now: datetime | None = None,
+        *,
+        stuffed: bool = False,
     ) -> bytes:
-        """The whole mail for one reader, ready for SMTP (and signed, with a signer)."""
+        """The whole mail for one reader, ready for SMTP (and signed, with a signer); with
+        `stuffed`, as it goes after SMTP's DATA (transport.dot_stuffed, ended by a lone dot)."""
         urls = self.links.holes(reader)
         unsubscribe = urls[UNSUBSCRIBE]
         filled = {hole: _qp_link(url) for hole, url in urls.items()}
-        body = b"".join(block if block is not None else filled[hole] for block, hole in self.pieces)
         headers = (
             f"To: {compose.header_value(compose.wire_address(to), 254)}\r\n"
             f"Date: {format_datetime(now or utcnow())}\r\n"
             f"Message-ID: <{self.message_key}.{delivery_id}@{self.domain}>\r\n"
             f"List-Unsubscribe: <{unsubscribe}>{self.links.mailto(reader)}\r\n"
         ).encode("ascii") + self.static_headers
-        data = headers + b"\r\n" + body
+        head = headers + b"\r\n"
         if self.signer is not None:
-            data = self.signer.sign_with_body_hash(headers, self._body_hash(filled)) + data
-        return data
+            head = self.signer.sign_with_body_hash(headers, self._body_hash(filled)) + head
+        if not stuffed:
+            return head + b"".join(
+                block if block is not None else filled[hole] for block, hole in self.pieces
+            )
+        # Each piece holds whole lines, so stuffing them one by one stuffs the whole; the fixed
+        # blocks, most of the mail, were stuffed once.
+        return (
+            dot_stuffed(head)
+            + b"".join(
+                block if block is not None else dot_stuffed(filled[hole])
+                for block, hole in self.stuffed_pieces
+            )
+            + END_OF_DATA
+        )
 
     def _body_hash(self, filled: dict[str, bytes]) -> bytes:
         """SHA-256 of the relaxed canonical body: the fixed blocks' forms were made once."""

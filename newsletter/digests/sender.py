@@ -40,7 +40,13 @@ from newsletter.digests.ledger import Recipient
 from newsletter.leases import Policy, autocommit, new_claim
 from newsletter.links import DELIVERY, Links, Reader
 from newsletter.mail.outbox import server_side
-from newsletter.mail.transport import DeliveryError, SMTPTransport, TemporaryFailure, Transport
+from newsletter.mail.transport import (
+    DeliveryError,
+    Envelope,
+    SMTPTransport,
+    TemporaryFailure,
+    Transport,
+)
 from newsletter.models import (
     BounceKind,
     DeliveryStatus,
@@ -278,17 +284,20 @@ class DigestSender:
             claimed_at=started,
             checked_at=started,
         )
-        ahead = _Ahead(recipients, by_key, self._pool)
+        # Over SMTP each message is built as it goes after DATA, most of it stuffed once.
+        smtp = isinstance(self.transport, SMTPTransport)
+        ahead = _Ahead(recipients, by_key, self.links, self._pool, stuffed=smtp)
         with autocommit(session) as conn, _Marks(conn) as marks:
-            for position, recipient in enumerate(recipients):
-                confirmed = recipient.status == SubscriptionStatus.CONFIRMED
-                if confirmed:
+            for position in range(len(recipients)):
+                if recipients[position].status == SubscriptionStatus.CONFIRMED:
                     # Wait for the throttle first: what is checked next (a pause, the lease)
                     # must hold when the message goes, however long the wait was.
                     self.throttle.wait(stop)
                 if not self._still_ours(session, batch, position, stop):
                     break
-                if not confirmed:
+                # As read again just now, if it was: a reader may have left since the claim.
+                recipient = recipients[position]
+                if recipient.status != SubscriptionStatus.CONFIRMED:
                     why = f"reader {recipient.status or 'erased'}"
                     _settle(session, [recipient.delivery_id], token, DeliveryStatus.SKIPPED, why)
                     continue
@@ -372,7 +381,6 @@ class DigestSender:
         recipient = batch.recipients[position]
         row = recipient.delivery_id
         try:
-            prepared = ahead.prepared_of(position)
             data = ahead.get(position)
         except Exception as exc:
             # One reader's bad data (an address that cannot be a header) fails alone.
@@ -382,12 +390,15 @@ class DigestSender:
             _settle(session, [row], batch.token, DeliveryStatus.FAILED, f"cannot build: {exc}")
             return True
         try:
-            sender = self.links.envelope_sender(DELIVERY, row) or prepared.sender
-            to = [prepared.recipient(recipient.address)]
-            if marks.overlapped and isinstance(self.transport, SMTPTransport):
+            sender, to = ahead.envelope(position)
+            if isinstance(self.transport, SMTPTransport):
                 # The last reader's mark is waited for only once the server has answered this
                 # message's envelope, just before its body goes: the two round trips overlap.
-                self.transport.send_raw(sender, to, data, before_data=marks.wait)
+                # The next reader's envelope goes with this body, so theirs is answered early.
+                then = ahead.next_envelope(position)
+                self.transport.send_raw(
+                    sender, to, data, before_data=marks.wait, then=then, stuffed=True
+                )
             else:
                 marks.wait()
                 self.transport.send_raw(sender, to, data)
@@ -619,22 +630,58 @@ class _Ahead:
         self,
         recipients: Sequence[Recipient],
         prepared: Mapping[tuple[frozenset[int], str | None], PreparedDigest],
+        links: Links,
         pool: ThreadPoolExecutor | None,
+        *,
+        stuffed: bool = False,
     ) -> None:
         self.recipients = recipients
         self.prepared = prepared
+        self.links = links
         self.pool = pool
+        self.stuffed = stuffed
         self.futures: dict[int, Future[bytes]] = {}
+        self.envelopes: dict[int, Envelope] = {}
 
     def prepared_of(self, position: int) -> PreparedDigest:
         """The mail, rendered once, that the reader at `position` gets made personal."""
         r = self.recipients[position]
         return self.prepared[(r.lists, r.locale)]
 
+    def envelope(self, position: int) -> Envelope:
+        """The SMTP envelope of the reader's message at `position`: its VERP sender and address."""
+        found = self.envelopes.pop(position, None)
+        if found is None:
+            r = self.recipients[position]
+            prepared = self.prepared_of(position)
+            sender = self.links.envelope_sender(DELIVERY, r.delivery_id) or prepared.sender
+            found = (sender, [prepared.recipient(r.address)])
+        return found
+
+    def next_envelope(self, position: int) -> Envelope | None:
+        """The envelope of the next reader after `position` to be mailed, if there is one."""
+        upcoming = next(
+            (
+                n
+                for n in range(position + 1, len(self.recipients))
+                if self.recipients[n].status == SubscriptionStatus.CONFIRMED
+            ),
+            None,
+        )
+        if upcoming is None:
+            return None
+        try:
+            self.envelopes[upcoming] = self.envelope(upcoming)
+        except Exception:
+            # Nothing goes ahead; that reader's own turn says what is wrong.
+            return None
+        return self.envelopes[upcoming]
+
     def _build(self, position: int) -> bytes:
         r = self.recipients[position]
         prepared = self.prepared_of(position)
-        return prepared.message(r.delivery_id, r.address, Reader(r.subscriber_id, r.token_key))
+        reader = Reader(r.subscriber_id, r.token_key)
+        return prepared.message(r.delivery_id, r.address, reader, stuffed=self.stuffed)
 
     def get(self, position: int) -> bytes:
         """The message for the reader at `position`; raises what building it raised."""

@@ -53,6 +53,10 @@ class PermanentFailure(DeliveryError):
     permanent = True
 
 
+# An SMTP envelope: the sender and the recipients.
+Envelope = tuple[str, Sequence[str]]
+
+
 class Transport(Protocol):
     def send(self, message: EmailMessage, sender: str | None = None) -> None: ...
 
@@ -194,6 +198,8 @@ class SMTPTransport(_Sender):
         self.ssl_context = ssl_context
         self.signer = signer
         self._smtp: smtplib.SMTP | None = None
+        # The envelope sent ahead with the last message's body, its replies not read yet.
+        self._ahead: tuple[str, tuple[str, ...]] | None = None
 
     @classmethod
     def from_url(cls, url: str, **options: object) -> SMTPTransport:
@@ -239,17 +245,30 @@ class SMTPTransport(_Sender):
         data: bytes,
         *,
         before_data: Callable[[], None] | None = None,
+        then: Envelope | None = None,
+        stuffed: bool = False,
     ) -> None:
         """Send finished bytes; `before_data` is called once the server has taken the envelope,
-        just before the message itself goes (what it raises ends the session and goes up)."""
+        just before the message itself goes (what it raises ends the session and goes up).
+
+        With `stuffed`, `data` is already what goes after DATA: dot-stuffed (`dot_stuffed`)
+        and ended by END_OF_DATA, made so by a caller that stuffs most of it once for many
+        messages.
+
+        `then` is the envelope of the message meant to go next on this connection: with
+        PIPELINING its commands go out with this message's body (RFC 2920 lets a group begin
+        with a message's content), so the next message waits for one reply, not two. Should
+        the next message be another after all, the connection is dropped, which ends the
+        transaction left open without a message: nothing reaches that recipient.
+        """
         reused = self._smtp is not None
         try:
-            self._deliver(sender, recipients, data, before_data)
+            self._deliver(sender, recipients, data, before_data, then, stuffed)
         except _Disconnected:
             if not reused:
                 raise
             # The server closed the kept-open connection while it idled: one fresh try.
-            self._deliver(sender, recipients, data, before_data)
+            self._deliver(sender, recipients, data, before_data, then, stuffed)
 
     def _open(self) -> smtplib.SMTP:
         try:
@@ -266,7 +285,11 @@ class SMTPTransport(_Sender):
         recipients: Sequence[str],
         data: bytes,
         before_data: Callable[[], None] | None,
+        then: Envelope | None,
+        stuffed: bool,
     ) -> None:
+        if self._ahead is not None and self._ahead != (sender, tuple(recipients)):
+            self._drop()
         if self._smtp is None:
             self._smtp = self._open()
         options: list[str] = []
@@ -275,10 +298,25 @@ class SMTPTransport(_Sender):
             options = ["SMTPUTF8", "BODY=8BITMIME"]
         try:
             if not options and self._smtp.has_extn("pipelining"):
-                refused = _pipelined(self._smtp, sender, recipients, data, before_data)
+                smtp, sent = self._smtp, self._ahead is not None
+                self._ahead = None
+                if not sent:
+                    _send_envelope(smtp, sender, recipients)
+                # Made ready while the server answers the envelope: a copy or two of the message.
+                body = data if stuffed else _data_section(data)
+                refused = _envelope_replies(smtp, sender, recipients)
+                if before_data is not None:
+                    before_data()
+                following = _next_commands(then)
+                smtp.send(body + following)
+                if then is not None and following:
+                    self._ahead = (then[0], tuple(then[1]))
+                _message_reply(smtp)
             else:
                 if before_data is not None:
                     before_data()
+                if stuffed:
+                    data = _unstuffed(data)  # sendmail stuffs it again
                 refused = self._smtp.sendmail(sender, list(recipients), data, mail_options=options)
         except smtplib.SMTPRecipientsRefused as exc:
             self._reset()
@@ -308,15 +346,17 @@ class SMTPTransport(_Sender):
         except BaseException:
             # Not the server's doing (what before_data raised, an interrupt): the session may be
             # in the middle of a message, so it is dropped without a word.
-            smtp, self._smtp = self._smtp, None
-            if smtp is not None:
-                smtp.close()
+            self._drop()
             raise
         if refused:
             raise _refused(refused)
 
     def _reset(self) -> None:
         """After a refusal the connection is still good; RSET so it can carry the next one."""
+        if self._ahead is not None:
+            # The message was refused after its body, which ended its transaction; the next
+            # one's envelope went with that body, and an RSET now would undo it.
+            return
         try:
             if self._smtp is not None:
                 self._smtp.rset()
@@ -324,6 +364,10 @@ class SMTPTransport(_Sender):
             self.close()
 
     def close(self) -> None:
+        if self._ahead is not None:
+            # A QUIT now could be read as the text of the message whose envelope went ahead.
+            self._drop()
+            return
         smtp, self._smtp = self._smtp, None
         if smtp is None:
             return
@@ -332,23 +376,27 @@ class SMTPTransport(_Sender):
         except (smtplib.SMTPException, OSError):
             smtp.close()
 
+    def _drop(self) -> None:
+        """Close the connection without a word: an open transaction ends with no message."""
+        smtp, self._smtp, self._ahead = self._smtp, None, None
+        if smtp is not None:
+            smtp.close()
 
-def _pipelined(
-    smtp: smtplib.SMTP,
-    sender: str,
-    recipients: Sequence[str],
-    data: bytes,
-    before_data: Callable[[], None] | None = None,
-) -> dict[str, tuple[int, bytes]]:
-    """MAIL, RCPT and DATA in one write, their replies read after (RFC 2920), then the message.
 
-    Two round trips a message instead of four: on a kept-open connection to a busy relay,
-    the waits for replies are most of the time a message takes. Raises what smtplib's
-    sendmail raises, so errors read the same; returns the recipients refused among several.
+def _send_envelope(smtp: smtplib.SMTP, sender: str, recipients: Sequence[str]) -> None:
+    """MAIL, RCPT and DATA in one write, their replies read after (RFC 2920).
+
+    Fewer round trips a message: on a kept-open connection to a busy relay, the waits for
+    replies are most of the time a message takes.
     """
     smtp.send("".join(f"{line}\r\n" for line in _commands(sender, recipients)))
-    # Made ready while the server answers the envelope, not after: a copy or two of the message.
-    body = _data_section(data)
+
+
+def _envelope_replies(
+    smtp: smtplib.SMTP, sender: str, recipients: Sequence[str]
+) -> dict[str, tuple[int, bytes]]:
+    """Read the replies to a pipelined envelope; raises what smtplib's sendmail raises, so
+    errors read the same; returns the recipients refused among several."""
     mail_code, mail_reply = _reply(smtp)
     refused: dict[str, tuple[int, bytes]] = {}
     for recipient in recipients:
@@ -367,26 +415,57 @@ def _pipelined(
         raise smtplib.SMTPRecipientsRefused(refused)
     if data_code != 354:
         raise smtplib.SMTPDataError(data_code, data_reply)
-    if before_data is not None:
-        before_data()
-    smtp.send(body)
+    return refused
+
+
+def _message_reply(smtp: smtplib.SMTP) -> None:
+    """Read the server's answer to a message's body; raises unless it was accepted."""
     code, reply = _reply(smtp)
     if code != 250:
         raise smtplib.SMTPDataError(code, reply)
-    return refused
+
+
+def _next_commands(then: Envelope | None) -> bytes:
+    """The pipelined envelope of the next message, or nothing when it cannot go ahead (it
+    needs SMTPUTF8, or is no envelope at all: its own send will say why)."""
+    if then is None:
+        return b""
+    sender, recipients = then
+    if not (recipients and sender.isascii() and all(r.isascii() for r in recipients)):
+        return b""
+    try:
+        return "".join(f"{line}\r\n" for line in _commands(sender, recipients)).encode("ascii")
+    except PermanentFailure:
+        return b""
+
+
+# What ends a message after DATA: a line of one dot.
+END_OF_DATA = b".\r\n"
+
+
+def dot_stuffed(lines: bytes) -> bytes:
+    """Whole lines (CRLF) as they go after DATA: one that starts with a dot gets a second
+    one (RFC 5321 4.5.2), so no line of a message can end it early."""
+    # Looked for first: a search is a small part of what replace costs on lines with none.
+    if b"\r\n." in lines:
+        lines = lines.replace(b"\r\n.", b"\r\n..")
+    return b"." + lines if lines.startswith(b".") else lines
+
+
+def _unstuffed(section: bytes) -> bytes:
+    """The message of a DATA section again (`dot_stuffed` undone, END_OF_DATA taken off)."""
+    data = section.removesuffix(END_OF_DATA).replace(b"\r\n..", b"\r\n.")
+    return data[1:] if data.startswith(b"..") else data
 
 
 def _data_section(data: bytes) -> bytes:
     """The message as it goes after DATA: CRLF line ends, dot-stuffed, ended by a lone dot."""
     if data.count(b"\n") != data.count(b"\r\n"):
         data = _BARE_LF.sub(b"\r\n", data)
-    # Dot-stuffing (RFC 5321 4.5.2): a line that starts with a dot gets a second one.
-    body = data.replace(b"\r\n.", b"\r\n..")
-    if body.startswith(b"."):
-        body = b"." + body
+    body = dot_stuffed(data)
     if not body.endswith(b"\r\n"):
         body += b"\r\n"
-    return body + b".\r\n"
+    return body + END_OF_DATA
 
 
 def _reply(smtp: smtplib.SMTP) -> tuple[int, bytes]:

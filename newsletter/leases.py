@@ -54,21 +54,13 @@ def autocommit(session: Session) -> Iterator[Connection]:
     """A connection of its own that marks rows sent: one statement, one transaction, each.
 
     Of its own, because a Session's bookkeeping costs more than the write itself. In
-    autocommit, so a mark is one round trip. On PostgreSQL without waiting for the WAL to
-    reach the disk (synchronous_commit off, as SQLite's synchronous=NORMAL in WAL mode): a
-    worker that dies loses no mark; only a crash of the database machine itself can forget
-    the last fraction of a second of them, and those readers get a second copy.
+    autocommit, so a mark is one round trip. Each mark is as durable as the database keeps
+    any commit (PostgreSQL's default: its WAL on disk before the answer): a crash of the
+    database server forgets none, so at most the mail in flight on each connection goes
+    twice, as after a worker's crash.
     """
     with session.get_bind().connect() as conn:
-        marks = conn.execution_options(isolation_level="AUTOCOMMIT")
-        postgres = conn.dialect.name == "postgresql"
-        if postgres:
-            marks.exec_driver_sql("SET synchronous_commit TO off")
-        try:
-            yield marks
-        finally:
-            if postgres and not conn.invalidated:
-                marks.exec_driver_sql("RESET synchronous_commit")
+        yield conn.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def new_claim() -> str:

@@ -13,23 +13,16 @@ the scale for `bench/digest.py`'s "2 workers / 1 worker".
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import smtplib
-import socket
 import statistics
 import subprocess
 import time
 
 import psycopg
+from digest import forked_rate, free_port  # bench/, beside this script
 
 SIZE = 21_600  # bytes: about the single-list digest of bench/digest.py
 SENDER = "news@example.org"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def prepare(server: str, database: str) -> str:
@@ -68,18 +61,8 @@ def send_share(url: str, port: int, first: int, count: int, body: bytes) -> None
 def rate(url: str, port: int, readers: int, processes: int, body: bytes) -> float:
     fill(url, readers)
     share = readers // processes
-    context = multiprocessing.get_context("fork")
-    senders = [
-        context.Process(target=send_share, args=(url, port, 1 + n * share, share, body))
-        for n in range(processes)
-    ]
-    began = time.perf_counter()
-    for sender in senders:
-        sender.start()
-    for sender in senders:
-        sender.join()
-        assert sender.exitcode == 0
-    return share * processes / (time.perf_counter() - began)
+    shares = [(url, port, 1 + n * share, share, body) for n in range(processes)]
+    return forked_rate(send_share, shares, share * processes)
 
 
 def main() -> None:

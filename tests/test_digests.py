@@ -309,11 +309,7 @@ def test_rejected_content_fails_the_row_without_suppressing(db, daily, smtp):
 
 
 def test_mail_server_down_delays_without_losing(db, daily, smtp):
-    add_item(db, daily, "Story")
-    for n in range(3):
-        add_reader(db, daily, f"r{n}@example.com")
-    digest = states.compose(db.session, daily)
-    states.start(db.session, digest)
+    digest = _started(db, daily, readers=3)
     down = SMTPTransport("127.0.0.1", 1)  # nothing listens there
     send_all(db, down)
     assert ledger(db, digest) == {"queued": 3}
@@ -325,11 +321,7 @@ def test_mail_server_down_delays_without_losing(db, daily, smtp):
 
 
 def test_pause_resume_and_cancel(db, daily, smtp):
-    add_item(db, daily, "Story")
-    for n in range(4):
-        add_reader(db, daily, f"r{n}@example.com")
-    digest = states.compose(db.session, daily)
-    states.start(db.session, digest)
+    digest = _started(db, daily, readers=4)
     states.pause(db.session, digest)
     send_all(db, SMTPTransport("127.0.0.1", smtp.port))
     assert smtp.received == []
@@ -363,11 +355,7 @@ def test_reader_who_left_after_the_snapshot_is_skipped(db, daily, smtp):
 
 
 def test_rows_of_a_dead_worker_are_sent_when_the_lease_runs_out(db, daily, smtp):
-    add_item(db, daily, "Story")
-    for n in range(3):
-        add_reader(db, daily, f"r{n}@example.com")
-    digest = states.compose(db.session, daily)
-    states.start(db.session, digest)
+    digest = _started(db, daily, readers=3)
     dead = sender(SMTPTransport("127.0.0.1", smtp.port))
     with Session(db.engine) as session:
         claimed = dead.claim(session, digest.id, "dead-worker")
@@ -398,11 +386,7 @@ def test_scheduled_digest_starts_when_its_time_comes(db, daily, smtp):
 
 
 def test_progress_counts(db, daily, smtp):
-    add_item(db, daily, "Story")
-    for n in range(3):
-        add_reader(db, daily, f"r{n}@example.com")
-    digest = states.compose(db.session, daily)
-    states.start(db.session, digest)
+    digest = _started(db, daily, readers=3)
     before = progress.progress(db.session, digest)
     assert (before.queued, before.sent, before.finished) == (3, 0, False)
     send_all(db, SMTPTransport("127.0.0.1", smtp.port))
@@ -507,6 +491,16 @@ class _During(MemoryTransport):
             self.action()
 
 
+def _started(db, daily, readers):  # type: ignore[no-untyped-def]
+    """A digest of one story to readers r0@example.com, r1@…, started: its rows queued."""
+    add_item(db, daily, "Story")
+    for n in range(readers):
+        add_reader(db, daily, f"r{n}@example.com")
+    digest = states.compose(db.session, daily)
+    states.start(db.session, digest)
+    return digest
+
+
 def _cancel(db, digest_id):  # type: ignore[no-untyped-def]
     """An editor's cancel, from another session (the admin's)."""
     with Session(db.engine) as session:
@@ -517,11 +511,7 @@ def _cancel(db, digest_id):  # type: ignore[no-untyped-def]
     ("status_every", "sent"), [(0, 1), (3600, 4)], ids=["seen-at-once", "seen-after-the-batch"]
 )
 def test_cancel_while_a_worker_sends_keeps_true_figures(db, daily, status_every, sent):
-    add_item(db, daily, "Story")
-    for n in range(4):
-        add_reader(db, daily, f"r{n}@example.com")
-    digest = states.compose(db.session, daily)
-    states.start(db.session, digest)
+    digest = _started(db, daily, readers=4)
     transport = _During(1, lambda: _cancel(db, digest.id))
 
     send_all(db, transport, status_every=status_every)
@@ -549,11 +539,7 @@ def _complain(db, address):  # type: ignore[no-untyped-def]
     ("status_every", "mailed"), [(0, 3), (3600, 4)], ids=["seen-at-once", "seen-after-the-batch"]
 )
 def test_a_reader_who_complains_while_the_batch_goes_is_not_mailed(db, daily, status_every, mailed):
-    add_item(db, daily, "Story")
-    for n in range(4):
-        add_reader(db, daily, f"r{n}@example.com")
-    digest = states.compose(db.session, daily)
-    states.start(db.session, digest)
+    digest = _started(db, daily, readers=4)
     transport = _During(1, lambda: _complain(db, "r2@example.com"))
 
     send_all(db, transport, status_every=status_every)
@@ -569,11 +555,7 @@ def test_a_reader_who_complains_while_the_batch_goes_is_not_mailed(db, daily, st
 
 def test_the_reader_next_in_line_who_complains_as_a_mail_goes_is_not_mailed(db, daily):
     """Read again just before their own turn: the very next reader is skipped too."""
-    add_item(db, daily, "Story")
-    for n in range(3):
-        add_reader(db, daily, f"r{n}@example.com")
-    digest = states.compose(db.session, daily)
-    states.start(db.session, digest)
+    digest = _started(db, daily, readers=3)
     transport = _During(1, lambda: _complain(db, "r1@example.com"))
 
     send_all(db, transport, status_every=0)
@@ -599,11 +581,7 @@ class _FaultFor(MemoryTransport):
 
 
 def test_a_fault_of_our_own_for_one_reader_retries_that_reader_later(db, daily):
-    add_item(db, daily, "Story")
-    for n in range(3):
-        add_reader(db, daily, f"r{n}@example.com")
-    digest = states.compose(db.session, daily)
-    states.start(db.session, digest)
+    digest = _started(db, daily, readers=3)
     transport = _FaultFor("r1@example.com")
 
     send_all(db, transport)
@@ -617,11 +595,7 @@ def test_a_fault_of_our_own_for_one_reader_retries_that_reader_later(db, daily):
 
 
 def test_cancel_then_a_stopped_worker_leaves_nothing_waiting(db, daily):
-    add_item(db, daily, "Story")
-    for n in range(4):
-        add_reader(db, daily, f"r{n}@example.com")
-    digest = states.compose(db.session, daily)
-    states.start(db.session, digest)
+    digest = _started(db, daily, readers=4)
     stop = threading.Event()
 
     def cancel_then_ctrl_c() -> None:
@@ -638,11 +612,7 @@ def test_cancel_then_a_stopped_worker_leaves_nothing_waiting(db, daily):
 
 
 def test_cancel_skips_the_rows_of_a_worker_that_died_holding_them(db, daily):
-    add_item(db, daily, "Story")
-    for n in range(3):
-        add_reader(db, daily, f"r{n}@example.com")
-    digest = states.compose(db.session, daily)
-    states.start(db.session, digest)
+    digest = _started(db, daily, readers=3)
     with Session(db.engine) as session:
         assert len(sender(MemoryTransport()).claim(session, digest.id, "dead-worker")) == 3
 
@@ -654,11 +624,7 @@ def test_cancel_skips_the_rows_of_a_worker_that_died_holding_them(db, daily):
 
 
 def test_a_worker_that_lost_its_lease_stops_sending(db, daily):
-    add_item(db, daily, "Story")
-    for n in range(4):
-        add_reader(db, daily, f"r{n}@example.com")
-    digest = states.compose(db.session, daily)
-    states.start(db.session, digest)
+    digest = _started(db, daily, readers=4)
     other = MemoryTransport()
 
     def another_worker_takes_over() -> None:
@@ -740,11 +706,7 @@ def test_test_copy_of_a_digest_with_the_longest_subject_goes(db, daily, mailbox)
     ids=["sender-refused", "server-closing"],
 )
 def test_server_refusing_us_delays_the_batch_and_blames_no_reader(db, daily, smtp, command, reply):
-    add_item(db, daily, "Story")
-    for n in range(3):
-        add_reader(db, daily, f"r{n}@example.com")
-    digest = states.compose(db.session, daily)
-    states.start(db.session, digest)
+    digest = _started(db, daily, readers=3)
     smtp.handler.refuse(command, reply)
     send_all(db, SMTPTransport("127.0.0.1", smtp.port))
     assert smtp.received == []
@@ -856,11 +818,7 @@ def test_signed_digest_goes_to_everyone_when_the_worker_commits_mid_batch(db, da
     """Mails are built and signed in threads: they must not touch the worker's session, which
     has no application in those threads and expires what it loaded at every commit."""
     signer, _, _ = dkim_key
-    add_item(db, daily, "Story")
-    for n in range(12):
-        add_reader(db, daily, f"r{n}@example.com")
-    digest = states.compose(db.session, daily)
-    states.start(db.session, digest)
+    digest = _started(db, daily, readers=12)
     transport = MemoryTransport()
     # status_every=0: the digest's status is read, and the session committed, before each mail.
     digest_sender = sender(transport, signer=signer, status_every=0)

@@ -10,6 +10,10 @@ In one run, against one smtp-sink:
   * smtplib: the same number of messages, pre-built, of the same size and structure (one of
     ours with only the recipient changed), sent with `smtplib.SMTP.sendmail` over the same
     number of connections (one process each);
+  * with --postgres, the floor: that smtplib sender plus an autocommitted UPDATE of a row per
+    mail, right after the server took it (bench/digest_floor.py), the least any sender that
+    marks each mail can do here; how near two workers come to it says more than how far they
+    are from twice one, on a machine whose cores the database and smtp-sink share;
   * smtp-source: Postfix's C client, the same number of messages of the same size over the
     same number of connections: what this machine can do at all.
 Then the same with RSA-2048 DKIM signing on, and the peak RSS of one worker for `--readers`
@@ -26,6 +30,7 @@ peak RSS of one worker sending the combined edition to `--readers` and to `--big
 from __future__ import annotations
 
 import argparse
+import compileall
 import multiprocessing
 import os
 import secrets
@@ -690,26 +695,47 @@ def main() -> None:
         print(f"one digest mail: {size:,} bytes, multipart/alternative, quoted-printable")
         _, _, snapshot = start_digest(env)
         print(f"snapshot of {args.readers:,} readers into the ledger: {snapshot * 1000:.0f} ms")
+        # The workers start from bytecode, as an installed package's do, also in a checkout
+        # where Python was told not to write it (PYTHONDONTWRITEBYTECODE).
+        compileall.compile_dir(ROOT / "newsletter", quiet=1)
         # That digest is sent as a warm-up (page cache, first connections).
         run_workers(env, 1)
 
         signing = dkim_env(workdir)
-        results = {}
+        results: dict[int, float] = {}
+        # On PostgreSQL, the least any sender that marks each mail can do on this machine,
+        # with this very mail: the scale for ours, one worker and two (bench/digest_floor.py).
+        floors: dict[int, float] = {}
+        floor = floor_url = None
+        rest = data.partition(b"\r\n")[2]  # the mail without its To: line
+        if args.postgres:
+            import digest_floor as floor
+
+            libpq = "postgresql://" + args.postgres.rstrip("/").split("://", 1)[1]
+            floor_url = floor.prepare(libpq, f"{args.database}_floor")
         for workers in (1, 2):
-            rounds: dict[str, list[float]] = {k: [] for k in ("source", "smtplib", "ours", "dkim")}
+            kinds = ("source", "smtplib", "floor", "ours", "dkim")
+            rounds: dict[str, list[float]] = {k: [] for k in kinds}
             # Alternating rounds, medians compared: the machine's other load moves every rate.
             for _ in range(args.rounds):
                 rounds["smtplib"].append(plain_smtplib(port, data, args.readers, workers))
                 rounds["source"].append(smtp_source(port, size, args.readers, workers))
+                if floor is not None:
+                    rounds["floor"].append(floor.rate(floor_url, port, args.readers, workers, rest))
                 rounds["ours"].append(ours(env, workers))
                 rounds["dkim"].append(ours(env, workers, signing))
-            m = {k: statistics.median(v) for k, v in rounds.items()}
+            m = {k: statistics.median(v) for k, v in rounds.items() if v}
             results[workers] = m["ours"]
+            if floor is not None:
+                floors[workers] = m["floor"]
             print(f"\n{workers} worker(s) / connection(s), median of {args.rounds}:")
             print(f"  smtp-source         {m['source']:8,.0f} msg/s")
             print(f"  smtplib pre-built   {m['smtplib']:8,.0f} msg/s")
             print(f"  ours                {m['ours']:8,.0f} msg/s")
             print(f"  ours, DKIM RSA-2048 {m['dkim']:8,.0f} msg/s")
+            if floor is not None:
+                print(f"  smtplib + UPDATE    {m['floor']:8,.0f} msg/s   (the floor)")
+                print(f"  ours / floor        {m['ours'] / m['floor']:8.2f}")
             ratio = m["ours"] / m["smtplib"]
             print(f"  ours / smtplib      {ratio:8.2f}   (target >= {TARGET_RATIO})")
             print(f"  ours / smtp-source  {m['ours'] / m['source']:8.2f}")
@@ -719,6 +745,8 @@ def main() -> None:
             )
             print(f"  ours / smtplib by round: {each}")
         print(f"\n2 workers / 1 worker: {results[2] / results[1]:.2f} (target > 1)")
+        if floor is not None:
+            print(f"the floor's 2 processes / 1: {floors[2] / floors[1]:.2f}")
 
         if not args.no_rss:
             small = peak_rss_mb(env)

@@ -33,6 +33,7 @@ import argparse
 import compileall
 import multiprocessing
 import os
+import resource
 import secrets
 import shutil
 import smtplib
@@ -554,11 +555,83 @@ def run_workers(env: dict[str, str], count: int, extra: dict[str, str] | None = 
     return time.perf_counter() - began
 
 
-def ours(env: dict[str, str], workers: int, extra: dict[str, str] | None = None) -> float:
+def ours(
+    env: dict[str, str],
+    workers: int,
+    extra: dict[str, str] | None = None,
+    *,
+    cpu: tuple[int, list[dict[str, float]]] | None = None,
+) -> float:
+    """The rate of `workers` workers sending a digest; with `cpu` (smtp-sink's process id, a
+    list), where the machine's CPU went during the send is appended to the list."""
     digest_id, readers, _ = start_digest(env)
+    shares = CpuShares(cpu[0]) if cpu is not None else None
     seconds = run_workers(env, workers, extra)
+    if shares is not None and cpu is not None:
+        cpu[1].append(shares.per_mail(readers))
     check_sent(env, digest_id, readers)
     return readers / seconds
+
+
+def _cpu_seconds(pid: int, *, reaped: bool = False) -> float:
+    """A process's CPU time; with `reaped`, also that of its children that have exited."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:  # gone since it was listed
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    if reaped:
+        ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _postgres_cpu() -> float:
+    """CPU time of the local PostgreSQL server: every process of it, and through the
+    postmaster's reaped children the backends and autovacuum workers that have ended."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm = (entry / "comm").read_text().strip()
+            parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            parent_comm = Path(f"/proc/{parent}/comm").read_text().strip()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if comm == "postgres":
+            total += _cpu_seconds(int(entry.name), reaped=parent_comm != "postgres")
+    return total
+
+
+def _machine() -> tuple[int, int]:
+    """All CPU ticks of the machine so far, and the idle ones (idle and waiting for I/O)."""
+    ticks = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(ticks), ticks[3] + ticks[4]
+
+
+class CpuShares:
+    """Where the machine's CPU goes from now until `per_mail`: the worker processes (this
+    process's children: start-up included), the local PostgreSQL server, smtp-sink, and the
+    share of the machine left idle."""
+
+    def __init__(self, sink_pid: int) -> None:
+        self.sink_pid = sink_pid
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.workers = children.ru_utime + children.ru_stime
+        self.postgres = _postgres_cpu()
+        self.sink = _cpu_seconds(sink_pid)
+        self.machine = _machine()
+
+    def per_mail(self, mails: int) -> dict[str, float]:
+        """µs of CPU per mail of each part, and the machine's idle share in %."""
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        total, idle = (now - then for now, then in zip(_machine(), self.machine, strict=True))
+        return {
+            "workers": (children.ru_utime + children.ru_stime - self.workers) * 1e6 / mails,
+            "postgres": (_postgres_cpu() - self.postgres) * 1e6 / mails,
+            "smtp-sink": (_cpu_seconds(self.sink_pid) - self.sink) * 1e6 / mails,
+            "idle": 100 * idle / total if total else 0.0,
+        }
 
 
 def _smtplib_share(port: int, data: bytes, first: int, count: int) -> None:
@@ -658,6 +731,11 @@ def main() -> None:
     parser.add_argument("--no-rss", action="store_true", help="skip the --big RSS check")
     parser.add_argument("--rounds", type=int, default=3, help="measurements of each rate")
     parser.add_argument(
+        "--cpu",
+        action="store_true",
+        help="print the CPU per mail of the workers, a local PostgreSQL and smtp-sink",
+    )
+    parser.add_argument(
         "--combined",
         action="store_true",
         help="the combined edition of 4 lists against a single list's digest",
@@ -703,6 +781,7 @@ def main() -> None:
 
         signing = dkim_env(workdir)
         results: dict[int, float] = {}
+        cpu: dict[int, list[dict[str, float]]] = {1: [], 2: []}
         # On PostgreSQL, the least any sender that marks each mail can do on this machine,
         # with this very mail: the scale for ours, one worker and two (bench/digest_floor.py).
         floors: dict[int, float] = {}
@@ -722,7 +801,8 @@ def main() -> None:
                 rounds["source"].append(smtp_source(port, size, args.readers, workers))
                 if floor is not None:
                     rounds["floor"].append(floor.rate(floor_url, port, args.readers, workers, rest))
-                rounds["ours"].append(ours(env, workers))
+                accounted = (sink.pid, cpu[workers]) if args.cpu else None
+                rounds["ours"].append(ours(env, workers, cpu=accounted))
                 rounds["dkim"].append(ours(env, workers, signing))
             m = {k: statistics.median(v) for k, v in rounds.items() if v}
             results[workers] = m["ours"]
@@ -744,6 +824,10 @@ def main() -> None:
                 f"{o / b:.2f}" for o, b in zip(rounds["ours"], rounds["smtplib"], strict=True)
             )
             print(f"  ours / smtplib by round: {each}")
+            if args.cpu:
+                shares = {k: statistics.median(c[k] for c in cpu[workers]) for k in cpu[workers][0]}
+                parts = ", ".join(f"{k} {v:,.0f}" for k, v in shares.items() if k != "idle")
+                print(f"  ours, CPU per mail (µs): {parts}; machine idle {shares['idle']:.0f} %")
         print(f"\n2 workers / 1 worker: {results[2] / results[1]:.2f} (target > 1)")
         if floor is not None:
             print(f"the floor's 2 processes / 1: {floors[2] / floors[1]:.2f}")

@@ -573,6 +573,28 @@ def ours(
     return readers / seconds
 
 
+def floor_rate(
+    url: str,
+    port: int,
+    readers: int,
+    processes: int,
+    body: bytes,
+    *,
+    cpu: tuple[int, list[dict[str, float]]] | None = None,
+) -> float:
+    """The floor's rate (bench/digest_floor.py) with `processes` senders; `cpu` as for `ours`."""
+    import digest_floor
+
+    digest_floor.fill(url, readers)
+    share = readers // processes
+    shares = [(url, port, 1 + n * share, share, body) for n in range(processes)]
+    accounting = CpuShares(cpu[0]) if cpu is not None else None
+    rate = forked_rate(digest_floor.send_share, shares, share * processes)
+    if accounting is not None and cpu is not None:
+        cpu[1].append(accounting.per_mail(share * processes))
+    return rate
+
+
 def _cpu_seconds(pid: int, *, reaped: bool = False) -> float:
     """A process's CPU time; with `reaped`, also that of its children that have exited."""
     try:
@@ -610,14 +632,14 @@ def _machine() -> tuple[int, int]:
 
 
 class CpuShares:
-    """Where the machine's CPU goes from now until `per_mail`: the worker processes (this
-    process's children: start-up included), the local PostgreSQL server, smtp-sink, and the
-    share of the machine left idle."""
+    """Where the machine's CPU goes from now until `per_mail`: the sending processes (this
+    process's children, workers with their start-up), the local PostgreSQL server, smtp-sink,
+    and the share of the machine left idle."""
 
     def __init__(self, sink_pid: int) -> None:
         self.sink_pid = sink_pid
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        self.workers = children.ru_utime + children.ru_stime
+        self.senders = children.ru_utime + children.ru_stime
         self.postgres = _postgres_cpu()
         self.sink = _cpu_seconds(sink_pid)
         self.machine = _machine()
@@ -627,7 +649,7 @@ class CpuShares:
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         total, idle = (now - then for now, then in zip(_machine(), self.machine, strict=True))
         return {
-            "workers": (children.ru_utime + children.ru_stime - self.workers) * 1e6 / mails,
+            "senders": (children.ru_utime + children.ru_stime - self.senders) * 1e6 / mails,
             "postgres": (_postgres_cpu() - self.postgres) * 1e6 / mails,
             "smtp-sink": (_cpu_seconds(self.sink_pid) - self.sink) * 1e6 / mails,
             "idle": 100 * idle / total if total else 0.0,
@@ -781,17 +803,20 @@ def main() -> None:
 
         signing = dkim_env(workdir)
         results: dict[int, float] = {}
-        cpu: dict[int, list[dict[str, float]]] = {1: [], 2: []}
+        # With --cpu, where the CPU went in each round: of ours, of the floor.
+        cpu: dict[str, dict[int, list[dict[str, float]]]] = {
+            kind: {1: [], 2: []} for kind in ("ours", "floor")
+        }
         # On PostgreSQL, the least any sender that marks each mail can do on this machine,
         # with this very mail: the scale for ours, one worker and two (bench/digest_floor.py).
         floors: dict[int, float] = {}
-        floor = floor_url = None
+        floor_url = None
         rest = data.partition(b"\r\n")[2]  # the mail without its To: line
         if args.postgres:
-            import digest_floor as floor
+            import digest_floor
 
             libpq = "postgresql://" + args.postgres.rstrip("/").split("://", 1)[1]
-            floor_url = floor.prepare(libpq, f"{args.database}_floor")
+            floor_url = digest_floor.prepare(libpq, f"{args.database}_floor")
         for workers in (1, 2):
             kinds = ("source", "smtplib", "floor", "ours", "dkim")
             rounds: dict[str, list[float]] = {k: [] for k in kinds}
@@ -799,21 +824,24 @@ def main() -> None:
             for _ in range(args.rounds):
                 rounds["smtplib"].append(plain_smtplib(port, data, args.readers, workers))
                 rounds["source"].append(smtp_source(port, size, args.readers, workers))
-                if floor is not None:
-                    rounds["floor"].append(floor.rate(floor_url, port, args.readers, workers, rest))
-                accounted = (sink.pid, cpu[workers]) if args.cpu else None
+                if floor_url is not None:
+                    accounted = (sink.pid, cpu["floor"][workers]) if args.cpu else None
+                    rounds["floor"].append(
+                        floor_rate(floor_url, port, args.readers, workers, rest, cpu=accounted)
+                    )
+                accounted = (sink.pid, cpu["ours"][workers]) if args.cpu else None
                 rounds["ours"].append(ours(env, workers, cpu=accounted))
                 rounds["dkim"].append(ours(env, workers, signing))
             m = {k: statistics.median(v) for k, v in rounds.items() if v}
             results[workers] = m["ours"]
-            if floor is not None:
+            if floor_url is not None:
                 floors[workers] = m["floor"]
             print(f"\n{workers} worker(s) / connection(s), median of {args.rounds}:")
             print(f"  smtp-source         {m['source']:8,.0f} msg/s")
             print(f"  smtplib pre-built   {m['smtplib']:8,.0f} msg/s")
             print(f"  ours                {m['ours']:8,.0f} msg/s")
             print(f"  ours, DKIM RSA-2048 {m['dkim']:8,.0f} msg/s")
-            if floor is not None:
+            if floor_url is not None:
                 print(f"  smtplib + UPDATE    {m['floor']:8,.0f} msg/s   (the floor)")
                 print(f"  ours / floor        {m['ours'] / m['floor']:8.2f}")
             ratio = m["ours"] / m["smtplib"]
@@ -824,12 +852,16 @@ def main() -> None:
                 f"{o / b:.2f}" for o, b in zip(rounds["ours"], rounds["smtplib"], strict=True)
             )
             print(f"  ours / smtplib by round: {each}")
-            if args.cpu:
-                shares = {k: statistics.median(c[k] for c in cpu[workers]) for k in cpu[workers][0]}
-                parts = ", ".join(f"{k} {v:,.0f}" for k, v in shares.items() if k != "idle")
-                print(f"  ours, CPU per mail (µs): {parts}; machine idle {shares['idle']:.0f} %")
+            for kind, runs in cpu.items():
+                if runs[workers]:
+                    shares = {
+                        k: statistics.median(r[k] for r in runs[workers]) for k in runs[workers][0]
+                    }
+                    parts = ", ".join(f"{k} {v:,.0f}" for k, v in shares.items() if k != "idle")
+                    idle = shares["idle"]
+                    print(f"  {kind}, CPU per mail (µs): {parts}; machine idle {idle:.0f} %")
         print(f"\n2 workers / 1 worker: {results[2] / results[1]:.2f} (target > 1)")
-        if floor is not None:
+        if floor_url is not None:
             print(f"the floor's 2 processes / 1: {floors[2] / floors[1]:.2f}")
 
         if not args.no_rss:

@@ -19,7 +19,7 @@ import subprocess
 import time
 
 import psycopg
-from digest import forked_rate, free_port  # bench/, beside this script
+from digest import floor_rate, free_port  # bench/, beside this script
 
 SIZE = 21_600  # bytes: about the single-list digest of bench/digest.py
 SENDER = "news@example.org"
@@ -58,13 +58,6 @@ def send_share(url: str, port: int, first: int, count: int, body: bytes) -> None
         smtp.quit()
 
 
-def rate(url: str, port: int, readers: int, processes: int, body: bytes) -> float:
-    fill(url, readers)
-    share = readers // processes
-    shares = [(url, port, 1 + n * share, share, body) for n in range(processes)]
-    return forked_rate(send_share, shares, share * processes)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432")
@@ -82,7 +75,7 @@ def main() -> None:
         rates: dict[int, list[float]] = {1: [], 2: []}
         for _ in range(args.rounds):
             for processes in (1, 2):
-                rates[processes].append(rate(url, port, args.readers, processes, body))
+                rates[processes].append(floor_rate(url, port, args.readers, processes, body))
     finally:
         sink.terminate()
         sink.wait()

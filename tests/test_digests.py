@@ -26,6 +26,7 @@ from newsletter.models import (
     Digest,
     DigestStatus,
     Item,
+    Subscriber,
     Subscription,
     SubscriptionStatus,
     Suppression,
@@ -868,14 +869,11 @@ def test_a_reader_who_leaves_after_their_envelope_went_ahead_gets_nothing(
     """The second reader's envelope goes with the first mail; they unsubscribe as it is
     accepted: their turn is skipped, and the connection that held their envelope is dropped
     without a message, so only the first and third readers get the digest."""
-    readers = [add_reader(db, daily, f"r{n}@example.com") for n in range(3)]
-    add_item(db, daily, "Story")
-    digest = states.compose(db.session, daily)
-    states.start(db.session, digest)
+    digest = _started(db, daily, readers=3)
+    leaving = db.session.scalar(select(Subscriber.id).where(Subscriber.email == "r1@example.com"))
     handler = smtp_pipelining.handler
     accept = handler.handle_DATA
     engine = db.engine  # the server's thread has no application context
-    leaving = readers[1].id
 
     async def leave(server, session, envelope):  # type: ignore[no-untyped-def]
         with engine.begin() as conn:
@@ -935,12 +933,8 @@ def test_a_mark_lost_with_its_database_connection_sends_only_that_mail_twice(
     whose mail was accepted but never marked, gets a second copy."""
     from sqlalchemy import text
 
+    digest = _started(db, daily, readers=10)
     addresses = [f"r{n}@example.com" for n in range(10)]
-    for address in addresses:
-        add_reader(db, daily, address)
-    add_item(db, daily, "Story")
-    digest = states.compose(db.session, daily)
-    states.start(db.session, digest)
     handler = smtp_pipelining.handler
     accept = handler.handle_DATA
     engine = db.engine  # the server's thread has no application context
